@@ -1,0 +1,29 @@
+"""Assembles facepipe's Dagster definitions. Every code server, run and step imports this module,
+so it imports nothing heavy: the models load inside the steps."""
+
+from dagster import Definitions, EnvVar
+
+from facepipe import settings
+from facepipe.defs.assets import digest
+from facepipe.defs.jobs import digest_job
+from facepipe.defs.resources import FaceStoreResource
+
+
+def _face_store() -> FaceStoreResource:
+    # EnvVar keeps the server's address and key out of the config the UI shows
+    if settings.qdrant_url():
+        api_key = EnvVar("QDRANT_API_KEY") if settings.qdrant_api_key() else None
+        return FaceStoreResource(url=EnvVar("QDRANT_URL"), api_key=api_key)
+    return FaceStoreResource(path=str(settings.qdrant_path()))
+
+
+defs = Definitions(
+    assets=[digest],
+    jobs=[digest_job],
+    resources={"face_store": _face_store()},
+)
+
+
+def get_digest_job():
+    """The digest job, for `reconstructable` (execute_job in the CLI and tests)."""
+    return defs.resolve_job_def("digest_job")

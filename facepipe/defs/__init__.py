@@ -1,0 +1,1 @@
+"""The Dagster layer: thin over facepipe.engine and facepipe.store."""

@@ -1,0 +1,164 @@
+"""The digest as assets, partitioned by group: image_list -> faces -> stored_faces.
+
+One run digests one group. Inside it, the listed photos fan out in chunks to parallel steps
+(the multiprocess executor runs one step per worker process), and a single step writes to Qdrant:
+
+    list_images ──chunks──> extract_faces_in_chunk (x N, in parallel) ──collect──> store_faces
+    [image_list]                                                              [faces, stored_faces]
+
+Detection and embedding run in the same step: the aligned chips are cut from the full-size photo
+while it is decoded in memory, and shipping them to another step would cost a step start and
+~67 KB of pickle per face. Only the two store steps open Qdrant, in a pool of size 1.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetOut,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    graph_multi_asset,
+    op,
+)
+
+from facepipe.defs.config import DigestConfig
+from facepipe.defs.partitions import digest_groups
+from facepipe.defs.resources import FaceStoreResource
+from facepipe.settings import STORE_POOL
+
+MAX_ERRORS_IN_METADATA = 1000
+
+
+@dataclass
+class ImageList:
+    """The image_list asset: what a digest found at its source and what it will do."""
+
+    group_id: str
+    profile: str
+    source: str
+    listed: int
+    skipped: int  # unchanged since the group's last digest
+    tasks: list  # ImageTask, one per photo to digest
+
+
+@dataclass
+class Chunk:
+    tasks: list
+    profile: str
+    confidence: float
+    detection_size: int
+    redigest: bool
+
+
+def _workers(context: OpExecutionContext) -> int:
+    return context.run_config.get("execution", {}).get("config", {}).get("workers") or os.cpu_count() or 1
+
+
+def _errors(images) -> list[dict]:
+    return [{"path": r.path, "error": r.error} for r in images if r.error]
+
+
+@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
+def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource):
+    """List the source's photos and leave out those the group already has unchanged."""
+    from facepipe.engine.faces import plan_images, split_into_chunks
+    from facepipe.engine.images import list_images as list_folder
+
+    if context.has_partition_key and context.partition_key != config.group_id:
+        raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}")
+    try:
+        files = list_folder(config.local_dir_path)
+    except OSError as err:
+        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}") from err
+    with face_store.open() as store:
+        digested = store.digested_images(config.group_id, config.profile)
+    tasks, skipped = plan_images(files, digested, config.redigest)
+    chunks = split_into_chunks(tasks, _workers(context), config.chunk_size)
+
+    image_list = ImageList(config.group_id, config.profile, config.source, len(files), skipped, tasks)
+    yield Output(image_list, "image_list", metadata={
+        "source": config.source, "profile": config.profile, "images_listed": len(files),
+        "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
+    })
+    for index, chunk_tasks in enumerate(chunks):
+        chunk = Chunk(chunk_tasks, config.profile, config.confidence, config.detection_size, config.redigest)
+        yield DynamicOutput(chunk, mapping_key=f"chunk_{index:04d}", output_name="chunks")
+
+
+@op
+def extract_faces_in_chunk(context: OpExecutionContext, chunk):
+    """Decode, detect, align and embed one chunk of photos; report progress as an observation."""
+    from facepipe.engine.faces import faces_in_chunk
+
+    result = faces_in_chunk(chunk.tasks, chunk.profile, chunk.confidence, chunk.detection_size, chunk.redigest)
+    for error in _errors(result.images):
+        context.log.warning(f"image failed: {error['path']}: {error['error']}")
+    context.log_event(AssetObservation(
+        asset_key=AssetKey("faces"),
+        partition=context.partition_key if context.has_partition_key else None,
+        metadata={
+            "images_done": len(result.images),
+            "images_failed": sum(1 for r in result.images if r.error),
+            "faces_detected": sum(len(r.faces) + r.faces_dropped for r in result.images),
+            "faces_dropped": sum(r.faces_dropped for r in result.images),
+            "failed_images": MetadataValue.json(_errors(result.images)[:MAX_ERRORS_IN_METADATA]),
+        },
+    ))
+    return result
+
+
+@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL)
+def store_faces(context: OpExecutionContext, image_list, chunk_results, face_store: FaceStoreResource):
+    """Write every chunk's faces to Qdrant in one writer, and the digest's totals to the event log."""
+    images = [r for chunk in chunk_results for r in chunk.images]
+    errors = _errors(images)
+    seconds: dict[str, float] = {}
+    for chunk in chunk_results:
+        for stage, value in chunk.seconds.items():
+            seconds[stage] = seconds.get(stage, 0.0) + value
+    faces = {
+        "images_listed": image_list.listed,
+        "images_skipped": image_list.skipped,
+        "images_done": len(images),
+        "images_failed": len(errors),
+        "images_unchanged": sum(1 for r in images if r.unchanged),
+        "faces_detected": sum(len(r.faces) + r.faces_dropped for r in images),
+        "faces_dropped": sum(r.faces_dropped for r in images),
+    }
+    with face_store.open() as store:
+        counts = store.write(image_list.group_id, image_list.profile, images, context.run_id) if images else None
+        stored = {
+            "faces_stored": counts.faces_stored if counts else 0,
+            "faces_replaced": counts.faces_replaced if counts else 0,
+            "faces_in_group": store.count_faces(image_list.group_id, image_list.profile),
+        }
+    yield Output(faces, "faces", metadata={
+        **faces,
+        "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
+        "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
+    })
+    yield Output(stored, "stored_faces", metadata={**stored, "profile": image_list.profile})
+    context.log.info("digest of %s: %s", image_list.source, json.dumps({**faces, **stored}))
+
+
+@graph_multi_asset(
+    outs={
+        "image_list": AssetOut(description="The photos listed at the digest's source, less those already digested."),
+        "faces": AssetOut(description="Faces detected, aligned and embedded, counted per digest."),
+        "stored_faces": AssetOut(description="The group's faces in the Qdrant face store."),
+    },
+    partitions_def=digest_groups,
+)
+def digest():
+    image_list, chunks = list_images()
+    faces, stored_faces = store_faces(image_list, chunks.map(extract_faces_in_chunk).collect())
+    return {"image_list": image_list, "faces": faces, "stored_faces": stored_faces}

@@ -1,0 +1,64 @@
+"""The digest request: what the Launchpad form, the CLI and start_digest all fill in."""
+
+import re
+
+from dagster import Config
+from pydantic import Field, field_validator, model_validator
+
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+
+GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class DigestConfig(Config):
+    """Digest the photos of one source into one group."""
+
+    group_id: str = Field(
+        description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'. "
+        "Must equal the run's partition."
+    )
+    local_dir_path: str | None = Field(
+        default=None, description="A local folder of photos, read recursively. Exactly one source."
+    )
+    s3_bucket: str | None = Field(default=None, description="An S3 bucket (with s3_prefix). Exactly one source.")
+    s3_prefix: str | None = Field(default=None, description="The key prefix within s3_bucket.")
+    confidence: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Faces detected below this confidence are dropped (and counted)."
+    )
+    profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
+    redigest: bool = Field(default=False, description="Digest photos again even if the group has them already.")
+    chunk_size: int = Field(default=200, ge=1, description="At most this many photos per parallel step.")
+    detection_size: int = Field(
+        default=1024, ge=160, description="Long side, in pixels, of the copy of each photo the detector sees."
+    )
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_id_is_a_name(cls, value: str) -> str:
+        if not GROUP_ID_PATTERN.match(value):
+            raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_is_known(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> "DigestConfig":
+        has_local = bool(self.local_dir_path)
+        has_s3 = bool(self.s3_bucket or self.s3_prefix)
+        if has_local == has_s3:
+            raise ValueError(
+                "give exactly one source: local_dir_path, or s3_bucket with s3_prefix "
+                f"(got local_dir_path={self.local_dir_path!r}, s3_bucket={self.s3_bucket!r})"
+            )
+        if has_s3:
+            raise ValueError("s3_bucket: S3 sources are not supported yet; use local_dir_path")
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"

@@ -1,0 +1,67 @@
+"""Model profiles: a detector, an alignment and a recognition model, built from deepface's registry.
+
+A profile turns a decoded BGR photo into aligned face chips (`faces`) and chips into embeddings
+(`embed`). Adding a profile is adding one module here and one line in PROFILES.
+"""
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class DetectedFace:
+    """A face in original image pixels, with the aligned chip the recognition model takes."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h, clipped to the image
+    landmarks: list[tuple[float, float]]
+    confidence: float  # in [0, 1]
+    chip: np.ndarray = field(repr=False)
+
+
+class Profile(Protocol):
+    name: str
+    detector: str  # deepface's detector name
+    model: str  # deepface's recognition model name
+    dimension: int
+
+    def faces(self, image: np.ndarray, detection_size: int) -> list[DetectedFace]: ...
+
+    def embed(self, chips: list[np.ndarray]) -> np.ndarray: ...
+
+
+PROFILES = {
+    "dlib": "facepipe.engine.profiles.dlib:DlibProfile",
+    "retinaface-arcface": "facepipe.engine.profiles.retinaface_arcface:RetinaFaceArcFaceProfile",
+}
+DEFAULT_PROFILE = "dlib"
+
+# What each profile stores, known without loading its models (collections, payloads).
+DIMENSIONS = {"dlib": 128, "retinaface-arcface": 512}
+MODEL_NAMES = {"dlib": "Dlib", "retinaface-arcface": "ArcFace"}
+
+
+@cache
+def load_profile(name: str) -> Profile:
+    """The profile's models, built once per process and reused for every image."""
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, not {name!r}")
+    import importlib
+
+    module_name, class_name = PROFILES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise each row, so that cosine similarity is a dot product."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int):
+    x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
+    x1, y1 = min(width, int(round(x1))), min(height, int(round(y1)))
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)

@@ -1,0 +1,49 @@
+"""Where model weights live, and how they get there.
+
+deepface looks for weights in `$DEEPFACE_HOME/.deepface/weights` (DEEPFACE_HOME defaults to the
+user's home) and downloads the missing ones. The dlib profile's weights ship in the PyPI package
+face_recognition_models, so we link them there and nothing is downloaded.
+"""
+
+import os
+from pathlib import Path
+
+
+class MissingWeightsError(RuntimeError):
+    """A model weight is not on disk and could not be fetched."""
+
+
+def weights_folder() -> Path:
+    home = os.environ.get("DEEPFACE_HOME") or os.path.expanduser("~")
+    return Path(home) / ".deepface" / "weights"
+
+
+def link_bundled_dlib_weights() -> Path:
+    """Link face_recognition_models' dlib weights into deepface's weights folder."""
+    import face_recognition_models
+
+    source = Path(face_recognition_models.__file__).parent / "models"
+    folder = weights_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"):
+        target = folder / name
+        if not target.exists():
+            try:
+                target.symlink_to(source / name)
+            except FileExistsError:
+                pass  # another worker process linked it first
+    return folder
+
+
+def build_or_explain(build, file_name: str, url: str):
+    """Run a deepface model builder; when its weight cannot be fetched, say which file goes where."""
+    try:
+        return build()
+    except Exception as err:
+        if (weights_folder() / file_name).is_file():
+            raise
+        raise MissingWeightsError(
+            f"model weight {file_name} is missing from {weights_folder()} and could not be "
+            f"downloaded ({type(err).__name__}: {err}). Download it from {url} and put it in "
+            f"{weights_folder()}, or set DEEPFACE_HOME to a folder whose .deepface/weights has it."
+        ) from err

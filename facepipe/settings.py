@@ -1,0 +1,61 @@
+"""Deployment settings: where facepipe keeps its data. Environment variables only, read here.
+
+- FACEPIPE_HOME: one data folder (default `.facepipe` in the working directory) holding the
+  Dagster instance (`dagster/`) and the embedded Qdrant store (`qdrant/`).
+- DAGSTER_HOME: the Dagster instance, default `$FACEPIPE_HOME/dagster`.
+- QDRANT_URL / QDRANT_API_KEY: use a Qdrant server instead of the embedded store.
+"""
+
+import os
+from pathlib import Path
+
+# One writer at a time to a store: the digest ops that open it run in this Dagster pool,
+# whose limit is 1 in the instance's dagster.yaml (see INSTANCE_YAML).
+STORE_POOL = "facepipe_store"
+
+INSTANCE_YAML = f"""\
+# Written by facepipe on first use; edit freely, facepipe will not overwrite it.
+concurrency:
+  pools:
+    # the local Qdrant store takes a file lock: one writer step at a time, across runs
+    default_limit: 1
+  runs:
+    # two digests at once would only fight over the cores and the store
+    max_concurrent_runs: 1
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+def facepipe_home() -> Path:
+    return Path(os.environ.get("FACEPIPE_HOME", ".facepipe")).absolute()
+
+
+def dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME", facepipe_home() / "dagster")).absolute()
+
+
+def qdrant_path() -> Path:
+    return facepipe_home() / "qdrant"
+
+
+def qdrant_url() -> str | None:
+    return os.environ.get("QDRANT_URL") or None
+
+
+def qdrant_api_key() -> str | None:
+    return os.environ.get("QDRANT_API_KEY") or None
+
+
+def prepare_dagster_home() -> Path:
+    """Point DAGSTER_HOME at facepipe's instance folder and give it a dagster.yaml once."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
