@@ -1,0 +1,58 @@
+"""Shared fixtures: the sample photos in ../shared/faces, isolated data folders, real digests.
+
+Digests run through the real `facepipe` command in a subprocess, on a temporary FACEPIPE_HOME
+(Dagster instance + embedded Qdrant store), exactly as a user runs them.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "faces"
+SAMPLE_IMAGES = SAMPLES / "images"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deepface_home(tmp_path_factory):
+    """Model weights in a temporary DEEPFACE_HOME, so tests never touch the user's ~/.deepface."""
+    home = tmp_path_factory.mktemp("deepface_home")
+    os.environ["DEEPFACE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def identities() -> dict[str, str]:
+    with open(SAMPLES / "identities.csv") as f:
+        return {row["image"]: row["identity"] for row in csv.DictReader(f)}
+
+
+def run_facepipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "facepipe.cli", *args], env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"facepipe {' '.join(args)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+def digest(home: Path, folder: Path, group: str, *extra: str) -> dict:
+    """Run `facepipe digest --json` and return its summary."""
+    result = run_facepipe(home, "digest", str(folder), "--group", group, "--json", *extra, check=False)
+    assert result.stdout.strip(), f"no summary on stdout:\n{result.stderr[-4000:]}"
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def sample_digest(tmp_path_factory):
+    """One real digest of the 64 sample photos into group 'sample', shared by the read-only tests."""
+    home = tmp_path_factory.mktemp("facepipe_home")
+    summary = digest(home, SAMPLE_IMAGES, "sample", "--workers", "2")
+    return home, summary

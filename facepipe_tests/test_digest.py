@@ -1,0 +1,130 @@
+"""A user's story: digest a folder of photos with `facepipe digest`, as a real Dagster run on a
+temporary instance, with faces stored in a temporary embedded Qdrant store."""
+
+import shutil
+
+import numpy as np
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from facepipe.store import FaceStore
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+
+PAYLOAD_FIELDS = {
+    "group_id", "image_path", "face_index", "detection_confidence", "facial_area", "landmarks", "timestamp",
+    "model", "content_hash", "image_width", "image_height", "run_id",
+}
+
+
+def faces_by_photo(home, group="sample"):
+    with FaceStore.open(path=home / "qdrant") as store:
+        points = store.faces(group, "dlib", with_vectors=True)
+    by_photo = {}
+    for point in points:
+        by_photo.setdefault(point.payload["image_path"].rsplit("/", 1)[-1], []).append(point)
+    return by_photo
+
+
+def test_digest_stores_faces_for_every_single_face_photo(sample_digest):
+    home, summary = sample_digest
+    assert summary["status"] == "completed"
+    assert summary["images_listed"] == summary["images_done"] == 64
+    assert summary["images_failed"] == 0
+    assert summary["faces_stored"] == summary["faces_in_group"] == summary["faces_detected"] - summary["faces_dropped"]
+
+    by_photo = faces_by_photo(home)
+    single_face = [p.name for p in SAMPLE_IMAGES.iterdir() if p.name not in ("couple.jpg", "selfie-many-people.jpg")]
+    assert {name: len(by_photo.get(name, [])) for name in single_face} == {name: 1 for name in single_face}
+    assert len(by_photo["couple.jpg"]) == 2
+    assert len(by_photo["selfie-many-people.jpg"]) >= 3
+
+    point = by_photo["img1.jpg"][0]
+    assert PAYLOAD_FIELDS <= set(point.payload)
+    assert point.payload["group_id"] == "sample" and point.payload["model"] == "Dlib"
+    assert point.payload["run_id"] == summary["run_id"]
+    assert set(point.payload["facial_area"]) == {"x", "y", "w", "h"}
+    assert (point.payload["image_width"], point.payload["image_height"]) == (1382, 1868)
+    assert point.payload["timestamp"].endswith("+00:00")
+    assert len(point.vector) == 128
+
+
+def test_the_digest_is_a_dagster_run_in_the_instance_history(sample_digest):
+    home, summary = sample_digest
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        run = instance.get_run_by_id(summary["run_id"])
+        assert run.status == DagsterRunStatus.SUCCESS and run.job_name == "digest_job"
+        assert run.tags["dagster/partition"] == "sample" and run.tags["facepipe/group_id"] == "sample"
+        assert instance.get_dynamic_partitions("digest_groups") == ["sample"]
+
+
+def test_img1_finds_other_person01_photos_before_anyone_else(sample_digest, identities):
+    home, summary = sample_digest
+    query = faces_by_photo(home)["img1.jpg"][0].vector
+    with FaceStore.open(path=home / "qdrant") as store:
+        ranked = store.nearest_faces("sample", "dlib", query, limit=summary["faces_in_group"])
+    names = [p.payload["image_path"].rsplit("/", 1)[-1] for p in ranked]
+    assert names[0] == "img1.jpg"
+    # the couple and the selfie each show person01 too (../shared/faces/README.md)
+    person01 = {name for name, who in identities.items() if who == "person01"} | {"couple.jpg", "selfie-many-people.jpg"}
+    first_other = next(i for i, name in enumerate(names) if identities.get(name, "person01") != "person01")
+    assert person01 - {"img1.jpg"} <= set(names[1:first_other]), names[:first_other + 1]
+
+
+def test_a_second_digest_skips_unchanged_photos_and_adds_nothing(sample_digest, tmp_path):
+    # on a copy of the store, so the shared sample digest stays as it was
+    home, first = sample_digest
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    second = digest(copy, SAMPLE_IMAGES, "sample", "--workers", "2")
+    assert second["status"] == "completed"
+    assert second["images_skipped"] == 64 and second["images_done"] == 0
+    assert second["faces_stored"] == 0 and second["faces_in_group"] == first["faces_in_group"]
+
+
+def test_redigesting_gives_the_same_point_ids_and_vectors(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("img11.jpg", "couple.jpg"):
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    home = tmp_path / "home"
+    digest(home, folder, "twice", "--workers", "1")
+    first = {p.id: p.vector for faces in faces_by_photo(home, "twice").values() for p in faces}
+    again = digest(home, folder, "twice", "--workers", "1", "--redigest")
+    assert again["images_done"] == 2 and again["faces_in_group"] == len(first) == 3
+    second = {p.id: p.vector for faces in faces_by_photo(home, "twice").values() for p in faces}
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(first[i], second[i]) for i in first)
+
+
+def test_bad_photos_are_recorded_as_failed_and_the_rest_is_stored(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLE_IMAGES / "img2.jpg", folder / "img2.jpg")
+    shutil.copy(SAMPLE_IMAGES / "img5.jpg", folder / "sub" / "img5.jpg")
+    (folder / "corrupt.jpg").write_bytes((SAMPLE_IMAGES / "img5.jpg").read_bytes()[:20] + bytes(3000))
+    (folder / "notes.jpg").write_text("this is a text file named .jpg")
+    home = tmp_path / "home"
+
+    summary = digest(home, folder, "mixed", "--workers", "2")
+    assert summary["status"] == "completed"
+    assert summary["images_listed"] == 4 and summary["images_failed"] == 2
+    failed = {f["path"].rsplit("/", 1)[-1]: f["error"] for f in summary["failed_images"]}
+    assert set(failed) == {"corrupt.jpg", "notes.jpg"}
+    assert "not an image" in failed["notes.jpg"]
+    assert set(faces_by_photo(home, "mixed")) == {"img2.jpg", "img5.jpg"}
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--group", "bad group!"], "group_id"),
+        (["--group", "g", "--confidence", "1.5"], "confidence"),
+        (["--group", "g", "--workers", "0"], "--workers"),
+        (["--group", "g", "--profile", "nope"], "--profile"),
+    ],
+)
+def test_invalid_requests_are_refused_naming_the_field(tmp_path, args, field):
+    result = run_facepipe(tmp_path, "digest", str(SAMPLE_IMAGES), *args, check=False)
+    assert result.returncode == 2
+    assert field in result.stderr
+    assert not (tmp_path / "qdrant").exists()  # refused before any work

@@ -1,0 +1,114 @@
+"""The face engine on real photos with the bundled dlib models."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from facepipe.engine.faces import ImageTask, faces_in_chunk, plan_images, split_into_chunks
+from facepipe.engine.images import ImageFile
+from facepipe.engine.weights import MissingWeightsError
+from facepipe_tests.conftest import SAMPLE_IMAGES
+
+
+def chunk(*names, confidence=0.5, **kwargs):
+    return faces_in_chunk([ImageTask(str(SAMPLE_IMAGES / n)) for n in names], "dlib", confidence, **kwargs)
+
+
+def test_one_face_with_box_landmarks_confidence_and_unit_embedding():
+    (image,) = chunk("img1.jpg").images
+    assert image.error is None and (image.width, image.height) == (1382, 1868)
+    (face,) = image.faces
+    x, y, w, h = face.box
+    assert 0 <= x < x + w <= image.width and 0 <= y < y + h <= image.height and w > 100
+    assert len(face.landmarks) == 5
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks)
+    assert 0.5 <= face.confidence <= 1
+    assert face.embedding.shape == (128,) and np.isclose(np.linalg.norm(face.embedding), 1.0, atol=1e-5)
+
+
+def test_couple_has_two_faces_left_to_right():
+    (image,) = chunk("couple.jpg").images
+    assert len(image.faces) == 2
+    assert image.faces[0].box[0] < image.faces[1].box[0]
+    assert [f.face_index for f in image.faces] == [0, 1]
+
+
+def test_same_person_is_closer_than_another_person():
+    # img1, img2: person01; img3: person10 (../shared/faces/identities.csv)
+    a, b, c = (im.faces[0].embedding for im in chunk("img1.jpg", "img2.jpg", "img3.jpg").images)
+    assert a @ b > 0.93 > a @ c
+
+
+def test_faces_below_the_confidence_threshold_are_dropped_and_counted():
+    loose, strict = chunk("selfie-many-people.jpg", confidence=0.0), chunk("selfie-many-people.jpg", confidence=0.9)
+    (loose_image,), (strict_image,) = loose.images, strict.images
+    assert len(loose_image.faces) > len(strict_image.faces) >= 1
+    assert len(strict_image.faces) + strict_image.faces_dropped == len(loose_image.faces)
+    assert all(f.confidence >= 0.9 for f in strict_image.faces)
+
+
+def test_digesting_the_same_photo_twice_gives_the_same_vectors():
+    first, second = chunk("img11.jpg").images[0], chunk("img11.jpg").images[0]
+    assert first.content_hash == second.content_hash
+    assert np.array_equal(first.faces[0].embedding, second.faces[0].embedding)
+
+
+def test_a_mirrored_photo_has_another_hash_but_the_same_person():
+    original, mirrored = chunk("img11.jpg", "img11_reflection.jpg").images
+    assert original.content_hash != mirrored.content_hash
+    assert original.faces[0].embedding @ mirrored.faces[0].embedding > 0.93
+
+
+def test_bad_photos_are_recorded_and_the_chunk_goes_on(tmp_path):
+    (tmp_path / "text.jpg").write_text("not a photo")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    tasks = [ImageTask(str(tmp_path / "text.jpg")), ImageTask(str(tmp_path / "corrupt.jpg")),
+             ImageTask(str(tmp_path / "missing.jpg")), ImageTask(str(SAMPLE_IMAGES / "img2.jpg"))]
+    text, corrupt, missing, good = faces_in_chunk(tasks, "dlib", 0.5).images
+    assert "not an image" in text.error
+    assert "corrupt" in corrupt.error
+    assert "cannot read" in missing.error
+    assert good.error is None and len(good.faces) == 1
+
+
+def test_an_unchanged_photo_is_not_decoded_again():
+    first = chunk("img5.jpg").images[0]
+    again = faces_in_chunk([ImageTask(first.path, previous_hash=first.content_hash)], "dlib", 0.5).images[0]
+    assert again.unchanged and again.faces == [] and again.width is None
+
+
+def test_plan_skips_unchanged_files_and_rereads_touched_ones():
+    class Known:
+        def __init__(self, size, mtime_ns):
+            self.content_hash, self.size, self.mtime_ns = "h", size, mtime_ns
+
+    files = [ImageFile("a", 10, 1), ImageFile("b", 10, 1), ImageFile("c", 10, 1)]
+    digested = {"a": Known(10, 1), "b": Known(10, 2)}
+    tasks, skipped = plan_images(files, digested)
+    assert skipped == 1 and [(t.path, t.previous_hash) for t in tasks] == [("b", "h"), ("c", None)]
+    tasks, skipped = plan_images(files, digested, redigest=True)
+    assert skipped == 0 and len(tasks) == 3
+
+
+def test_chunks_cover_every_task_once_with_one_chunk_per_worker_at_least():
+    tasks = list(range(10))
+    chunks = split_into_chunks(tasks, workers=2, chunk_size=200)
+    assert len(chunks) == 2 and sorted(sum(chunks, [])) == tasks
+    assert len(split_into_chunks(tasks, workers=2, chunk_size=3)) == 4
+    assert split_into_chunks([], workers=2, chunk_size=3) == []
+
+
+def test_a_missing_weight_names_the_file_and_the_folder(tmp_path, monkeypatch):
+    # The retinaface-arcface weights are not bundled. This machine has no route to the model hubs;
+    # the proxy to a closed local port makes the download fail the same way (quickly) anywhere.
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    from facepipe.engine.profiles.retinaface_arcface import RetinaFaceArcFaceProfile
+
+    with pytest.raises(MissingWeightsError) as raised:
+        RetinaFaceArcFaceProfile()
+    message = str(raised.value)
+    assert "retinaface.onnx" in message and str(tmp_path / ".deepface" / "weights") in message

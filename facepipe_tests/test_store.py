@@ -1,0 +1,59 @@
+"""The face store on a real embedded Qdrant: deterministic ids, the ledger, changed photos replaced."""
+
+import numpy as np
+
+from facepipe.engine.faces import Face, ImageResult
+from facepipe.store import FaceStore, face_point_id, faces_collection
+
+
+def result(path, content_hash, faces=1, previously=False) -> ImageResult:
+    vectors = np.eye(128, dtype=np.float32)
+    return ImageResult(
+        path, size=10, mtime_ns=1, content_hash=content_hash, width=100, height=80, previously_digested=previously,
+        faces=[Face(i, (1, 2, 3, 4), [(1.0, 2.0)] * 5, 0.9, vectors[i]) for i in range(faces)],
+    )
+
+
+def test_point_ids_are_deterministic_and_distinct():
+    assert face_point_id("g", "h", 0, "dlib") == face_point_id("g", "h", 0, "dlib")
+    ids = {face_point_id(*key) for key in [("g", "h", 0, "dlib"), ("g", "h", 1, "dlib"), ("g2", "h", 0, "dlib"),
+                                           ("g", "h2", 0, "dlib"), ("g", "h", 0, "retinaface-arcface")]}
+    assert len(ids) == 5
+
+
+def test_writing_the_same_results_twice_does_not_duplicate(tmp_path):
+    with FaceStore.open(path=tmp_path) as store:
+        store.write("g", "dlib", [result("/a.jpg", "h1", faces=2)], run_id="r1")
+        store.write("g", "dlib", [result("/a.jpg", "h1", faces=2)], run_id="r2")
+        assert store.count_faces("g", "dlib") == 2
+        assert store.count_faces("other", "dlib") == 0
+        assert store.digested_images("g", "dlib")["/a.jpg"].content_hash == "h1"
+
+
+def test_a_changed_photo_replaces_its_old_faces(tmp_path):
+    with FaceStore.open(path=tmp_path) as store:
+        store.write("g", "dlib", [result("/a.jpg", "old", faces=2), result("/b.jpg", "b")], run_id="r1")
+        counts = store.write("g", "dlib", [result("/a.jpg", "new", faces=1, previously=True)], run_id="r2")
+        assert counts.faces_replaced == 2 and counts.faces_stored == 1
+        hashes = sorted(p.payload["content_hash"] for p in store.faces("g", "dlib"))
+        assert hashes == ["b", "new"]
+
+
+def test_failed_photos_are_recorded_but_not_counted_as_digested(tmp_path):
+    failed = ImageResult("/bad.jpg", 5, 1, error="cannot decode: not an image")
+    with FaceStore.open(path=tmp_path) as store:
+        store.write("g", "dlib", [failed], run_id="r1")
+        assert store.digested_images("g", "dlib") == {}
+        (record,) = store.client.scroll("images_dlib")[0]
+        assert record.payload["status"] == "failed" and "not an image" in record.payload["error"]
+
+
+def test_nearest_faces_stay_within_the_group(tmp_path):
+    with FaceStore.open(path=tmp_path) as store:
+        store.write("g1", "dlib", [result("/a.jpg", "h", faces=3)], run_id="r")
+        store.write("g2", "dlib", [result("/b.jpg", "h2", faces=3)], run_id="r")
+        query = np.eye(128, dtype=np.float32)[1]
+        best = store.nearest_faces("g1", "dlib", query, limit=2)
+        assert [p.payload["group_id"] for p in best] == ["g1", "g1"]
+        assert best[0].payload["face_index"] == 1 and np.isclose(best[0].score, 1.0)
+        assert store.client.collection_exists(faces_collection("dlib"))
