@@ -69,6 +69,10 @@ class WriteCounts:
     images_recorded: int = 0
 
 
+class StoreBusy(RuntimeError):
+    """The embedded store's file lock is held by another process: one process opens it at a time."""
+
+
 class FaceStore:
     def __init__(self, client: QdrantClient, embedded: bool):
         self.client = client
@@ -79,7 +83,15 @@ class FaceStore:
     def open(cls, path: str | None = None, url: str | None = None, api_key: str | None = None
              ) -> Iterator["FaceStore"]:
         """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit."""
-        client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+        try:
+            client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+        except RuntimeError as err:
+            if "already accessed" not in str(err):
+                raise
+            raise StoreBusy(
+                f"the face store at {path} is in use by another process (a digest or clustering run?); "
+                "try again when it has finished"
+            ) from None
         try:
             yield cls(client, embedded=not url)
         finally:
@@ -199,3 +211,10 @@ class FaceStore:
             faces_collection(profile), query=list(map(float, embedding)), query_filter=group_filter(group_id),
             limit=limit, score_threshold=min_score, with_payload=True,
         ).points
+
+
+def open_store_from_settings():
+    """The store this deployment uses: a Qdrant server when QDRANT_URL is set, else the embedded one."""
+    from facepipe import settings
+
+    return FaceStore.open(path=settings.qdrant_path(), url=settings.qdrant_url(), api_key=settings.qdrant_api_key())
