@@ -6,6 +6,7 @@ from dagster import Definitions, EnvVar
 from facepipe import settings
 from facepipe.defs.assets import digest
 from facepipe.defs.jobs import digest_job
+from facepipe.defs.people import people, people_job
 from facepipe.defs.resources import FaceStoreResource
 
 
@@ -18,8 +19,8 @@ def _face_store() -> FaceStoreResource:
 
 
 defs = Definitions(
-    assets=[digest],
-    jobs=[digest_job],
+    assets=[digest, people],
+    jobs=[digest_job, people_job],
     resources={"face_store": _face_store()},
 )
 
@@ -27,3 +28,8 @@ defs = Definitions(
 def get_digest_job():
     """The digest job, for `reconstructable` (execute_job in the CLI and tests)."""
     return defs.resolve_job_def("digest_job")
+
+
+def get_people_job():
+    """The people job, for `reconstructable` (execute_job in the CLI and tests)."""
+    return defs.resolve_job_def("people_job")

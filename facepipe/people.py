@@ -206,3 +206,32 @@ def split_person(store: FaceStore, group_id: str, person_id: int, face_ids: list
                              points=moving)
     _refresh_people(store, group_id, profile)
     return get_person(store, group_id, new_id, profile)
+
+
+def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
+    """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
+
+    Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
+    """
+    from dagster import execute_job, reconstructable
+
+    from facepipe.definitions import get_people_job
+    from facepipe.defs.partitions import digest_groups
+    from facepipe.digests import instance_for_digests
+
+    instance = instance or instance_for_digests()
+    if not instance.has_dynamic_partition(digest_groups.name, group_id):
+        raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
+    run_config = {
+        "ops": {"people": {"config": {"profile": profile, "full": full}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    tags = {"dagster/partition": group_id, "facepipe/group_id": group_id, "facepipe/profile": profile}
+    with execute_job(reconstructable(get_people_job), instance, run_config=run_config, tags=tags) as result:
+        if not result.success:
+            failures = [e.step_failure_data.error.message.strip() for e in result.get_step_failure_events()
+                        if e.step_failure_data.error]
+            raise RuntimeError(failures[0] if failures else f"people run {result.run_id} failed")
+        materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
+        counts = {key: value.value for key, value in materialization.metadata.items()}
+        return {**counts, "run_id": result.run_id}

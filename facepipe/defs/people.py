@@ -1,0 +1,74 @@
+"""The people asset: a group's faces clustered into persons, downstream of the digest.
+
+    stored_faces ──> people   (per group: person_id in each face's payload, the people_<profile> table)
+
+It opens the face store, so it runs in the store pool (one writer per embedded store), and in
+process: clustering is one short step, not worth a worker process.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AutomationCondition,
+    Config,
+    Failure,
+    MaterializeResult,
+    asset,
+    define_asset_job,
+    in_process_executor,
+)
+from pydantic import Field, field_validator
+
+from facepipe.defs.partitions import digest_groups
+from facepipe.defs.resources import FaceStoreResource
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.settings import STORE_POOL
+
+
+class PeopleConfig(Config):
+    """Cluster one group's faces into people."""
+
+    profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
+    full: bool = Field(
+        default=False,
+        description="Re-cluster every face (ids and names carry over to the clusters holding most of a "
+        "person's faces). Otherwise only faces without a person are placed, and no one is renumbered.",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_is_known(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
+        return value
+
+
+@asset(
+    deps=[AssetKey("stored_faces")],
+    partitions_def=digest_groups,
+    pool=STORE_POOL,
+    # with the daemon running (`facepipe ui`), a digest of a group updates its people after it
+    automation_condition=AutomationCondition.eager(),
+    description="The group's faces clustered into people: person_id on each face, and the people table.",
+    kinds={"qdrant"},
+)
+def people(context: AssetExecutionContext, config: PeopleConfig, face_store: FaceStoreResource) -> MaterializeResult:
+    from facepipe.people import update_people
+
+    group_id = context.partition_key
+    with face_store.open() as store:
+        if not store.count_faces(group_id, config.profile):
+            raise Failure(f"group {group_id!r} has no faces with profile {config.profile!r}: digest it first")
+        counts = update_people(store, group_id, config.profile, full=config.full)
+    context.log.info(f"people of {group_id}: {counts}")
+    return MaterializeResult(metadata={**counts, "profile": config.profile, "full": config.full})
+
+
+people_job = define_asset_job(
+    "people_job",
+    selection=AssetSelection.assets(people),
+    partitions_def=digest_groups,
+    executor_def=in_process_executor,
+    description="Cluster a group's faces into people (incremental, or a full re-cluster with full: true).",
+)
