@@ -29,11 +29,15 @@ def main():
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
 @click.option("--chunk-size", type=int, default=200, show_default=True, help="At most this many photos per step.")
+@click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, as_json):
-    """Digest the photos under PATH into a group, as a run on the local Dagster instance."""
-    from tqdm import tqdm
+def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, detach, as_json):
+    """Digest the photos under PATH into a group, as a run on the local Dagster instance.
 
+    By default the run executes in this process and the command waits, with a progress bar.
+    With --detach it goes to the instance's run queue, which the Dagster daemon starts
+    (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`.
+    """
     from facepipe.digests import digest_request, run_digest
 
     try:
@@ -43,7 +47,34 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, a
     except ValidationError as err:
         raise click.UsageError(_validation_message(err)) from None
 
-    bar = tqdm(total=0, unit="img", desc=f"digest {group_id}", file=sys.stderr, disable=None)
+    if detach:
+        _start(request, workers, as_json)
+        return
+    summary = run_digest(request, workers=workers, on_progress=_progress_bar(f"digest {group_id}"))
+    _print_summary(summary, as_json)
+    if summary["status"] != "completed":
+        sys.exit(1)
+
+
+def _start(request, workers, as_json):
+    from facepipe.digests import daemon_is_running, instance_for_digests, start_digest
+
+    instance = instance_for_digests()
+    run_id = start_digest(request, workers=workers, instance=instance)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "status": "queued"}))
+    else:
+        click.echo(run_id)
+    if not daemon_is_running(instance):
+        click.echo("note: no Dagster daemon is running on this instance, so the digest waits in the queue; "
+                   "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`.", err=True)
+
+
+def _progress_bar(description):
+    """A progress callback for run_digest and retry_digest, drawing a bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="img", desc=description, file=sys.stderr, disable=None)
 
     def show(summary):
         if summary["images_to_digest"] is not None and bar.total != summary["images_to_digest"]:
@@ -51,9 +82,13 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, a
         bar.n = summary["images_done"]
         bar.set_postfix(faces=summary["faces_detected"], failed=summary["images_failed"], refresh=False)
         bar.refresh()
+        if summary["status"] not in ("queued", "processing"):
+            bar.close()
 
-    summary = run_digest(request, workers=workers, on_progress=show)
-    bar.close()
+    return show
+
+
+def _print_summary(summary, as_json):
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -61,14 +96,109 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, a
             f"digest {summary['status']}: {summary['images_listed']} images listed, "
             f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
             f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
-            f"{summary['faces_dropped']} dropped below confidence {confidence}, {summary['faces_stored']} stored "
-            f"({summary['faces_in_group']} in group {group_id!r}); {summary['duration_seconds']} s; "
+            f"{summary['faces_dropped']} dropped below the confidence threshold, {summary['faces_stored']} stored "
+            f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
             f"run {summary['run_id']}"
         )
         for failure in summary["failed_images"]:
             click.echo(f"  failed: {failure['path']}: {failure['error']}")
         for error in summary["errors"]:
             click.echo(f"  error: {error}")
+
+
+@main.group()
+def digests():
+    """Digest runs on the local Dagster instance: list, show, cancel, retry."""
+
+
+def _not_found(err):
+    click.echo(f"not found: {err}", err=True)
+    sys.exit(2)
+
+
+@digests.command("list")
+@click.option("--group", "group_id", help="Only this group's digests.")
+@click.option("--status", type=click.Choice(["queued", "processing", "completed", "failed", "canceled"]))
+@click.option("--since", type=click.DateTime(), help="Created at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Created before (UTC).")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of digest summaries.")
+def list_command(group_id, status, since, until, limit, as_json):
+    """Digests, newest first."""
+    from datetime import timezone
+
+    from facepipe.digests import instance_for_digests, list_digests
+
+    utc = {key: value.replace(tzinfo=timezone.utc) if value else None for key, value in (("since", since), ("until", until))}
+    found = list_digests(instance_for_digests(), group_id, status, utc["since"], utc["until"], limit)
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    for d in found:
+        click.echo(
+            f"{d['run_id']}  {d['status']:<10} {d['progress_percent']:>5.1f}%  group={d['group_id']}  "
+            f"images={d['images_done']}/{d['images_to_digest']} failed={d['images_failed']}  "
+            f"faces={d['faces_stored']}  started={d['start_time']}  {d['source']}"
+        )
+
+
+@digests.command("show")
+@click.argument("run_id")
+@click.option("--face-ids", "face_ids", type=int, default=0, help="Also list up to this many ids of the faces it stored.")
+@click.option("--json", "as_json", is_flag=True)
+def show_command(run_id, face_ids, as_json):
+    """One digest: status, progress, counts, times and errors."""
+    from facepipe.digests import DigestNotFound, digest_face_ids, digest_summary, instance_for_digests
+
+    try:
+        summary = digest_summary(instance_for_digests(), run_id)
+    except DigestNotFound as err:
+        _not_found(err)
+    if face_ids:
+        summary["face_ids"], summary["face_ids_next_offset"] = digest_face_ids(summary, limit=face_ids)
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        if key not in ("failed_images", "errors", "face_ids"):
+            click.echo(f"{key}: {value}")
+    for failure in summary["failed_images"]:
+        click.echo(f"failed: {failure['path']}: {failure['error']}")
+    for error in summary["errors"]:
+        click.echo(f"error: {error}")
+    for face_id in summary.get("face_ids", []):
+        click.echo(f"face: {face_id}")
+
+
+@digests.command("cancel")
+@click.argument("run_id")
+def cancel_command(run_id):
+    """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
+    from facepipe.digests import DigestNotFound, cancel_digest, instance_for_digests
+
+    try:
+        summary = cancel_digest(instance_for_digests(), run_id)
+    except DigestNotFound as err:
+        _not_found(err)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{run_id}: {summary['status']}")
+
+
+@digests.command("retry")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def retry_command(run_id, as_json):
+    """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
+    from facepipe.digests import DigestNotFound, instance_for_digests, retry_digest
+
+    try:
+        summary = retry_digest(run_id, instance_for_digests(), on_progress=_progress_bar(f"retry {run_id[:8]}"))
+    except DigestNotFound as err:
+        _not_found(err)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    _print_summary(summary, as_json)
     if summary["status"] != "completed":
         sys.exit(1)
 

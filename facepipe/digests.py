@@ -4,7 +4,12 @@ Everything here reads the Dagster instance (run storage and event log), never a 
 digest's status and counts survive restarts and are the ones the Dagster UI shows.
 """
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -12,7 +17,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter, execute_job, reconstructable
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    RunsFilter,
+    execute_job,
+    reconstructable,
+)
 
 from facepipe import settings
 from facepipe.defs.config import DigestConfig
@@ -66,51 +79,178 @@ def instance_for_digests() -> DagsterInstance:
 
 
 def run_digest(request: DigestConfig, workers: int | None = None, instance: DagsterInstance | None = None,
-               on_progress: Callable[[dict], None] | None = None, poll_seconds: float = 0.5) -> dict:
-    """Digest now, as a Dagster run on the instance, and return its summary.
+               on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Digest now, as a Dagster run executed by this process, and return its summary.
 
-    The run executes in this process (its steps in worker processes); a watcher reads its progress
-    from the event log meanwhile and passes the summary so far to `on_progress`.
+    No daemon is needed: the run executes here (its steps in worker processes), while a watcher
+    thread reads its progress from the event log and passes the summary so far to `on_progress`.
     """
-    from facepipe.definitions import get_digest_job
-
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     instance = instance or instance_for_digests()
-    if not instance.has_dynamic_partition(digest_groups.name, request.group_id):
-        instance.add_dynamic_partitions(digest_groups.name, [request.group_id])
+    _add_group(instance, request.group_id)
+    tags = {**run_tags(request), TAG_PREFIX + "workers": str(workers)}
+    return _execute(instance, tags, on_progress, run_config=run_config(request, workers))
 
+
+def retry_digest(run_id: str, instance: DagsterInstance | None = None,
+                 on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Re-execute a failed or canceled digest: chunks that succeeded are not redone."""
+    instance = instance or instance_for_digests()
+    parent = _digest_run(instance, run_id)
+    if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        raise ValueError(f"digest {run_id} is {STATUS_NAMES[parent.status]}: only failed or canceled digests can be retried")
+    tags = {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == "dagster/partition"}
+    return _execute(instance, tags, on_progress, run_config=parent.run_config,
+                    reexecution_options=_steps_to_retry(instance, run_id))
+
+
+def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
+    """Every chunk the parent listed but did not finish, and the store step.
+
+    Dagster's from-failure re-execution retries failed and interrupted steps, but not mapped steps
+    that never started (a canceled run leaves those), so we select the steps ourselves. The outputs
+    of the chunks that succeeded are loaded from the parent run.
+    """
+    succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    if "digest.list_images" not in succeeded:
+        return ReexecutionOptions.from_failure(run_id, instance)
+    chunk_steps = [
+        f"digest.extract_faces_in_chunk[{event.dagster_event.step_output_data.mapping_key}]"
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        if event.step_key == "digest.list_images" and event.dagster_event.step_output_data.mapping_key
+    ]
+    return ReexecutionOptions(
+        parent_run_id=run_id,
+        step_selection=[step for step in chunk_steps if step not in succeeded] + ["digest.store_faces"],
+    )
+
+
+def _execute(instance: DagsterInstance, tags: dict, on_progress, **execute_options) -> dict:
+    from facepipe.definitions import get_digest_job
+
+    # a launch id finds the run in storage while it executes, before execute_job returns its id
     launch_id = str(uuid.uuid4())
-    tags = {**run_tags(request), TAG_PREFIX + "launch_id": launch_id, TAG_PREFIX + "workers": str(workers)}
-    outcome = {}
+    tags = {**tags, TAG_PREFIX + "launch_id": launch_id, TAG_PREFIX + "host": socket.gethostname(),
+            TAG_PREFIX + "pid": str(os.getpid())}
+    stop = threading.Event()
 
-    def execute():
-        try:
-            with execute_job(reconstructable(get_digest_job), instance, run_config=run_config(request, workers),
-                             tags=tags) as result:
-                outcome["run_id"] = result.run_id
-        except BaseException as err:  # reported by the caller's thread
-            outcome["error"] = err
+    def watch():
+        run_id = None
+        while not stop.wait(0.5):
+            if run_id is None:
+                found = instance.get_run_records(RunsFilter(tags={TAG_PREFIX + "launch_id": launch_id}), limit=1)
+                run_id = found[0].dagster_run.run_id if found else None
+            if run_id:
+                on_progress(digest_summary(instance, run_id))
 
-    thread = threading.Thread(target=execute, name="facepipe-digest", daemon=True)
-    thread.start()
-    run_id = None
-    while thread.is_alive():
-        thread.join(poll_seconds)
-        if on_progress is None:
-            continue
-        if run_id is None:
-            records = instance.get_run_records(RunsFilter(tags={TAG_PREFIX + "launch_id": launch_id}), limit=1)
-            run_id = records[0].dagster_run.run_id if records else None
-        if run_id:
-            on_progress(digest_summary(instance, run_id))
-    if "error" in outcome:
-        raise outcome["error"]
-    summary = digest_summary(instance, outcome["run_id"])
+    watcher = threading.Thread(target=watch, name="facepipe-progress", daemon=True)
+    if on_progress:
+        watcher.start()
+    try:
+        # in the main thread, so that Dagster's own interrupt handling cancels the run cleanly
+        with execute_job(reconstructable(get_digest_job), instance, tags=tags, **execute_options) as result:
+            run_id = result.run_id
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
+    summary = digest_summary(instance, run_id)
     if on_progress:
         on_progress(summary)
     return summary
+
+
+def start_digest(request: DigestConfig, workers: int | None = None, instance: DagsterInstance | None = None) -> str:
+    """Submit a digest to the instance's run queue and return its run id without waiting for it.
+
+    The queue (max_concurrent_runs in dagster.yaml) starts it when a slot is free; that takes the
+    Dagster daemon (`facepipe ui` runs it): check `daemon_is_running` to warn when it is not.
+    Submission goes through `dagster job launch`, so the run knows its code location and can be
+    re-executed from the UI.
+    """
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    instance = instance or instance_for_digests()
+    _add_group(instance, request.group_id)
+    run_id = str(uuid.uuid4())
+    tags = {**run_tags(request), TAG_PREFIX + "workers": str(workers)}
+    command = [
+        sys.executable, "-m", "dagster", "job", "launch", "-m", "facepipe.definitions", "-j", "digest_job",
+        "--run-id", run_id, "--tags", json.dumps(tags), "--config-json", json.dumps(run_config(request, workers)),
+    ]
+    env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
+    launched = subprocess.run(command, env=env, capture_output=True, text=True)
+    if launched.returncode != 0 or instance.get_run_by_id(run_id) is None:
+        raise RuntimeError(f"dagster job launch failed:\n{launched.stderr[-3000:]}")
+    return run_id
+
+
+def daemon_is_running(instance: DagsterInstance, within_seconds: float = 120) -> bool:
+    """Whether a Dagster daemon dequeues this instance's runs (it heartbeats every few seconds)."""
+    heartbeat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return heartbeat is not None and time.time() - heartbeat.timestamp < within_seconds
+
+
+def list_digests(instance: DagsterInstance, group_id: str | None = None, status: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None, limit: int = 20) -> list[dict]:
+    """Digests, newest first, filtered by group, status and creation time."""
+    tags = {TAG_PREFIX + "group_id": group_id} if group_id else {}
+    statuses = None
+    if status:
+        statuses = [s for s, name in STATUS_NAMES.items() if name == status]
+        if not statuses:
+            raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
+    records = instance.get_run_records(
+        RunsFilter(job_name="digest_job", tags=tags, statuses=statuses, created_after=since, created_before=until),
+        limit=limit,
+    )
+    return [digest_summary(instance, record.dagster_run.run_id) for record in records]
+
+
+def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
+    """Cancel a queued or running digest. Faces already stored stay; a later digest does the rest."""
+    run = _digest_run(instance, run_id)
+    if run.is_finished:
+        raise ValueError(f"digest {run_id} is already {STATUS_NAMES[run.status]}")
+    executor_pid = run.tags.get(TAG_PREFIX + "pid")
+    if run.remote_job_origin is None and executor_pid and run.tags.get(TAG_PREFIX + "host") == socket.gethostname():
+        # executed by a `facepipe digest` process, not by a run launcher: record the request, then
+        # interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
+        instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
+        os.kill(int(executor_pid), signal.SIGINT)
+    elif not instance.run_coordinator.cancel_run(run_id):
+        raise RuntimeError(f"digest {run_id} could not be canceled")
+    return digest_summary(instance, run_id)
+
+
+def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) -> tuple[list[str], str | None]:
+    """A page of the ids of the faces a digest stored, from Qdrant by run id, and the next page's offset."""
+    from facepipe.store import faces_collection, group_filter, open_store_from_settings
+
+    run_filter = group_filter(summary["group_id"], run_id=summary["run_id"])
+    with open_store_from_settings() as store:
+        if not store.client.collection_exists(faces_collection(summary["profile"])):
+            return [], None
+        points, next_offset = store.client.scroll(
+            faces_collection(summary["profile"]), scroll_filter=run_filter, limit=limit, offset=offset,
+            with_payload=False, with_vectors=False,
+        )
+    return [str(p.id) for p in points], (str(next_offset) if next_offset is not None else None)
+
+
+def _digest_run(instance: DagsterInstance, run_id: str):
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.job_name != "digest_job":
+        raise DigestNotFound(f"no digest with run id {run_id!r}")
+    return run
+
+
+def _add_group(instance: DagsterInstance, group_id: str) -> None:
+    if not instance.has_dynamic_partition(digest_groups.name, group_id):
+        instance.add_dynamic_partitions(digest_groups.name, [group_id])
 
 
 def _metadata_values(entry) -> dict:
@@ -124,7 +264,7 @@ def _iso(timestamp: float | None) -> str | None:
 def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
     """A digest's status, progress, counts and errors, all read from Dagster's run storage and event log."""
     record = instance.get_run_record_by_id(run_id)
-    if record is None:
+    if record is None or record.dagster_run.job_name != "digest_job":
         raise DigestNotFound(f"no digest with run id {run_id!r}")
     run = record.dagster_run
     tags = run.tags
@@ -150,8 +290,9 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
         else:
             run_errors.append(event_record.event_log_entry.message or event.message or "")
 
-    listing = materialized.get("image_list", {})
     faces = materialized.get("faces", observed)
+    # a retry does not list again: its `faces` materialization repeats the listing's counts
+    listing = materialized.get("image_list", faces)
     stored = materialized.get("stored_faces", {})
     to_digest = listing.get("images_to_digest")
     done = faces.get("images_done", 0)

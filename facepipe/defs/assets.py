@@ -128,6 +128,7 @@ def store_faces(context: OpExecutionContext, image_list, chunk_results, face_sto
     faces = {
         "images_listed": image_list.listed,
         "images_skipped": image_list.skipped,
+        "images_to_digest": len(image_list.tasks),
         "images_done": len(images),
         "images_failed": len(errors),
         "images_unchanged": sum(1 for r in images if r.unchanged),
