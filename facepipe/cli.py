@@ -213,5 +213,12 @@ def ui(port):
     os.execvp("dagster", ["dagster", "dev", "-m", "facepipe.definitions", "-p", str(port)])
 
 
+# search and people live in their own module
+from facepipe.cli_people import people, search  # noqa: E402
+
+main.add_command(search)
+main.add_command(people)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,209 @@
+"""The `facepipe search` and `facepipe people` commands (added to the `facepipe` group in cli.py)."""
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+
+GROUP = click.option("--group", "group_id", required=True, help="The group (event, album) to look in.")
+PROFILE = click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
+                       help="The model profile (default: the one the group was digested with).")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+
+
+@contextmanager
+def _store():
+    """The face store, with a clear message if there is none yet or a run holds its lock."""
+    from facepipe import settings
+    from facepipe.store import FaceStore, StoreBusy
+
+    if not settings.qdrant_url() and not settings.qdrant_path().exists():
+        raise click.ClickException(f"no face store at {settings.qdrant_path()}: digest photos first")
+    try:
+        with FaceStore.open(path=settings.qdrant_path(), url=settings.qdrant_url(),
+                            api_key=settings.qdrant_api_key()) as store:
+            yield store
+    except StoreBusy as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _profile_of(store, group_id: str, profile: str | None) -> str:
+    from facepipe.search import group_profiles
+
+    profiles = group_profiles(store, group_id)
+    if not profiles:
+        raise click.ClickException(f"unknown group {group_id!r}: it has no faces; digest photos into it first")
+    if profile and profile not in profiles:
+        raise click.ClickException(f"group {group_id!r} has no faces with profile {profile!r} (it has {profiles})")
+    return profile or profiles[0]
+
+
+def _area(area: dict) -> str:
+    return f"{area['x']},{area['y']} {area['w']}x{area['h']}"
+
+
+@click.command()
+@click.argument("selfie", type=click.Path(dir_okay=False))
+@GROUP
+@click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="At most this many matching faces per selfie face.")
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
+              help="Least cosine similarity (default: the profile's calibrated one, 0.92 for dlib).")
+@PROFILE
+@click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")
+@AS_JSON
+def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
+    """Find the group's photos showing the person in SELFIE, grouped by photo, best first."""
+    from facepipe.search import SearchError, search_faces
+
+    with _store() as store:
+        try:
+            result = search_faces(store, selfie, group_id, profile, top_k, threshold, all_faces)
+        except SearchError as err:
+            raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    click.echo(f"{len(result.photos)} photos in group {group_id!r} match {Path(selfie).name} "
+               f"(profile {result.profile}, similarity >= {result.threshold}, "
+               f"{len(result.query_faces)} selfie face{'s' if len(result.query_faces) > 1 else ''})")
+    for photo in result.photos:
+        click.echo(f"{photo.score:.4f}  {photo.image_path}")
+        for m in photo.faces:
+            person = f"person {m.person_id}" if m.person_id is not None else "no person yet"
+            click.echo(f"    face {m.face_index} at {_area(m.facial_area)}  {m.score:.4f}  {person}  id {m.face_id}")
+
+
+@click.group()
+def people():
+    """The people of a group: faces clustered into persons, named, merged and split by hand."""
+
+
+@people.command("cluster")
+@GROUP
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
+@click.option("--full", is_flag=True, help="Re-cluster every face (ids, names, merges and splits are kept).")
+@AS_JSON
+def cluster_command(group_id, profile, full, as_json):
+    """Place the group's new faces into people (a run of the `people` asset on the instance)."""
+    from facepipe.people import run_people
+    from facepipe.store import StoreBusy
+
+    try:
+        counts = run_people(group_id, profile, full)
+    except LookupError as err:
+        raise click.ClickException(str(err)) from None
+    except (RuntimeError, StoreBusy) as err:
+        raise click.ClickException(f"clustering failed: {err}") from None
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(f"{counts['people']} people, {counts['new_people']} new, from {counts['faces']} faces "
+                   f"({counts['faces_assigned']} placed); run {counts['run_id']}")
+
+
+@people.command("list")
+@GROUP
+@PROFILE
+@AS_JSON
+def list_command(group_id, profile, as_json):
+    """The group's people, most faces first."""
+    from facepipe.people import list_people
+
+    with _store() as store:
+        found = list_people(store, group_id, _profile_of(store, group_id, profile))
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    if not found:
+        click.echo(f"group {group_id!r} has no people yet: run `facepipe people cluster --group {group_id}`")
+    for p in found:
+        click.echo(f"person {p['person_id']:>4}  {p['face_count']:>5} faces  {p['name'] or '-':<20}  "
+                   f"{p['representative_image_path']}")
+
+
+@people.command("show")
+@click.argument("person_id", type=int)
+@GROUP
+@PROFILE
+@AS_JSON
+def show_command(person_id, group_id, profile, as_json):
+    """One person: name, faces, and a thumbnail file per face."""
+    from facepipe.people import PersonNotFound, get_person, person_faces
+    from facepipe.thumbnails import face_thumbnails
+
+    with _store() as store:
+        profile = _profile_of(store, group_id, profile)
+        try:
+            person = get_person(store, group_id, person_id, profile)
+        except PersonNotFound as err:
+            raise click.ClickException(str(err)) from None
+        faces = person_faces(store, group_id, person_id, profile)
+    thumbnails = face_thumbnails(faces)
+    person["faces"] = [
+        {"face_id": str(f.id), "image_path": f.payload["image_path"], "face_index": f.payload["face_index"],
+         "facial_area": f.payload["facial_area"], "pinned": bool(f.payload.get("person_pinned")),
+         "thumbnail": str(thumbnails[str(f.id)]) if thumbnails[str(f.id)] else None}
+        for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
+    ]
+    if as_json:
+        click.echo(json.dumps(person))
+        return
+    click.echo(f"person {person_id} ({person['name'] or 'no name'}): {person['face_count']} faces, "
+               f"representative {person['representative_image_path']}")
+    for f in person["faces"]:
+        click.echo(f"  {f['face_id']}  {f['image_path']} face {f['face_index']}  thumbnail {f['thumbnail']}")
+
+
+@people.command("name")
+@click.argument("person_id", type=int)
+@click.argument("name")
+@GROUP
+@PROFILE
+def name_command(person_id, name, group_id, profile):
+    """Name a person (an empty NAME clears it)."""
+    from facepipe.people import PersonNotFound, name_person
+
+    with _store() as store:
+        try:
+            person = name_person(store, group_id, person_id, name, _profile_of(store, group_id, profile))
+        except PersonNotFound as err:
+            raise click.ClickException(str(err)) from None
+    click.echo(f"person {person_id} is now {person['name']!r}")
+
+
+@people.command("merge")
+@click.argument("keep", type=int)
+@click.argument("others", type=int, nargs=-1, required=True)
+@GROUP
+@PROFILE
+def merge_command(keep, others, group_id, profile):
+    """Merge OTHERS into KEEP: their faces become KEEP's, and stay so through re-clustering."""
+    from facepipe.people import PersonNotFound, merge_people
+
+    with _store() as store:
+        try:
+            person = merge_people(store, group_id, keep, list(others), _profile_of(store, group_id, profile))
+        except PersonNotFound as err:
+            raise click.ClickException(str(err)) from None
+    click.echo(f"person {keep} ({person['name'] or 'no name'}) now has {person['face_count']} faces")
+
+
+@people.command("split")
+@click.argument("person_id", type=int)
+@click.argument("face_ids", nargs=-1, required=True)
+@GROUP
+@PROFILE
+def split_command(person_id, face_ids, group_id, profile):
+    """Move FACE_IDS (see `people show`) out of a person into a new person."""
+    from facepipe.people import PersonNotFound, split_person
+
+    with _store() as store:
+        try:
+            person = split_person(store, group_id, person_id, list(face_ids), _profile_of(store, group_id, profile))
+        except (PersonNotFound, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+    click.echo(f"person {person['person_id']} is new, with {person['face_count']} faces from person {person_id}")

@@ -1,0 +1,72 @@
+"""Face thumbnails: a small square crop per face, made on demand and kept under $FACEPIPE_HOME.
+
+A thumbnail's file is named after the face's point id (`thumbnails/ab/abcd....jpg`), never after a
+photo's path, so it is as stable as the id and says nothing about where the photo lives. The id
+already changes when the photo's bytes change, so a stored thumbnail is never stale.
+"""
+
+from pathlib import Path
+
+import cv2
+
+from facepipe import settings
+from facepipe.engine.images import ImageError, decode_image, read_image_bytes
+
+THUMBNAIL_SIZE = 160  # pixels, square
+MARGIN = 0.25  # of the face box, added on every side, so the crop shows some hair and chin
+
+
+def thumbnails_dir() -> Path:
+    return settings.facepipe_home() / "thumbnails"
+
+
+def thumbnail_path(face_id: str) -> Path:
+    face_id = str(face_id)
+    return thumbnails_dir() / face_id[:2] / f"{face_id}.jpg"
+
+
+def face_thumbnail(face, image=None) -> Path | None:
+    """The thumbnail of a face (a Qdrant record with its payload), made now if missing.
+
+    `image`: the photo, already decoded. None if the photo can no longer be read (moved, deleted).
+    """
+    path = thumbnail_path(face.id)
+    if path.exists():
+        return path
+    if image is None:
+        try:
+            image = decode_image(read_image_bytes(face.payload["image_path"])[0])
+        except ImageError:
+            return None
+    area = face.payload["facial_area"]
+    side = max(area["w"], area["h"]) * (1 + 2 * MARGIN)
+    cx, cy = area["x"] + area["w"] / 2, area["y"] + area["h"] / 2
+    height, width = image.shape[:2]
+    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
+    crop = cv2.resize(image[y0:y1, x0:x1], (THUMBNAIL_SIZE, THUMBNAIL_SIZE), interpolation=cv2.INTER_AREA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part.jpg")  # write then rename: a reader never sees half a file
+    cv2.imwrite(str(partial), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    partial.replace(path)
+    return path
+
+
+def face_thumbnails(faces) -> dict[str, Path | None]:
+    """Thumbnails of many faces, decoding each photo at most once."""
+    by_photo = {}
+    for face in faces:
+        by_photo.setdefault(face.payload["image_path"], []).append(face)
+    found = {}
+    for image_path, photo_faces in by_photo.items():
+        missing = [f for f in photo_faces if not thumbnail_path(f.id).exists()]
+        image = None
+        if missing:
+            try:
+                image = decode_image(read_image_bytes(image_path)[0])
+            except ImageError:
+                found.update({str(f.id): None for f in missing})
+        for face in photo_faces:
+            if str(face.id) not in found:
+                found[str(face.id)] = face_thumbnail(face, image)
+    return found
