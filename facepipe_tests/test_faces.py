@@ -28,6 +28,15 @@ def test_one_face_with_box_landmarks_confidence_and_unit_embedding():
     assert face.embedding.shape == (128,) and np.isclose(np.linalg.norm(face.embedding), 1.0, atol=1e-5)
 
 
+def test_a_photo_decoded_reduced_gives_boxes_and_landmarks_in_full_size_pixels():
+    (image,) = chunk("img40.jpg").images  # 3061 x 4600, decoded at 1/4 for a 1024 px detector
+    assert (image.width, image.height) == (3061, 4600)
+    (face,) = image.faces
+    x, y, w, h = face.box
+    assert w > 800 and x + w <= image.width and y + h <= image.height
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks)
+
+
 def test_couple_has_two_faces_left_to_right():
     (image,) = chunk("couple.jpg").images
     assert len(image.faces) == 2

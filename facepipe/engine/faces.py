@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facepipe.engine.images import ImageError, decode_image, read_image_bytes
-from facepipe.engine.profiles import Profile, load_profile
+from facepipe.engine.images import ImageError, decode_image_at_least, read_image_bytes
+from facepipe.engine.profiles import Profile, clip_box, load_profile
 
 DEFAULT_DETECTION_SIZE = 1024  # long side of the copy the detector sees, in pixels
 
@@ -63,11 +63,18 @@ def faces_in_image(
     confidence: float,
     detection_size: int = DEFAULT_DETECTION_SIZE,
     seconds: dict[str, float] | None = None,
+    full_size: tuple[int, int] | None = None,
 ) -> tuple[list[Face], int]:
-    """The faces at or above `confidence`, left to right, and how many were dropped below it."""
+    """The faces at or above `confidence`, left to right, and how many were dropped below it.
+
+    `image` may be a reduced decode of a photo whose real size is `full_size` (width, height):
+    boxes and landmarks are then given in the photo's full-size pixels.
+    """
     seconds = seconds if seconds is not None else defaultdict(float)
     start = time.perf_counter()
     detected = profile.faces(image, detection_size)
+    if full_size and full_size != (image.shape[1], image.shape[0]):
+        detected = [_to_full_size(f, image, *full_size) for f in detected]
     kept = sorted((f for f in detected if f.confidence >= confidence), key=lambda f: f.box[:2])
     seconds["detect"] += time.perf_counter() - start
 
@@ -81,6 +88,14 @@ def faces_in_image(
     return faces, len(detected) - len(kept)
 
 
+def _to_full_size(face, image: np.ndarray, width: int, height: int):
+    sx, sy = width / image.shape[1], height / image.shape[0]
+    x, y, w, h = face.box
+    face.box = clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height)
+    face.landmarks = [(px * sx, py * sy) for px, py in face.landmarks]
+    return face
+
+
 def faces_in_chunk(
     tasks: list[ImageTask],
     profile_name: str,
@@ -88,8 +103,10 @@ def faces_in_chunk(
     detection_size: int = DEFAULT_DETECTION_SIZE,
     redigest: bool = False,
 ) -> ChunkResult:
-    profile = load_profile(profile_name)  # raises for missing weights, before any photo
     seconds: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    profile = load_profile(profile_name)  # raises for missing weights, before any photo
+    seconds["load_models"] = time.perf_counter() - start  # ~0 where a worker preloaded them
     results = []
     for task in tasks:
         result = ImageResult(
@@ -104,12 +121,13 @@ def faces_in_chunk(
                 result.unchanged = True  # touched, not changed: no need to decode
                 continue
             start = time.perf_counter()
-            image = decode_image(data)
+            # the detector sees `detection_size` pixels at most, and the aligned chips (150 px for
+            # dlib) come out as good from a photo decoded at that size as from the full one
+            image, (result.width, result.height) = decode_image_at_least(data, detection_size)
             del data
             seconds["decode"] += time.perf_counter() - start
-            result.height, result.width = image.shape[:2]
             result.faces, result.faces_dropped = faces_in_image(
-                profile, image, confidence, detection_size, seconds
+                profile, image, confidence, detection_size, seconds, (result.width, result.height)
             )
         except ImageError as err:
             result.error = str(err)
@@ -135,12 +153,25 @@ def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[Ima
     return tasks, skipped
 
 
-def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
-    """At most `chunk_size` tasks a chunk, and at least one chunk per worker.
+# A chunk step costs ~0.5 s to start; below this many photos a chunk would mostly be start-up.
+MIN_CHUNK = 32
+CHUNKS_PER_WORKER = 4
 
-    Tasks are dealt round-robin so that large and small photos spread evenly over the chunks.
+
+def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
+    """At most `chunk_size` tasks a chunk, at least one chunk per worker, and a multiple of
+    `workers` chunks, so that no worker is left alone with the last chunk.
+
+    A large digest gets up to CHUNKS_PER_WORKER chunks per worker (of MIN_CHUNK photos at
+    least): when one worker is slowed (a slow photo, another process on its core), the other
+    takes the next chunk, so the workers end together. Tasks are dealt round-robin so that
+    large and small photos spread evenly over the chunks.
     """
     if not tasks:
         return []
-    count = max(-(-len(tasks) // chunk_size), min(workers, len(tasks)))
+    count = -(-len(tasks) // chunk_size)
+    if workers > 1:
+        count = max(count, workers, min(workers * CHUNKS_PER_WORKER, -(-len(tasks) // MIN_CHUNK)))
+        count = -(-count // workers) * workers
+    count = min(count, len(tasks))
     return [tasks[i::count] for i in range(count)]
