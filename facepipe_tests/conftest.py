@@ -56,3 +56,15 @@ def sample_digest(tmp_path_factory):
     home = tmp_path_factory.mktemp("facepipe_home")
     summary = digest(home, SAMPLE_IMAGES, "sample", "--workers", "2")
     return home, summary
+
+
+@pytest.fixture(scope="session")
+def sample_people(sample_digest, tmp_path_factory):
+    """A copy of the sample digest whose faces `facepipe people cluster` placed into people, shared
+    by the read-only search, people and notebook tests."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("people_home") / "home"
+    shutil.copytree(sample_digest[0], home)
+    result = run_facepipe(home, "people", "cluster", "--group", "sample", "--json")
+    return home, json.loads(result.stdout)
