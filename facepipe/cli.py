@@ -21,8 +21,27 @@ def main():
     """facepipe: find, embed and store the faces of a photo collection, on Dagster."""
 
 
+def _digests_api(remote):
+    """list, show and cancel against the local instance, or a webserver's over GraphQL."""
+    from functools import partial
+
+    from facepipe import digests
+
+    if remote:
+        from facepipe.remote import RemoteDigests
+
+        api = RemoteDigests(remote)
+        return api.list_digests, api.digest_summary, api.cancel_digest
+    instance = digests.instance_for_digests()
+    return (partial(digests.list_digests, instance), partial(digests.digest_summary, instance),
+            partial(digests.cancel_digest, instance))
+
+
+REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g. http://host:3000) instead of the local instance.")
+
+
 @main.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("path")
 @click.option("--group", "group_id", required=True, help="The group (event, album) the faces go into.")
 @click.option("--confidence", type=float, default=0.5, show_default=True, help="Drop faces detected below this.")
 @click.option("--workers", type=int, default=os.cpu_count() or 1, show_default=True, help="Parallel worker processes.")
@@ -30,23 +49,30 @@ def main():
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
 @click.option("--chunk-size", type=int, default=200, show_default=True, help="At most this many photos per step.")
 @click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
+@REMOTE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, detach, as_json):
+def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, detach, remote, as_json):
     """Digest the photos under PATH into a group, as a run on the local Dagster instance.
 
     By default the run executes in this process and the command waits, with a progress bar.
     With --detach it goes to the instance's run queue, which the Dagster daemon starts
-    (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`.
+    (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`. With --remote, it
+    goes to a webserver's instance over GraphQL, and PATH is a folder on that server.
     """
     from facepipe.digests import digest_request, run_digest
 
+    if not remote and not os.path.isdir(path):
+        raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
-        request = digest_request(path, group_id, confidence, profile, redigest, chunk_size)
+        request = digest_request(path, group_id, confidence, profile, redigest, chunk_size, on_this_machine=not remote)
         if workers < 1:
             raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
     except ValidationError as err:
         raise click.UsageError(_validation_message(err)) from None
 
+    if remote:
+        _start_remote(request, workers, remote, detach, as_json)
+        return
     if detach:
         _start(request, workers, as_json)
         return
@@ -68,6 +94,28 @@ def _start(request, workers, as_json):
     if not daemon_is_running(instance):
         click.echo("note: no Dagster daemon is running on this instance, so the digest waits in the queue; "
                    "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`.", err=True)
+
+
+def _start_remote(request, workers, remote, detach, as_json):
+    import time
+
+    from facepipe.remote import RemoteDigests
+
+    api = RemoteDigests(remote)
+    run_id = api.start_digest(request, workers)
+    if detach:
+        click.echo(json.dumps({"run_id": run_id, "status": "queued"}) if as_json else run_id)
+        return
+    show = _progress_bar(f"digest {request.group_id} at {api.url}")
+    summary = api.digest_summary(run_id)
+    while summary["status"] in ("queued", "processing"):
+        show(summary)
+        time.sleep(1)
+        summary = api.digest_summary(run_id)
+    show(summary)
+    _print_summary(summary, as_json)
+    if summary["status"] != "completed":
+        sys.exit(1)
 
 
 def _progress_bar(description):
@@ -122,15 +170,15 @@ def _not_found(err):
 @click.option("--since", type=click.DateTime(), help="Created at or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="Created before (UTC).")
 @click.option("--limit", type=int, default=20, show_default=True)
+@REMOTE
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of digest summaries.")
-def list_command(group_id, status, since, until, limit, as_json):
+def list_command(group_id, status, since, until, limit, remote, as_json):
     """Digests, newest first."""
     from datetime import timezone
 
-    from facepipe.digests import instance_for_digests, list_digests
-
+    list_digests, _, _ = _digests_api(remote)
     utc = {key: value.replace(tzinfo=timezone.utc) if value else None for key, value in (("since", since), ("until", until))}
-    found = list_digests(instance_for_digests(), group_id, status, utc["since"], utc["until"], limit)
+    found = list_digests(group_id=group_id, status=status, since=utc["since"], until=utc["until"], limit=limit)
     if as_json:
         click.echo(json.dumps(found))
         return
@@ -145,13 +193,15 @@ def list_command(group_id, status, since, until, limit, as_json):
 @digests.command("show")
 @click.argument("run_id")
 @click.option("--face-ids", "face_ids", type=int, default=0, help="Also list up to this many ids of the faces it stored.")
+@REMOTE
 @click.option("--json", "as_json", is_flag=True)
-def show_command(run_id, face_ids, as_json):
+def show_command(run_id, face_ids, remote, as_json):
     """One digest: status, progress, counts, times and errors."""
-    from facepipe.digests import DigestNotFound, digest_face_ids, digest_summary, instance_for_digests
+    from facepipe.digests import DigestNotFound, digest_face_ids
 
+    _, digest_summary, _ = _digests_api(remote)
     try:
-        summary = digest_summary(instance_for_digests(), run_id)
+        summary = digest_summary(run_id)
     except DigestNotFound as err:
         _not_found(err)
     if face_ids:
@@ -172,12 +222,14 @@ def show_command(run_id, face_ids, as_json):
 
 @digests.command("cancel")
 @click.argument("run_id")
-def cancel_command(run_id):
+@REMOTE
+def cancel_command(run_id, remote):
     """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
-    from facepipe.digests import DigestNotFound, cancel_digest, instance_for_digests
+    from facepipe.digests import DigestNotFound
 
+    _, _, cancel_digest = _digests_api(remote)
     try:
-        summary = cancel_digest(instance_for_digests(), run_id)
+        summary = cancel_digest(run_id)
     except DigestNotFound as err:
         _not_found(err)
     except ValueError as err:
@@ -210,7 +262,8 @@ def ui(port):
     from facepipe import settings
 
     settings.prepare_dagster_home()
-    os.execvp("dagster", ["dagster", "dev", "-m", "facepipe.definitions", "-p", str(port)])
+    # the dagster of this interpreter, whether or not its environment is activated
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "facepipe.definitions", "-p", str(port)])
 
 
 # search and people live in their own module

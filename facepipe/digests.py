@@ -46,10 +46,14 @@ class DigestNotFound(LookupError):
 
 
 def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: str = DEFAULT_PROFILE,
-                   redigest: bool = False, chunk_size: int = 200) -> DigestConfig:
-    """A validated digest request; raises pydantic's ValidationError naming the bad field."""
+                   redigest: bool = False, chunk_size: int = 200, on_this_machine: bool = True) -> DigestConfig:
+    """A validated digest request; raises pydantic's ValidationError naming the bad field.
+
+    A path on this machine is made absolute; one for a remote server is passed as it is.
+    """
     return DigestConfig(
-        group_id=group_id, local_dir_path=str(Path(path).absolute()), confidence=confidence,
+        group_id=group_id, local_dir_path=str(Path(path).absolute()) if on_this_machine else path,
+        confidence=confidence,
         profile=profile, redigest=redigest, chunk_size=chunk_size,
     )
 
@@ -266,13 +270,7 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
     record = instance.get_run_record_by_id(run_id)
     if record is None or record.dagster_run.job_name != "digest_job":
         raise DigestNotFound(f"no digest with run id {run_id!r}")
-    run = record.dagster_run
-    tags = run.tags
-
-    materialized: dict[str, dict] = {}
-    observed = {"images_done": 0, "images_failed": 0, "faces_detected": 0, "faces_dropped": 0}
-    image_errors: list[dict] = []
-    run_errors: list[str] = []
+    materialized, observations, errors = {}, [], []
     events = instance.get_records_for_run(
         run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION,
                          DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE},
@@ -283,27 +281,40 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
             materialization = event.step_materialization_data.materialization
             materialized[materialization.asset_key.to_user_string()] = _metadata_values(materialization)
         elif event.event_type == DagsterEventType.ASSET_OBSERVATION:
-            values = _metadata_values(event.asset_observation_data.asset_observation)
-            for key in observed:
-                observed[key] += values.get(key, 0)
-            image_errors += values.get("failed_images", [])
+            observations.append(_metadata_values(event.asset_observation_data.asset_observation))
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            failure = event.step_failure_data
+            if failure.user_failure_data and failure.user_failure_data.description:
+                reason = failure.user_failure_data.description
+            else:  # the user's exception is the cause of Dagster's wrapper
+                reason = (failure.error.cause or failure.error).message
+            errors.append(f"{event.step_key}: {reason.strip()}")
         else:
-            run_errors.append(event_record.event_log_entry.message or event.message or "")
+            errors.append(event_record.event_log_entry.message or event.message or "")
+    run = record.dagster_run
+    return summarise(run_id, run.status, run.tags, record.start_time, record.end_time,
+                     materialized, observations, errors)
 
+
+def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: float | None, end_time: float | None,
+              materialized: dict[str, dict], observations: list[dict], errors: list[str]) -> dict:
+    """The seed's digest fields, from a run's status, tags, times and asset events (local or remote)."""
+    observed = {key: sum(o.get(key, 0) for o in observations)
+                for key in ("images_done", "images_failed", "faces_detected", "faces_dropped")}
     faces = materialized.get("faces", observed)
     # a retry does not list again: its `faces` materialization repeats the listing's counts
     listing = materialized.get("image_list", faces)
     stored = materialized.get("stored_faces", {})
     to_digest = listing.get("images_to_digest")
     done = faces.get("images_done", 0)
-    if run.status == DagsterRunStatus.SUCCESS:
+    if status == DagsterRunStatus.SUCCESS:
         progress = 100.0
     else:
         progress = round(100.0 * done / to_digest, 1) if to_digest else 0.0
-    end = record.end_time or (time.time() if record.start_time else None)
+    end = end_time or (time.time() if start_time else None)
     return {
         "run_id": run_id,
-        "status": STATUS_NAMES.get(run.status, run.status.value.lower()),
+        "status": STATUS_NAMES.get(status, status.value.lower()),
         "group_id": tags.get(TAG_PREFIX + "group_id"),
         "source": tags.get(TAG_PREFIX + "source"),
         "profile": tags.get(TAG_PREFIX + "profile"),
@@ -318,9 +329,9 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
         "faces_dropped": faces.get("faces_dropped", 0),
         "faces_stored": stored.get("faces_stored", 0),
         "faces_in_group": stored.get("faces_in_group"),
-        "start_time": _iso(record.start_time),
-        "end_time": _iso(record.end_time),
-        "duration_seconds": round(end - record.start_time, 2) if record.start_time and end else None,
-        "failed_images": faces.get("failed_images", image_errors),
-        "errors": run_errors,
+        "start_time": _iso(start_time),
+        "end_time": _iso(end_time),
+        "duration_seconds": round(end - start_time, 2) if start_time and end else None,
+        "failed_images": faces.get("failed_images", [e for o in observations for e in o.get("failed_images", [])]),
+        "errors": errors,
     }

@@ -1,0 +1,143 @@
+"""Digests on a remote Dagster webserver, over its GraphQL API: launch, list, show, cancel.
+
+Submitting and terminating use dagster-graphql's client; the reads (runs, their events) and adding
+a group's partition are GraphQL queries the client has no method for.
+"""
+
+from datetime import datetime
+from urllib.parse import urlparse
+
+import requests
+from dagster import DagsterRunStatus
+from dagster_graphql import DagsterGraphQLClient
+
+from facepipe.defs.config import DigestConfig
+from facepipe.defs.partitions import digest_groups
+from facepipe.digests import STATUS_NAMES, TAG_PREFIX, DigestNotFound, run_config, run_tags, summarise
+
+_METADATA = """metadataEntries { label __typename
+  ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
+  ... on JsonMetadataEntry { jsonString } ... on TextMetadataEntry { text } ... on BoolMetadataEntry { boolValue } }"""
+
+RUN_QUERY = """query Digest($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId jobName status startTime endTime tags { key value } }
+  }
+  logsForRun(runId: $runId) {
+    __typename
+    ... on EventConnection { events { __typename
+      ... on MaterializationEvent { assetKey { path } %s }
+      ... on ObservationEvent { assetKey { path } %s }
+      ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } }
+      ... on RunFailureEvent { message } } }
+  }
+}""" % (_METADATA, _METADATA)
+
+RUNS_QUERY = """query Digests($filter: RunsFilter, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) { __typename ... on Runs { results { runId } } ... on PythonError { message } }
+}"""
+
+REPOSITORIES_QUERY = """{ repositoriesOrError { __typename
+  ... on RepositoryConnection { nodes { name location { name } jobs { name } } } } }"""
+
+ADD_PARTITION = """mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename ... on PythonError { message } ... on UnauthorizedError { message }
+  }
+}"""
+
+
+def _metadata(entries: list[dict]) -> dict:
+    values = {}
+    for entry in entries:
+        if entry["__typename"] == "JsonMetadataEntry":
+            import json
+
+            values[entry["label"]] = json.loads(entry["jsonString"])
+        else:
+            values[entry["label"]] = next(
+                (entry[k] for k in ("intValue", "floatValue", "text", "boolValue") if k in entry), None
+            )
+    return values
+
+
+class RemoteDigests:
+    """The digest operations of facepipe.digests, against a Dagster webserver at `url`."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        self.url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        self.client = DagsterGraphQLClient(
+            parsed.hostname, port_number=parsed.port, use_https=parsed.scheme == "https"
+        )
+
+    def _query(self, query: str, variables: dict | None = None) -> dict:
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise RuntimeError(f"GraphQL error from {self.url}: {body['errors']}")
+        return body["data"]
+
+    def _repository(self) -> dict:
+        data = self._query(REPOSITORIES_QUERY)["repositoriesOrError"]
+        for repo in data.get("nodes", []):
+            if any(job["name"] == "digest_job" for job in repo["jobs"]):
+                return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
+        raise RuntimeError(f"no code location at {self.url} has the digest_job")
+
+    def start_digest(self, request: DigestConfig, workers: int) -> str:
+        """Submit a digest to the webserver's instance (its run queue) and return the run id."""
+        repository = self._repository()
+        added = self._query(ADD_PARTITION, {"selector": repository, "name": digest_groups.name, "key": request.group_id})
+        result = added["addDynamicPartition"]
+        if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise RuntimeError(f"could not add group {request.group_id!r}: {result.get('message', result)}")
+        return self.client.submit_job_execution(
+            "digest_job", repository_location_name=repository["repositoryLocationName"],
+            repository_name=repository["repositoryName"], run_config=run_config(request, workers),
+            tags={**run_tags(request), TAG_PREFIX + "workers": str(workers)},
+        )
+
+    def digest_summary(self, run_id: str) -> dict:
+        data = self._query(RUN_QUERY, {"runId": run_id})
+        run = data["runOrError"]
+        if run["__typename"] != "Run" or run["jobName"] != "digest_job":
+            raise DigestNotFound(f"no digest with run id {run_id!r} at {self.url}")
+        materialized, observations, errors = {}, [], []
+        for event in data["logsForRun"].get("events", []):
+            kind = event["__typename"]
+            if kind == "MaterializationEvent":
+                materialized["/".join(event["assetKey"]["path"])] = _metadata(event["metadataEntries"])
+            elif kind == "ObservationEvent":
+                observations.append(_metadata(event["metadataEntries"]))
+            elif kind == "ExecutionStepFailureEvent":  # the user's exception is the cause of Dagster's wrapper
+                error = event["error"]["cause"] or event["error"]
+                errors.append(f"{event['stepKey']}: {error['message'].strip()}")
+            elif kind == "RunFailureEvent":
+                errors.append(event["message"])
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        return summarise(run_id, DagsterRunStatus(run["status"]), tags, run["startTime"], run["endTime"],
+                         materialized, observations, errors)
+
+    def list_digests(self, group_id: str | None = None, status: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, limit: int = 20) -> list[dict]:
+        runs_filter: dict = {"pipelineName": "digest_job"}
+        if group_id:
+            runs_filter["tags"] = [{"key": TAG_PREFIX + "group_id", "value": group_id}]
+        if status:
+            runs_filter["statuses"] = [s.value for s, name in STATUS_NAMES.items() if name == status]
+        if since:
+            runs_filter["createdAfter"] = since.timestamp()
+        if until:
+            runs_filter["createdBefore"] = until.timestamp()
+        runs = self._query(RUNS_QUERY, {"filter": runs_filter, "limit": limit})["runsOrError"]
+        if runs["__typename"] != "Runs":
+            raise RuntimeError(f"could not list runs at {self.url}: {runs.get('message', runs)}")
+        return [self.digest_summary(run["runId"]) for run in runs["results"]]
+
+    def cancel_digest(self, run_id: str) -> dict:
+        self.digest_summary(run_id)  # not found is an error of its own
+        self.client.terminate_run(run_id)
+        return self.digest_summary(run_id)

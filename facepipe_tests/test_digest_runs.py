@@ -1,0 +1,187 @@
+"""Digests as Dagster runs: queued and remote launches, status and history, cancel and retry.
+
+A `facepipe ui` (Dagster webserver + daemon) runs on a free loopback port over a temporary
+instance; the CLI talks to that instance directly, or to the webserver over GraphQL (--remote).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+
+PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img5.jpg"]
+
+
+def small_folder(path, bad=True):
+    path.mkdir(parents=True)
+    for name in PHOTOS:
+        shutil.copy(SAMPLE_IMAGES / name, path / name)
+    if bad:
+        (path / "notes.jpg").write_text("a text file named .jpg")
+    return path
+
+
+def show(home, run_id, *extra):
+    return json.loads(run_facepipe(home, "digests", "show", run_id, "--json", *extra).stdout)
+
+
+def wait_until_finished(home, run_id, timeout=300, *extra):
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        summary = show(home, run_id, *extra)
+        seen.append(summary["status"])
+        if summary["status"] not in ("queued", "processing"):
+            return summary, seen
+        time.sleep(1)
+    raise AssertionError(f"digest {run_id} still {seen[-1]} after {timeout} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory):
+    """`facepipe ui` (dagster dev: webserver + daemon) on a temporary instance and a free port."""
+    home = tmp_path_factory.mktemp("ui_home")
+    port = free_port()
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    log = open(home / "ui.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                with DagsterInstance.from_config(str(home / "dagster")) as instance:
+                    if "QUEUED_RUN_COORDINATOR" in instance.get_daemon_heartbeats():
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError(f"facepipe ui did not start:\n{(home / 'ui.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield home, url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_ui, tmp_path):
+    home, _ = dagster_ui
+    folder = small_folder(tmp_path / "photos")
+    started = json.loads(run_facepipe(home, "digest", str(folder), "--group", "queued", "--detach", "--json").stdout)
+    assert started["status"] == "queued"
+
+    summary, seen = wait_until_finished(home, started["run_id"])
+    assert set(seen) <= {"queued", "processing", "completed"} and seen[-1] == "completed"
+    assert summary["progress_percent"] == 100.0
+    assert summary["images_listed"] == 6 and summary["images_done"] == 6 and summary["images_failed"] == 1
+    assert summary["faces_stored"] == 6 and summary["faces_in_group"] == 6  # couple.jpg has two
+    assert [f["path"].rsplit("/", 1)[-1] for f in summary["failed_images"]] == ["notes.jpg"]
+    assert summary["start_time"] and summary["end_time"] and summary["duration_seconds"] > 0
+    assert (summary["group_id"], summary["profile"], summary["workers"]) == ("queued", "dlib", os.cpu_count())
+
+
+def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
+    home, url = dagster_ui
+    folder = small_folder(tmp_path / "photos", bad=False)
+    result = run_facepipe(home, "digest", str(folder), "--group", "remote", "--remote", url, "--workers", "1", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["faces_stored"] == 6
+
+    local = json.loads(run_facepipe(home, "digests", "list", "--group", "remote", "--json").stdout)
+    assert [d["run_id"] for d in local] == [summary["run_id"]]
+    remote = json.loads(run_facepipe(home, "digests", "list", "--group", "remote", "--remote", url, "--json").stdout)
+    assert remote == local
+    assert show(home, summary["run_id"], "--remote", url)["faces_stored"] == 6
+
+
+def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
+    home, url = dagster_ui
+    # a digest of a folder the server does not have fails before any work
+    failed = json.loads(run_facepipe(home, "digest", str(tmp_path / "nowhere"), "--group", "remote", "--remote", url,
+                                     "--json", check=False).stdout)
+    assert failed["status"] == "failed"
+    assert any("local_dir_path" in error for error in failed["errors"])
+
+    everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
+    assert len(everything) >= 3
+    remote_failed = json.loads(run_facepipe(home, "digests", "list", "--group", "remote", "--status", "failed", "--json").stdout)
+    assert [d["run_id"] for d in remote_failed] == [failed["run_id"]]
+    completed = json.loads(run_facepipe(home, "digests", "list", "--status", "completed", "--json").stdout)
+    assert completed and all(d["status"] == "completed" for d in completed)
+    future = json.loads(run_facepipe(home, "digests", "list", "--since", "2999-01-01", "--json").stdout)
+    assert future == []
+    # every CLI call opened the instance anew from its folder: the history is on disk
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert len(instance.get_run_records()) == len(everything)
+
+
+def test_unknown_digest_is_not_found(tmp_path):
+    for command in (["digests", "show", "no-such-run"], ["digests", "cancel", "no-such-run"],
+                    ["digests", "retry", "no-such-run"]):
+        result = run_facepipe(tmp_path, *command, check=False)
+        assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_queued_digest_without_a_daemon_says_so(tmp_path):
+    folder = small_folder(tmp_path / "photos", bad=False)
+    result = run_facepipe(tmp_path / "home", "digest", str(folder), "--group", "g", "--detach")
+    assert "no Dagster daemon is running" in result.stderr
+    assert show(tmp_path / "home", result.stdout.strip())["status"] == "queued"
+
+
+def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
+    home = tmp_path / "home"
+    run_facepipe(home, "digests", "list")  # creates the instance, so the polling below never races its creation
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    running = subprocess.Popen(
+        [sys.executable, "-m", "facepipe.cli", "digest", str(SAMPLE_IMAGES), "--group", "g", "--workers", "1",
+         "--chunk-size", "8", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            found = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
+            if found and found[0]["images_done"] >= 16:
+                break
+            time.sleep(0.5)
+        run_id = found[0]["run_id"]
+        run_facepipe(home, "digests", "cancel", run_id)
+        assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
+    finally:
+        running.kill()
+    canceled = show(home, run_id)
+    assert canceled["status"] == "canceled" and 16 <= canceled["images_done"] < 64
+
+    retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+    assert retried["status"] == "completed"
+    assert retried["images_done"] == 64 and retried["faces_in_group"] == retried["faces_stored"] == 68
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        redone = {e.step_key for e in instance.all_logs(retried["run_id"], of_type=DagsterEventType.STEP_START)}
+        done_before = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    assert "digest.list_images" not in redone and not (redone & done_before)
+
+    # a later digest of the same source finds everything stored: nothing to do, nothing duplicated
+    again = digest(home, SAMPLE_IMAGES, "g")
+    assert again["images_skipped"] == 64 and again["faces_in_group"] == 68
