@@ -49,7 +49,8 @@ def _ensure_people_collection(store: FaceStore, profile: str) -> None:
 def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
     """The group's people, most faces first."""
     records = store._scroll(people_collection(profile), group_filter(group_id))
-    return sorted((r.payload for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
+    # qdrant drops payload keys set to None: an unnamed person has no "name" key
+    return sorted(({"name": None, **r.payload} for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
 def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
@@ -57,7 +58,7 @@ def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = D
         if store.client.collection_exists(people_collection(profile)) else []
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
-    return found[0].payload
+    return {"name": None, **found[0].payload}
 
 
 def person_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE,
