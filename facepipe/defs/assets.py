@@ -111,9 +111,22 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk):
             "faces_detected": sum(len(r.faces) + r.faces_dropped for r in result.images),
             "faces_dropped": sum(r.faces_dropped for r in result.images),
             "failed_images": MetadataValue.json(_errors(result.images)[:MAX_ERRORS_IN_METADATA]),
+            # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
+            "seconds_per_stage": MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
+            "worker_pid": os.getpid(),
+            "worker_peak_rss_mb": _peak_rss_mb(),
         },
     ))
     return result
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 @op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL)
@@ -147,7 +160,9 @@ def store_faces(context: OpExecutionContext, image_list, chunk_results, face_sto
         "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
         "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
     })
-    yield Output(stored, "stored_faces", metadata={**stored, "profile": image_list.profile})
+    yield Output(stored, "stored_faces", metadata={
+        **stored, "profile": image_list.profile, "store_peak_rss_mb": _peak_rss_mb(),
+    })
     context.log.info("digest of %s: %s", image_list.source, json.dumps({**faces, **stored}))
 
 

@@ -1,0 +1,419 @@
+"""How fast a digest runs, against the seed's way and against the model floor. Prints figures.
+
+    .venv/bin/python benchmarks/digest_speed.py                  # 1,000 photos (~15 min on 2 cores)
+    .venv/bin/python benchmarks/digest_speed.py --images 64      # the 64 samples (~3 min)
+    .venv/bin/python benchmarks/digest_speed.py --images 10000 --only digest2,redigest   # once, not in CI
+
+For the same photos and the dlib profile, one after another, each in its own child process:
+
+  seed1, seed2   the seed's way, `DeepFace.represent(path, model_name="Dlib", detector_backend="dlib")`
+                 per photo, in one thread and in a pool of 2 processes each with its own models (a
+                 pool of threads sharing dlib's models segfaults). It runs at ~0.4 photos/s, so it
+                 runs on an evenly spread subset (--seed-images) and is compared per photo.
+  floor1, floor2 the model floor: the engine's bare loop (read, decode, detect, embed; no Dagster, no
+                 Qdrant) in 1 process, and in 2 processes taking small batches (models loaded before
+                 the clock starts).
+  digest1, digest2  `facepipe digest --json` with 1 and 2 workers, each on a fresh FACEPIPE_HOME.
+  redigest       `facepipe digest` again on digest2's home: the folder is unchanged.
+
+Digest times are the Dagster run's duration (run start to end, as `facepipe digest` reports it; the
+CLI's own interpreter start-up is printed apart). The workload beyond the 64 samples is made of
+resized, cropped, mirrored and recompressed copies, written once to --workdir and reused; beyond
+1,000 photos, copies of those with a few bytes appended (other hash, same pixels).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "faces" / "images"
+STAGES = ("seed1", "seed2", "floor1", "floor2", "digest1", "digest2", "redigest")
+DERIVED_BEFORE_REUSE = 1000
+FLOOR_BATCH = 8  # photos per task in the 2-process floor: small, so both processes end together
+SEED_DETECTOR, SEED_MODEL = "dlib", "Dlib"
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------- workload
+
+
+def _derive(args) -> None:
+    """Write photo `index` of the workload: a resized, cropped, maybe mirrored, recompressed sample."""
+    import cv2
+    import numpy as np
+
+    index, source, target = args
+    rng = np.random.default_rng(index)
+    image = cv2.imdecode(np.fromfile(source, np.uint8), cv2.IMREAD_COLOR)  # EXIF orientation applied
+    height, width = image.shape[:2]
+    top, bottom, left, right = (rng.uniform(0, 0.08, 4) * [height, height, width, width]).astype(int)
+    image = image[top:height - bottom, left:width - right]
+    scale = rng.uniform(0.5, 1.0)
+    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])
+    assert ok
+    Path(target).write_bytes(data.tobytes())
+
+
+def build_workload(count: int, workdir: Path) -> Path:
+    """A folder of `count` photos: the samples themselves, or samples and copies made from them."""
+    samples = sorted(p for p in SAMPLES.iterdir() if not p.name.startswith("."))
+    if count == len(samples):
+        return SAMPLES
+    folder = workdir / f"photos-{count}"
+    if (folder / ".complete").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    # names in a hashed order, so that no chunk gets every copy of the same few samples
+    names = [f"{hashlib.sha1(str(i).encode()).hexdigest()[:8]}_{i:05d}" for i in range(count)]
+    derived = []
+    for i in range(min(count, DERIVED_BEFORE_REUSE)):
+        source = samples[i % len(samples)]
+        if i < len(samples):
+            os.symlink(source, folder / f"{names[i]}_{source.name}")
+        else:
+            derived.append((i, str(source), str(folder / f"{names[i]}_{source.stem}.jpg")))
+    if derived:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
+            pool.map(_derive, derived, chunksize=16)
+    for i in range(DERIVED_BEFORE_REUSE, count):
+        _, _, source = derived[(i - DERIVED_BEFORE_REUSE) % len(derived)]
+        data = Path(source).read_bytes() + f"facepipe-bench copy {i}".encode()  # after the JPEG's end
+        Path(folder / f"{names[i]}_copy.jpg").write_bytes(data)
+    (folder / ".complete").write_text("")
+    print(f"  built {count} photos in {folder} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return folder
+
+
+def list_photos(folder: Path) -> list[str]:
+    from facepipe.engine.images import list_images
+
+    return [f.path for f in list_images(folder)]
+
+
+def spread_subset(paths: list[str], count: int) -> list[str]:
+    if count >= len(paths):
+        return paths
+    step = len(paths) / count
+    return [paths[int(i * step)] for i in range(count)]
+
+
+# ---------------------------------------------------------------- stages, each in a child process
+
+
+def _seed_represent(path: str) -> int:
+    from deepface import DeepFace
+
+    try:
+        return len(DeepFace.represent(path, model_name=SEED_MODEL, detector_backend=SEED_DETECTOR))
+    except ValueError:  # "Face could not be detected": the seed's way raises for a photo without one
+        return 0
+
+
+def _seed_warm(barrier) -> None:
+    from deepface import DeepFace
+
+    from facepipe.engine.weights import link_bundled_dlib_weights
+
+    link_bundled_dlib_weights()  # the weights deepface would otherwise download
+    DeepFace.build_model(SEED_MODEL)
+    DeepFace.build_model(SEED_DETECTOR, task="face_detector")
+    if barrier is not None:
+        barrier.wait()
+
+
+def _floor_warm(barrier) -> None:
+    from facepipe.engine.profiles import load_profile
+
+    load_profile("dlib")
+    if barrier is not None:
+        barrier.wait()
+
+
+def _floor_batch(paths: list[str]) -> tuple[int, int, dict, float]:
+    from facepipe.engine.faces import ImageTask, faces_in_chunk
+
+    result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5)
+    return len(result.images), sum(len(r.faces) for r in result.images), result.seconds, peak_rss_mb()
+
+
+def _in_pool(warm, work, items, processes: int):
+    """Run `work` over `items` in `processes` spawned processes, timed once every one has warmed up."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    with context.Pool(processes, initializer=warm, initargs=(barrier,)) as pool:
+        pool.map(_noop, range(processes), chunksize=1)  # returns once the barrier let all through
+        started = time.perf_counter()
+        results = list(pool.imap_unordered(work, items, chunksize=1))
+        return results, time.perf_counter() - started
+
+
+def _noop(_):
+    return None
+
+
+def run_stage(stage: str, paths: list[str]) -> dict:
+    if stage == "seed1":
+        _seed_warm(None)
+        started = time.perf_counter()
+        faces = sum(_seed_represent(p) for p in paths)
+        return {"images": len(paths), "faces": faces, "seconds": time.perf_counter() - started,
+                "peak_rss_mb": [peak_rss_mb()]}
+    if stage == "seed2":
+        results, seconds = _in_pool(_seed_warm, _seed_represent, paths, 2)
+        return {"images": len(paths), "faces": sum(results), "seconds": seconds}
+    if stage == "floor1":
+        _floor_warm(None)
+        started = time.perf_counter()
+        images, faces, stages, rss = _floor_batch(paths)
+        return {"images": images, "faces": faces, "seconds": time.perf_counter() - started,
+                "stages": stages, "peak_rss_mb": [rss]}
+    if stage == "floor2":
+        batches = [paths[i:i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
+        results, seconds = _in_pool(_floor_warm, _floor_batch, batches, 2)
+        stages: dict[str, float] = {}
+        for _, _, batch_stages, _ in results:
+            for key, value in batch_stages.items():
+                stages[key] = stages.get(key, 0.0) + value
+        stages.pop("load_models", None)
+        return {"images": sum(r[0] for r in results), "faces": sum(r[1] for r in results), "seconds": seconds,
+                "stages": stages, "peak_rss_mb": [max(r[3] for r in results)]}
+    raise ValueError(stage)
+
+
+def child_stage(stage: str, paths: list[str]) -> dict:
+    """Run one measuring stage in a fresh interpreter, so each has its own memory and models."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(paths, f)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--stage", stage, "--paths", f.name],
+                             capture_output=True, text=True, cwd=REPO)
+    finally:
+        os.unlink(f.name)
+    if out.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- digests through the CLI
+
+
+def digest(home: Path, folder: Path, workers: int) -> dict:
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "bench",
+         "--workers", str(workers), "--json"],
+        env=env, capture_output=True, text=True, cwd=REPO,
+    )
+    wall = time.perf_counter() - started
+    if not out.stdout.strip():
+        raise RuntimeError(f"facepipe digest printed no summary:\n{out.stderr[-3000:]}")
+    summary = json.loads(out.stdout)
+    if summary["status"] != "completed":
+        raise RuntimeError(f"digest {summary['status']}: {summary['errors']}")
+    return {**run_details(home, summary["run_id"]), "summary": summary, "wall": wall,
+            "seconds": summary["duration_seconds"], "images": summary["images_done"],
+            "faces": summary["faces_detected"]}
+
+
+def run_details(home: Path, run_id: str) -> dict:
+    """Per-step timings, per-stage seconds and per-worker peak memory, from the run's event log."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    instance = DagsterInstance.from_config(str(home / "dagster"))
+    steps: dict[str, dict] = {}
+    chunks, stages, store_rss, run_start = [], {}, None, None
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        kind = event.event_type
+        if kind == DagsterEventType.RUN_START:
+            run_start = entry.timestamp
+        if entry.step_key and kind in (DagsterEventType.STEP_WORKER_STARTING, DagsterEventType.STEP_START,
+                                       DagsterEventType.STEP_SUCCESS):
+            steps.setdefault(entry.step_key, {})[kind.value] = entry.timestamp
+        if kind == DagsterEventType.ASSET_OBSERVATION:
+            metadata = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
+            if "worker_pid" in metadata:
+                chunks.append(metadata)
+        if kind == DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            metadata = {k: v.value for k, v in materialization.metadata.items()}
+            if materialization.asset_key.to_user_string() == "faces":
+                stages = metadata.get("seconds_per_stage", {})
+            if "store_peak_rss_mb" in metadata:
+                store_rss = metadata["store_peak_rss_mb"]
+    instance.dispose()
+    startups = [s["STEP_START"] - s["STEP_WORKER_STARTING"] for s in steps.values()
+                if "STEP_START" in s and "STEP_WORKER_STARTING" in s]
+    first = min((s.get("STEP_WORKER_STARTING", 1e18) for s in steps.values()), default=None)
+    chunk_steps = [s for key, s in steps.items() if key.startswith("digest.extract_faces_in_chunk")]
+    return {
+        "stages": stages,
+        "chunks": len(chunks),
+        "peak_rss_mb": sorted(c["worker_peak_rss_mb"] for c in chunks),
+        "store_peak_rss_mb": store_rss,
+        "step_startup_seconds": sum(startups) / len(startups) if startups else None,
+        "chunk_step_seconds": sorted(s["STEP_SUCCESS"] - s["STEP_START"] for s in chunk_steps if "STEP_SUCCESS" in s),
+        "run_start_to_first_step": (first - run_start) if first and run_start else None,
+        "first_step_startup": next((s["STEP_START"] - s["STEP_WORKER_STARTING"] for k, s in steps.items()
+                                    if k == "digest.list_images" and "STEP_START" in s), None),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()}, Python {platform.python_version()}"
+
+
+def per_image(r: dict) -> float:
+    return r["seconds"] / r["images"]
+
+
+def report(results: dict, count: int, seed_count: int, load: str) -> str:
+    lines = []
+
+    def rate(name, label):
+        r = results.get(name)
+        if r:
+            lines.append(f"| {label} | {r['images']} | {r['seconds']:.1f} s | {r['images'] / r['seconds']:.2f} "
+                         f"| {r['faces'] / r['seconds']:.2f} |")
+
+    def ratio(label, slow, fast, target, higher_is_better=True):
+        a, b = results.get(slow), results.get(fast)
+        if not (a and b):
+            return
+        value = per_image(a) / per_image(b)
+        ok = value >= target if higher_is_better else value <= target
+        sign = "≥" if higher_is_better else "≤"
+        lines.append(f"| {label} | **{value:.2f}×** | {sign} {target}× | {'yes' if ok else 'NO'} |")
+
+    lines += [f"### Digest speed: {count} photos, dlib profile ({time.strftime('%Y-%m-%d')})", "",
+              f"Machine: {machine()}; load average before the run: {load}.", "",
+              "| ratio (per photo, same run) | measured | target | holds |", "|---|---|---|---|"]
+    ratio("full digest (2 workers) vs the seed's way, 1 thread", "seed1", "digest2", 20)
+    ratio("full digest (2 workers) vs the seed's way, 2 processes", "seed2", "digest2", 10)
+    ratio("Dagster digest / bare engine loop, 1 process", "digest1", "floor1", 1.2, False)
+    ratio("Dagster digest / bare engine loop, 2 processes", "digest2", "floor2", 1.2, False)
+    ratio("2 workers vs 1 worker", "digest1", "digest2", 1.8)
+    if results.get("redigest") and results.get("digest2"):
+        value = results["redigest"]["seconds"] / results["digest2"]["seconds"]
+        lines.append(f"| re-digest of the unchanged folder / first digest | **{value:.1%}** | ≤ 5% | "
+                     f"{'yes' if value <= 0.05 else 'NO'} |")
+    lines += ["", "| run | photos | time | photos/s | faces/s |", "|---|---|---|---|---|"]
+    rate("seed1", f"seed's way, 1 thread ({seed_count}-photo subset)")
+    rate("seed2", f"seed's way, 2 processes ({seed_count}-photo subset)")
+    rate("floor1", "engine loop, 1 process")
+    rate("floor2", "engine loop, 2 processes")
+    rate("digest1", "`facepipe digest --workers 1` (run)")
+    rate("digest2", "`facepipe digest --workers 2` (run)")
+    if results.get("redigest"):
+        r = results["redigest"]
+        lines.append(f"| re-digest, unchanged (run) | {r['summary']['images_skipped']} skipped | "
+                     f"{r['seconds']:.1f} s | | |")
+    lines += ["", "| run | time per stage, summed over processes (s) | peak memory per worker (MB) |",
+              "|---|---|---|"]
+    for name in ("floor1", "floor2", "digest1", "digest2", "redigest"):
+        r = results.get(name)
+        if not r:
+            continue
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r.get("stages", {}).items())
+        rss = r.get("peak_rss_mb") or []
+        memory = f"{min(rss):.0f} to {max(rss):.0f}" if rss else "-"
+        if r.get("store_peak_rss_mb"):
+            memory += f" (store step {r['store_peak_rss_mb']:.0f})"
+        lines.append(f"| {name} | {stages or '-'} | {memory} |")
+    details = []
+    for name in ("digest1", "digest2", "redigest"):
+        r = results.get(name)
+        if r and r.get("step_startup_seconds") is not None:
+            chunk_seconds = r["chunk_step_seconds"]
+            spread = f", chunk steps {min(chunk_seconds):.1f} to {max(chunk_seconds):.1f} s" if chunk_seconds else ""
+            details.append(f"- {name}: {r['chunks']} chunks{spread}; step start-up {r['step_startup_seconds']:.2f} s "
+                           f"on average (the first, which starts the forkserver and preloads the models, "
+                           f"{r['first_step_startup']:.2f} s); CLI wall time {r['wall']:.1f} s for a "
+                           f"{r['seconds']:.1f} s run")
+    if details:
+        lines += ["", *details]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1000, help="photos in the workload (64: the samples)")
+    parser.add_argument("--seed-images", type=int, default=24, help="photos the seed's way runs on")
+    parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {','.join(STAGES)}")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "facepipe-bench",
+                        help="where the workload is built once and the digests keep their data")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("--paths", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+
+    if args.stage:  # a child process measuring one stage
+        print(json.dumps(run_stage(args.stage, json.loads(Path(args.paths).read_text()))))
+        return
+
+    stages = [s for s in args.only.split(",") if s]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    folder = build_workload(args.images, args.workdir)
+    paths = list_photos(folder)
+    seed_paths = spread_subset(paths, args.seed_images)
+    results: dict[str, dict] = {}
+    homes = Path(tempfile.mkdtemp(prefix="homes-", dir=args.workdir))
+    try:
+        for stage in stages:
+            started = time.perf_counter()
+            print(f"- {stage} ...", file=sys.stderr, end=" ", flush=True)
+            if stage.startswith(("seed", "floor")):
+                results[stage] = child_stage(stage, seed_paths if stage.startswith("seed") else paths)
+            elif stage in ("digest1", "digest2"):
+                results[stage] = digest(homes / stage, folder, int(stage[-1]))
+            else:  # redigest: digest2's home, or a first digest made for it
+                if "digest2" not in results:
+                    results["digest2"] = digest(homes / "digest2", folder, 2)
+                results[stage] = digest(homes / "digest2", folder, 2)
+            print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(homes, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(report(results, len(paths), len(seed_paths), load))
+
+
+if __name__ == "__main__":
+    main()
