@@ -128,3 +128,35 @@ def test_invalid_requests_are_refused_naming_the_field(tmp_path, args, field):
     assert result.returncode == 2
     assert field in result.stderr
     assert not (tmp_path / "qdrant").exists()  # refused before any work
+
+
+def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_path):
+    # The embedded store takes a file lock; without the facepipe_store pool, the second run's
+    # store steps would fail to open it while the first holds it.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dagster import DagsterEventType
+
+    home = tmp_path / "home"
+    run_facepipe(home, "digests", "list")  # create the instance once, before the two runs
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    runs = []
+    for group, names in (("ga", ["img1.jpg", "img2.jpg", "img3.jpg"]), ("gb", ["img4.jpg", "img5.jpg", "img6.jpg"])):
+        folder = tmp_path / group
+        folder.mkdir()
+        for name in names:
+            shutil.copy(SAMPLE_IMAGES / name, folder / name)
+        runs.append(subprocess.Popen([sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", group,
+                                      "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True))
+    summaries = [json.loads(run.communicate(timeout=600)[0]) for run in runs]
+    assert [(s["status"], s["faces_stored"]) for s in summaries] == [("completed", 3), ("completed", 3)]
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert instance.event_log_storage.get_concurrency_info("facepipe_store").slot_count == 1
+        pooled = [e for s in summaries for e in instance.all_logs(s["run_id"], of_type=DagsterEventType.STEP_START)
+                  if e.step_key in ("digest.list_images", "digest.store_faces")]
+        assert len(pooled) == 4
