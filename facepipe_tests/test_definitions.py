@@ -11,7 +11,7 @@ def test_definitions_load_with_the_digest_assets_job_and_store():
     assert job.name == "digest_job"
     assert job.partitions_def.name == "digest_groups"
     assert {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
-        "image_list", "faces", "stored_faces"}
+        "image_list", "faces", "stored_faces", "people"}
     assert "face_store" in defs.resources
 
 
