@@ -48,11 +48,14 @@ REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g.
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
 @click.option("--chunk-size", type=int, default=200, show_default=True, help="At most this many photos per step.")
+@click.option("--s3-endpoint-url", help="For s3:// paths: an S3-compatible store's endpoint (MinIO, Ceph, R2...).")
+@click.option("--s3-region", help="For s3:// paths: the bucket's region.")
 @click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
 @REMOTE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, detach, remote, as_json):
-    """Digest the photos under PATH into a group, as a run on the local Dagster instance.
+def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, s3_endpoint_url, s3_region, detach,
+           remote, as_json):
+    """Digest the photos under PATH (a folder, or s3://bucket/prefix) into a group, as a Dagster run.
 
     By default the run executes in this process and the command waits, with a progress bar.
     With --detach it goes to the instance's run queue, which the Dagster daemon starts
@@ -61,10 +64,11 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, d
     """
     from facepipe.digests import digest_request, run_digest
 
-    if not remote and not os.path.isdir(path):
+    if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
-        request = digest_request(path, group_id, confidence, profile, redigest, chunk_size, on_this_machine=not remote)
+        request = digest_request(path, group_id, confidence, profile, redigest, chunk_size, on_this_machine=not remote,
+                                 s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
         if workers < 1:
             raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
     except ValidationError as err:

@@ -2,6 +2,7 @@
 so it imports nothing heavy: the models load inside the steps."""
 
 from dagster import Definitions, EnvVar
+from dagster_aws.s3 import S3Resource
 
 from facepipe import settings
 from facepipe.defs.assets import digest
@@ -21,7 +22,12 @@ def _face_store() -> FaceStoreResource:
 defs = Definitions(
     assets=[digest, people],
     jobs=[digest_job, people_job],
-    resources={"face_store": _face_store()},
+    resources={
+        "face_store": _face_store(),
+        # credentials from the standard AWS chain (environment, profile, instance role), never from
+        # config; the endpoint and region from the AWS configuration or the digest's s3_* fields
+        "s3": S3Resource(),
+    },
 )
 
 

@@ -46,15 +46,22 @@ class DigestNotFound(LookupError):
 
 
 def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: str = DEFAULT_PROFILE,
-                   redigest: bool = False, chunk_size: int = 200, on_this_machine: bool = True) -> DigestConfig:
+                   redigest: bool = False, chunk_size: int = 200, on_this_machine: bool = True,
+                   s3_endpoint_url: str | None = None, s3_region: str | None = None) -> DigestConfig:
     """A validated digest request; raises pydantic's ValidationError naming the bad field.
 
-    A path on this machine is made absolute; one for a remote server is passed as it is.
+    `path` is a folder or `s3://bucket/prefix`. A folder on this machine is made absolute; one
+    on a remote server is passed as it is.
     """
+    from facepipe.engine.sources import parse_s3_url
+
+    if path.startswith("s3://"):
+        bucket, prefix = parse_s3_url(path)
+        source = {"s3_bucket": bucket, "s3_prefix": prefix, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region}
+    else:
+        source = {"local_dir_path": str(Path(path).absolute()) if on_this_machine else path}
     return DigestConfig(
-        group_id=group_id, local_dir_path=str(Path(path).absolute()) if on_this_machine else path,
-        confidence=confidence,
-        profile=profile, redigest=redigest, chunk_size=chunk_size,
+        group_id=group_id, confidence=confidence, profile=profile, redigest=redigest, chunk_size=chunk_size, **source
     )
 
 

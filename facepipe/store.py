@@ -60,6 +60,7 @@ class DigestedImage:
     content_hash: str
     size: int
     mtime_ns: int
+    etag: str | None = None
 
 
 @dataclass
@@ -135,7 +136,7 @@ class FaceStore:
         done = {}
         for point in self._scroll(images_collection(profile), group_filter(group_id, status="done")):
             p = point.payload
-            done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"])
+            done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
         return done
 
     def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str) -> WriteCounts:
@@ -159,7 +160,7 @@ class FaceStore:
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
                 self.client.set_payload(
-                    images_collection(profile), payload={"mtime_ns": r.mtime_ns, "size": r.size},
+                    images_collection(profile), payload={"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
                     points=[image_point_id(group_id, r.path, profile)],
                 )
                 continue
@@ -167,7 +168,7 @@ class FaceStore:
                 id=image_point_id(group_id, r.path, profile), vector={},
                 payload={
                     "group_id": group_id, "image_path": r.path, "status": "failed" if r.error else "done",
-                    "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns,
+                    "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns, "etag": r.etag,
                     "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": MODEL_NAMES[profile],
                 },
             ))

@@ -30,6 +30,8 @@ from dagster import (
     op,
 )
 
+from dagster_aws.s3 import S3Resource
+
 from facepipe.defs.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource
@@ -52,11 +54,8 @@ class ImageList:
 
 @dataclass
 class Chunk:
-    tasks: list
-    profile: str
-    confidence: float
-    detection_size: int
-    redigest: bool
+    tasks: list  # ImageTask
+    request: DigestConfig  # the digest's settings: profile, confidence, source...
 
 
 def _workers(context: OpExecutionContext) -> int:
@@ -67,18 +66,28 @@ def _errors(images) -> list[dict]:
     return [{"path": r.path, "error": r.error} for r in images if r.error]
 
 
+def _list_source(config: DigestConfig, s3: S3Resource) -> list:
+    from facepipe.engine.images import list_images as list_folder
+    from facepipe.engine.sources import SourceError, list_s3_images
+
+    try:
+        if config.local_dir_path:
+            return list_folder(config.local_dir_path)
+        return list_s3_images(config.s3_client(s3), config.s3_bucket, config.s3_prefix or "")
+    except OSError as err:
+        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}") from err
+    except SourceError as err:  # no such bucket, bad credentials: nothing can work
+        raise Failure(str(err)) from err
+
+
 @op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
-def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource):
+def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
     from facepipe.engine.faces import plan_images, split_into_chunks
-    from facepipe.engine.images import list_images as list_folder
 
     if context.has_partition_key and context.partition_key != config.group_id:
         raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}")
-    try:
-        files = list_folder(config.local_dir_path)
-    except OSError as err:
-        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}") from err
+    files = _list_source(config, s3)
     with face_store.open() as store:
         digested = store.digested_images(config.group_id, config.profile)
     tasks, skipped = plan_images(files, digested, config.redigest)
@@ -90,16 +99,20 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
         "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
     })
     for index, chunk_tasks in enumerate(chunks):
-        chunk = Chunk(chunk_tasks, config.profile, config.confidence, config.detection_size, config.redigest)
-        yield DynamicOutput(chunk, mapping_key=f"chunk_{index:04d}", output_name="chunks")
+        yield DynamicOutput(Chunk(chunk_tasks, config), mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
 
 @op
-def extract_faces_in_chunk(context: OpExecutionContext, chunk):
+def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
     """Decode, detect, align and embed one chunk of photos; report progress as an observation."""
     from facepipe.engine.faces import faces_in_chunk
+    from facepipe.engine.images import read_image_bytes
+    from facepipe.engine.sources import S3Reader
 
-    result = faces_in_chunk(chunk.tasks, chunk.profile, chunk.confidence, chunk.detection_size, chunk.redigest)
+    request = chunk.request
+    read = S3Reader(request.s3_client(s3)) if request.s3_bucket else read_image_bytes
+    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.detection_size,
+                            request.redigest, read=read)
     for error in _errors(result.images):
         context.log.warning(f"image failed: {error['path']}: {error['error']}")
     context.log_event(AssetObservation(

@@ -21,7 +21,11 @@ class DigestConfig(Config):
         default=None, description="A local folder of photos, read recursively. Exactly one source."
     )
     s3_bucket: str | None = Field(default=None, description="An S3 bucket (with s3_prefix). Exactly one source.")
-    s3_prefix: str | None = Field(default=None, description="The key prefix within s3_bucket.")
+    s3_prefix: str | None = Field(default=None, description="The key prefix within s3_bucket ('' for all of it).")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible store's endpoint (MinIO, Ceph, R2...); default: AWS."
+    )
+    s3_region: str | None = Field(default=None, description="The bucket's region; default: the AWS configuration's.")
     confidence: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Faces detected below this confidence are dropped (and counted)."
     )
@@ -55,10 +59,15 @@ class DigestConfig(Config):
                 "give exactly one source: local_dir_path, or s3_bucket with s3_prefix "
                 f"(got local_dir_path={self.local_dir_path!r}, s3_bucket={self.s3_bucket!r})"
             )
-        if has_s3:
-            raise ValueError("s3_bucket: S3 sources are not supported yet; use local_dir_path")
+        if has_s3 and not self.s3_bucket:
+            raise ValueError("s3_bucket: an s3_prefix needs its bucket")
         return self
 
     @property
     def source(self) -> str:
         return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"
+
+    def s3_client(self, s3):
+        """A boto3 client from dagster-aws's S3Resource, with this digest's endpoint and region."""
+        overrides = {"endpoint_url": self.s3_endpoint_url, "region_name": self.s3_region}
+        return s3.model_copy(update={k: v for k, v in overrides.items() if v}).get_client()

@@ -7,6 +7,7 @@ model weight) are raised before the first photo.
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,7 @@ class ImageTask:
     size: int = 0
     mtime_ns: int = 0
     previous_hash: str | None = None
+    etag: str | None = None
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ImageResult:
     path: str
     size: int
     mtime_ns: int
+    etag: str | None = None
     content_hash: str | None = None
     width: int | None = None
     height: int | None = None
@@ -102,7 +105,9 @@ def faces_in_chunk(
     confidence: float,
     detection_size: int = DEFAULT_DETECTION_SIZE,
     redigest: bool = False,
+    read: Callable[[str], tuple[bytes, str]] = read_image_bytes,
 ) -> ChunkResult:
+    """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by default)."""
     seconds: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
     profile = load_profile(profile_name)  # raises for missing weights, before any photo
@@ -110,12 +115,12 @@ def faces_in_chunk(
     results = []
     for task in tasks:
         result = ImageResult(
-            task.path, task.size, task.mtime_ns, previously_digested=task.previous_hash is not None
+            task.path, task.size, task.mtime_ns, task.etag, previously_digested=task.previous_hash is not None
         )
         results.append(result)
         try:
             start = time.perf_counter()
-            data, result.content_hash = read_image_bytes(task.path)
+            data, result.content_hash = read(task.path)
             seconds["read"] += time.perf_counter() - start
             if result.content_hash == task.previous_hash and not redigest:
                 result.unchanged = True  # touched, not changed: no need to decode
@@ -139,17 +144,19 @@ def faces_in_chunk(
 def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[ImageTask], int]:
     """Which listed files to digest, and how many to skip as unchanged.
 
-    `digested` maps a path to what the store recorded for it (content_hash, size, mtime_ns).
-    A file with the same size and mtime is skipped without being read; one whose mtime moved is
-    read and hashed, and decoded only if its bytes changed.
+    `digested` maps a path to what the store recorded for it (content_hash, size, mtime_ns, etag).
+    A file with the same size and mtime (an S3 object: the same size and ETag) is skipped without
+    being read; one whose mtime moved is read and hashed, and decoded only if its bytes changed.
     """
     tasks, skipped = [], 0
     for f in files:
         known = digested.get(f.path)
-        if known and not redigest and (known.size, known.mtime_ns) == (f.size, f.mtime_ns):
+        if known and not redigest and known.size == f.size and (
+            known.etag == f.etag if f.etag else known.mtime_ns == f.mtime_ns
+        ):
             skipped += 1
             continue
-        tasks.append(ImageTask(f.path, f.size, f.mtime_ns, known.content_hash if known else None))
+        tasks.append(ImageTask(f.path, f.size, f.mtime_ns, known.content_hash if known else None, f.etag))
     return tasks, skipped
 
 

@@ -29,9 +29,10 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class ImageFile:
-    path: str
+    path: str  # a local path, or s3://bucket/key
     size: int
     mtime_ns: int
+    etag: str | None = None  # S3 objects: unchanged while size and ETag are
 
 
 def looks_like_image(head: bytes) -> bool:
