@@ -13,7 +13,7 @@ from pathlib import Path
 # whose limit is 1 in the instance's dagster.yaml (see INSTANCE_YAML).
 STORE_POOL = "facepipe_store"
 
-INSTANCE_YAML = f"""\
+INSTANCE_YAML = """\
 # Written by facepipe on first use; edit freely, facepipe will not overwrite it.
 concurrency:
   pools:

@@ -68,3 +68,15 @@ def sample_people(sample_digest, tmp_path_factory):
     shutil.copytree(sample_digest[0], home)
     result = run_facepipe(home, "people", "cluster", "--group", "sample", "--json")
     return home, json.loads(result.stdout)
+
+
+def faces_by_photo(home: Path, group: str = "sample", profile: str = "dlib") -> dict[str, list]:
+    """The group's stored faces (with vectors), by photo file name."""
+    from facepipe.store import FaceStore
+
+    with FaceStore.open(path=home / "qdrant") as store:
+        points = store.faces(group, profile, with_vectors=True)
+    by_photo: dict[str, list] = {}
+    for point in points:
+        by_photo.setdefault(point.payload["image_path"].rsplit("/", 1)[-1], []).append(point)
+    return by_photo

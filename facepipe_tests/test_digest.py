@@ -8,21 +8,12 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from facepipe.store import FaceStore
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo, run_facepipe
 
 PAYLOAD_FIELDS = {
     "group_id", "image_path", "face_index", "detection_confidence", "facial_area", "landmarks", "timestamp",
     "model", "content_hash", "image_width", "image_height", "run_id",
 }
-
-
-def faces_by_photo(home, group="sample"):
-    with FaceStore.open(path=home / "qdrant") as store:
-        points = store.faces(group, "dlib", with_vectors=True)
-    by_photo = {}
-    for point in points:
-        by_photo.setdefault(point.payload["image_path"].rsplit("/", 1)[-1], []).append(point)
-    return by_photo
 
 
 def test_digest_stores_faces_for_every_single_face_photo(sample_digest):

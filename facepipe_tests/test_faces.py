@@ -1,7 +1,6 @@
 """The face engine on real photos with the bundled dlib models."""
 
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -16,8 +16,7 @@ from dagster import DagsterInstance
 from facepipe.engine.faces import ImageTask, faces_in_chunk
 from facepipe.engine.images import ImageError
 from facepipe.engine.sources import S3Reader, SourceError, list_s3_images
-from facepipe.store import FaceStore
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img11.jpg", "img11_reflection.jpg"]
 SECRET = "moto-dummy-secret-key"
@@ -68,15 +67,6 @@ def s3_digest(home, bucket, endpoint, *extra):
     return digest(home, f"s3://{bucket}/event/", "s3group", "--s3-endpoint-url", endpoint, "--workers", "2", *extra)
 
 
-def faces_by_name(home, group):
-    with FaceStore.open(path=home / "qdrant") as store:
-        points = store.faces(group, "dlib", with_vectors=True)
-    found = {}
-    for p in points:
-        found.setdefault(p.payload["image_path"].rsplit("/", 1)[-1], []).append(p)
-    return found
-
-
 def test_listing_pages_through_more_than_1000_keys(client, bucket):
     for i in range(1100):
         client.put_object(Bucket=bucket, Key=f"many/{i:05d}.jpg", Body=b"placeholder")
@@ -111,7 +101,7 @@ def test_s3_digest_finds_the_same_faces_as_a_local_digest(s3_endpoint, client, b
     assert [f["path"] for f in summary["failed_images"]] == [f"s3://{bucket}/event/notes.jpg"]
     assert "not an image" in summary["failed_images"][0]["error"]
 
-    from_s3, local = faces_by_name(home, "s3group"), faces_by_name(sample_digest[0], "sample")
+    from_s3, local = faces_by_photo(home, "s3group"), faces_by_photo(sample_digest[0], "sample")
     assert set(from_s3) == set(PHOTOS)
     for name in PHOTOS:
         assert len(from_s3[name]) == len(local[name])
@@ -140,7 +130,7 @@ def test_redigest_downloads_nothing_and_a_changed_object_replaces_its_faces(s3_e
     client.put_object(Bucket=bucket, Key="event/img1.jpg", Body=(SAMPLE_IMAGES / "img4.jpg").read_bytes())
     changed = s3_digest(home, bucket, s3_endpoint)
     assert changed["images_to_digest"] == 2 and changed["faces_in_group"] == first["faces_in_group"]
-    (face,) = faces_by_name(home, "s3group")["img1.jpg"]
+    (face,) = faces_by_photo(home, "s3group")["img1.jpg"]
     import hashlib
     assert face.payload["content_hash"] == hashlib.sha256((SAMPLE_IMAGES / "img4.jpg").read_bytes()).hexdigest()
 
