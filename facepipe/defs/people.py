@@ -48,7 +48,7 @@ class PeopleConfig(Config):
     deps=[AssetKey("stored_faces")],
     partitions_def=digest_groups,
     pool=STORE_POOL,
-    # with the daemon running (`facepipe ui`), a digest of a group updates its people after it
+    # once default_automation_condition_sensor is on (UI > Automation), a digest of a group re-runs its people
     automation_condition=AutomationCondition.eager(),
     description="The group's faces clustered into people: person_id on each face, and the people table.",
     kinds={"qdrant"},
