@@ -85,3 +85,16 @@ def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_peop
         result = run_facepipe(home, "search", str(SAMPLE_IMAGES / "img1.jpg"), "--group", "sample", check=False)
     assert result.returncode == 1
     assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_threshold_benchmark_shows_the_default_keeps_every_same_person_pair(sample_people):
+    import subprocess
+    import sys
+
+    from facepipe_tests.conftest import REPO
+
+    home, _ = sample_people
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_threshold.py"), "--store", str(home / "qdrant")],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    default = next(line for line in out.splitlines() if line.endswith("<- default"))
+    assert "cosine >= 0.9200: same kept 148/148" in default, out
