@@ -54,8 +54,9 @@ def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE)
 
 
 def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
-    found = store.client.retrieve(people_collection(profile), [person_point_id(group_id, person_id, profile)]) \
-        if store.client.collection_exists(people_collection(profile)) else []
+    found = []
+    if store.client.collection_exists(people_collection(profile)):
+        found = store.client.retrieve(people_collection(profile), [person_point_id(group_id, person_id, profile)])
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
     return {"name": None, **found[0].payload}
