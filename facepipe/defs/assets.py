@@ -87,7 +87,7 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
 
     if context.has_partition_key and context.partition_key != config.group_id:
         raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}")
-    files = _list_source(config, s3)
+    files = config.modified_in_window(_list_source(config, s3))
     with face_store.open() as store:
         digested = store.digested_images(config.group_id, config.profile)
     tasks, skipped = plan_images(files, digested, config.redigest)

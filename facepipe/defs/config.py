@@ -35,6 +35,12 @@ class DigestConfig(Config):
     detection_size: int = Field(
         default=1024, ge=160, description="Long side, in pixels, of the copy of each photo the detector sees."
     )
+    modified_after_ns: int | None = Field(
+        default=None, description="Only photos modified after this time (ns since the epoch, exclusive); set by sensors."
+    )
+    modified_until_ns: int | None = Field(
+        default=None, description="Only photos modified until this time (ns since the epoch, inclusive); set by sensors."
+    )
 
     @field_validator("group_id")
     @classmethod
@@ -62,6 +68,11 @@ class DigestConfig(Config):
         if has_s3 and not self.s3_bucket:
             raise ValueError("s3_bucket: an s3_prefix needs its bucket")
         return self
+
+    def modified_in_window(self, files: list) -> list:
+        """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
+        after, until = self.modified_after_ns, self.modified_until_ns
+        return [f for f in files if (after is None or f.mtime_ns > after) and (until is None or f.mtime_ns <= until)]
 
     @property
     def source(self) -> str:
