@@ -9,6 +9,9 @@ from facepipe.defs.assets import digest
 from facepipe.defs.jobs import digest_job
 from facepipe.defs.people import people, people_job
 from facepipe.defs.resources import FaceStoreResource
+from facepipe.defs.schedules import build_schedules
+from facepipe.defs.sensors import build_sensors
+from facepipe.defs.watches import load_watches
 
 
 def _face_store() -> FaceStoreResource:
@@ -19,9 +22,14 @@ def _face_store() -> FaceStoreResource:
     return FaceStoreResource(path=str(settings.qdrant_path()))
 
 
+# the watches and webhooks of $FACEPIPE_WATCHES or $FACEPIPE_HOME/watches.yaml (none without the file)
+watches = load_watches()
+
 defs = Definitions(
     assets=[digest, people],
     jobs=[digest_job, people_job],
+    sensors=build_sensors(watches),
+    schedules=build_schedules(watches),
     resources={
         "face_store": _face_store(),
         # credentials from the standard AWS chain (environment, profile, instance role), never from
