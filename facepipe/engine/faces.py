@@ -5,6 +5,7 @@ recorded in its ImageResult and the chunk goes on. Errors that make every photo 
 model weight) are raised before the first photo.
 """
 
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -162,23 +163,37 @@ def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[Ima
 
 # A chunk step costs ~0.5 s to start; below this many photos a chunk would mostly be start-up.
 MIN_CHUNK = 32
-CHUNKS_PER_WORKER = 4
 
 
 def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
-    """At most `chunk_size` tasks a chunk, at least one chunk per worker, and a multiple of
-    `workers` chunks, so that no worker is left alone with the last chunk.
+    """At most `chunk_size` tasks a chunk, and at least one chunk per worker.
 
-    A large digest gets up to CHUNKS_PER_WORKER chunks per worker (of MIN_CHUNK photos at
-    least): when one worker is slowed (a slow photo, another process on its core), the other
-    takes the next chunk, so the workers end together. Tasks are dealt round-robin so that
-    large and small photos spread evenly over the chunks.
+    With several workers, chunks shrink as the digest goes (guided scheduling): a round of one
+    chunk per worker, each half a worker's share of what remains (MIN_CHUNK photos at least),
+    then a last round that splits the rest evenly. Steps run in chunk order, so the workers take
+    the large chunks first and end on small ones, together, even when one of them was slowed (a
+    slow photo, another process on its core). Tasks are shuffled (the same way for
+    the same list) so that large and small photos, or a folder of large ones, spread evenly.
     """
     if not tasks:
         return []
-    count = -(-len(tasks) // chunk_size)
-    if workers > 1:
-        count = max(count, workers, min(workers * CHUNKS_PER_WORKER, -(-len(tasks) // MIN_CHUNK)))
-        count = -(-count // workers) * workers
-    count = min(count, len(tasks))
-    return [tasks[i::count] for i in range(count)]
+    if workers <= 1:
+        count = -(-len(tasks) // chunk_size)
+        return [tasks[i::count] for i in range(count)]
+    tasks = list(tasks)
+    random.Random(len(tasks)).shuffle(tasks)
+    smallest = min(MIN_CHUNK, -(-len(tasks) // workers))
+    sizes, remaining = [], len(tasks)
+    while remaining:
+        share = -(-remaining // workers)
+        if share <= min(2 * smallest, chunk_size):  # the last round: one chunk per worker
+            sizes += [remaining // workers + (i < remaining % workers) for i in range(min(workers, remaining))]
+            break
+        size = min(chunk_size, max(smallest, -(-remaining // (2 * workers))))
+        sizes += [size] * min(workers, remaining // size)
+        remaining -= size * min(workers, remaining // size)
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append(tasks[start:start + size])
+        start += size
+    return chunks
