@@ -34,7 +34,7 @@ from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.config import DigestConfig
 from facepipe.defs.schedules import build_recluster_schedule, build_schedules
-from facepipe.defs.sensors import build_watch_sensor, build_webhook_sensors, plan_batches
+from facepipe.defs.sensors import WatchCursor, build_watch_sensor, build_webhook_sensors, plan_batches
 from facepipe.defs.watches import WatchesError, load_watches, parse_watches
 from facepipe.engine.images import ImageFile, list_images
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
@@ -184,8 +184,29 @@ def test_a_flood_of_photos_becomes_several_bounded_runs(instance, tmp_path):
 
 def test_photos_of_one_modification_time_are_never_split_between_runs():
     same = [ImageFile(f"/p/{i}.jpg", 1, T0) for i in range(7)] + [ImageFile("/p/later.jpg", 1, T0 + 1)]
-    assert [len(b.files) for b in plan_batches(same, -1, 5)] == [7, 1]  # 7 > 5, but one window
-    assert [len(b.files) for b in plan_batches(same, T0, 5)] == [1]
+    assert [len(b.files) for b in plan_batches(same, WatchCursor(), 5)] == [7, 1]  # 7 > 5, but one window
+    launched = WatchCursor().after(plan_batches(same[:7], WatchCursor(), 5), same[:7])
+    assert (launched.mtime_ns, len(launched.at_mtime)) == (T0, 7)
+    assert [b.files for b in plan_batches(same, launched, 5)] == [[same[-1]]]
+
+
+def test_a_photo_arriving_late_with_the_time_of_the_last_launch_is_launched_once(instance, tmp_path):
+    # S3's LastModified has whole seconds: an upload that lands after a tick's listing can carry
+    # the very time the cursor holds
+    inbox = tmp_path / "inbox"
+    drop(inbox, "a.jpg", T0)
+    sensor = build_watch_sensor(watch(name="late", source=str(inbox), group_id="late"))
+    first = tick(sensor, instance)
+    drop(inbox, "b.jpg", T0, photo="img2.jpg")
+    second = tick(sensor, instance, first.cursor)
+    (request,) = second.run_requests
+    assert request.run_key == f"late:{T0 - 1}:{T0}:2"  # a.jpg is in the window again, and skipped as unchanged
+    assert sorted(os.path.basename(f.path) for f in window_config(request).modified_in_window(list_images(inbox))) == [
+        "a.jpg", "b.jpg"]
+    assert not tick(sensor, instance, second.cursor).run_requests
+    drop(inbox, "c.jpg", T0, photo="img3.jpg")
+    (third,) = tick(sensor, instance, second.cursor).run_requests
+    assert third.run_key == f"late:{T0 - 1}:{T0}:3"  # the same window, re-opened again: a new key
 
 
 def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, instance):  # noqa: F811
@@ -205,7 +226,8 @@ def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, inst
     assert request.tags["facepipe/source"] == "s3://watched/event/"
     assert not tick(sensor, instance, first.cursor).run_requests
 
-    time.sleep(1.1)  # S3's LastModified has whole seconds
+    # most likely within the same second as the first uploads (LastModified has whole seconds):
+    # a late arrival at the cursor's time, launched all the same
     client.put_object(Bucket="watched", Key="event/img5.jpg", Body=(SAMPLE_IMAGES / "img5.jpg").read_bytes())
     (later,) = tick(sensor, instance, first.cursor).run_requests
     from facepipe.engine.sources import list_s3_images

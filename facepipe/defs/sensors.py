@@ -1,7 +1,8 @@
 """Sensors: a watch's new photos become digests; a digest that ends is announced to the webhooks.
 
-A watch's sensor lists its folder or S3 prefix every `minimum_interval_seconds` and keeps one
-number as its cursor: the newest modification time it has launched (an S3 object's LastModified).
+A watch's sensor lists its folder or S3 prefix every `minimum_interval_seconds` and keeps a
+high-water mark as its cursor: the newest modification time it has launched (an S3 object's
+LastModified), with the short hashes of the photos that had exactly that time (see WatchCursor).
 Photos modified after it are sorted by time and cut into batches of at most `max_photos_per_run`,
 each a window (after, until] of modification times; a batch is one digest run of just that window
 (`modified_after_ns` / `modified_until_ns` in its config), with the run key
@@ -14,6 +15,7 @@ in with an older modification time preserved (`cp -p`, `rsync -a`), or an S3 obj
 finished after a newer one was listed.
 """
 
+import hashlib
 import itertools
 import json
 import os
@@ -53,35 +55,76 @@ class Batch:
     after_ns: int  # exclusive
     until_ns: int  # inclusive: the newest modification time in the batch
     files: list
+    reopened: int | None = None  # photos known at after_ns + 1, when late ones re-open that time
+
+    def run_key(self, watch_name: str) -> str:
+        key = f"{watch_name}:{self.after_ns}:{self.until_ns}"
+        # a re-opened window repeats its bounds: the number of photos known at that time tells it apart
+        return f"{key}:{self.reopened}" if self.reopened is not None else key
 
 
-def plan_batches(files: list, after_ns: int, max_photos: int) -> list[Batch]:
-    """The files modified after `after_ns`, oldest first, in consecutive windows of at most
-    `max_photos` files each; a window never splits photos of the same modification time, so one
-    time held by more than `max_photos` photos makes one larger batch."""
-    new = sorted((f for f in files if f.mtime_ns > after_ns), key=lambda f: (f.mtime_ns, f.path))
-    batches, current, start = [], [], after_ns
+@dataclass(frozen=True)
+class WatchCursor:
+    """The newest modification time launched, and which photos had exactly that time.
+
+    S3's LastModified has whole seconds (some file systems too): a photo can arrive with the
+    very time of the last launch after the listing that launched it. The short hashes of the
+    photos already launched at that time tell such a late arrival from them, so it is launched
+    too. Only one time's photos are kept, so the cursor stays small.
+    """
+
+    mtime_ns: int = NOTHING_SEEN
+    at_mtime: frozenset = frozenset()  # path_tag of each photo launched with exactly mtime_ns
+
+    @classmethod
+    def read(cls, cursor: str | None, source: str) -> "WatchCursor":
+        saved = json.loads(cursor) if cursor else {}
+        if saved.get("source") != source:  # a new watch, or its source changed: start over
+            return cls()
+        return cls(int(saved["mtime_ns"]), frozenset(saved.get("at_mtime", ())))
+
+    def write(self, source: str) -> str:
+        return json.dumps({"source": source, "mtime_ns": self.mtime_ns, "at_mtime": sorted(self.at_mtime)})
+
+    def after(self, batches: list[Batch], files: list) -> "WatchCursor":
+        """The cursor once `batches` are launched: their newest time and every listed photo at it."""
+        if not batches:
+            return self
+        until = batches[-1].until_ns
+        at_until = {path_tag(f.path) for f in files if f.mtime_ns == until}
+        if len(at_until) > MAX_TAGS_IN_CURSOR:  # a flood in one second: late arrivals wait for the nightly re-check
+            at_until = set()
+        return WatchCursor(until, frozenset(at_until | (self.at_mtime if until == self.mtime_ns else set())))
+
+
+MAX_TAGS_IN_CURSOR = 10_000
+
+
+def path_tag(path: str) -> str:
+    return hashlib.blake2b(path.encode(), digest_size=5).hexdigest()
+
+
+def plan_batches(files: list, cursor: WatchCursor, max_photos: int) -> list[Batch]:
+    """The photos modified after the cursor (or late at its very time), oldest first, in consecutive
+    windows of at most `max_photos` photos each; a window never splits photos of the same modification
+    time, so one time held by more than `max_photos` photos makes one larger batch."""
+    after = cursor.mtime_ns
+    late = [f for f in files if f.mtime_ns == after and path_tag(f.path) not in cursor.at_mtime]
+    new = sorted(late + [f for f in files if f.mtime_ns > after], key=lambda f: (f.mtime_ns, f.path))
+    # late photos re-open the cursor's time: the window starts just before it (the photos launched
+    # at that time already are in it again, and the digest's ledger skips them unchanged)
+    start = after - 1 if late else after
+    reopened = len(cursor.at_mtime | {path_tag(f.path) for f in late}) if late else None
+    batches, current = [], []
     for _, same_time in itertools.groupby(new, key=lambda f: f.mtime_ns):
         same_time = list(same_time)
         if current and len(current) + len(same_time) > max_photos:
-            batches.append(Batch(start, current[-1].mtime_ns, current))
-            start, current = current[-1].mtime_ns, []
+            batches.append(Batch(start, current[-1].mtime_ns, current, reopened))
+            start, current, reopened = current[-1].mtime_ns, [], None
         current.extend(same_time)
     if current:
-        batches.append(Batch(start, current[-1].mtime_ns, current))
+        batches.append(Batch(start, current[-1].mtime_ns, current, reopened))
     return batches
-
-
-def read_cursor(cursor: str | None, source: str) -> int:
-    """The high-water mark, unless the watch's source changed since it was written."""
-    if not cursor:
-        return NOTHING_SEEN
-    saved = json.loads(cursor)
-    return int(saved["mtime_ns"]) if saved.get("source") == source else NOTHING_SEEN
-
-
-def write_cursor(mtime_ns: int, source: str) -> str:
-    return json.dumps({"source": source, "mtime_ns": mtime_ns})
 
 
 def list_source(watch: Watch, s3: S3Resource) -> list:
@@ -105,7 +148,7 @@ def watch_run_request(watch: Watch, batch: Batch) -> RunRequest:
     request = watch.digest_request(modified_after_ns=batch.after_ns, modified_until_ns=batch.until_ns)
     workers = watch.workers or os.cpu_count() or 1
     return RunRequest(
-        run_key=f"{watch.name}:{batch.after_ns}:{batch.until_ns}",
+        run_key=batch.run_key(watch.name),
         partition_key=watch.group_id,
         run_config=run_config(request, workers),
         tags={**run_tags(request), TAG_PREFIX + "workers": str(workers), WATCH_TAG: watch.name},
@@ -123,17 +166,18 @@ def build_watch_sensor(watch: Watch) -> SensorDefinition:
     )
     def watch_sensor(context: SensorEvaluationContext, s3: S3Resource):
         source = watch.digest_request().source
-        after = read_cursor(context.cursor, source)
-        batches = plan_batches(list_source(watch, s3), after, watch.max_photos_per_run)
+        cursor = WatchCursor.read(context.cursor, source)
+        files = list_source(watch, s3)
+        batches = plan_batches(files, cursor, watch.max_photos_per_run)
         if not batches:
             return SensorResult(skip_reason=f"nothing modified in {source} since the last launch",
-                                cursor=write_cursor(after, source))
+                                cursor=cursor.write(source))
         new_group = not context.instance.has_dynamic_partition(digest_groups.name, watch.group_id)
         context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {source}: "
                          f"{len(batches)} digest(s)")
         return SensorResult(
             run_requests=[watch_run_request(watch, batch) for batch in batches],
-            cursor=write_cursor(batches[-1].until_ns, source),
+            cursor=cursor.after(batches, files).write(source),
             dynamic_partitions_requests=[digest_groups.build_add_request([watch.group_id])] if new_group else [],
         )
 
