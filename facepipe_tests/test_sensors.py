@@ -188,6 +188,14 @@ def test_photos_of_one_modification_time_are_never_split_between_runs():
     launched = WatchCursor().after(plan_batches(same[:7], WatchCursor(), 5), same[:7])
     assert (launched.mtime_ns, len(launched.at_mtime)) == (T0, 7)
     assert [b.files for b in plan_batches(same, launched, 5)] == [[same[-1]]]
+    # too many photos at one time to remember: late arrivals at it are left to the nightly re-check,
+    # and nothing is launched again
+    flood = [ImageFile(f"/f/{i}.jpg", 1, T0) for i in range(10_001)]
+    forgetful = WatchCursor().after(plan_batches(flood, WatchCursor(), 500), flood)
+    assert forgetful.at_mtime is None and len(forgetful.write("/f")) < 100
+    assert WatchCursor.read(forgetful.write("/f"), "/f") == forgetful
+    assert WatchCursor.read(forgetful.write("/f"), "/elsewhere") == WatchCursor()  # a new source starts over
+    assert plan_batches(flood + [ImageFile("/f/late.jpg", 1, T0)], forgetful, 500) == []
 
 
 def test_a_photo_arriving_late_with_the_time_of_the_last_launch_is_launched_once(instance, tmp_path):

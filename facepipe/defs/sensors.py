@@ -74,17 +74,21 @@ class WatchCursor:
     """
 
     mtime_ns: int = NOTHING_SEEN
-    at_mtime: frozenset = frozenset()  # path_tag of each photo launched with exactly mtime_ns
+    # path_tag of each photo launched with exactly mtime_ns; None when too many to keep (a flood
+    # within one second), and late arrivals at that time are left to the nightly re-check
+    at_mtime: frozenset | None = frozenset()
 
     @classmethod
     def read(cls, cursor: str | None, source: str) -> "WatchCursor":
         saved = json.loads(cursor) if cursor else {}
         if saved.get("source") != source:  # a new watch, or its source changed: start over
             return cls()
-        return cls(int(saved["mtime_ns"]), frozenset(saved.get("at_mtime", ())))
+        at_mtime = saved.get("at_mtime", ())
+        return cls(int(saved["mtime_ns"]), None if at_mtime is None else frozenset(at_mtime))
 
     def write(self, source: str) -> str:
-        return json.dumps({"source": source, "mtime_ns": self.mtime_ns, "at_mtime": sorted(self.at_mtime)})
+        at_mtime = None if self.at_mtime is None else sorted(self.at_mtime)
+        return json.dumps({"source": source, "mtime_ns": self.mtime_ns, "at_mtime": at_mtime})
 
     def after(self, batches: list[Batch], files: list) -> "WatchCursor":
         """The cursor once `batches` are launched: their newest time and every listed photo at it."""
@@ -92,9 +96,11 @@ class WatchCursor:
             return self
         until = batches[-1].until_ns
         at_until = {path_tag(f.path) for f in files if f.mtime_ns == until}
-        if len(at_until) > MAX_TAGS_IN_CURSOR:  # a flood in one second: late arrivals wait for the nightly re-check
-            at_until = set()
-        return WatchCursor(until, frozenset(at_until | (self.at_mtime if until == self.mtime_ns else set())))
+        if until == self.mtime_ns:
+            if self.at_mtime is None:
+                return self
+            at_until |= self.at_mtime
+        return WatchCursor(until, frozenset(at_until) if len(at_until) <= MAX_TAGS_IN_CURSOR else None)
 
 
 MAX_TAGS_IN_CURSOR = 10_000
@@ -109,12 +115,13 @@ def plan_batches(files: list, cursor: WatchCursor, max_photos: int) -> list[Batc
     windows of at most `max_photos` photos each; a window never splits photos of the same modification
     time, so one time held by more than `max_photos` photos makes one larger batch."""
     after = cursor.mtime_ns
-    late = [f for f in files if f.mtime_ns == after and path_tag(f.path) not in cursor.at_mtime]
+    known = cursor.at_mtime
+    late = [] if known is None else [f for f in files if f.mtime_ns == after and path_tag(f.path) not in known]
     new = sorted(late + [f for f in files if f.mtime_ns > after], key=lambda f: (f.mtime_ns, f.path))
     # late photos re-open the cursor's time: the window starts just before it (the photos launched
     # at that time already are in it again, and the digest's ledger skips them unchanged)
     start = after - 1 if late else after
-    reopened = len(cursor.at_mtime | {path_tag(f.path) for f in late}) if late else None
+    reopened = len(known | {path_tag(f.path) for f in late}) if late else None
     batches, current = [], []
     for _, same_time in itertools.groupby(new, key=lambda f: f.mtime_ns):
         same_time = list(same_time)
