@@ -50,8 +50,8 @@ def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: s
                    s3_endpoint_url: str | None = None, s3_region: str | None = None) -> DigestConfig:
     """A validated digest request; raises pydantic's ValidationError naming the bad field.
 
-    `path` is a folder or `s3://bucket/prefix`. A folder on this machine is made absolute; one
-    on a remote server is passed as it is.
+    `path` is a folder or `s3://bucket/prefix`. A folder on this machine is resolved to its one
+    canonical path (it is part of each photo's identity); one on a remote server is passed as it is.
     """
     from facepipe.engine.sources import parse_s3_url
 
@@ -59,7 +59,7 @@ def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: s
         bucket, prefix = parse_s3_url(path)
         source = {"s3_bucket": bucket, "s3_prefix": prefix, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region}
     else:
-        source = {"local_dir_path": str(Path(path).absolute()) if on_this_machine else path}
+        source = {"local_dir_path": str(Path(path).resolve()) if on_this_machine else path}
     return DigestConfig(
         group_id=group_id, confidence=confidence, profile=profile, redigest=redigest, chunk_size=chunk_size, **source
     )

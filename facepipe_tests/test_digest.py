@@ -151,3 +151,36 @@ def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_p
         pooled = [e for s in summaries for e in instance.all_logs(s["run_id"], of_type=DagsterEventType.STEP_START)
                   if e.step_key in ("digest.list_images", "digest.store_faces")]
         assert len(pooled) == 4
+
+
+def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
+    # `facepipe search` and `people` open the embedded store outside Dagster's pool; a digest
+    # that meets the lock retries its store steps instead of failing.
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from dagster import DagsterEventType
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img2.jpg", folder / "img2.jpg")
+    home = tmp_path / "home"
+    run_facepipe(home, "digests", "list")  # create the instance before polling it
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    with FaceStore.open(path=home / "qdrant"):  # held, as a search would hold it
+        running = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "held",
+                                    "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+        deadline, retried = time.time() + 120, []
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            while not retried and time.time() < deadline and running.poll() is None:
+                time.sleep(0.5)
+                retried = [e for r in instance.get_run_records()
+                           for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)]
+    summary = json.loads(running.communicate(timeout=300)[0])
+    assert retried and retried[0].step_key == "digest.list_images"
+    assert summary["status"] == "completed" and summary["faces_stored"] == 1

@@ -19,6 +19,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetOut,
+    Backoff,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -26,6 +27,7 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
+    RetryPolicy,
     graph_multi_asset,
     op,
 )
@@ -38,6 +40,10 @@ from facepipe.defs.resources import FaceStoreResource
 from facepipe.settings import STORE_POOL
 
 MAX_ERRORS_IN_METADATA = 1000
+
+# The pool keeps digests to one writer, but `facepipe search` or `people` may hold the embedded
+# store's lock for a moment: the steps that open the store try again instead of failing the run.
+STORE_RETRY = RetryPolicy(max_retries=4, delay=2, backoff=Backoff.EXPONENTIAL)
 
 
 @dataclass
@@ -75,18 +81,19 @@ def _list_source(config: DigestConfig, s3: S3Resource) -> list:
             return list_folder(config.local_dir_path)
         return list_s3_images(config.s3_client(s3), config.s3_bucket, config.s3_prefix or "")
     except OSError as err:
-        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}") from err
+        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
     except SourceError as err:  # no such bucket, bad credentials: nothing can work
-        raise Failure(str(err)) from err
+        raise Failure(str(err), allow_retries=False) from err
 
 
-@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
+@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
 def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
     from facepipe.engine.faces import plan_images, split_into_chunks
 
     if context.has_partition_key and context.partition_key != config.group_id:
-        raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}")
+        raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}",
+                      allow_retries=False)
     files = config.modified_in_window(_list_source(config, s3))
     with face_store.open() as store:
         digested = store.digested_images(config.group_id, config.profile)
@@ -142,7 +149,7 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL)
+@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
 def store_faces(context: OpExecutionContext, image_list, chunk_results, face_store: FaceStoreResource):
     """Write every chunk's faces to Qdrant in one writer, and the digest's totals to the event log."""
     images = [r for chunk in chunk_results for r in chunk.images]
