@@ -10,6 +10,13 @@ from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def known_profile(value: str) -> str:
+    """A pydantic validator for `profile` fields (digest and people configs)."""
+    if value not in PROFILES:
+        raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
+    return value
+
+
 class DigestConfig(Config):
     """Digest the photos of one source into one group."""
 
@@ -49,12 +56,7 @@ class DigestConfig(Config):
             raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
         return value
 
-    @field_validator("profile")
-    @classmethod
-    def _profile_is_known(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
-        return value
+    _profile_is_known = field_validator("profile")(known_profile)
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "DigestConfig":

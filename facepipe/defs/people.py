@@ -20,6 +20,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from facepipe.defs.config import known_profile
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
@@ -36,12 +37,7 @@ class PeopleConfig(Config):
         "person's faces). Otherwise only faces without a person are placed, and no one is renumbered.",
     )
 
-    @field_validator("profile")
-    @classmethod
-    def _profile_is_known(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
-        return value
+    _profile_is_known = field_validator("profile")(known_profile)
 
 
 @asset(
