@@ -12,6 +12,10 @@ READ_TIMEOUT_SECONDS = 10
 RETRIES = 3
 BACKOFF_FACTOR = 0.5  # waits 0.5 s, 1 s, 2 s between the attempts
 
+# urllib3 logs each retry with the request's path, which for a Slack-style webhook is its secret;
+# our own messages (below) say what failed without it.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
 
 def _session():
     import requests

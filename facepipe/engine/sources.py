@@ -60,11 +60,15 @@ def list_s3_images(client, bucket: str, prefix: str) -> list[ImageFile]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if PurePosixPath(obj["Key"]).suffix.lower() in IMAGE_EXTENSIONS:
-                modified: datetime = obj["LastModified"]
                 found.append(ImageFile(
-                    s3_url(bucket, obj["Key"]), obj["Size"], int(modified.timestamp() * 1e9), obj["ETag"].strip('"'),
+                    s3_url(bucket, obj["Key"]), obj["Size"], _epoch_ns(obj["LastModified"]), obj["ETag"].strip('"'),
                 ))
     return sorted(found, key=lambda f: f.path)
+
+
+def _epoch_ns(moment: datetime) -> int:
+    """Exact nanoseconds since the epoch (a float of them would round)."""
+    return int(moment.timestamp()) * 10**9 + moment.microsecond * 1000
 
 
 class S3Reader:
