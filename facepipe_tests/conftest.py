@@ -7,8 +7,13 @@ Digests run through the real `facepipe` command in a subprocess, on a temporary 
 import csv
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,46 @@ def faces_by_photo(home: Path, group: str = "sample", profile: str = "dlib") -> 
     for point in points:
         by_photo.setdefault(point.payload["image_path"].rsplit("/", 1)[-1], []).append(point)
     return by_photo
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str):
+    """`facepipe ui` (dagster dev: webserver + daemon) on `home` and a free loopback port; yields its URL
+    once the webserver answers and the daemons named in `daemons` have sent a heartbeat."""
+    from dagster import DagsterInstance
+
+    port = free_port()
+    env = {**os.environ, "FACEPIPE_HOME": str(home), **env_vars}
+    env.pop("DAGSTER_HOME", None)
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "ui.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/server_info", timeout=2)
+                with DagsterInstance.from_config(str(home / "dagster")) as instance:
+                    if set(daemons) <= set(instance.get_daemon_heartbeats()):
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError(f"facepipe ui did not start:\n{(home / 'ui.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()

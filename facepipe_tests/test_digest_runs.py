@@ -7,17 +7,14 @@ instance; the CLI talks to that instance directly, or to the webserver over Grap
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img5.jpg"]
 
@@ -46,44 +43,12 @@ def wait_until_finished(home, run_id, timeout=300, *extra):
     raise AssertionError(f"digest {run_id} still {seen[-1]} after {timeout} s")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
-    """`facepipe ui` (dagster dev: webserver + daemon) on a temporary instance and a free port."""
+    """`facepipe ui` (webserver + daemon) on a temporary instance and a free port."""
     home = tmp_path_factory.mktemp("ui_home")
-    port = free_port()
-    env = {**os.environ, "FACEPIPE_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)
-    log = open(home / "ui.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                with DagsterInstance.from_config(str(home / "dagster")) as instance:
-                    if "QUEUED_RUN_COORDINATOR" in instance.get_daemon_heartbeats():
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"facepipe ui did not start:\n{(home / 'ui.log').read_text()[-3000:]}")
-            time.sleep(1)
+    with facepipe_ui(home) as url:
         yield home, url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_ui, tmp_path):

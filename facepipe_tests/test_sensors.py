@@ -10,13 +10,10 @@ daemon) with a watches file, and drops a photo into the watched folder.
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
@@ -37,7 +34,7 @@ from facepipe.defs.schedules import build_recluster_schedule, build_schedules
 from facepipe.defs.sensors import WatchCursor, build_watch_sensor, build_webhook_sensors, plan_batches
 from facepipe.defs.watches import WatchesError, load_watches, parse_watches
 from facepipe.engine.images import ImageFile, list_images
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe
 from facepipe_tests.test_s3 import s3_endpoint  # noqa: F401  (the moto S3 server fixture)
 
 SECOND = 1_000_000_000
@@ -359,16 +356,10 @@ def receiver():
     receiver.server.shutdown()
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digested, receiver, monkeypatch, capsys):
     home, _, runs = digested
     monkeypatch.setenv("HOOK_PORT", str(receiver.server.server_address[1]))
-    nobody = unused_port()
+    nobody = free_port()
     config = parse_watches({"webhooks": [
         f"http://127.0.0.1:{nobody}/nobody-listens",  # first, so the others must still be called
         receiver.url + "/ok",
@@ -410,34 +401,8 @@ def ui_with_a_watch(tmp_path, receiver):
     watches = tmp_path / "watches.yaml"
     watches.write_text(f"watches:\n  - name: inbox\n    source: {inbox}\n    group_id: dropped\n"
                        f"    minimum_interval_seconds: 5\n    workers: 1\nwebhooks:\n  - {receiver.url}/hook\n")
-    port = unused_port()
-    env = {**os.environ, "FACEPIPE_HOME": str(home), "FACEPIPE_WATCHES": str(watches)}
-    env.pop("DAGSTER_HOME", None)
-    home.mkdir()
-    log = open(tmp_path / "ui.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                with DagsterInstance.from_config(str(home / "dagster")) as instance:
-                    if {"SENSOR", "QUEUED_RUN_COORDINATOR"} <= set(instance.get_daemon_heartbeats()):
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"facepipe ui did not start:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
-            time.sleep(1)
+    with facepipe_ui(home, daemons=("SENSOR", "QUEUED_RUN_COORDINATOR"), FACEPIPE_WATCHES=str(watches)):
         yield home, inbox
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_a_photo_dropped_into_a_watched_folder_becomes_stored_faces(ui_with_a_watch, receiver):

@@ -10,6 +10,13 @@ from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def valid_group_id(value: str) -> str:
+    """A pydantic validator for `group_id` fields (digest config, watches)."""
+    if not GROUP_ID_PATTERN.match(value):
+        raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
+    return value
+
+
 def known_profile(value: str) -> str:
     """A pydantic validator for `profile` fields (digest and people configs)."""
     if value not in PROFILES:
@@ -49,12 +56,7 @@ class DigestConfig(Config):
         default=None, description="Only photos modified until this time (ns since the epoch, inclusive); set by sensors."
     )
 
-    @field_validator("group_id")
-    @classmethod
-    def _group_id_is_a_name(cls, value: str) -> str:
-        if not GROUP_ID_PATTERN.match(value):
-            raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
-        return value
+    _group_id_is_a_name = field_validator("group_id")(valid_group_id)
 
     _profile_is_known = field_validator("profile")(known_profile)
 

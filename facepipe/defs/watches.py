@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
-from facepipe.defs.config import GROUP_ID_PATTERN, DigestConfig
+from facepipe.defs.config import DigestConfig, valid_group_id
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -60,12 +60,7 @@ class Watch(BaseModel):
             raise ValueError(f"name {value!r} may only hold letters, digits and '_'")
         return value
 
-    @field_validator("group_id")
-    @classmethod
-    def _group_id_is_a_name(cls, value: str) -> str:
-        if not GROUP_ID_PATTERN.match(value):
-            raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
-        return value
+    _group_id_is_a_name = field_validator("group_id")(valid_group_id)
 
     @model_validator(mode="after")
     def _is_a_valid_digest(self) -> "Watch":
