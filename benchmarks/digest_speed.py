@@ -1,7 +1,7 @@
 """How fast a digest runs, against the seed's way and against the model floor. Prints figures.
 
     .venv/bin/python benchmarks/digest_speed.py                  # 1,000 photos (~13 min on 2 cores)
-    .venv/bin/python benchmarks/digest_speed.py --images 64      # the 64 samples (~4 min)
+    .venv/bin/python benchmarks/digest_speed.py --images 64      # the 64 samples (~3 min)
     .venv/bin/python benchmarks/digest_speed.py --images 10000 --only digest2,redigest   # once, not in CI
 
 For the same photos and the dlib profile, one after another, each in its own child process:
