@@ -1,5 +1,6 @@
 """Assembles facepipe's Dagster definitions. Every code server, run and step imports this module,
-so it imports nothing heavy: the models load inside the steps."""
+so it imports no model library (deepface, dlib, OpenCV, onnxruntime): the models load inside the
+steps. qdrant-client and boto3 do load here; the executor's forkserver imports them once."""
 
 from dagster import Definitions, EnvVar
 from dagster_aws.s3 import S3Resource

@@ -1,6 +1,7 @@
 """Find photos in a folder and decode them robustly."""
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,53 +100,22 @@ def decode_image(data: bytes) -> np.ndarray:
     return image
 
 
-def _exif_orientation(app1: bytes) -> int:
-    """The EXIF orientation tag (1 to 8) of an APP1 segment's payload, 1 if it has none."""
-    if not app1.startswith(b"Exif\x00\x00") or len(app1) < 14:
-        return 1
-    tiff = app1[6:]
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None:
-        return 1
-    ifd = int.from_bytes(tiff[4:8], order)
-    if ifd + 2 > len(tiff):
-        return 1
-    for i in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
-        entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
-        if len(entry) == 12 and int.from_bytes(entry[:2], order) == 0x0112:
-            value = int.from_bytes(entry[8:10], order)
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """A JPEG's (width, height) as shown, EXIF orientation applied, read from its headers only.
-
-    None if `data` is not a JPEG or its headers cannot be walked.
+    """A JPEG's (width, height) as shown, EXIF orientation applied, from its headers only (Pillow
+    opens lazily: it reads the headers and decodes no pixel). None if `data` is not a readable JPEG.
     """
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    orientation, i = 1, 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xE1 and orientation == 1:
-            orientation = _exif_orientation(data[i + 4:i + 2 + length])
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            height = int.from_bytes(data[i + 5:i + 7], "big")
-            width = int.from_bytes(data[i + 7:i + 9], "big")
-            if not (width and height):
+    from PIL import ExifTags, Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG":
                 return None
-            return (height, width) if orientation >= 5 else (width, height)
-        elif marker == 0xDA:  # start of scan before any frame header
-            return None
-        i += 2 + length
-    return None
+            width, height = image.size
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # whatever Pillow cannot read, the caller decodes whole with OpenCV
+        return None
+    # orientations 5 to 8 turn the photo a quarter: width and height swap
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 # libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size in its DCT, for a fraction of the cost
