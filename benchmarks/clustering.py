@@ -76,8 +76,10 @@ def algorithms(profile: str) -> dict:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sample_faces(description: str):
+    """The command line shared by the sample-photo benchmarks, and the faces it names: their photo
+    names, embeddings, the labelled photos' identities, and the indexes of the labelled one-face photos."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--store", help="an embedded Qdrant store folder holding a digest of the samples")
     parser.add_argument("--group", default="sample")
     parser.add_argument("--profile", default="dlib")
@@ -90,6 +92,11 @@ def main() -> None:
     else:
         names, vectors = embed_folder(SAMPLES / "images", args.profile)
     labelled = [i for i, name in enumerate(names) if name in identities and names.count(name) == 1]
+    return args, identities, names, vectors, labelled
+
+
+def main() -> None:
+    args, identities, names, vectors, labelled = sample_faces(__doc__.split("\n")[0])
     truth = [identities[names[i]] for i in labelled]
     print(f"{len(names)} faces clustered, {len(labelled)} labelled, {len(set(truth))} people")
 

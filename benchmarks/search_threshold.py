@@ -8,8 +8,6 @@ threshold keeps and how many different-person pairs it lets through, and how far
 person stands from everyone else. facepipe.search.DEFAULT_THRESHOLDS holds the chosen value.
 """
 
-import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -18,22 +16,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clustering import SAMPLES, embed_folder, stored_faces  # noqa: E402
+from benchmarks.clustering import sample_faces  # noqa: E402
 from facepipe.search import DEFAULT_THRESHOLDS  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", help="an embedded Qdrant store folder holding a digest of the samples")
-    parser.add_argument("--group", default="sample")
-    parser.add_argument("--profile", default="dlib")
-    args = parser.parse_args()
-
-    with open(SAMPLES / "identities.csv") as f:
-        identities = {row["image"]: row["identity"] for row in csv.DictReader(f)}
-    names, vectors = (stored_faces(args.store, args.group, args.profile) if args.store
-                      else embed_folder(SAMPLES / "images", args.profile))
-    labelled = [i for i, name in enumerate(names) if name in identities and names.count(name) == 1]
+    args, identities, names, vectors, labelled = sample_faces(__doc__.split("\n")[0])
     who = np.array([identities[names[i]] for i in labelled])
     similarity = vectors[labelled] @ vectors[labelled].T
     upper = np.triu_indices(len(labelled), 1)
