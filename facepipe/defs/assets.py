@@ -72,20 +72,6 @@ def _errors(images) -> list[dict]:
     return [{"path": r.path, "error": r.error} for r in images if r.error]
 
 
-def _list_source(config: DigestConfig, s3: S3Resource) -> list:
-    from facepipe.engine.images import list_images as list_folder
-    from facepipe.engine.sources import SourceError, list_s3_images
-
-    try:
-        if config.local_dir_path:
-            return list_folder(config.local_dir_path)
-        return list_s3_images(config.s3_client(s3), config.s3_bucket, config.s3_prefix or "")
-    except OSError as err:
-        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
-    except SourceError as err:  # no such bucket, bad credentials: nothing can work
-        raise Failure(str(err), allow_retries=False) from err
-
-
 @op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
 def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
@@ -94,7 +80,14 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
     if context.has_partition_key and context.partition_key != config.group_id:
         raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}",
                       allow_retries=False)
-    files = config.modified_in_window(_list_source(config, s3))
+    from facepipe.engine.sources import SourceError
+
+    try:
+        files = config.modified_in_window(config.list_photos(s3))
+    except OSError as err:
+        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
+    except SourceError as err:  # no such bucket, bad credentials: nothing can work
+        raise Failure(str(err), allow_retries=False) from err
     with face_store.open() as store:
         digested = store.digested_images(config.group_id, config.profile)
     tasks, skipped = plan_images(files, digested, config.redigest)

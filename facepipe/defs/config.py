@@ -82,6 +82,18 @@ class DigestConfig(Config):
     def source(self) -> str:
         return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"
 
+    def list_photos(self, s3) -> list:
+        """The photos at this digest's source, a folder or an S3 prefix (ImageFile, sorted by path).
+
+        Raises OSError (a folder) or SourceError (a bucket) when the source cannot be listed at all.
+        """
+        from facepipe.engine.images import list_images
+        from facepipe.engine.sources import list_s3_images
+
+        if self.local_dir_path:
+            return list_images(self.local_dir_path)
+        return list_s3_images(self.s3_client(s3), self.s3_bucket, self.s3_prefix or "")
+
     def s3_client(self, s3):
         """A boto3 client from dagster-aws's S3Resource, with this digest's endpoint and region."""
         overrides = {"endpoint_url": self.s3_endpoint_url, "region_name": self.s3_region}

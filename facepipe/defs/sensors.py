@@ -136,15 +136,11 @@ def plan_batches(files: list, cursor: WatchCursor, max_photos: int) -> list[Batc
 
 def list_source(watch: Watch, s3: S3Resource) -> list:
     """The photos at the watch's source, as the digest will list them (path, size, mtime_ns)."""
-    from facepipe.engine.sources import SourceError, list_s3_images
+    from facepipe.engine.sources import SourceError
 
     request = watch.digest_request()
     try:
-        if request.local_dir_path:
-            from facepipe.engine.images import list_images
-
-            return list_images(request.local_dir_path)
-        return list_s3_images(request.s3_client(s3), request.s3_bucket, request.s3_prefix or "")
+        return request.list_photos(s3)
     except (OSError, SourceError) as err:
         raise WatchError(f"watch {watch.name}: cannot list {request.source}: {err}") from err
 
