@@ -7,6 +7,7 @@ import sys
 import click
 from pydantic import ValidationError
 
+from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 
 
@@ -48,13 +49,16 @@ REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g.
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
 @click.option("--chunk-size", type=int, default=200, show_default=True, help="At most this many photos per step.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="The smallest faces to find: " + ", ".join(f"{n} {s} px" for n, s in PRESETS.items()) + " wide.")
+@click.option("--min-face-size", type=int, help="The narrowest face to find, in full-size pixels (overrides --preset).")
 @click.option("--s3-endpoint-url", help="For s3:// paths: an S3-compatible store's endpoint (MinIO, Ceph, R2...).")
 @click.option("--s3-region", help="For s3:// paths: the bucket's region.")
 @click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
 @REMOTE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, s3_endpoint_url, s3_region, detach,
-           remote, as_json):
+def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, preset, min_face_size, s3_endpoint_url,
+           s3_region, detach, remote, as_json):
     """Digest the photos under PATH (a folder, or s3://bucket/prefix) into a group, as a Dagster run.
 
     By default the run executes in this process and the command waits, with a progress bar.
@@ -68,7 +72,8 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, s
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
         request = digest_request(path, group_id, confidence, profile, redigest, chunk_size, on_this_machine=not remote,
-                                 s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+                                 s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, preset=preset,
+                                 min_face_size=min_face_size)
         if workers < 1:
             raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
     except ValidationError as err:
@@ -148,7 +153,8 @@ def _print_summary(summary, as_json):
             f"digest {summary['status']}: {summary['images_listed']} images listed, "
             f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
             f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
-            f"{summary['faces_dropped']} dropped below the confidence threshold, {summary['faces_stored']} stored "
+            f"{summary['faces_dropped']} dropped below the confidence threshold, "
+            f"{summary['faces_too_small']} narrower than {summary['min_face_size']} px, {summary['faces_stored']} stored "
             f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
             f"run {summary['run_id']}"
         )

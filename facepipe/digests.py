@@ -30,6 +30,7 @@ from dagster import (
 from facepipe import settings
 from facepipe.defs.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
+from facepipe.engine.presets import DEFAULT_PRESET
 from facepipe.engine.profiles import DEFAULT_PROFILE
 
 TAG_PREFIX = "facepipe/"
@@ -47,7 +48,8 @@ class DigestNotFound(LookupError):
 
 def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: str = DEFAULT_PROFILE,
                    redigest: bool = False, chunk_size: int = 200, on_this_machine: bool = True,
-                   s3_endpoint_url: str | None = None, s3_region: str | None = None) -> DigestConfig:
+                   s3_endpoint_url: str | None = None, s3_region: str | None = None,
+                   preset: str = DEFAULT_PRESET, min_face_size: int | None = None) -> DigestConfig:
     """A validated digest request; raises pydantic's ValidationError naming the bad field.
 
     `path` is a folder or `s3://bucket/prefix`. A folder on this machine is resolved to its one
@@ -61,7 +63,8 @@ def digest_request(path: str, group_id: str, confidence: float = 0.5, profile: s
     else:
         source = {"local_dir_path": str(Path(path).resolve()) if on_this_machine else path}
     return DigestConfig(
-        group_id=group_id, confidence=confidence, profile=profile, redigest=redigest, chunk_size=chunk_size, **source
+        group_id=group_id, confidence=confidence, profile=profile, redigest=redigest, chunk_size=chunk_size,
+        preset=preset, min_face_size=min_face_size, **source
     )
 
 
@@ -307,7 +310,7 @@ def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: flo
               materialized: dict[str, dict], observations: list[dict], errors: list[str]) -> dict:
     """The seed's digest fields, from a run's status, tags, times and asset events (local or remote)."""
     observed = {key: sum(o.get(key, 0) for o in observations)
-                for key in ("images_done", "images_failed", "faces_detected", "faces_dropped")}
+                for key in ("images_done", "images_failed", "faces_detected", "faces_dropped", "faces_too_small")}
     faces = materialized.get("faces", observed)
     # a retry does not list again: its `faces` materialization repeats the listing's counts
     listing = materialized.get("image_list", faces)
@@ -334,6 +337,8 @@ def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: flo
         "images_failed": faces.get("images_failed", 0),
         "faces_detected": faces.get("faces_detected", 0),
         "faces_dropped": faces.get("faces_dropped", 0),
+        "faces_too_small": faces.get("faces_too_small", 0),
+        "min_face_size": listing.get("min_face_size"),
         "faces_stored": stored.get("faces_stored", 0),
         "faces_in_group": stored.get("faces_in_group"),
         "start_time": _iso(start_time),

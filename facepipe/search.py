@@ -67,13 +67,19 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     """The selfie's faces (engine Face objects), the largest only unless `all_faces`."""
     from facepipe.engine.faces import faces_in_image
     from facepipe.engine.images import ImageError, decode_image, read_image_bytes
+    from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
     from facepipe.engine.profiles import load_profile
 
     try:
         image = decode_image(read_image_bytes(selfie_path)[0])
     except ImageError as err:
         raise SearchError(f"cannot read the selfie {selfie_path}: {err}") from None
-    faces, _ = faces_in_image(load_profile(profile_name), image, DETECTION_CONFIDENCE)
+    profile = load_profile(profile_name)
+    # a selfie's face is large: faces of 1/8 of the photo are looked for first, which is fast
+    large = max(DEFAULT_MIN_FACE_SIZE, max(image.shape[:2]) // 8)
+    faces = [] if all_faces else faces_in_image(profile, image, DETECTION_CONFIDENCE, large)[0]
+    if not faces:  # every face (--all-faces), or a small one: as a digest finds them
+        faces, _ = faces_in_image(profile, image, DETECTION_CONFIDENCE, DEFAULT_MIN_FACE_SIZE)
     if not faces:
         raise SearchError(f"no face found in the selfie {selfie_path}")
     if not all_faces:

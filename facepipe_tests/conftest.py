@@ -21,6 +21,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "faces"
 SAMPLE_IMAGES = SAMPLES / "images"
+REPORTS: list[str] = []  # tables that tests measured (recall per face size...), printed after the run
+
+
+def pytest_terminal_summary(terminalreporter):
+    for report in REPORTS:
+        terminalreporter.write_sep("-", report.split("\n", 1)[0])
+        terminalreporter.write_line(report.split("\n", 1)[1])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -19,7 +19,8 @@ def test_the_launchpad_form_has_the_digest_request_and_workers():
     schema = get_digest_job().run_config_schema.config_type
     ops = schema.fields["ops"].config_type.fields["digest"].config_type.fields["ops"].config_type
     request = ops.fields["list_images"].config_type.fields["config"].config_type.fields
-    assert {"group_id", "local_dir_path", "s3_bucket", "s3_prefix", "confidence", "profile"} <= set(request)
+    assert {"group_id", "local_dir_path", "s3_bucket", "s3_prefix", "confidence", "profile", "preset",
+            "min_face_size"} <= set(request)
     assert request["group_id"].is_required and not request["confidence"].is_required
     workers = schema.fields["execution"].config_type.fields["config"].config_type.fields["workers"]
     assert workers.default_value >= 1

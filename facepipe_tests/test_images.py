@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepipe.engine.images import ImageError, decode_image, decode_image_at_least, jpeg_size, list_images
+from facepipe.engine.images import ImageError, decode_image, decode_image_reduced, jpeg_size, list_images
 from facepipe_tests.conftest import SAMPLE_IMAGES
 
 
@@ -51,13 +51,13 @@ def test_exif_orientation_is_applied():
 def test_a_large_jpeg_decodes_reduced_but_reports_its_full_size():
     data = jpeg_bytes(3000, 1000, orientation=6)  # shown 1000 wide, 3000 high
     assert jpeg_size(data) == (1000, 3000)
-    image, size = decode_image_at_least(data, 700)
-    assert size == (1000, 3000) and image.shape == (750, 250, 3)  # 1/4 keeps the long side >= 700
-    image, size = decode_image_at_least(data, 3000)
+    image, size = decode_image_reduced(data, 5)
+    assert size == (1000, 3000) and image.shape == (750, 250, 3)  # 1/4: the largest reduction up to 5
+    image, size = decode_image_reduced(data, 1.9)
     assert size == (1000, 3000) and image.shape == (3000, 1000, 3)
     # not a JPEG (a WebP named .jpg among the samples): decoded whole
     webp = (SAMPLE_IMAGES / "img47.jpg").read_bytes()
-    assert jpeg_size(webp) is None and decode_image_at_least(webp, 300)[0].shape == (1800, 1350, 3)
+    assert jpeg_size(webp) is None and decode_image_reduced(webp, 8)[0].shape == (1800, 1350, 3)
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
 
     image_list = ImageList(config.group_id, config.profile, config.source, len(files), skipped, tasks)
     yield Output(image_list, "image_list", metadata={
-        "source": config.source, "profile": config.profile, "images_listed": len(files),
+        "source": config.source, "profile": config.profile, "min_face_size": config.face_size, "images_listed": len(files),
         "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
     })
     for index, chunk_tasks in enumerate(chunks):
@@ -111,7 +111,7 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
 
     request = chunk.request
     read = S3Reader(request.s3_client(s3)) if request.s3_bucket else read_image_bytes
-    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.detection_size,
+    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
                             request.redigest, read=read)
     for error in _errors(result.images):
         context.log.warning(f"image failed: {error['path']}: {error['error']}")
@@ -121,8 +121,9 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
         metadata={
             "images_done": len(result.images),
             "images_failed": sum(1 for r in result.images if r.error),
-            "faces_detected": sum(len(r.faces) + r.faces_dropped for r in result.images),
+            "faces_detected": sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in result.images),
             "faces_dropped": sum(r.faces_dropped for r in result.images),
+            "faces_too_small": sum(r.faces_too_small for r in result.images),
             "failed_images": MetadataValue.json(_errors(result.images)[:MAX_ERRORS_IN_METADATA]),
             # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
             "seconds_per_stage": MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
@@ -158,8 +159,9 @@ def store_faces(context: OpExecutionContext, image_list, chunk_results, face_sto
         "images_done": len(images),
         "images_failed": len(errors),
         "images_unchanged": sum(1 for r in images if r.unchanged),
-        "faces_detected": sum(len(r.faces) + r.faces_dropped for r in images),
+        "faces_detected": sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in images),
         "faces_dropped": sum(r.faces_dropped for r in images),
+        "faces_too_small": sum(r.faces_too_small for r in images),
     }
     with face_store.open() as store:
         counts = store.write(image_list.group_id, image_list.profile, images, context.run_id) if images else None

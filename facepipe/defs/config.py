@@ -5,6 +5,7 @@ import re
 from dagster import Config
 from pydantic import Field, field_validator, model_validator
 
+from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 
 GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -46,8 +47,14 @@ class DigestConfig(Config):
     profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
     redigest: bool = Field(default=False, description="Digest photos again even if the group has them already.")
     chunk_size: int = Field(default=200, ge=1, description="At most this many photos per parallel step.")
-    detection_size: int = Field(
-        default=1024, ge=160, description="Long side, in pixels, of the copy of each photo the detector sees."
+    preset: Preset = Field(
+        default=DEFAULT_PRESET,
+        description="The smallest faces to find: " + ", ".join(f"{name} {size} px" for name, size in PRESETS.items())
+        + " wide, in the photo's full-size pixels. Smaller faces cost more time: see the README's table.",
+    )
+    min_face_size: int | None = Field(
+        default=None, ge=8,
+        description="The narrowest face to find, in full-size pixels; overrides the preset's when set.",
     )
     modified_after_ns: int | None = Field(
         default=None, description="Only photos modified after this time (ns since the epoch, exclusive); set by sensors."
@@ -77,6 +84,11 @@ class DigestConfig(Config):
         """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
         after, until = self.modified_after_ns, self.modified_until_ns
         return [f for f in files if (after is None or f.mtime_ns > after) and (until is None or f.mtime_ns <= until)]
+
+    @property
+    def face_size(self) -> int:
+        """The narrowest face this digest finds, in full-size pixels."""
+        return self.min_face_size or PRESETS[self.preset]
 
     @property
     def source(self) -> str:

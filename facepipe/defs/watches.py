@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from facepipe import settings
 from facepipe.defs.config import DigestConfig, valid_group_id
+from facepipe.engine.presets import DEFAULT_PRESET, Preset
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -47,6 +48,8 @@ class Watch(BaseModel):
     group_id: str
     confidence: float = Field(default=0.5, ge=0.0, le=1.0)
     profile: str | None = None
+    preset: Preset = DEFAULT_PRESET
+    min_face_size: int | None = Field(default=None, ge=8)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     workers: int | None = Field(default=None, ge=1, description="Default: the machine's cores.")
@@ -77,7 +80,8 @@ class Watch(BaseModel):
 
         options = {"profile": self.profile} if self.profile else {}
         request = digest_request(self.source, self.group_id, confidence=self.confidence,
-                                 s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region, **options)
+                                 s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region,
+                                 preset=self.preset, min_face_size=self.min_face_size, **options)
         return request.model_copy(update={"modified_after_ns": modified_after_ns, "modified_until_ns": modified_until_ns})
 
 

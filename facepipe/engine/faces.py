@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facepipe.engine.images import ImageError, decode_image_at_least, read_image_bytes
-from facepipe.engine.profiles import Profile, clip_box, load_profile
+from facepipe.engine.detection import detect_faces, detection_scale
+from facepipe.engine.images import ImageError, decode_image_reduced, read_image_bytes
+from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
+from facepipe.engine.profiles import DetectedFace, Profile, clip_box, load_profile
 
-DEFAULT_DETECTION_SIZE = 1024  # long side of the copy the detector sees, in pixels
+# A face keeps at least this many pixels in the decoded photo its chip is cut from: JPEGs are
+# decoded reduced (1/2 to 1/8) only as far as that allows.
+CHIP_SOURCE_FACE = 80
+# A face narrower than this share of min_face_size is too small: the detector's own rounding can
+# give a face of exactly min_face_size a pixel or two less.
+TOO_SMALL_FRACTION = 0.95
 
 
 @dataclass
@@ -50,6 +57,7 @@ class ImageResult:
     height: int | None = None
     faces: list[Face] = field(default_factory=list)
     faces_dropped: int = 0  # detected below the confidence threshold
+    faces_too_small: int = 0  # detected narrower than min_face_size
     unchanged: bool = False  # same bytes as the store already has: not decoded
     previously_digested: bool = False
     error: str | None = None
@@ -61,35 +69,62 @@ class ChunkResult:
     seconds: dict[str, float]  # time per stage: read, decode, detect (with alignment), embed
 
 
+@dataclass
+class FoundFaces:
+    """The faces of a photo before embedding, and what was dropped."""
+
+    faces: list[DetectedFace]  # at least min_face_size wide, at or above the confidence, left to right
+    dropped: int  # below the confidence
+    too_small: int  # narrower than min_face_size
+
+
+def find_faces(
+    profile: Profile,
+    image: np.ndarray,
+    confidence: float,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+    full_size: tuple[int, int] | None = None,
+) -> FoundFaces:
+    """Detect and align the faces at least `min_face_size` pixels wide and at or above `confidence`.
+
+    `image` may be a reduced decode of a photo whose real size is `full_size` (width, height):
+    sizes are then in the photo's full-size pixels, and so are the boxes and landmarks returned.
+    """
+    full_size = full_size or (image.shape[1], image.shape[0])
+    pixel_scale = image.shape[1] / full_size[0]  # decoded pixels per full-size pixel
+    smallest = min_face_size * pixel_scale
+    detected = detect_faces(profile, image, detection_scale(profile.smallest_face, smallest))
+    large = [f for f in detected if f.width >= TOO_SMALL_FRACTION * smallest]
+    kept = [f for f in large if f.confidence >= confidence]
+    aligned = profile.align(image, kept)
+    if full_size != (image.shape[1], image.shape[0]):
+        aligned = [_to_full_size(f, image, *full_size) for f in aligned]
+    aligned.sort(key=lambda f: f.box[:2])
+    return FoundFaces(aligned, len(large) - len(kept), len(detected) - len(large))
+
+
 def faces_in_image(
     profile: Profile,
     image: np.ndarray,
     confidence: float,
-    detection_size: int = DEFAULT_DETECTION_SIZE,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
     seconds: dict[str, float] | None = None,
     full_size: tuple[int, int] | None = None,
-) -> tuple[list[Face], int]:
-    """The faces at or above `confidence`, left to right, and how many were dropped below it.
-
-    `image` may be a reduced decode of a photo whose real size is `full_size` (width, height):
-    boxes and landmarks are then given in the photo's full-size pixels.
-    """
+) -> tuple[list[Face], FoundFaces]:
+    """`find_faces`, embedded: the faces, and what was found (with the counts of those dropped)."""
     seconds = seconds if seconds is not None else defaultdict(float)
     start = time.perf_counter()
-    detected = profile.faces(image, detection_size)
-    if full_size and full_size != (image.shape[1], image.shape[0]):
-        detected = [_to_full_size(f, image, *full_size) for f in detected]
-    kept = sorted((f for f in detected if f.confidence >= confidence), key=lambda f: f.box[:2])
+    found = find_faces(profile, image, confidence, min_face_size, full_size)
     seconds["detect"] += time.perf_counter() - start
 
     start = time.perf_counter()
-    embeddings = profile.embed([f.chip for f in kept])
+    embeddings = profile.embed([f.chip for f in found.faces])
     seconds["embed"] += time.perf_counter() - start
     faces = [
         Face(i, f.box, f.landmarks, round(float(f.confidence), 4), embeddings[i])
-        for i, f in enumerate(kept)
+        for i, f in enumerate(found.faces)
     ]
-    return faces, len(detected) - len(kept)
+    return faces, found
 
 
 def _to_full_size(face, image: np.ndarray, width: int, height: int):
@@ -104,7 +139,7 @@ def faces_in_chunk(
     tasks: list[ImageTask],
     profile_name: str,
     confidence: float,
-    detection_size: int = DEFAULT_DETECTION_SIZE,
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE,
     redigest: bool = False,
     read: Callable[[str], tuple[bytes, str]] = read_image_bytes,
 ) -> ChunkResult:
@@ -113,6 +148,8 @@ def faces_in_chunk(
     start = time.perf_counter()
     profile = load_profile(profile_name)  # raises for missing weights, before any photo
     seconds["load_models"] = time.perf_counter() - start  # ~0 where a worker preloaded them
+    # the detector needs no more pixels than it sees faces of min_face_size in, nor the chips
+    most_reduction = min_face_size / max(profile.smallest_face, CHIP_SOURCE_FACE)
     results = []
     for task in tasks:
         result = ImageResult(
@@ -127,14 +164,13 @@ def faces_in_chunk(
                 result.unchanged = True  # touched, not changed: no need to decode
                 continue
             start = time.perf_counter()
-            # the detector sees `detection_size` pixels at most, and the aligned chips (150 px for
-            # dlib) come out as good from a photo decoded at that size as from the full one
-            image, (result.width, result.height) = decode_image_at_least(data, detection_size)
+            image, (result.width, result.height) = decode_image_reduced(data, most_reduction)
             del data
             seconds["decode"] += time.perf_counter() - start
-            result.faces, result.faces_dropped = faces_in_image(
-                profile, image, confidence, detection_size, seconds, (result.width, result.height)
+            result.faces, found = faces_in_image(
+                profile, image, confidence, min_face_size, seconds, (result.width, result.height)
             )
+            result.faces_dropped, result.faces_too_small = found.dropped, found.too_small
         except ImageError as err:
             result.error = str(err)
         except Exception as err:  # a photo that breaks a model must not break the digest

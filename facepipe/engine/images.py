@@ -123,18 +123,18 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
-def decode_image_at_least(data: bytes, long_side: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode like `decode_image`, but at 1/2, 1/4 or 1/8 of full size when the long side stays
-    at least `long_side` pixels; return the pixels and the photo's full (width, height).
+def decode_image_reduced(data: bytes, most_reduction: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode like `decode_image`, but at 1/2, 1/4 or 1/8 of full size where that is no more than
+    `most_reduction`; return the pixels and the photo's full (width, height).
 
     Only JPEGs are decoded reduced (they are most photos, and libjpeg does it in its DCT); any
     other image, or a JPEG whose headers do not say its size, is decoded whole.
     """
-    size = jpeg_size(data) if data else None
+    size = jpeg_size(data) if data and most_reduction >= 2 else None
     if size:
         width, height = size
         for factor, flag in _REDUCED:
-            if max(width, height) / factor < long_side:
+            if factor > most_reduction:
                 continue
             image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
             # trust the headers only if the decoder agrees with them (to a rounding)
@@ -144,14 +144,3 @@ def decode_image_at_least(data: bytes, long_side: int) -> tuple[np.ndarray, tupl
             break
     image = decode_image(data)
     return image, (image.shape[1], image.shape[0])
-
-
-def resize_long_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
-    """A copy whose longer side is `long_side` pixels, and the scale from original to copy."""
-    height, width = image.shape[:2]
-    scale = long_side / max(height, width)
-    if abs(scale - 1.0) < 1e-3:
-        return image, 1.0
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=interpolation), scale

@@ -1,6 +1,7 @@
 """Model profiles: a detector, an alignment and a recognition model, built from deepface's registry.
 
-A profile turns a decoded BGR photo into aligned face chips (`faces`) and chips into embeddings
+A profile finds faces in a view of a photo (`detect`; engine/detection.py chooses the view's scale
+and tiles), cuts aligned chips from the decoded photo (`align`) and turns chips into embeddings
 (`embed`). Adding a profile is adding one module here and one line in PROFILES.
 """
 
@@ -9,6 +10,19 @@ from functools import cache
 from typing import Protocol
 
 import numpy as np
+
+
+@dataclass
+class Detection:
+    """A detector's face, in the pixels of the image it was given."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    confidence: float  # in [0, 1]
+    landmarks: np.ndarray | None = None  # 5 x 2 points, from detectors that give them
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
 
 
 @dataclass
@@ -26,8 +40,20 @@ class Profile(Protocol):
     detector: str  # deepface's detector name
     model: str  # deepface's recognition model name
     dimension: int
+    smallest_face: int  # the narrowest face (box width, px) the detector finds in the pixels it is given
+    tile_size: int  # the longest side it is given whole; larger views are tiled (engine/detection.py)
 
-    def faces(self, image: np.ndarray, detection_size: int) -> list[DetectedFace]: ...
+    def detector_input(self, image: np.ndarray) -> np.ndarray:
+        """What the detector scans, from a decoded BGR photo (dlib: gray), before any scaling."""
+        ...
+
+    def detect(self, pixels: np.ndarray) -> list[Detection]:
+        """The faces in a view made by detector_input, in its pixels."""
+        ...
+
+    def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
+        """Landmarks and aligned chips of `faces` (in `image`'s pixels), cut from the decoded photo."""
+        ...
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray: ...
 

@@ -11,8 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.images import resize_long_side
-from facepipe.engine.profiles import DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import Detection, DetectedFace, clip_box, unit_rows
 from facepipe.engine.weights import link_bundled_dlib_weights
 
 # HOG returns an SVM margin, 0 being dlib's own decision boundary. We also ask for candidates a
@@ -32,6 +31,12 @@ class DlibProfile:
     detector = "dlib"
     model = "Dlib"
     dimension = 128
+    # dlib's frontal face detector scans an 80 x 80 window and reports faces no smaller than 73 px,
+    # but finds every face down to ~60 px (benchmarks/detection_recall.py --scan: all faces from
+    # 60 px, 89 % at 56-60, 64 % at 52-56): 64 keeps a margin
+    smallest_face = 64
+    # HOG features take ~9 bytes per pixel scanned: a 4096 px square view needs ~150 MB
+    tile_size = 4096
 
     def __init__(self) -> None:
         link_bundled_dlib_weights()
@@ -44,33 +49,31 @@ class DlibProfile:
         self._landmarks = detector["sp"]
         self._resnet = DeepFace.build_model("Dlib").model.model
 
-    def faces(self, image: np.ndarray, detection_size: int) -> list[DetectedFace]:
-        height, width = image.shape[:2]
-        small, scale = resize_long_side(image, detection_size)
+    def detector_input(self, image: np.ndarray) -> np.ndarray:
         # dlib's frontal face detector was trained on grayscale images; HOG on gray is ~20% faster
         # than on colour (the max gradient over 3 channels) and keeps the same faces on the samples
-        rects, margins, _ = self._hog.run(
-            cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), 0, HOG_ADJUST_THRESHOLD
-        )
-        if not rects:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+    def detect(self, pixels: np.ndarray) -> list[Detection]:
+        rects, margins, _ = self._hog.run(pixels, 0, HOG_ADJUST_THRESHOLD)
+        return [Detection((r.left(), r.top(), r.right() + 1, r.bottom() + 1), hog_confidence(m))
+                for r, m in zip(rects, margins)]
+
+    def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
+        if not faces:
             return []
+        height, width = image.shape[:2]
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         found = []
-        for rect, margin in zip(rects, margins):
-            # landmarks and chip come from the decoded photo (at least the detection copy's size)
-            full = self._dlib.rectangle(
-                round(rect.left() / scale), round(rect.top() / scale),
-                round(rect.right() / scale), round(rect.bottom() / scale),
-            )
-            shape = self._landmarks(rgb, full)
-            found.append(
-                DetectedFace(
-                    box=clip_box(full.left(), full.top(), full.right(), full.bottom(), width, height),
-                    landmarks=[(float(p.x), float(p.y)) for p in shape.parts()],
-                    confidence=hog_confidence(margin),
-                    chip=self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING),
-                )
-            )
+        for face in faces:
+            x0, y0, x1, y1 = (round(v) for v in face.box)
+            shape = self._landmarks(rgb, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+            found.append(DetectedFace(
+                box=clip_box(x0, y0, x1, y1, width, height),
+                landmarks=[(float(p.x), float(p.y)) for p in shape.parts()],
+                confidence=face.confidence,
+                chip=self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING),
+            ))
         return found
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:

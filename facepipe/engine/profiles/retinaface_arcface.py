@@ -8,11 +8,13 @@ built on first use inside the worker process (they must not cross a fork).
 import cv2
 import numpy as np
 
-from facepipe.engine.images import resize_long_side
-from facepipe.engine.profiles import DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import Detection, DetectedFace, clip_box, unit_rows
 from facepipe.engine.weights import build_or_explain
 
 RETINAFACE_WEIGHTS = ("retinaface.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.onnx")
+# retina-face's scores are probabilities; candidates down to this are returned, for the digest's
+# confidence threshold to drop and count
+MIN_SCORE = 0.3
 ARCFACE_WEIGHTS = ("arcface_weights.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/arcface_weights.onnx")
 
 # ArcFace's canonical 5-point template for a 112 x 112 chip (insightface's arcface_dst).
@@ -27,6 +29,12 @@ class RetinaFaceArcFaceProfile:
     detector = "retinaface"
     model = "ArcFace"
     dimension = 512
+    # RetinaFace's smallest anchors are 16 px (stride 8); faces of ~20 px are the smallest it finds
+    # reliably (not measured here: its weights are a download)
+    smallest_face = 20
+    # retina-face shrinks any input whose short side passes 1024 px (or long side 1980 px) before
+    # the network sees it: larger views are tiled instead, so that small faces survive
+    tile_size = 1024
 
     def __init__(self) -> None:
         from deepface import DeepFace
@@ -36,24 +44,35 @@ class RetinaFaceArcFaceProfile:
         )
         self._arcface = build_or_explain(lambda: DeepFace.build_model("ArcFace"), *ARCFACE_WEIGHTS)
 
-    def faces(self, image: np.ndarray, detection_size: int) -> list[DetectedFace]:
+    def detector_input(self, image: np.ndarray) -> np.ndarray:
+        return image
+
+    def detect(self, pixels: np.ndarray) -> list[Detection]:
+        from retinaface import RetinaFace
+
+        # deepface's wrapper would let retina-face rescale the view and keep only scores >= 0.9;
+        # the view is already at the scale it needs, and the digest's confidence decides what is kept
+        found = RetinaFace.detect_faces(pixels, threshold=MIN_SCORE, model=self._detector.model, allow_upscaling=False)
+        faces = []
+        for face in found.values() if isinstance(found, dict) else []:
+            marks = face["landmarks"]
+            # the image's left eye first, as in ArcFace's template (retina-face names them by the person)
+            points = [marks["right_eye"], marks["left_eye"], marks["nose"], marks["mouth_right"], marks["mouth_left"]]
+            faces.append(Detection(tuple(float(v) for v in face["facial_area"]), float(face["score"]),
+                                   np.array(points, dtype=np.float32)))
+        return faces
+
+    def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
         height, width = image.shape[:2]
-        small, scale = resize_long_side(image, detection_size)
         found = []
-        for region in self._detector.detect_faces(small):
-            # the image's left eye first, as in ArcFace's template (retinaface names them by the person)
-            points = [region.right_eye, region.left_eye, region.nose, region.mouth_right, region.mouth_left]
-            landmarks = np.array(points, dtype=np.float32) / scale
-            matrix, _ = cv2.estimateAffinePartial2D(landmarks, ARCFACE_TEMPLATE, method=cv2.LMEDS)
-            found.append(
-                DetectedFace(
-                    box=clip_box(region.x / scale, region.y / scale, (region.x + region.w) / scale,
-                                 (region.y + region.h) / scale, width, height),
-                    landmarks=[(float(x), float(y)) for x, y in landmarks],
-                    confidence=float(region.confidence),
-                    chip=cv2.warpAffine(image, matrix, (112, 112), borderValue=0.0),
-                )
-            )
+        for face in faces:
+            matrix, _ = cv2.estimateAffinePartial2D(face.landmarks.astype(np.float32), ARCFACE_TEMPLATE, method=cv2.LMEDS)
+            found.append(DetectedFace(
+                box=clip_box(*face.box, width, height),
+                landmarks=[(float(x), float(y)) for x, y in face.landmarks],
+                confidence=face.confidence,
+                chip=cv2.warpAffine(image, matrix, (112, 112), borderValue=0.0),
+            ))
         return found
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""Find every face of at least `min_face_size` pixels, whatever the size of the photo.
+
+A detector sees faces down to its own smallest size (`profile.smallest_face`, in the pixels it is
+given: 80 for dlib's HOG window). To find faces of `min_face_size` pixels in the full-size photo,
+the photo is scaled by smallest_face / min_face_size before detection: shrunk when only large faces
+are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
+
+When the scaled photo is larger than the detector takes whole (`profile.tile_size` a side: a
+memory bound for dlib, the network's input for RetinaFace), it is cut into overlapping tiles,
+each scaled on its own so that the enlarged photo never exists in memory. A face smaller than the
+overlap lies wholly inside a tile; the photo is also seen whole at the largest scale that fits,
+where the faces too large for the overlap are found. Detections cut by a tile's inner edge are
+dropped and duplicates merged.
+"""
+
+import math
+
+import cv2
+import numpy as np
+
+from facepipe.engine.profiles import Detection
+
+
+# How much wider than the face the overlap between tiles is: the detector needs a little context.
+OVERLAP_MARGIN = 1.25
+# A detection this close (detector pixels) to a tile's inner edge is taken as cut by it.
+EDGE = 2
+
+
+def detection_scale(smallest_face: int, min_face_size: float) -> float:
+    """The scale at which a face of `min_face_size` pixels is the smallest the detector sees."""
+    return smallest_face / min_face_size
+
+
+def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
+    """Every face `profile` finds in `image` seen at `scale`, in `image`'s pixels, best first."""
+    pixels = profile.detector_input(image)
+    height, width = pixels.shape[:2]
+    tile = profile.tile_size
+    if max(width, height) * scale <= tile:
+        return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
+
+    # the whole photo at the largest scale that fits one tile, for the faces too large for a tile
+    whole_scale = tile / max(width, height)
+    found = _detect_region(profile, pixels, whole_scale, (0, 0, width, height))
+    # tiles at `scale`, overlapping by more than the largest face the whole view may miss
+    overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * profile.smallest_face * scale / whole_scale))
+    for x0, y0, x1, y1 in tiles(width, height, scale, tile, overlap):
+        inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
+        for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
+            if not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
+                found.append(face)
+    return merge_duplicates(found)
+
+
+def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Regions of the photo (x0, y0, x1, y1) that are at most `tile` pixels a side once scaled by
+    `scale`, overlapping by `overlap` scaled pixels, covering it."""
+
+    def starts(length: int) -> list[tuple[int, int]]:
+        size, step = tile / scale, (tile - overlap) / scale
+        count = max(1, math.ceil((length - size) / step) + 1)
+        spans = [(round(i * step), min(length, round(i * step + size))) for i in range(count)]
+        last_start = max(0, length - round(size))  # the last tile ends at the edge, full size
+        spans[-1] = (min(spans[-1][0], last_start), length)
+        return spans
+
+    return [(x0, y0, x1, y1) for y0, y1 in starts(height) for x0, x1 in starts(width)]
+
+
+def _detect_region(profile, pixels: np.ndarray, scale: float, region) -> list[Detection]:
+    x0, y0, x1, y1 = region
+    crop = pixels[y0:y1, x0:x1]
+    size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+    if size != (x1 - x0, y1 - y0):
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    fx, fy = (x1 - x0) / size[0], (y1 - y0) / size[1]  # back to the photo's pixels
+    found = []
+    for face in profile.detect(crop):
+        bx0, by0, bx1, by1 = face.box
+        landmarks = None if face.landmarks is None else face.landmarks * (fx, fy) + (x0, y0)
+        found.append(Detection((bx0 * fx + x0, by0 * fy + y0, bx1 * fx + x0, by1 * fy + y0), face.confidence, landmarks))
+    return found
+
+
+def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], edge: float) -> bool:
+    x0, y0, x1, y1 = face.box
+    left, top, right, bottom = inner
+    return ((left and x0 <= region[0] + edge) or (top and y0 <= region[1] + edge)
+            or (right and x1 >= region[2] - edge) or (bottom and y1 >= region[3] - edge))
+
+
+def merge_duplicates(faces: list[Detection], iou: float = 0.4, inside: float = 0.7) -> list[Detection]:
+    """Best first, without the faces that overlap a better one (IoU above `iou`) or lie mostly
+    (`inside` of their area) within one: the same face seen by two tiles or at two scales."""
+    kept: list[Detection] = []
+    for face in sorted(faces, key=lambda f: -f.confidence):
+        overlaps = [_overlap(face, other) for other in kept]
+        if not any(union > iou or within > inside for union, within in overlaps):
+            kept.append(face)
+    return kept
+
+
+def _overlap(a: Detection, b: Detection) -> tuple[float, float]:
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    intersection = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    area_a, area_b = (ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0)
+    union = area_a + area_b - intersection
+    return (intersection / union if union > 0 else 0.0,
+            intersection / min(area_a, area_b) if min(area_a, area_b) > 0 else 0.0)
