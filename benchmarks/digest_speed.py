@@ -16,6 +16,11 @@ For the same photos and the dlib profile, one after another, each in its own chi
   digest1, digest2  `facepipe digest --json` with 1 and 2 workers, each on a fresh FACEPIPE_HOME.
   redigest       `facepipe digest` again on digest2's home: the folder is unchanged.
 
+The workload includes group photos whose faces are known (one in ten photos; made as
+benchmarks/detection_recall.py makes them: 2 to 12 MP, 6 to 40 faces of 32 to 160 px each), and
+every stage reports its recall on them: the share of their faces it found (IoU >= 0.3), on all of
+them and on those in the seed's subset, so that speeds are compared at stated recall.
+
 Digest times are the Dagster run's duration (run start to end, as `facepipe digest` reports it; the
 CLI's own interpreter start-up is printed apart). The workload beyond the 64 samples is made of
 copies of them resized (1/1.5 to 1.5 times, as many larger as smaller, so sizes spread like the
@@ -42,7 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "faces" / "images"
 STAGES = ("seed1", "seed2", "floor1", "floor2", "digest1", "digest2", "redigest")
 DERIVED_BEFORE_REUSE = 1000
-WORKLOAD_VERSION = "v2"  # bump when the way copies are made changes
+WORKLOAD_VERSION = "v3"  # bump when the way copies are made changes
+GROUP_EVERY = 10  # one photo in ten is a group photo with known faces
+TRUTH = ".truth.json"  # their faces, by file name (a dot file: the listing skips it)
 FLOOR_BATCH = 8  # photos per task in the 2-process floor: small, so both processes end together
 SEED_DETECTOR, SEED_MODEL = "dlib", "Dlib"
 
@@ -89,6 +96,8 @@ def build_workload(count: int, workdir: Path) -> Path:
     names = [f"{hashlib.sha1(str(i).encode()).hexdigest()[:8]}_{i:05d}" for i in range(count)]
     derived = []
     for i in range(min(count, DERIVED_BEFORE_REUSE)):
+        if (i + 1) % GROUP_EVERY == 0:
+            continue  # a group photo (_group_photos)
         source = samples[i % len(samples)]
         if i < len(samples):
             os.symlink(source, folder / f"{names[i]}_{source.name}")
@@ -99,6 +108,8 @@ def build_workload(count: int, workdir: Path) -> Path:
 
         with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
             pool.map(_derive, derived, chunksize=16)
+    truth = _group_photos(folder, names[:min(count, DERIVED_BEFORE_REUSE)])
+    (folder / TRUTH).write_text(json.dumps(truth))
     for i in range(DERIVED_BEFORE_REUSE, count):
         _, _, source = derived[(i - DERIVED_BEFORE_REUSE) % len(derived)]
         data = Path(source).read_bytes() + f"facepipe-bench copy {i}".encode()  # after the JPEG's end
@@ -106,6 +117,43 @@ def build_workload(count: int, workdir: Path) -> Path:
     (folder / ".complete").write_text("")
     print(f"  built {count} photos in {folder} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return folder
+
+
+def _group_photos(folder: Path, names: list[str]) -> dict[str, list]:
+    """Write a group photo with known faces under each name; their boxes by file name."""
+    import cv2
+    import numpy as np
+
+    from benchmarks.detection_recall import group, sources
+    from facepipe.engine.profiles import load_profile
+
+    rng = np.random.default_rng(2026)
+    people = sources(load_profile("dlib"))
+    truth = {}
+    for name in names[GROUP_EVERY - 1::GROUP_EVERY]:
+        width = int(np.sqrt(rng.uniform(2, 12) * 1e6 * 1.5))
+        low = rng.uniform(32, 100)
+        pixels, faces = group(people, width, int(width / 1.5), (low, 1.6 * low), rng, most=int(rng.integers(6, 41)))
+        ok, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        (folder / f"{name}_group.jpg").write_bytes(data.tobytes())
+        truth[f"{name}_group.jpg"] = [list(map(float, box)) for box in faces]
+    return truth
+
+
+def load_truth(folder: Path) -> dict[str, list]:
+    path = folder / TRUTH
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def recall(truth: dict[str, list], found: dict[str, list], paths: list[str]) -> list[int]:
+    """[faces found, faces] over the photos of `truth` among `paths`; `found` has boxes by file name."""
+    from benchmarks.detection_recall import match
+
+    hits = total = 0
+    for name in {Path(p).name for p in paths} & set(truth):
+        hits += sum(match(truth[name], found.get(name, []))[0])
+        total += len(truth[name])
+    return [hits, total]
 
 
 def list_photos(folder: Path) -> list[str]:
@@ -124,13 +172,16 @@ def spread_subset(paths: list[str], count: int) -> list[str]:
 # ---------------------------------------------------------------- stages, each in a child process
 
 
-def _seed_represent(path: str) -> int:
+def _seed_represent(path: str) -> tuple[str, list]:
+    """The photo's file name and the boxes (x0, y0, x1, y1) of the faces the seed's way embedded."""
     from deepface import DeepFace
 
     try:
-        return len(DeepFace.represent(path, model_name=SEED_MODEL, detector_backend=SEED_DETECTOR))
+        faces = DeepFace.represent(path, model_name=SEED_MODEL, detector_backend=SEED_DETECTOR)
     except ValueError:  # "Face could not be detected": the seed's way raises for a photo without one
-        return 0
+        faces = []
+    areas = [f["facial_area"] for f in faces]
+    return Path(path).name, [(a["x"], a["y"], a["x"] + a["w"], a["y"] + a["h"]) for a in areas]
 
 
 def _seed_warm(barrier) -> None:
@@ -153,11 +204,14 @@ def _floor_warm(barrier) -> None:
         barrier.wait()
 
 
-def _floor_batch(paths: list[str]) -> tuple[int, int, dict, float]:
+def _floor_batch(paths: list[str]) -> tuple[int, dict, dict, float]:
+    """Photos done, face boxes by file name, seconds per stage, peak memory."""
     from facepipe.engine.faces import ImageTask, faces_in_chunk
 
     result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5)
-    return len(result.images), sum(len(r.faces) for r in result.images), result.seconds, peak_rss_mb()
+    boxes = {Path(r.path).name: [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in r.faces)]
+             for r in result.images}
+    return len(result.images), boxes, result.seconds, peak_rss_mb()
 
 
 def _in_pool(warm, work, items, processes: int):
@@ -181,28 +235,31 @@ def run_stage(stage: str, paths: list[str]) -> dict:
     if stage == "seed1":
         _seed_warm(None)
         started = time.perf_counter()
-        faces = sum(_seed_represent(p) for p in paths)
-        return {"images": len(paths), "faces": faces, "seconds": time.perf_counter() - started,
-                "peak_rss_mb": [peak_rss_mb()]}
+        boxes = dict(_seed_represent(p) for p in paths)
+        return {"images": len(paths), "faces": sum(map(len, boxes.values())), "seconds": time.perf_counter() - started,
+                "peak_rss_mb": [peak_rss_mb()], "boxes": boxes}
     if stage == "seed2":
         results, seconds = _in_pool(_seed_warm, _seed_represent, paths, 2)
-        return {"images": len(paths), "faces": sum(results), "seconds": seconds}
+        boxes = dict(results)
+        return {"images": len(paths), "faces": sum(map(len, boxes.values())), "seconds": seconds, "boxes": boxes}
     if stage == "floor1":
         _floor_warm(None)
         started = time.perf_counter()
-        images, faces, stages, rss = _floor_batch(paths)
-        return {"images": images, "faces": faces, "seconds": time.perf_counter() - started,
-                "stages": stages, "peak_rss_mb": [rss]}
+        images, boxes, stages, rss = _floor_batch(paths)
+        return {"images": images, "faces": sum(map(len, boxes.values())), "seconds": time.perf_counter() - started,
+                "stages": stages, "peak_rss_mb": [rss], "boxes": boxes}
     if stage == "floor2":
         batches = [paths[i:i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
         results, seconds = _in_pool(_floor_warm, _floor_batch, batches, 2)
         stages: dict[str, float] = {}
-        for _, _, batch_stages, _ in results:
+        boxes = {}
+        for _, batch_boxes, batch_stages, _ in results:
+            boxes.update(batch_boxes)
             for key, value in batch_stages.items():
                 stages[key] = stages.get(key, 0.0) + value
         stages.pop("load_models", None)
-        return {"images": sum(r[0] for r in results), "faces": sum(r[1] for r in results), "seconds": seconds,
-                "stages": stages, "peak_rss_mb": [max(r[3] for r in results)]}
+        return {"images": sum(r[0] for r in results), "faces": sum(map(len, boxes.values())), "seconds": seconds,
+                "stages": stages, "peak_rss_mb": [max(r[3] for r in results)], "boxes": boxes}
     raise ValueError(stage)
 
 
@@ -240,7 +297,20 @@ def digest(home: Path, folder: Path, workers: int) -> dict:
         raise RuntimeError(f"digest {summary['status']}: {summary['errors']}")
     return {**run_details(home, summary["run_id"]), "summary": summary, "wall": wall,
             "seconds": summary["duration_seconds"], "images": summary["images_done"],
-            "faces": summary["faces_detected"]}
+            "faces": summary["faces_stored"], "boxes": stored_boxes(home)}
+
+
+def stored_boxes(home: Path) -> dict[str, list]:
+    """The boxes of the faces the digest stored, by file name."""
+    from facepipe.store import FaceStore
+
+    boxes: dict[str, list] = {}
+    with FaceStore.open(path=home / "qdrant") as store:
+        for point in store.faces("bench", "dlib"):
+            area = point.payload["facial_area"]
+            boxes.setdefault(Path(point.payload["image_path"]).name, []).append(
+                (area["x"], area["y"], area["x"] + area["w"], area["y"] + area["h"]))
+    return boxes
 
 
 def run_details(home: Path, run_id: str) -> dict:
@@ -306,12 +376,15 @@ def per_image(r: dict) -> float:
 def report(results: dict, count: int, seed_count: int, load: str) -> str:
     lines = []
 
+    def share(found: list[int] | None) -> str:
+        return f"{found[0] / found[1]:.3f} ({found[0]}/{found[1]})" if found and found[1] else "-"
+
     def rate(name, label):
         r = results.get(name)
         if r:
             runs = ", ".join(f"{x:.1f}" for x in r.get("runs", []))
             lines.append(f"| {label} | {r['images']} | {r['seconds']:.1f} s | {r['images'] / r['seconds']:.2f} "
-                         f"| {r['faces'] / r['seconds']:.2f} | {runs} | {r.get('load', 0):.1f} |")
+                         f"| {r['faces'] / r['seconds']:.2f} | {share(r.get('recall'))} | {runs} | {r.get('load', 0):.1f} |")
 
     def ratio(label, slow, fast, target, higher_is_better=True):
         a, b = results.get(slow), results.get(fast)
@@ -322,11 +395,23 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         sign = "≥" if higher_is_better else "≤"
         lines.append(f"| {label} | **{value:.2f}×** | {sign} {target}× | {'yes' if ok else 'NO'} |")
 
+    def against_seed(label, seed, ours):
+        a, b = results.get(seed), results.get(ours)
+        if not (a and b):
+            return
+        value = per_image(a) / per_image(b)
+        # recall on the same photos: the group photos of the seed's subset
+        mine, theirs = b["recall_seed_subset"], a["recall_seed_subset"]
+        at_least = not theirs[1] or mine[0] / mine[1] >= theirs[0] / theirs[1]
+        lines.append(f"| {label} | **{value:.2f}×** at recall {share(mine)} vs {share(theirs)} | faster, recall "
+                     f"at least as good | {'yes' if value > 1 and at_least else 'NO'} |")
+
     lines += [f"### Digest speed: {count} photos, dlib profile ({time.strftime('%Y-%m-%d')})", "",
               f"Machine: {machine()}; load average before the run: {load}.", "",
               "| ratio (per photo, same run) | measured | target | holds |", "|---|---|---|---|"]
-    ratio("full digest (2 workers) vs the seed's way, 1 thread", "seed1", "digest2", 20)
-    ratio("full digest (2 workers) vs the seed's way, 2 processes", "seed2", "digest2", 10)
+    against_seed("full digest (2 workers) vs the seed's way, 1 thread", "seed1", "digest2")
+    against_seed("full digest (2 workers) vs the seed's way, 2 processes", "seed2", "digest2")
+    against_seed("engine loop, 1 process vs the seed's way, 1 thread", "seed1", "floor1")
     ratio("Dagster digest / bare engine loop, 1 process", "digest1", "floor1", 1.2, False)
     ratio("Dagster digest / bare engine loop, 2 processes", "digest2", "floor2", 1.2, False)
     ratio("2 workers vs 1 worker", "digest1", "digest2", 1.8)
@@ -334,8 +419,8 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         value = results["redigest"]["seconds"] / results["digest2"]["seconds"]
         lines.append(f"| re-digest of the unchanged folder / first digest | **{value:.1%}** | ≤ 5% | "
                      f"{'yes' if value <= 0.05 else 'NO'} |")
-    lines += ["", "| run | photos | time | photos/s | faces/s | every run (s) | load after |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| run | photos | time | photos/s | faces/s | recall on group photos | every run (s) | load after |",
+              "|---|---|---|---|---|---|---|---|"]
     rate("seed1", f"seed's way, 1 thread ({seed_count}-photo subset)")
     rate("seed2", f"seed's way, 2 processes ({seed_count}-photo subset)")
     rate("floor1", "engine loop, 1 process")
@@ -346,7 +431,7 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         r = results["redigest"]
         runs = ", ".join(f"{x:.1f}" for x in r.get("runs", []))
         lines.append(f"| re-digest, unchanged (run) | {r['summary']['images_skipped']} skipped | "
-                     f"{r['seconds']:.1f} s | | | {runs} | {r.get('load', 0):.1f} |")
+                     f"{r['seconds']:.1f} s | | | | {runs} | {r.get('load', 0):.1f} |")
     lines += ["", "| run | time per stage, summed over processes (s) | peak memory per worker (MB) |",
               "|---|---|---|"]
     for name in ("floor1", "floor2", "digest1", "digest2", "redigest"):
@@ -377,7 +462,7 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="photos in the workload (64: the samples)")
-    parser.add_argument("--seed-images", type=int, default=24, help="photos the seed's way runs on")
+    parser.add_argument("--seed-images", type=int, default=30, help="photos the seed's way runs on")
     parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {','.join(STAGES)}")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "facepipe-bench",
                         help="where the workload is built once and the digests keep their data")
@@ -400,7 +485,12 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder = build_workload(args.images, args.workdir)
     paths = list_photos(folder)
-    seed_paths = spread_subset(paths, args.seed_images)
+    truth = load_truth(folder)
+    # the seed's subset: evenly spread, with group photos in the same share as the workload
+    groups = [p for p in paths if Path(p).name in truth]
+    others = [p for p in paths if Path(p).name not in truth]
+    seed_groups = round(args.seed_images * len(groups) / len(paths))
+    seed_paths = sorted(spread_subset(groups, seed_groups) + spread_subset(others, args.seed_images - seed_groups))
     results: dict[str, dict] = {}
     homes = Path(tempfile.mkdtemp(prefix="homes-", dir=args.workdir))
     try:
@@ -417,6 +507,10 @@ def main() -> None:
                         results["digest2"] = {**digest(homes / "digest2", folder, 2), "home": homes / "digest2"}
                     result = digest(results["digest2"]["home"], folder, 2)
                 result["load"] = os.getloadavg()[0]
+                if stage != "redigest":
+                    found = result.pop("boxes")
+                    result["recall"] = recall(truth, found, seed_paths if stage.startswith("seed") else paths)
+                    result["recall_seed_subset"] = recall(truth, found, seed_paths)
                 runs = [*results.get(stage, {}).get("runs", []), round(result["seconds"], 1)]
                 print(f"{result['seconds']:.1f} s (load {result['load']:.1f})", file=sys.stderr, flush=True)
                 if stage not in results or result["seconds"] <= results[stage]["seconds"]:

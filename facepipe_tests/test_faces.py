@@ -120,3 +120,36 @@ def test_a_missing_weight_names_the_file_and_the_folder(tmp_path, monkeypatch):
         RetinaFaceArcFaceProfile()
     message = str(raised.value)
     assert "retinaface.onnx" in message and str(tmp_path / ".deepface" / "weights") in message
+
+
+def test_tiles_cover_the_photo_and_overlap_as_asked():
+    from facepipe.engine.detection import tiles
+
+    regions = tiles(3000, 2000, scale=2.0, tile=1024, overlap=100)
+    assert all((x1 - x0) * 2 <= 1024 + 1 and (y1 - y0) * 2 <= 1024 + 1 for x0, y0, x1, y1 in regions)
+    covered = np.zeros((2000, 3000), bool)
+    for x0, y0, x1, y1 in regions:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    columns = sorted({(x0, x1) for x0, _, x1, _ in regions})
+    assert all(a[1] - b[0] >= 50 for a, b in zip(columns, columns[1:]))  # 100 px once scaled by 2
+
+
+def test_a_tiled_photo_gives_each_face_once_as_the_whole_photo_does():
+    # the canvas of group photos from the recall benchmark, seen whole and in tiles of 1,024 px
+    # (at min_face_size 32 the dlib profile scans it at twice its size, 3,000 px)
+    import copy
+
+    from benchmarks.detection_recall import make_photos, match, sources
+    from facepipe.engine.faces import find_faces
+    from facepipe.engine.profiles import load_profile
+
+    dlib = load_profile("dlib")
+    name, pixels, truth = next(p for p in make_photos(sources(dlib), small=True) if "mosaic" in p[0])
+    tiled = copy.copy(dlib)
+    tiled.tile_size = 1024
+    whole, in_tiles = find_faces(dlib, pixels, 0.5, 32).faces, find_faces(tiled, pixels, 0.5, 32).faces
+    boxes = [[(x, y, x + w, y + h) for x, y, w, h in (f.box for f in faces)] for faces in (whole, in_tiles)]
+    (found_whole, extra_whole), (found_tiled, extra_tiled) = (match(truth, b) for b in boxes)
+    assert sum(found_tiled) >= sum(found_whole) >= 0.95 * len(truth)
+    assert extra_tiled == extra_whole == 0  # no face found twice across tiles

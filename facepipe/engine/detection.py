@@ -6,11 +6,11 @@ the photo is scaled by smallest_face / min_face_size before detection: shrunk wh
 are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
 
 When the scaled photo is larger than the detector takes whole (`profile.tile_size` a side: a
-memory bound for dlib, the network's input for RetinaFace), it is cut into overlapping tiles,
-each scaled on its own so that the enlarged photo never exists in memory. A face smaller than the
-overlap lies wholly inside a tile; the photo is also seen whole at the largest scale that fits,
-where the faces too large for the overlap are found. Detections cut by a tile's inner edge are
-dropped and duplicates merged.
+memory bound for dlib, the network's input for RetinaFace), it is cut into as few overlapping
+tiles as cover it, each scaled on its own so that the enlarged photo never exists in memory. A
+face smaller than the overlap lies wholly inside a tile; the photo is also seen whole at a third
+of the scale, where the faces too large for the overlap are found. Detections cut by a tile's
+inner edge are dropped and duplicates merged.
 """
 
 import math
@@ -40,8 +40,9 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
     if max(width, height) * scale <= tile:
         return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
 
-    # the whole photo at the largest scale that fits one tile, for the faces too large for a tile
-    whole_scale = tile / max(width, height)
+    # the whole photo at a third of the scale (or less, to fit one tile), for the faces too large
+    # for the overlap: a third keeps the overlap small and the whole view cheap (~1/9 of the tiles)
+    whole_scale = min(scale / 3, tile / max(width, height))
     found = _detect_region(profile, pixels, whole_scale, (0, 0, width, height))
     # tiles at `scale`, overlapping by more than the largest face the whole view may miss
     overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * profile.smallest_face * scale / whole_scale))
@@ -54,18 +55,17 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
 
 
 def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Regions of the photo (x0, y0, x1, y1) that are at most `tile` pixels a side once scaled by
-    `scale`, overlapping by `overlap` scaled pixels, covering it."""
+    """Regions of the photo (x0, y0, x1, y1), as few as cover it at most `tile` pixels a side once
+    scaled by `scale`, all of one size, overlapping by `overlap` scaled pixels."""
 
-    def starts(length: int) -> list[tuple[int, int]]:
-        size, step = tile / scale, (tile - overlap) / scale
-        count = max(1, math.ceil((length - size) / step) + 1)
-        spans = [(round(i * step), min(length, round(i * step + size))) for i in range(count)]
-        last_start = max(0, length - round(size))  # the last tile ends at the edge, full size
-        spans[-1] = (min(spans[-1][0], last_start), length)
-        return spans
+    def spans(length: int) -> list[tuple[int, int]]:
+        scaled = length * scale
+        count = max(1, math.ceil((scaled - overlap) / (tile - overlap)))
+        size = (scaled + (count - 1) * overlap) / count
+        step = size - overlap
+        return [(round(i * step / scale), min(length, round((i * step + size) / scale))) for i in range(count)]
 
-    return [(x0, y0, x1, y1) for y0, y1 in starts(height) for x0, x1 in starts(width)]
+    return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
 def _detect_region(profile, pixels: np.ndarray, scale: float, region) -> list[Detection]:
