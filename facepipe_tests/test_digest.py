@@ -21,7 +21,9 @@ def test_digest_stores_faces_for_every_single_face_photo(sample_digest):
     assert summary["status"] == "completed"
     assert summary["images_listed"] == summary["images_done"] == 64
     assert summary["images_failed"] == 0
-    assert summary["faces_stored"] == summary["faces_in_group"] == summary["faces_detected"] - summary["faces_dropped"]
+    assert summary["faces_stored"] == summary["faces_in_group"] == (
+        summary["faces_detected"] - summary["faces_dropped"] - summary["faces_too_small"])
+    assert summary["min_face_size"] == 32  # the default preset's
 
     by_photo = faces_by_photo(home)
     single_face = [p.name for p in SAMPLE_IMAGES.iterdir() if p.name not in ("couple.jpg", "selfie-many-people.jpg")]
@@ -112,6 +114,8 @@ def test_bad_photos_are_recorded_as_failed_and_the_rest_is_stored(tmp_path):
         (["--group", "g", "--confidence", "1.5"], "confidence"),
         (["--group", "g", "--workers", "0"], "--workers"),
         (["--group", "g", "--profile", "nope"], "--profile"),
+        (["--group", "g", "--preset", "tiny"], "--preset"),
+        (["--group", "g", "--min-face-size", "4"], "min_face_size"),
     ],
 )
 def test_invalid_requests_are_refused_naming_the_field(tmp_path, args, field):
@@ -184,3 +188,20 @@ def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
     summary = json.loads(running.communicate(timeout=300)[0])
     assert retried and retried[0].step_key == "digest.list_images"
     assert summary["status"] == "completed" and summary["faces_stored"] == 1
+
+
+def test_a_preset_for_large_faces_finds_only_those_and_says_so(tmp_path):
+    # selfie-many-people.jpg (604 x 600) shows faces of 75 to 180 px: portraits (160 px) keeps the largest
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("img1.jpg", "selfie-many-people.jpg"):
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    large = digest(tmp_path / "large", folder, "p", "--preset", "portraits", "--workers", "1")
+    assert large["status"] == "completed" and large["min_face_size"] == 160
+    faces = faces_by_photo(tmp_path / "large", "p")
+    assert len(faces["img1.jpg"]) == 1 and len(faces["selfie-many-people.jpg"]) == 1
+    assert all(f.payload["facial_area"]["w"] >= 0.95 * 160 for f in sum(faces.values(), []))
+
+    smaller = digest(tmp_path / "smaller", folder, "p", "--min-face-size", "48", "--workers", "1")
+    assert smaller["min_face_size"] == 48
+    assert len(faces_by_photo(tmp_path / "smaller", "p")["selfie-many-people.jpg"]) >= 4
