@@ -45,8 +45,9 @@ class FaceSet:
 
     def describe(self) -> str:
         missing = f", {len(self.unscored_photos)} labelled photos unscored" if self.unscored_photos else ""
+        rule = SETS[self.name][2] if self.name in SETS else "each set's rule"
         return (f"{self.name}: {len(self.photos)} faces from {len(set(self.photos))} photos, "
-                f"{len(self.labelled)} scored ({SETS.get(self.name, ('', '', "each set's rule"))[2]}), "
+                f"{len(self.labelled)} scored ({rule}), "
                 f"{len(set(self.truth))} people{missing}")
 
 
