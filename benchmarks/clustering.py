@@ -73,9 +73,12 @@ def sets_mixed(faces: FaceSet, labels) -> int:
     return sum(len(set(of_set[labels == c])) > 1 for c in np.unique(labels))
 
 
-def exact_edges(faces: FaceSet) -> tuple[float, float]:
-    """The cut from which average linkage makes its first wrong merge (precision < 1 at or above
-    it), and the cut from which every person's scored faces are in one cluster (recall 1)."""
+RECALL_LEVELS = (0.95, 0.98, 1.0)
+
+
+def exact_edges(faces: FaceSet) -> tuple[float, dict[float, float]]:
+    """The cut at which average linkage makes its first wrong merge (precision is 1.000 below it),
+    and the cut from which recall reaches each of RECALL_LEVELS: the heights of the tree's merges."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
@@ -83,22 +86,21 @@ def exact_edges(faces: FaceSet) -> tuple[float, float]:
     np.fill_diagonal(d, 0.0)
     tree = linkage(squareform(d, checks=False), method="average")
     person = dict(zip(faces.labelled, faces.truth))
-    size = {p: faces.truth.count(p) for p in set(faces.truth)}
+    same_pairs = sum(n * (n - 1) // 2 for n in (faces.truth.count(p) for p in set(faces.truth)))
     # the scored faces each cluster holds, per person; a cut keeps every merge up to its height
     people = {i: {person[i]: 1} if i in person else {} for i in range(len(faces.photos))}
-    first_wrong, whole, complete = float("inf"), 0.0, set()
+    first_wrong, joined, reached = float("inf"), 0, {}
     for k, (a, b, height, _) in enumerate(tree):
-        merged = dict(people.pop(int(a)))
-        for p, n in people.pop(int(b)).items():
-            merged[p] = merged.get(p, 0) + n
+        left, right = people.pop(int(a)), people.pop(int(b))
+        joined += sum(n * right.get(p, 0) for p, n in left.items())  # same-person pairs now together
+        merged = {p: left.get(p, 0) + right.get(p, 0) for p in {*left, *right}}
         people[len(faces.photos) + k] = merged
         if len(merged) > 1:
             first_wrong = min(first_wrong, float(height))
-        for p, n in merged.items():
-            if n == size[p] and p not in complete:
-                complete.add(p)
-                whole = max(whole, float(height))
-    return first_wrong, whole
+        for level in RECALL_LEVELS:
+            if level not in reached and joined >= level * same_pairs - 1e-9:
+                reached[level] = float(height)
+    return first_wrong, reached
 
 
 def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
@@ -112,9 +114,9 @@ def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
         mark = "  <- default" if cut == chosen else ""
         print(f"  cut {cut:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
               f"clusters {s['clusters']}{mixed}{mark}")
-    first_wrong, whole = exact_edges(faces)
-    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (its first wrong merge), "
-          f"recall 1.000 from {whole:.4f} (every person whole)")
+    first_wrong, reached = exact_edges(faces)
+    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge); recall "
+          + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items()))
     print("the algorithms compared:")
     for name, run in algorithms(profile).items():
         s = scores(faces, run(faces.vectors))
