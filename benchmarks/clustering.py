@@ -73,12 +73,27 @@ def sets_mixed(faces: FaceSet, labels) -> int:
     return sum(len(set(of_set[labels == c])) > 1 for c in np.unique(labels))
 
 
+def who_is_split_or_merged(faces: FaceSet, labels) -> str:
+    """The people whose scored faces are in several clusters (with the sizes), and the clusters
+    holding several people."""
+    labels, truth = np.asarray(labels)[faces.labelled], np.array(faces.truth)
+    split = []
+    for p in sorted(set(faces.truth)):
+        sizes = sorted(np.unique(labels[truth == p], return_counts=True)[1], reverse=True)
+        if len(sizes) > 1:
+            split.append(f"{p} ({' + '.join(str(n) for n in sizes)})")
+    merged = [" with ".join(sorted(set(truth[labels == c]))) for c in np.unique(labels) if len(set(truth[labels == c])) > 1]
+    return (f"people split: {', '.join(split) or 'none'}; "
+            f"people merged: {'; '.join(merged) or 'none'}")
+
+
 RECALL_LEVELS = (0.95, 0.98, 1.0)
 
 
-def exact_edges(faces: FaceSet) -> tuple[float, dict[float, float]]:
-    """The cut at which average linkage makes its first wrong merge (precision is 1.000 below it),
-    and the cut from which recall reaches each of RECALL_LEVELS: the heights of the tree's merges."""
+def exact_edges(faces: FaceSet) -> tuple[float, str, dict[float, float]]:
+    """The cut at which average linkage makes its first wrong merge (precision is 1.000 below it)
+    and whom it joins, and the cut from which recall reaches each of RECALL_LEVELS: the heights of
+    the tree's merges."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
@@ -89,18 +104,18 @@ def exact_edges(faces: FaceSet) -> tuple[float, dict[float, float]]:
     same_pairs = sum(n * (n - 1) // 2 for n in (faces.truth.count(p) for p in set(faces.truth)))
     # the scored faces each cluster holds, per person; a cut keeps every merge up to its height
     people = {i: {person[i]: 1} if i in person else {} for i in range(len(faces.photos))}
-    first_wrong, joined, reached = float("inf"), 0, {}
+    first_wrong, wrongly_joined, joined, reached = float("inf"), "", 0, {}
     for k, (a, b, height, _) in enumerate(tree):
         left, right = people.pop(int(a)), people.pop(int(b))
         joined += sum(n * right.get(p, 0) for p, n in left.items())  # same-person pairs now together
         merged = {p: left.get(p, 0) + right.get(p, 0) for p in {*left, *right}}
         people[len(faces.photos) + k] = merged
-        if len(merged) > 1:
-            first_wrong = min(first_wrong, float(height))
+        if len(merged) > 1 and height < first_wrong:
+            first_wrong, wrongly_joined = float(height), f"{' + '.join(sorted(left))} with {' + '.join(sorted(right))}"
         for level in RECALL_LEVELS:
             if level not in reached and joined >= level * same_pairs - 1e-9:
                 reached[level] = float(height)
-    return first_wrong, reached
+    return first_wrong, wrongly_joined, reached
 
 
 def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
@@ -114,9 +129,11 @@ def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
         mark = "  <- default" if cut == chosen else ""
         print(f"  cut {cut:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
               f"clusters {s['clusters']}{mixed}{mark}")
-    first_wrong, reached = exact_edges(faces)
-    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge); recall "
-          + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items()))
+    labels = cluster_embeddings(faces.vectors, chosen)
+    print(f"  at the default: {who_is_split_or_merged(faces, labels)}")
+    first_wrong, wrongly_joined, reached = exact_edges(faces)
+    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge, {wrongly_joined}); "
+          "recall " + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items()))
     print("the algorithms compared:")
     for name, run in algorithms(profile).items():
         s = scores(faces, run(faces.vectors))

@@ -45,6 +45,10 @@ def report(faces: FaceSet, profile: str) -> None:
     print(f"{same.sum()} same-person pairs, {(~same).sum()} different-person pairs; same-person similarity "
           f"min {similarity[same].min():.4f}, median {np.median(similarity[same]):.3f}; different-person "
           f"median {np.median(similarity[~same]):.3f}, max {similarity[~same].max():.4f}")
+    closest = np.argmax(np.where(same, -2.0, similarity))
+    i, j = upper[0][closest], upper[1][closest]
+    print(f"closest different-person pair: {faces.photos[faces.labelled[i]]} ({who[i]}) and "
+          f"{faces.photos[faces.labelled[j]]} ({who[j]}), {similarity[~same].max():.4f}")
     of_set = np.array([t.split(":", 1)[0] for t in who]) if ":" in who[0] else None
     if of_set is not None:  # the sets together: how close do people of different sets come?
         across = (of_set[:, None] != of_set[None, :])[upper]

@@ -87,7 +87,7 @@ def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_peop
     assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_threshold_benchmark_shows_the_default_keeps_every_same_person_pair(sample_people):
+def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_pair(sample_people):
     import subprocess
     import sys
 
@@ -97,4 +97,7 @@ def test_the_threshold_benchmark_shows_the_default_keeps_every_same_person_pair(
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_threshold.py"), "--store", str(home / "qdrant")],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     default = next(line for line in out.splitlines() if line.endswith("<- default"))
-    assert "cosine >= 0.9200: same kept 148/148" in default, out
+    # precision first: no wrong hit on the sample photos, and most of each person's photos found
+    assert default.strip().startswith(">= 0.9400:") and "different-person matched 0/1743" in default, out
+    kept = int(default.split("same-person matched ")[1].split("/")[0])
+    assert kept >= 140, out  # measured: 143 of 148
