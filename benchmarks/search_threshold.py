@@ -85,7 +85,7 @@ def img1_margin(faces: FaceSet) -> None:
     # the couple and the selfie are unlabelled: her face there is their best match
     hers += [max(s for i, s in enumerate(scores) if faces.photos[i] == photo) for photo in ("couple.jpg", "selfie-many-people.jpg")]
     others = [s for i, s in enumerate(scores) if identities.get(faces.photos[i], "person01") != "person01"]
-    print(f"\nimg1.jpg: her other faces (couple and selfie included) {min(hers):.3f} to {max(hers):.3f}; "
+    print(f"\nimg1.jpg: her {len(hers)} other faces (couple and selfie included) {min(hers):.3f} to {max(hers):.3f}; "
           f"nearest labelled other person {max(others):.3f}")
 
 
