@@ -82,9 +82,9 @@ def who_is_split_or_merged(faces: FaceSet, labels) -> str:
         sizes = sorted(np.unique(labels[truth == p], return_counts=True)[1], reverse=True)
         if len(sizes) > 1:
             split.append(f"{p} ({' + '.join(str(n) for n in sizes)})")
-    merged = [" with ".join(sorted(set(truth[labels == c]))) for c in np.unique(labels) if len(set(truth[labels == c])) > 1]
-    return (f"people split: {', '.join(split) or 'none'}; "
-            f"people merged: {'; '.join(merged) or 'none'}")
+    together = [sorted(set(truth[labels == c])) for c in np.unique(labels)]
+    merged = [" with ".join(people) for people in together if len(people) > 1]
+    return f"people split: {', '.join(split) or 'none'}; people merged: {'; '.join(merged) or 'none'}"
 
 
 RECALL_LEVELS = (0.95, 0.98, 1.0)
@@ -111,7 +111,8 @@ def exact_edges(faces: FaceSet) -> tuple[float, str, dict[float, float]]:
         merged = {p: left.get(p, 0) + right.get(p, 0) for p in {*left, *right}}
         people[len(faces.photos) + k] = merged
         if len(merged) > 1 and height < first_wrong:
-            first_wrong, wrongly_joined = float(height), f"{' + '.join(sorted(left))} with {' + '.join(sorted(right))}"
+            first_wrong = float(height)
+            wrongly_joined = f"{' + '.join(sorted(left))} with {' + '.join(sorted(right))}"
         for level in RECALL_LEVELS:
             if level not in reached and joined >= level * same_pairs - 1e-9:
                 reached[level] = float(height)
