@@ -56,8 +56,9 @@ def identities_of(name: str) -> dict[str, str]:
         return {row["image"]: row["identity"] for row in csv.DictReader(f)}
 
 
-def scored_faces(name: str, photos: list[str], boxes: list[tuple], sizes: list[tuple]) -> tuple[list[int], list[str]]:
-    """The rows to score, by the set's rule, and the labelled photos left without one."""
+def scored_faces(name: str, photos: list[str], boxes: list[tuple],
+                 sizes: list[tuple]) -> tuple[list[int], list[str], list[str]]:
+    """The rows to score (by the set's rule), their identities, and the labelled photos left without one."""
     identities = identities_of(name)
     by_photo: dict[str, list[int]] = {}
     for i, photo in enumerate(photos):
