@@ -1,15 +1,16 @@
-"""Pairwise precision, recall and F1 of face clustering on the labelled sample photos.
+"""Pairwise precision, recall and F1 of face clustering on the labelled sets, each alone and together.
 
-    .venv/bin/python benchmarks/clustering.py                       # embed ../shared/faces/images now
+    .venv/bin/python benchmarks/clustering.py                       # embed ../shared/faces/{images,lfw10} now
+    .venv/bin/python benchmarks/clustering.py --sets lfw10          # one set
     .venv/bin/python benchmarks/clustering.py --store HOME/qdrant --group sample   # a digested group
 
-Every face found is clustered (the couple and the selfie too); the scores count the pairs of faces
-of the labelled one-face photos (identities.csv): same cluster vs same person. The first line is
-the algorithm facepipe uses (facepipe.engine.clustering), the others are what it was chosen against.
+Every face found is clustered (the couple, the selfie and LFW's background faces too); the scores
+count the pairs of scored faces (benchmarks/labelled_faces.py says which): same cluster vs same
+person. Per set, and for the sets clustered together (people of different sets are different
+people): a sweep of facepipe's cut (average linkage, facepipe.engine.clustering), the exact cuts
+at which precision and recall stop being perfect, then the algorithms the cut was chosen against.
 """
 
-import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -18,26 +19,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.labelled_faces import FaceSet, combined, labelled_sets  # noqa: E402
 from facepipe.engine.clustering import CLUSTER_DISTANCE, cluster_embeddings, cosine_distances, pairwise_scores  # noqa: E402
 
-SAMPLES = ROOT.parent / "shared" / "faces"
-
-
-def embed_folder(folder: Path, profile: str) -> tuple[list[str], np.ndarray]:
-    from facepipe.engine.faces import ImageTask, faces_in_chunk
-    from facepipe.engine.images import list_images
-
-    result = faces_in_chunk([ImageTask(f.path) for f in list_images(folder)], profile, confidence=0.5)
-    faces = [(Path(r.path).name, face.embedding) for r in result.images for face in r.faces]
-    return [name for name, _ in faces], np.array([vector for _, vector in faces])
-
-
-def stored_faces(store_path: str, group: str, profile: str) -> tuple[list[str], np.ndarray]:
-    from facepipe.store import FaceStore
-
-    with FaceStore.open(path=store_path) as store:
-        faces = store.faces(group, profile, with_vectors=True)
-    return [Path(f.payload["image_path"]).name for f in faces], np.array([f.vector for f in faces])
+CUTS = np.round(np.arange(0.050, 0.1251, 0.005), 4)
 
 
 def algorithms(profile: str) -> dict:
@@ -76,36 +61,92 @@ def algorithms(profile: str) -> dict:
     return found
 
 
-def sample_faces(description: str):
-    """The command line shared by the sample-photo benchmarks, and the faces it names: their photo
-    names, embeddings, the labelled photos' identities, and the indexes of the labelled one-face photos."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--store", help="an embedded Qdrant store folder holding a digest of the samples")
-    parser.add_argument("--group", default="sample")
-    parser.add_argument("--profile", default="dlib")
-    args = parser.parse_args()
+def scores(faces: FaceSet, labels) -> dict:
+    labels = np.asarray(labels)
+    predicted = [labels[i] if labels[i] >= 0 else f"noise{i}" for i in faces.labelled]  # noise: alone
+    return {**pairwise_scores(predicted, faces.truth), "clusters": len(set(predicted))}
 
-    with open(SAMPLES / "identities.csv") as f:
-        identities = {row["image"]: row["identity"] for row in csv.DictReader(f)}
-    if args.store:
-        names, vectors = stored_faces(args.store, args.group, args.profile)
-    else:
-        names, vectors = embed_folder(SAMPLES / "images", args.profile)
-    labelled = [i for i, name in enumerate(names) if name in identities and names.count(name) == 1]
-    return args, identities, names, vectors, labelled
+
+def sets_mixed(faces: FaceSet, labels) -> int:
+    """How many clusters hold faces (scored or not) of more than one set."""
+    of_set = np.array([photo.split("/", 1)[0] for photo in faces.photos])
+    return sum(len(set(of_set[labels == c])) > 1 for c in np.unique(labels))
+
+
+def who_is_split_or_merged(faces: FaceSet, labels) -> str:
+    """The people whose scored faces are in several clusters (with the sizes), and the clusters
+    holding several people."""
+    labels, truth = np.asarray(labels)[faces.labelled], np.array(faces.truth)
+    split = []
+    for p in sorted(set(faces.truth)):
+        sizes = sorted(np.unique(labels[truth == p], return_counts=True)[1], reverse=True)
+        if len(sizes) > 1:
+            split.append(f"{p} ({' + '.join(str(n) for n in sizes)})")
+    together = [sorted(set(truth[labels == c])) for c in np.unique(labels)]
+    merged = [" with ".join(people) for people in together if len(people) > 1]
+    return f"people split: {', '.join(split) or 'none'}; people merged: {'; '.join(merged) or 'none'}"
+
+
+RECALL_LEVELS = (0.95, 0.98, 1.0)
+
+
+def exact_edges(faces: FaceSet) -> tuple[float, str, dict[float, float]]:
+    """The cut at which average linkage makes its first wrong merge (precision is 1.000 below it)
+    and whom it joins, and the cut from which recall reaches each of RECALL_LEVELS: the heights of
+    the tree's merges."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    d = cosine_distances(faces.vectors, faces.vectors)
+    np.fill_diagonal(d, 0.0)
+    tree = linkage(squareform(d, checks=False), method="average")
+    person = dict(zip(faces.labelled, faces.truth))
+    same_pairs = sum(n * (n - 1) // 2 for n in (faces.truth.count(p) for p in set(faces.truth)))
+    # the scored faces each cluster holds, per person; a cut keeps every merge up to its height
+    people = {i: {person[i]: 1} if i in person else {} for i in range(len(faces.photos))}
+    first_wrong, wrongly_joined, joined, reached = float("inf"), "", 0, {}
+    for k, (a, b, height, _) in enumerate(tree):
+        left, right = people.pop(int(a)), people.pop(int(b))
+        joined += sum(n * right.get(p, 0) for p, n in left.items())  # same-person pairs now together
+        merged = {p: left.get(p, 0) + right.get(p, 0) for p in {*left, *right}}
+        people[len(faces.photos) + k] = merged
+        if len(merged) > 1 and height < first_wrong:
+            first_wrong = float(height)
+            wrongly_joined = f"{' + '.join(sorted(left))} with {' + '.join(sorted(right))}"
+        for level in RECALL_LEVELS:
+            if level not in reached and joined >= level * same_pairs - 1e-9:
+                reached[level] = float(height)
+    return first_wrong, wrongly_joined, reached
+
+
+def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
+    chosen = CLUSTER_DISTANCE[profile]
+    print(f"\n## {faces.describe()}")
+    print("average linkage (facepipe's algorithm) by cut, cosine distance:")
+    for cut in sorted({*CUTS, chosen}):
+        labels = cluster_embeddings(faces.vectors, cut)
+        s = scores(faces, labels)
+        mixed = f"  clusters mixing sets {sets_mixed(faces, labels)}" if several_sets else ""
+        mark = "  <- default" if cut == chosen else ""
+        print(f"  cut {cut:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
+              f"clusters {s['clusters']}{mixed}{mark}")
+    labels = cluster_embeddings(faces.vectors, chosen)
+    print(f"  at the default: {who_is_split_or_merged(faces, labels)}")
+    first_wrong, wrongly_joined, reached = exact_edges(faces)
+    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge, {wrongly_joined}); "
+          "recall " + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items()))
+    print("the algorithms compared:")
+    for name, run in algorithms(profile).items():
+        s = scores(faces, run(faces.vectors))
+        print(f"  {name:<48} P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  clusters {s['clusters']}")
 
 
 def main() -> None:
-    args, identities, names, vectors, labelled = sample_faces(__doc__.split("\n")[0])
-    truth = [identities[names[i]] for i in labelled]
-    print(f"{len(names)} faces clustered, {len(labelled)} labelled, {len(set(truth))} people")
-
-    for name, run in algorithms(args.profile).items():
-        labels = np.asarray(run(vectors))
-        predicted = [labels[i] if labels[i] >= 0 else f"noise{i}" for i in labelled]  # noise: alone
-        s = pairwise_scores(predicted, truth)
-        print(f"{name:<48} P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
-              f"clusters {len(set(predicted))}")
+    args, sets = labelled_sets(__doc__.split("\n")[0])
+    for faces in sets:
+        report(faces, args.profile, several_sets=False)
+    if len(sets) > 1:
+        report(combined(sets), args.profile, several_sets=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def _area(area: dict) -> str:
 @click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
               help="At most this many matching faces per selfie face.")
 @click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
-              help="Least cosine similarity (default: the profile's calibrated one, 0.92 for dlib).")
+              help="Least cosine similarity (default: the profile's calibrated one, 0.94 for dlib).")
 @PROFILE
 @click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")
 @AS_JSON

@@ -22,7 +22,7 @@ def names(result):
 def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, identities):
     home, _ = sample_people
     result = search(home, SAMPLE_IMAGES / "img1.jpg")
-    assert result["profile"] == "dlib" and result["threshold"] == DEFAULT_THRESHOLDS["dlib"] == 0.92
+    assert result["profile"] == "dlib" and result["threshold"] == DEFAULT_THRESHOLDS["dlib"] == 0.94
     found = names(result)
     # her face in the couple and in the selfie is detected by the digest (test_digest), so both must match
     person01 = {name for name, who in identities.items() if who == "person01"} | {"couple.jpg", "selfie-many-people.jpg"}
@@ -30,7 +30,7 @@ def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, id
     assert found[0] == "img1.jpg" and result["photos"][0]["score"] > 0.999
 
     scores = [p["score"] for p in result["photos"]]
-    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.92
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.94
     # one face per photo matches: in the couple and the selfie, hers, not her neighbours'
     assert all(len(p["faces"]) == 1 for p in result["photos"])
     match = result["photos"][0]["faces"][0]
@@ -87,7 +87,7 @@ def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_peop
     assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_the_threshold_benchmark_shows_the_default_keeps_every_same_person_pair(sample_people):
+def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_pair(sample_people):
     import subprocess
     import sys
 
@@ -97,4 +97,7 @@ def test_the_threshold_benchmark_shows_the_default_keeps_every_same_person_pair(
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_threshold.py"), "--store", str(home / "qdrant")],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     default = next(line for line in out.splitlines() if line.endswith("<- default"))
-    assert "cosine >= 0.9200: same kept 148/148" in default, out
+    # precision first: no wrong hit on the sample photos, and most of each person's photos found
+    assert default.strip().startswith(">= 0.9400:") and "different-person matched 0/1743" in default, out
+    kept = int(default.split("same-person matched ")[1].split("/")[0])
+    assert kept >= 140, out  # measured: 143 of 148
