@@ -20,7 +20,6 @@ again from the small photo, the way a digest would (5-point landmarks on the sma
 """
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -30,23 +29,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.labelled_faces import SETS, identities_of  # noqa: E402
 from facepipe.engine.detection import detect_faces, detection_scale  # noqa: E402
 from facepipe.engine.profiles import Detection  # noqa: E402
 from facepipe.engine.images import decode_image  # noqa: E402
 from facepipe.engine.profiles import load_profile  # noqa: E402
 from facepipe.search import DEFAULT_THRESHOLDS  # noqa: E402
 
-FACES = ROOT.parent / "shared" / "faces"
 SIZES = (24, 32, 40, 48, 56, 64, 80, 96, 128, 160)
 
 
 def labelled_photos() -> list[tuple[Path, str]]:
-    photos = []
-    for folder in (FACES, FACES / "lfw10"):
-        images = FACES / "images" if folder == FACES else folder
-        with open(folder / "identities.csv") as f:
-            photos += [(images / row["image"], f"{folder.name}:{row['identity']}") for row in csv.DictReader(f)]
-    return photos
+    """Every labelled photo of both sets, with its identity (prefixed by its set's name)."""
+    return [(SETS[name][0] / image, f"{name}:{who}") for name in SETS for image, who in identities_of(name).items()]
 
 
 def central_face(profile, image: np.ndarray):

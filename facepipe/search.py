@@ -5,11 +5,11 @@ group's profile); its face is then a cosine query to Qdrant, filtered to the gro
 
 Default thresholds (cosine similarity of L2-normalised embeddings), per profile:
 - dlib 0.94, measured on both labelled sets of ../shared/faces (benchmarks/search_threshold.py):
-  the closest different-person pair is at 0.9346 on images/ and 0.9206 on lfw10/, so 0.94 matches
-  no different-person pair on either (precision 1.000, a margin of 0.005 over the closest) and
+  the closest different-person pair is at 0.9344 on images/ and 0.9223 on lfw10/, so 0.94 matches
+  no different-person pair on either (precision 1.000, a margin of 0.006 over the closest) and
   keeps 143 of 148 same-person pairs on images/ and 357 of 450 on lfw10/. dlib's own rule (a raw
   euclidean distance below 0.6) converts to a cosine of 0.922 on images/ and 0.908 on lfw10/ (raw
-  norms average 1.516 and 1.396) and lets through 5 and 16 different-person pairs: it is not a
+  norms average 1.516 and 1.396) and lets through 5 and 9 different-person pairs: it is not a
   precision-first rule. A lower --threshold finds more of a person at the risk of look-alikes.
 - retinaface-arcface 0.32: deepface's ArcFace cosine distance of 0.68, not calibrated here (its
   weights cannot be downloaded where this was measured).

@@ -15,9 +15,9 @@ from scipy.spatial.distance import squareform
 
 # Cosine distance at which average linkage stops merging. dlib, measured on both labelled sets of
 # ../shared/faces (benchmarks/clustering.py): precision is 1.000 on each, and on the two clustered
-# together, below 0.0923 (the first wrong merge, two look-alikes of images/); recall is 1.000 on
-# images/ from 0.0577, and on lfw10/ 0.980 from 0.0730 (one photo apart) and 1.000 from 0.0876.
-# 0.08 is near the middle of 0.0730-0.0923, on its lower side: a wrong merge is worse than a
+# together, below 0.0924 (the first wrong merge, two look-alikes of images/); recall is 1.000 on
+# images/ from 0.0577, and on lfw10/ 0.980 from 0.0724 (one photo apart) and 1.000 from 0.0894.
+# 0.08 is near the middle of 0.0724-0.0924, on its lower side: a wrong merge is worse than a
 # missed one. ArcFace: deepface's same-person cosine distance (0.68), not calibrated here (its
 # weights cannot be downloaded where this was measured).
 CLUSTER_DISTANCE = {"dlib": 0.08, "retinaface-arcface": 0.68}
