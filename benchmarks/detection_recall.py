@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/detection_recall.py --small     # 9 photos of 1 to 4 MP (the CI version:
                                                                 # facepipe_tests/test_detection_recall.py)
     .venv/bin/python benchmarks/detection_recall.py --settings default,bare-dlib --json
+    .venv/bin/python benchmarks/detection_recall.py --scan      # the smallest face dlib finds (~1 min)
 
 The photos are made here, from the one-face photos of ../shared/faces/images (couple.jpg,
 selfie-many-people.jpg and img67.jpg left out), whose face is first found at full resolution: its
@@ -324,13 +325,39 @@ def table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def scan(profile_name: str = "dlib") -> str:
+    """Recall by face width in the pixels the detector is given: the measurement behind a profile's
+    `smallest_face`. Group photos with faces of 20 to 48 px, seen whole at twice their size."""
+    from facepipe.engine.detection import detect_faces
+
+    profile = load_profile(profile_name)
+    people, rng = sources(load_profile("dlib")), np.random.default_rng(3)
+    widths, found = [], []
+    for band in [(20, 30), (24, 40), (30, 48)] * 2:
+        pixels, truth = group(people, 1500, 1000, band, rng)
+        detected = [f.box for f in detect_faces(profile, pixels, 2.0) if f.confidence >= CONFIDENCE]
+        widths += [2 * (box[2] - box[0]) for box in truth]
+        found += match(truth, detected)[0]
+    widths, found = np.array(widths), np.array(found)
+    lines = ["| face width at the detector's input (px) | faces | recall |", "|---|---|---|"]
+    for low in range(40, 96, 4):
+        picked = (widths >= low) & (widths < low + 4)
+        if picked.any():
+            lines.append(f"| {low}-{low + 4} | {picked.sum()} | {found[picked].mean():.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="the CI version: 9 photos of 1 to 4 MP")
     parser.add_argument("--profile", default="dlib")
     parser.add_argument("--settings", default="", help="comma-separated; default: all of the profile's")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--scan", action="store_true", help="recall by face width at the detector's input")
     args = parser.parse_args()
+    if args.scan:
+        print(scan(args.profile))
+        return
     result = run(args.profile, [s for s in args.settings.split(",") if s], args.small)
     print(json.dumps(result) if args.json else table(result))
 

@@ -32,8 +32,8 @@ class DlibProfile:
     model = "Dlib"
     dimension = 128
     # dlib's frontal face detector scans an 80 x 80 window and reports faces no smaller than 73 px,
-    # but finds every face down to ~60 px (benchmarks/detection_recall.py --scan: all faces from
-    # 60 px, 89 % at 56-60, 64 % at 52-56): 64 keeps a margin
+    # but finds smaller ones: every face from 64 px in the pixels it is given, 91-92 % at 56-64 px,
+    # 53 % at 48-52 px (benchmarks/detection_recall.py --scan)
     smallest_face = 64
     # HOG features take ~9 bytes per pixel scanned: a 4096 px square view needs ~150 MB
     tile_size = 4096
