@@ -1,7 +1,7 @@
 """Find every face of at least `min_face_size` pixels, whatever the size of the photo.
 
 A detector sees faces down to its own smallest size (`profile.smallest_face`, in the pixels it is
-given: 80 for dlib's HOG window). To find faces of `min_face_size` pixels in the full-size photo,
+given: 64 px for dlib). To find faces of `min_face_size` pixels in the full-size photo,
 the photo is scaled by smallest_face / min_face_size before detection: shrunk when only large faces
 are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
 
@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from facepipe.engine.profiles import Detection
-
 
 # How much wider than the face the overlap between tiles is: the detector needs a little context.
 OVERLAP_MARGIN = 1.25
