@@ -14,6 +14,7 @@ import os
 import stat
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,12 @@ def list_images(root: str | os.PathLike) -> Listing:
     return listing
 
 
+LINK_NOT_FOLLOWED = "symbolic link, not followed (a digest reads only what is inside its folder)"
+
+
 def _list_entry(entry: os.DirEntry, stack: list[str], listing: Listing) -> None:
     if entry.is_symlink():
-        listing.not_listed.append(NotListed(entry.path, "symbolic link, not followed (a digest reads only what is inside its folder)"))
+        listing.not_listed.append(NotListed(entry.path, LINK_NOT_FOLLOWED))
     elif entry.is_dir(follow_symlinks=False):
         stack.append(entry.path)
     elif not entry.is_file(follow_symlinks=False):
@@ -227,28 +231,33 @@ class ImageHeader:
 _PILLOW_LIMIT = threading.Lock()
 
 
-def read_header(data: bytes) -> ImageHeader | None:
-    """The image's format and size from its headers (Pillow opens lazily: it reads the headers and
-    decodes no pixel), or None where Pillow cannot tell.
-
-    Pillow's own decompression-bomb check is lifted while the header is read: it would raise
-    without saying the image's size, and facepipe's budget, which names it, is checked next.
-    """
+@contextmanager
+def _facepipe_budget_only():
+    """Lift Pillow's own decompression-bomb check (a global) while Pillow reads: it raises without
+    saying the image's size, and facepipe's budget, which names it, is checked before any decode."""
     from PIL import Image
 
-    with _PILLOW_LIMIT:
+    with _PILLOW_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(data)) as image:
-                    width, height = image.size
-                    orientation = _orientation(image) if image.format == "JPEG" else 1
-                    header = ImageHeader(image.format, width, height)
-        except Exception:  # whatever Pillow cannot read, OpenCV may; if not, decoding says so
-            return None
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_header(data: bytes) -> ImageHeader | None:
+    """The image's format and size from its headers (Pillow opens lazily: it reads the headers and
+    decodes no pixel), or None where Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with _facepipe_budget_only(), Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            orientation = _orientation(image) if image.format == "JPEG" else 1
+            header = ImageHeader(image.format, width, height)
+    except Exception:  # whatever Pillow cannot read, OpenCV may; if not, decoding says so
+        return None
     if orientation in (5, 6, 7, 8):  # a quarter turn: width and height swap
         header = ImageHeader(header.format, height, width)
     return header
@@ -329,8 +338,8 @@ def _opencv_decode(data: bytes, flag: int) -> np.ndarray | None:
 def _decode_with_pillow(data: bytes, header: ImageHeader) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
+    try:  # within facepipe's budget, checked before
+        with _facepipe_budget_only(), Image.open(io.BytesIO(data)) as image:
             pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except Exception as err:
         raise ImageError(f"cannot decode: corrupt or truncated {header.format} image ({one_line(str(err))})") from None
