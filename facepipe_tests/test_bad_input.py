@@ -235,6 +235,15 @@ def change_after_listing(folder: Path) -> None:
     (folder / "now_a_folder.jpg").mkdir()
 
 
+def tally(kinds: list[Kind]) -> str:
+    """How many kinds of input were tried, and what happened to them."""
+    bad = [k for k in kinds if not k.name.startswith("good photo")]
+    return (f"{len(bad)} kinds of bad input tried, with {len(kinds) - len(bad)} good photos: "
+            f"{sum(k.expect == 'error' for k in bad)} per-photo errors, "
+            f"{sum(k.expect == 'faces' for k in bad)} valid images digested correctly, "
+            f"{sum(k.expect == 'not listed' for k in bad)} entries not listed, each with its reason")
+
+
 def outcome(kind: Kind, result) -> str | None:
     """What is wrong with `result` (an ImageResult) for `kind`, or None."""
     if kind.expect == "error":
@@ -286,12 +295,8 @@ def test_the_engine_lists_and_reads_every_kind_of_bad_input(tmp_path):
     # the panorama's face where it was pasted, in the panorama's pixels
     (panorama_face,) = by_path[str(corpus / "sizes/panorama.jpg")].faces
     assert 15_000 <= panorama_face.box[0] < panorama_face.box[0] + panorama_face.box[2] <= 15_200
-    REPORTS.append(
-        "bad input: the engine (list_images + faces_in_chunk)\n"
-        f"{len(kinds)} kinds tried: {sum(k.expect == 'error' for k in kinds)} per-photo errors, "
-        f"{sum(k.expect == 'faces' for k in kinds)} digested correctly, "
-        f"{sum(k.expect == 'not listed' for k in kinds)} not listed with a reason; listing took {listed_seconds:.2f} s"
-    )
+    REPORTS.append("bad input: the engine (list_images + faces_in_chunk)\n"
+                   + tally(kinds) + f"; listing took {listed_seconds * 1000:.0f} ms")
 
 
 def test_exif_orientations_give_boxes_in_displayed_coordinates(tmp_path):
@@ -426,6 +431,19 @@ def test_opencv_never_speaks_to_the_user():
     assert str(raised.value).startswith(("refused:", "cannot decode:"))
 
 
+def test_a_selfie_that_is_a_bomb_or_huge_is_a_one_line_error(tmp_path):
+    from facepipe.search import SearchError, selfie_faces
+
+    (tmp_path / "bomb.png").write_bytes(black_png(32_000, 32_000))
+    with open(tmp_path / "huge.jpg", "wb") as f:
+        f.truncate(2 * 2**30)
+    for name, reason in (("bomb.png", "refused: 32,000 x 32,000 pixels"), ("huge.jpg", "refused: the file is 2.0 GiB")):
+        with pytest.raises(SearchError) as raised:
+            selfie_faces(str(tmp_path / name), "dlib")
+        assert str(raised.value).startswith(f"cannot read the selfie {tmp_path / name}: {reason}")
+        assert "\n" not in str(raised.value)
+
+
 def test_listing_20000_small_files(tmp_path):
     """Listing time and memory for a folder of 20,000 small files, measured (printed), not asserted."""
     child = tmp_path / "many"
@@ -511,8 +529,7 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     assert peaks and max(peaks) < 1000, peaks
     REPORTS.append(
         "bad input: one real digest of the corpus\n"
-        f"{len(kinds)} kinds in the digest{'' if prefix is not None else ' (no setpriv: the unreadable file and folder left out)'}: "
-        f"{expected['error']} per-photo errors, {expected['faces']} digested, {expected['not listed']} not listed with a "
-        f"reason; {summary['faces_stored']} faces stored; workers' peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB; "
+        + tally(kinds) + ("" if prefix is not None else " (no setpriv: the unreadable file and folder left out)")
+        + f"; {summary['faces_stored']} faces stored; workers' peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB; "
         f"{summary['duration_seconds']} s"
     )
