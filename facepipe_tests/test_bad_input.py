@@ -201,6 +201,10 @@ def build_corpus(folder: Path, unreadable: bool) -> list[Kind]:
         secret = add("unreadable file", "private/secret.jpg", "error", "cannot read file: Permission denied")
         shutil.copyfile(SAMPLE_IMAGES / "img9.jpg", secret)
         secret.chmod(0)
+        nameless = add("unreadable file without an extension", "private/no_extension", "not listed",
+                       "file not read to tell whether it is a photo: Permission denied")
+        shutil.copyfile(SAMPLE_IMAGES / "img9.jpg", nameless)
+        nameless.chmod(0)
         closed = add("unreadable subfolder", "closed", "not listed", "folder not read: Permission denied")
         closed.mkdir()
         shutil.copyfile(SAMPLE_IMAGES / "img10.jpg", closed / "inside.jpg")

@@ -160,7 +160,12 @@ def _list_entry(entry: os.DirEntry, stack: list[str], listing: Listing) -> None:
 
 def _sniff(path: str) -> bool:
     """Whether a file without an image extension is an image by its first bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # it may be a photo: say so, rather than leave it out silently
+        raise OSError(err.errno, f"file not read to tell whether it is a photo: {err.strerror}") from err
     with os.fdopen(fd, "rb") as f:
         return looks_like_image(f.read(16))
 
