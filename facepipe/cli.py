@@ -164,6 +164,7 @@ def _print_summary(summary, as_json):
         _more(summary.get("entries_not_listed") or 0, summary.get("not_listed", []), "  ")
         for failure in summary["failed_images"]:
             click.echo(f"  failed: {failure['path']}: {failure['error']}")
+        _more(summary["images_failed"] or 0, summary["failed_images"], "  ")
         for error in summary["errors"]:
             click.echo(f"  error: {error}")
 
@@ -237,6 +238,7 @@ def show_command(run_id, face_ids, remote, as_json):
     _more(summary.get("entries_not_listed") or 0, summary.get("not_listed", []))
     for failure in summary["failed_images"]:
         click.echo(f"failed: {failure['path']}: {failure['error']}")
+    _more(summary["images_failed"] or 0, summary["failed_images"])
     for error in summary["errors"]:
         click.echo(f"error: {error}")
     for face_id in summary.get("face_ids", []):
