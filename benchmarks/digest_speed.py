@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "faces" / "images"
 STAGES = ("seed1", "seed2", "floor1", "floor2", "digest1", "digest2", "redigest")
 DERIVED_BEFORE_REUSE = 1000
-WORKLOAD_VERSION = "v3"  # bump when the way copies are made changes
+WORKLOAD_VERSION = "v4"  # bump when the way copies are made changes (v4: the samples copied, not linked)
 GROUP_EVERY = 10  # one photo in ten is a group photo with known faces
 TRUTH = ".truth.json"  # their faces, by file name (a dot file: the listing skips it)
 FLOOR_BATCH = 8  # photos per task in the 2-process floor: small, so both processes end together
@@ -99,8 +99,8 @@ def build_workload(count: int, workdir: Path) -> Path:
         if (i + 1) % GROUP_EVERY == 0:
             continue  # a group photo (_group_photos)
         source = samples[i % len(samples)]
-        if i < len(samples):
-            os.symlink(source, folder / f"{names[i]}_{source.name}")
+        if i < len(samples):  # a copy: a digest does not follow links
+            shutil.copyfile(source, folder / f"{names[i]}_{source.name}")
         else:
             derived.append((i, str(source), str(folder / f"{names[i]}_{source.stem}.jpg")))
     if derived:

@@ -151,6 +151,7 @@ def _print_summary(summary, as_json):
     else:
         click.echo(
             f"digest {summary['status']}: {summary['images_listed']} images listed, "
+            f"{summary.get('entries_not_listed') or 0} entries not listed, "
             f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
             f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
             f"{summary['faces_dropped']} dropped below the confidence threshold, "
@@ -158,10 +159,20 @@ def _print_summary(summary, as_json):
             f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
             f"run {summary['run_id']}"
         )
+        for entry in summary.get("not_listed", []):
+            click.echo(f"  not listed: {entry['path']}: {entry['reason']}")
+        _more(summary.get("entries_not_listed") or 0, summary.get("not_listed", []), "  ")
         for failure in summary["failed_images"]:
             click.echo(f"  failed: {failure['path']}: {failure['error']}")
+        _more(summary["images_failed"] or 0, summary["failed_images"], "  ")
         for error in summary["errors"]:
             click.echo(f"  error: {error}")
+
+
+def _more(count: int, shown: list, indent: str = "") -> None:
+    """Say how many more there are when the event log keeps only the first of a long list."""
+    if count > len(shown):
+        click.echo(f"{indent}... and {count - len(shown)} more (the digest's event log keeps the first {len(shown)})")
 
 
 @main.group()
@@ -220,10 +231,14 @@ def show_command(run_id, face_ids, remote, as_json):
         click.echo(json.dumps(summary))
         return
     for key, value in summary.items():
-        if key not in ("failed_images", "errors", "face_ids"):
+        if key not in ("failed_images", "not_listed", "errors", "face_ids"):
             click.echo(f"{key}: {value}")
+    for entry in summary.get("not_listed", []):
+        click.echo(f"not listed: {entry['path']}: {entry['reason']}")
+    _more(summary.get("entries_not_listed") or 0, summary.get("not_listed", []))
     for failure in summary["failed_images"]:
         click.echo(f"failed: {failure['path']}: {failure['error']}")
+    _more(summary["images_failed"] or 0, summary["failed_images"])
     for error in summary["errors"]:
         click.echo(f"error: {error}")
     for face_id in summary.get("face_ids", []):

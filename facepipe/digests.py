@@ -331,6 +331,7 @@ def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: flo
         "workers": int(tags[TAG_PREFIX + "workers"]) if TAG_PREFIX + "workers" in tags else None,
         "progress_percent": progress,
         "images_listed": listing.get("images_listed"),
+        "entries_not_listed": listing.get("entries_not_listed", 0),
         "images_skipped": listing.get("images_skipped"),
         "images_to_digest": to_digest,
         "images_done": done,
@@ -345,5 +346,6 @@ def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: flo
         "end_time": _iso(end_time),
         "duration_seconds": round(end - start_time, 2) if start_time and end else None,
         "failed_images": faces.get("failed_images", [e for o in observations for e in o.get("failed_images", [])]),
+        "not_listed": listing.get("not_listed", []),
         "errors": errors,
     }

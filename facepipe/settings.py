@@ -59,3 +59,21 @@ def prepare_dagster_home() -> Path:
         config.write_text(INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+# What one photo may cost a worker, refused before it is read or decoded (README, "When things go
+# wrong"): 120 megapixels is the largest camera output in common use (108 MP phones, 102 MP medium
+# format) and decodes to 360 MB of 8-bit BGR; 256 MiB is more than any JPEG, PNG or WebP of that
+# size takes.
+DEFAULT_MAX_IMAGE_PIXELS = 120_000_000
+DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
+
+
+def max_image_pixels() -> int:
+    """FACEPIPE_MAX_IMAGE_PIXELS: a photo with more pixels is refused before decoding (a decompression bomb)."""
+    return int(os.environ.get("FACEPIPE_MAX_IMAGE_PIXELS") or DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def max_image_bytes() -> int:
+    """FACEPIPE_MAX_IMAGE_BYTES: a larger file is refused by its size, before it is read."""
+    return int(os.environ.get("FACEPIPE_MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)

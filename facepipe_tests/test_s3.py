@@ -92,6 +92,16 @@ def test_an_object_that_vanished_since_listing_is_a_recorded_error(client, bucke
     assert "not found" in result.error
 
 
+def test_an_object_over_the_byte_budget_is_refused_by_its_size_and_a_gif_is_listed(client, bucket, monkeypatch):
+    client.put_object(Bucket=bucket, Key="big/img1.jpg", Body=(SAMPLE_IMAGES / "img1.jpg").read_bytes())
+    client.put_object(Bucket=bucket, Key="big/anim.gif", Body=b"GIF89a")
+    listed = list_s3_images(client, bucket, "big/")
+    assert [f.path.rsplit("/", 1)[1] for f in listed] == ["anim.gif", "img1.jpg"] and listed.not_listed == []
+    monkeypatch.setenv("FACEPIPE_MAX_IMAGE_BYTES", "100000")  # img1.jpg is 2.2 MB
+    with pytest.raises(ImageError, match=r"^refused: the object is .* more than the 97.7 KiB a photo may have"):
+        S3Reader(client)(listed[1].path)
+
+
 def test_s3_digest_finds_the_same_faces_as_a_local_digest(s3_endpoint, client, bucket, sample_digest, tmp_path):
     upload_photos(client, bucket)
     home = tmp_path / "home"

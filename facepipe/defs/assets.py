@@ -83,11 +83,13 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
     from facepipe.engine.sources import SourceError
 
     try:
-        files = config.modified_in_window(config.list_photos(s3))
+        listing = config.list_photos(s3)
     except OSError as err:
         raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
     except SourceError as err:  # no such bucket, bad credentials: nothing can work
         raise Failure(str(err), allow_retries=False) from err
+    files = config.modified_in_window(listing)
+    not_listed = _not_listed(context, listing)
     with face_store.open() as store:
         digested = store.digested_images(config.group_id, config.profile)
     tasks, skipped = plan_images(files, digested, config.redigest)
@@ -97,20 +99,32 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
     yield Output(image_list, "image_list", metadata={
         "source": config.source, "profile": config.profile, "min_face_size": config.face_size, "images_listed": len(files),
         "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
+        **not_listed,
     })
     for index, chunk_tasks in enumerate(chunks):
         yield DynamicOutput(Chunk(chunk_tasks, config), mapping_key=f"chunk_{index:04d}", output_name="chunks")
+
+
+def _not_listed(context: OpExecutionContext, listing) -> dict:
+    """The entries the listing left out (links, unreadable folders...): logged, counted and shown
+    in image_list's metadata, like failed photos."""
+    from facepipe.engine.images import display_path
+
+    entries = [{"path": display_path(n.path), "reason": n.reason} for n in listing.not_listed]
+    for entry in entries[:MAX_ERRORS_IN_METADATA]:
+        context.log.warning(f"not listed: {entry['path']}: {entry['reason']}")
+    return {"entries_not_listed": len(entries), "not_listed": MetadataValue.json(entries[:MAX_ERRORS_IN_METADATA])}
 
 
 @op
 def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
     """Decode, detect, align and embed one chunk of photos; report progress as an observation."""
     from facepipe.engine.faces import faces_in_chunk
-    from facepipe.engine.images import read_image_bytes
+    from facepipe.engine.images import read_listed_image
     from facepipe.engine.sources import S3Reader
 
     request = chunk.request
-    read = S3Reader(request.s3_client(s3)) if request.s3_bucket else read_image_bytes
+    read = S3Reader(request.s3_client(s3)) if request.s3_bucket else read_listed_image
     result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
                             request.redigest, read=read)
     for error in _errors(result.images):

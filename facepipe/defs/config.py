@@ -95,7 +95,8 @@ class DigestConfig(Config):
         return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"
 
     def list_photos(self, s3) -> list:
-        """The photos at this digest's source, a folder or an S3 prefix (ImageFile, sorted by path).
+        """The photos at this digest's source, a folder or an S3 prefix: a Listing (ImageFile, sorted by
+        path, and the entries left out, with their reasons).
 
         Raises OSError (a folder) or SourceError (a bucket) when the source cannot be listed at all.
         """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from facepipe.engine.detection import detect_faces, detection_scale
-from facepipe.engine.images import ImageError, decode_image_reduced, read_image_bytes
+from facepipe.engine.images import ImageError, decode_image_reduced, one_line, read_listed_image
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DetectedFace, Profile, clip_box, load_profile
 
@@ -141,9 +141,13 @@ def faces_in_chunk(
     confidence: float,
     min_face_size: float = DEFAULT_MIN_FACE_SIZE,
     redigest: bool = False,
-    read: Callable[[str], tuple[bytes, str]] = read_image_bytes,
+    read: Callable[[str], tuple[bytes, str]] = read_listed_image,
 ) -> ChunkResult:
-    """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by default)."""
+    """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by default).
+
+    Each photo's error is one line: a bad file (ImageError: unreadable, too large, a decompression
+    bomb, not an image), or anything a model raised on it, named by its type.
+    """
     seconds: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
     profile = load_profile(profile_name)  # raises for missing weights, before any photo
@@ -174,7 +178,7 @@ def faces_in_chunk(
         except ImageError as err:
             result.error = str(err)
         except Exception as err:  # a photo that breaks a model must not break the digest
-            result.error = f"{type(err).__name__}: {err}"
+            result.error = f"{type(err).__name__}: {one_line(str(err))}"
     return ChunkResult(results, dict(seconds))
 
 

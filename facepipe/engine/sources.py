@@ -9,7 +9,8 @@ import hashlib
 from datetime import datetime
 from pathlib import PurePosixPath
 
-from facepipe.engine.images import IMAGE_EXTENSIONS, ImageError, ImageFile
+from facepipe import settings
+from facepipe.engine.images import IMAGE_EXTENSIONS, ImageError, ImageFile, Listing, too_large
 
 
 class SourceError(RuntimeError):
@@ -49,11 +50,11 @@ def check_bucket(client, bucket: str) -> None:
         raise SourceError(f"s3_bucket: cannot reach bucket {bucket!r}: {err}") from err
 
 
-def list_s3_images(client, bucket: str, prefix: str) -> list[ImageFile]:
+def list_s3_images(client, bucket: str, prefix: str) -> Listing:
     """Every object under the prefix with an image extension, sorted by key, however many pages.
 
     The content is confirmed when the object is fetched: a non-image with an image name fails
-    then, with a recorded error.
+    then, with a recorded error. (A bucket has no links or folders to leave out: `not_listed` is empty.)
     """
     check_bucket(client, bucket)
     found = []
@@ -63,7 +64,7 @@ def list_s3_images(client, bucket: str, prefix: str) -> list[ImageFile]:
                 found.append(ImageFile(
                     s3_url(bucket, obj["Key"]), obj["Size"], _epoch_ns(obj["LastModified"]), obj["ETag"].strip('"'),
                 ))
-    return sorted(found, key=lambda f: f.path)
+    return Listing(sorted(found, key=lambda f: f.path))
 
 
 def _epoch_ns(moment: datetime) -> int:
@@ -72,7 +73,8 @@ def _epoch_ns(moment: datetime) -> int:
 
 
 class S3Reader:
-    """Reads `s3://` photos for faces_in_chunk: the bytes and their SHA-256, in one pass."""
+    """Reads `s3://` photos for faces_in_chunk: the bytes and their SHA-256, in one pass; an object
+    larger than `max_image_bytes` is refused by its size before its body is read."""
 
     def __init__(self, client):
         self.client = client
@@ -82,11 +84,19 @@ class S3Reader:
 
         bucket, key = parse_s3_url(url)
         try:
-            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
-            digest, parts = hashlib.sha256(), []
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            budget, body = settings.max_image_bytes(), response["Body"]
+            if response.get("ContentLength", 0) > budget:
+                body.close()
+                raise ImageError(too_large(response["ContentLength"], budget, "object"))
+            digest, parts, read = hashlib.sha256(), [], 0
             for part in body.iter_chunks(1 << 20):
                 digest.update(part)
                 parts.append(part)
+                read += len(part)
+                if read > budget:
+                    body.close()
+                    raise ImageError(too_large(read, budget, "object"))
         except ClientError as err:
             code = _error_code(err)
             if code in ("NoSuchKey", "404"):
