@@ -22,6 +22,9 @@ def test_the_launchpad_form_has_the_digest_request_and_workers():
     assert {"group_id", "local_dir_path", "s3_bucket", "s3_prefix", "confidence", "profile", "preset",
             "min_face_size"} <= set(request)
     assert request["group_id"].is_required and not request["confidence"].is_required
+    # the preset is a choice the Launchpad renders and refuses anything else for
+    assert [v.config_value for v in request["preset"].config_type.enum_values] == ["portraits", "default", "crowd"]
+    assert request["preset"].default_value == "default" and not request["min_face_size"].is_required
     workers = schema.fields["execution"].config_type.fields["config"].config_type.fields["workers"]
     assert workers.default_value >= 1
 
