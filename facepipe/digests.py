@@ -243,12 +243,8 @@ def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) 
 
     run_filter = group_filter(summary["group_id"], run_id=summary["run_id"])
     with open_store_from_settings() as store:
-        if not store.client.collection_exists(faces_collection(summary["profile"])):
-            return [], None
-        points, next_offset = store.client.scroll(
-            faces_collection(summary["profile"]), scroll_filter=run_filter, limit=limit, offset=offset,
-            with_payload=False, with_vectors=False,
-        )
+        points, next_offset = store.scroll_page(faces_collection(summary["profile"]), run_filter, limit, offset,
+                                                with_payload=False)
     return [str(p.id) for p in points], (str(next_offset) if next_offset is not None else None)
 
 

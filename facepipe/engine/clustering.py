@@ -7,16 +7,26 @@ faces when they are close *on average*, so one look-alike pair does not chain tw
 together (single linkage, DBSCAN), and one odd photo does not split a person (complete linkage).
 """
 
+import heapq
 from collections import Counter
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 # Cosine distance at which average linkage stops merging. dlib: on ../shared/faces pairwise F1
 # is 1.000 from 0.060 to 0.090; we cut in the middle. ArcFace: deepface's same-person cosine
 # distance (0.68), not calibrated here (its weights need a download).
 CLUSTER_DISTANCE = {"dlib": 0.075, "retinaface-arcface": 0.68}
+
+# Average linkage needs every pairwise distance of what it clusters (n² / 2 float64, and scipy
+# copies them: 8 n² bytes). Up to DIRECT faces it runs on them all at once; beyond, on blocks that
+# provably hold whole clusters (see cluster_embeddings), each at most MAX_EXACT_BLOCK faces (~0.5 GB).
+DIRECT = 2000
+MAX_EXACT_BLOCK = 8000
+ROWS_PER_BLOCK = 512  # rows of the blockwise neighbour search: 512 x n float32 at a time
+SPARSE_NEIGHBOURS = 64  # in an oversized block: each face's nearest faces within 2x the cut
 
 
 def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -24,19 +34,151 @@ def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cluster_embeddings(vectors: np.ndarray, max_distance: float) -> np.ndarray:
-    """A cluster label (0, 1, ...) per row of unit vectors, by average linkage on cosine distance."""
+    """A cluster label (0, 1, ...) per row of unit vectors, by average linkage on cosine distance.
+
+    At scale it splits the faces into blocks first, without changing the answer: average linkage
+    only joins two groups whose mean distance is within the cut, so at least one pair across them
+    is within it, and every cluster lies inside one connected component of the graph "distance <=
+    cut". The components come from a blockwise neighbour search (ROWS_PER_BLOCK rows at a time,
+    memory ~ 2 KB x n), and average linkage runs exactly inside each. A component larger than
+    MAX_EXACT_BLOCK (a chain of look-alikes) is clustered by average linkage over its sparse
+    neighbour graph instead, a pair it does not hold counted at twice the cut (sparse_average_linkage).
+    """
+    vectors = np.asarray(vectors, np.float32)
     n = len(vectors)
     if n < 2:
         return np.zeros(n, dtype=int)
-    distances = cosine_distances(vectors, vectors)
-    np.fill_diagonal(distances, 0.0)
-    tree = linkage(squareform(distances, checks=False), method="average")
-    labels = fcluster(tree, t=max_distance, criterion="distance")
-    return labels - 1
+    if n <= DIRECT:
+        return _exact_average_linkage(vectors, max_distance)
+    rows, cols, _ = neighbour_pairs(vectors, max_distance)
+    n_blocks, block_of = connected_components(coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)),
+                                              directed=False)
+    labels = np.empty(n, dtype=int)
+    next_label = 0
+    order = np.argsort(block_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(block_of[order])) + 1
+    for idx in np.split(order, bounds):
+        if len(idx) == 1:
+            sub = np.zeros(1, dtype=int)
+        elif len(idx) <= MAX_EXACT_BLOCK:
+            sub = _exact_average_linkage(vectors[idx], max_distance)
+        else:
+            r, c, d = neighbour_pairs(vectors[idx], 2 * max_distance, SPARSE_NEIGHBOURS)
+            sub = sparse_average_linkage(len(idx), r, c, d, max_distance, unknown=2 * max_distance)
+        labels[idx] = sub + next_label
+        next_label += int(sub.max()) + 1
+    # number clusters by first face, as fcluster's labels would not be comparable anyway
+    _, first = np.unique(labels, return_index=True)
+    renumber = np.empty(labels.max() + 1, dtype=int)
+    renumber[labels[np.sort(first)]] = np.arange(len(first))
+    return renumber[labels]
+
+
+def _exact_average_linkage(vectors: np.ndarray, max_distance: float) -> np.ndarray:
+    n = len(vectors)
+    if n < 2:
+        return np.zeros(n, dtype=int)
+    x = np.asarray(vectors, np.float64)
+    condensed = np.empty(n * (n - 1) // 2)  # the upper triangle, row by row, without the n x n matrix
+    at = 0
+    for start in range(0, n, ROWS_PER_BLOCK):
+        block = np.clip(1.0 - x[start:start + ROWS_PER_BLOCK] @ x.T, 0.0, 2.0)
+        for k, row in enumerate(block):
+            i = start + k
+            condensed[at:at + n - i - 1] = row[i + 1:]
+            at += n - i - 1
+    tree = linkage(condensed, method="average")
+    del condensed
+    return fcluster(tree, t=max_distance, criterion="distance") - 1
+
+
+def neighbour_pairs(vectors: np.ndarray, radius: float, max_neighbours: int | None = None):
+    """Pairs (i < j) of unit vectors within cosine distance `radius`, with their distance, found
+    ROWS_PER_BLOCK rows at a time (exact, no index); at most `max_neighbours` nearest per row."""
+    x = np.asarray(vectors, np.float32)
+    n = len(x)
+    rows, cols, dists = [], [], []
+    slack = 1e-5  # float32 products: keep pairs at the edge, linkage decides in float64
+    for start in range(0, n, ROWS_PER_BLOCK):
+        d = 1.0 - x[start:start + ROWS_PER_BLOCK] @ x.T
+        if max_neighbours is not None and max_neighbours + 1 < n:
+            keep = np.argpartition(d, max_neighbours, axis=1)[:, :max_neighbours + 1]
+            mask = np.zeros(d.shape, bool)
+            np.put_along_axis(mask, keep, True, axis=1)
+            d = np.where(mask, d, np.inf)
+        r, c = np.nonzero(d <= radius + slack)
+        r = r + start
+        upper = r < c
+        rows.append(r[upper])
+        cols.append(c[upper])
+        dists.append(np.clip(d[r[upper] - start, c[upper]], 0.0, 2.0))
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(dists).astype(np.float64)
+
+
+def sparse_average_linkage(n: int, rows, cols, dists, max_distance: float, unknown: float) -> np.ndarray:
+    """Average linkage over a sparse graph: a pair of faces not in it counts as `unknown` apart.
+
+    Cut at `max_distance`. With `unknown` at least the true distance of every pair left out, it
+    merges no more than exact average linkage would, and each merge costs O(neighbours).
+    """
+    size = [1] * n
+    parent = list(range(n))
+    links: list[dict[int, list]] = [dict() for _ in range(n)]  # cluster -> other -> [sum, count] of known
+    for i, j, d in zip(rows.tolist(), cols.tolist(), dists.tolist()):
+        for a, b in ((i, j), (j, i)):
+            known = links[a].setdefault(b, [0.0, 0])
+            known[0] += d
+            known[1] += 1
+
+    def mean(a, b):
+        s, c = links[a][b]
+        pairs = size[a] * size[b]
+        return (s + (pairs - c) * unknown) / pairs
+
+    heap = [(mean(a, b), a, b, 1, 1) for a in range(n) for b in links[a] if a < b]
+    heap = [h for h in heap if h[0] <= max_distance]
+    heapq.heapify(heap)
+    while heap:
+        d, a, b, size_a, size_b = heapq.heappop(heap)
+        if parent[a] != a or parent[b] != b or size[a] != size_a or size[b] != size_b:
+            continue  # stale: one side has merged since
+        if len(links[a]) < len(links[b]):
+            a, b = b, a
+        parent[b] = a  # b joins a
+        size[a] += size[b]
+        for other, (s, c) in links[b].items():
+            del links[other][b]
+            if other == a:
+                continue
+            known = links[a].setdefault(other, [0.0, 0])
+            known[0] += s
+            known[1] += c
+            links[other][a] = known
+        links[b] = {}
+        links[a].pop(b, None)
+        for other in links[a]:
+            m = mean(a, other)
+            if m <= max_distance:
+                x, y = (a, other) if a < other else (other, a)
+                heapq.heappush(heap, (m, x, y, size[x], size[y]))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    roots = [root(i) for i in range(n)]
+    _, labels = np.unique(roots, return_inverse=True)
+    return labels
 
 
 def nearest_person(vector: np.ndarray, people: dict[int, np.ndarray], max_distance: float) -> int | None:
-    """The person whose faces are closest on average (as average linkage would join them), if close enough."""
+    """The person whose faces are closest on average (as average linkage would join them), if close enough.
+
+    The definition; facepipe.people finds the same person with one query, since for unit vectors the
+    mean cosine distance to a person's faces is 1 - vector . (the mean of their faces).
+    """
     best, best_distance = None, max_distance
     for person_id, faces in people.items():
         distance = float(cosine_distances(vector[None, :], faces).mean())
@@ -54,7 +196,9 @@ def carry_over_ids(labels, previous: list[int | None], pinned: list[bool], next_
     - Every other cluster is a new person.
     """
     labels = np.asarray(labels)
-    members = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    order = np.argsort(labels, kind="stable")  # members of each cluster in O(n log n), not O(n x clusters)
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    members = {int(labels[idx[0]]): idx for idx in np.split(order, bounds)} if len(labels) else {}
     person_sizes = Counter(p for p in previous if p is not None)
     ids: dict[int, int] = {}
 
@@ -81,12 +225,16 @@ def carry_over_ids(labels, previous: list[int | None], pinned: list[bool], next_
     for c in sorted((c for c in members if c not in ids), key=lambda c: (-len(members[c]), c)):
         ids[c] = next_id
         next_id += 1
-    return [ids[c] for c in labels]
+    return [ids[c] for c in labels.tolist()]
 
 
 def medoid(vectors: np.ndarray) -> int:
-    """The row closest on average to all the others: a person's most typical face."""
-    return int(np.argmin(cosine_distances(vectors, vectors).sum(axis=1)))
+    """The row closest on average to all the others: a person's most typical face.
+
+    For unit rows the summed cosine distance of row i is n - v_i . (sum of rows): O(n), no n x n matrix.
+    """
+    vectors = np.asarray(vectors, np.float64)
+    return int(np.argmax(vectors @ vectors.sum(axis=0)))
 
 
 def pairwise_scores(predicted, truth) -> dict[str, float]:
