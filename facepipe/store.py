@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # Fixed namespace: the same face always gets the same point id, on every machine.
 ID_NAMESPACE = uuid.UUID("5b4c1a8e-6f3d-4d52-9c1e-3a7f0e2b9d10")
 UPSERT_BATCH = 512
+PHOTOS_PER_WRITE = 1024
 SCROLL_PAGE = 1024
 
 # Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
@@ -237,6 +238,11 @@ class EdgeBackend:
             score_threshold=min_score, with_payload=True, with_vector=with_vectors))
         return [self._point(r, with_vectors) for r in found]
 
+    def optimize(self, name: str) -> None:
+        shard = self._shard(name)
+        if shard is not None:
+            shard.optimize()
+
     def close(self) -> None:
         for shard in self.shards.values():
             shard.close()  # flushes segments: the next open replays no WAL
@@ -334,6 +340,9 @@ class ClientBackend:
     def has_vectors(self, name: str) -> bool:
         vectors = self.client.get_collection(name).config.params.vectors
         return bool(vectors) and not (isinstance(vectors, dict) and not vectors)
+
+    def optimize(self, name: str) -> None:
+        pass  # a server's optimizers run by themselves; local mode has no index
 
     def close(self) -> None:
         self.client.close()
@@ -462,7 +471,8 @@ class FaceStore:
             done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
         return done
 
-    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str) -> WriteCounts:
+    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str,
+              optimize: bool = True) -> WriteCounts:
         """Store the faces of digested photos and record every photo in the ledger.
 
         Idempotent: the same results written again leave the same points (ids are derived from the
@@ -487,7 +497,22 @@ class FaceStore:
                                  [person_point_id(group_id, person, profile) for person in losing])
             self.delete(faces, stale)
 
+        # a batch of photos at a time: memory holds one batch's points, not the digest's
+        for start in range(0, len(results), PHOTOS_PER_WRITE):
+            face_points, image_points = self._points(group_id, profile, results[start:start + PHOTOS_PER_WRITE],
+                                                     run_id, now)
+            # faces before the ledger: a photo is recorded as digested only once its faces are stored
+            self.upsert(faces, face_points)
+            self.upsert(images, image_points)
+            counts.faces_stored += len(face_points)
+            counts.images_recorded += len(image_points)
+        if optimize:
+            self.optimize(profile)
+        return counts
+
+    def _points(self, group_id: str, profile: str, results, run_id: str, now: str):
         face_points, image_points = [], []
+        images = images_collection(profile)
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
                 self.set_payload(images, {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
@@ -515,12 +540,13 @@ class FaceStore:
                     },
                     face.embedding.tolist(),
                 ))
-        # faces before the ledger: a photo is recorded as digested only once its faces are stored
-        self.upsert(faces, face_points)
-        self.upsert(images, image_points)
-        counts.faces_stored = len(face_points)
-        counts.images_recorded = len(image_points)
-        return counts
+        return face_points, image_points
+
+    def optimize(self, profile: str) -> None:
+        """Index the faces written since the last time (Qdrant Edge builds HNSW graphs only when asked;
+        a server does it by itself). Free when there is nothing to do: a segment is indexed once it
+        passes the optimizer's threshold (~20,000 dlib faces)."""
+        self.backend.optimize(faces_collection(profile))
 
     def count_faces(self, group_id: str, profile: str) -> int:
         return self.count(faces_collection(profile), group_filter(group_id))
