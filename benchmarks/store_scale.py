@@ -161,7 +161,7 @@ def probe_grow(a) -> dict:
     """1 % more faces in the target group: new photos of its people."""
     faces = Faces(a["n"], a["layout"])
     group = target_group(a["layout"])
-    photos = max(a["n"] // FACES_PER_PHOTO // 100, 1)
+    photos = max(a["n"] // faces.groups // FACES_PER_PHOTO // 100, 1)  # of the group
     with open_store(a["path"], a["backend"]) as store:
         results = [r for g, rs in faces.results(0, photos * faces.groups, prefix="new").items() if g == group for r in rs]
         store.write(group, "dlib", results, run_id="bench-grow")

@@ -462,13 +462,25 @@ class FaceStore:
             return
         self.create(name, DIMENSIONS[profile], distance="dot")
 
-    def digested_images(self, group_id: str, profile: str) -> dict[str, DigestedImage]:
-        """Image paths of the group digested without error, with what they were when digested."""
+    def digested_images(self, group_id: str, profile: str, paths: Iterable[str] | None = None
+                        ) -> dict[str, DigestedImage]:
+        """Image paths of the group digested without error, with what they were when digested.
+
+        With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
+        is the listing's, not the group's.
+        """
+        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status")
+        if paths is None:
+            points = self.scroll(images_collection(profile), group_filter(group_id, status="done"), page=4096,
+                                 payload_keys=keys)
+        else:
+            points = (p for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
+                      for p in self.retrieve(images_collection(profile), batch))
         done = {}
-        for point in self.scroll(images_collection(profile), group_filter(group_id, status="done"), page=4096,
-                                 payload_keys=("image_path", "content_hash", "size", "mtime_ns", "etag")):
+        for point in points:
             p = point.payload
-            done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
+            if p.get("status") == "done":
+                done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
         return done
 
     def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str,
@@ -558,6 +570,11 @@ class FaceStore:
                       min_score: float | None = None, where: Where | None = None) -> list[StoredPoint]:
         """The group's faces most similar (cosine) to `embedding`, best first."""
         return self.query(faces_collection(profile), embedding, where or group_filter(group_id), limit, min_score)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _lock(root: Path):

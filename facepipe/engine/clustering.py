@@ -25,8 +25,8 @@ CLUSTER_DISTANCE = {"dlib": 0.075, "retinaface-arcface": 0.68}
 # provably hold whole clusters (see cluster_embeddings), each at most MAX_EXACT_BLOCK faces (~0.5 GB).
 DIRECT = 2000
 MAX_EXACT_BLOCK = 8000
-ROWS_PER_BLOCK = 512  # rows of the blockwise neighbour search: 512 x n float32 at a time
-SPARSE_NEIGHBOURS = 64  # in an oversized block: each face's nearest faces within 2x the cut
+ROWS_PER_BLOCK = 256  # rows of the blockwise neighbour search: 256 x n float32 at a time (100 MB at 100k)
+SPARSE_NEIGHBOURS = 64  # in an oversized block: each face's nearest faces within the cut
 
 
 def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -41,8 +41,8 @@ def cluster_embeddings(vectors: np.ndarray, max_distance: float) -> np.ndarray:
     is within it, and every cluster lies inside one connected component of the graph "distance <=
     cut". The components come from a blockwise neighbour search (ROWS_PER_BLOCK rows at a time,
     memory ~ 2 KB x n), and average linkage runs exactly inside each. A component larger than
-    MAX_EXACT_BLOCK (a chain of look-alikes) is clustered by average linkage over its sparse
-    neighbour graph instead, a pair it does not hold counted at twice the cut (sparse_average_linkage).
+    MAX_EXACT_BLOCK (a chain of look-alikes) is clustered by sparse_average_linkage: the same means,
+    from cluster sums, compared along each face's SPARSE_NEIGHBOURS nearest neighbours within the cut.
     """
     vectors = np.asarray(vectors, np.float32)
     n = len(vectors)
@@ -63,8 +63,8 @@ def cluster_embeddings(vectors: np.ndarray, max_distance: float) -> np.ndarray:
         elif len(idx) <= MAX_EXACT_BLOCK:
             sub = _exact_average_linkage(vectors[idx], max_distance)
         else:
-            r, c, d = neighbour_pairs(vectors[idx], 2 * max_distance, SPARSE_NEIGHBOURS)
-            sub = sparse_average_linkage(len(idx), r, c, d, max_distance, unknown=2 * max_distance)
+            r, c, _ = neighbour_pairs(vectors[idx], max_distance, SPARSE_NEIGHBOURS)
+            sub = sparse_average_linkage(vectors[idx], r, c, max_distance)
         labels[idx] = sub + next_label
         next_label += int(sub.max()) + 1
     # number clusters by first face, as fcluster's labels would not be comparable anyway
@@ -98,69 +98,74 @@ def neighbour_pairs(vectors: np.ndarray, radius: float, max_neighbours: int | No
     x = np.asarray(vectors, np.float32)
     n = len(x)
     rows, cols, dists = [], [], []
-    slack = 1e-5  # float32 products: keep pairs at the edge, linkage decides in float64
+    least = 1.0 - radius - 1e-5  # float32 products: keep pairs at the edge, linkage decides in float64
     for start in range(0, n, ROWS_PER_BLOCK):
-        d = 1.0 - x[start:start + ROWS_PER_BLOCK] @ x.T
+        similar = x[start:start + ROWS_PER_BLOCK] @ x.T  # the one block-sized array: ROWS_PER_BLOCK x n float32
         if max_neighbours is not None and max_neighbours + 1 < n:
-            keep = np.argpartition(d, max_neighbours, axis=1)[:, :max_neighbours + 1]
-            mask = np.zeros(d.shape, bool)
-            np.put_along_axis(mask, keep, True, axis=1)
-            d = np.where(mask, d, np.inf)
-        r, c = np.nonzero(d <= radius + slack)
-        r = r + start
-        upper = r < c
-        rows.append(r[upper])
-        cols.append(c[upper])
-        dists.append(np.clip(d[r[upper] - start, c[upper]], 0.0, 2.0))
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(dists).astype(np.float64)
+            keep = np.argpartition(-similar, max_neighbours, axis=1)[:, :max_neighbours + 1]
+            r = np.repeat(np.arange(len(similar)), keep.shape[1])
+            c = keep.ravel()
+            near = similar[r, c] >= least
+            r, c = r[near], c[near]
+        else:
+            r, c = np.nonzero(similar >= least)
+        upper = r + start < c
+        r, c = r[upper], c[upper]
+        rows.append(r + start)
+        cols.append(c)
+        dists.append(np.clip(1.0 - similar[r, c].astype(np.float64), 0.0, 2.0))
+        del similar
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(dists)
 
 
-def sparse_average_linkage(n: int, rows, cols, dists, max_distance: float, unknown: float) -> np.ndarray:
-    """Average linkage over a sparse graph: a pair of faces not in it counts as `unknown` apart.
+def sparse_average_linkage(vectors: np.ndarray, rows, cols, max_distance: float) -> np.ndarray:
+    """Average linkage cut at `max_distance`, without a distance matrix.
 
-    Cut at `max_distance`. With `unknown` at least the true distance of every pair left out, it
-    merges no more than exact average linkage would, and each merge costs O(neighbours).
+    For unit vectors the mean cosine distance between two clusters is 1 - (sum of A) . (sum of B) /
+    (|A| |B|), so each cluster keeps the sum of its vectors and the mean is exact. Which clusters
+    to compare comes from the neighbour graph (rows, cols): two clusters are only compared once
+    some face of one is a neighbour of a face of the other, which every pair that average linkage
+    joins is, if the graph holds every pair within the cut.
     """
-    size = [1] * n
-    parent = list(range(n))
-    links: list[dict[int, list]] = [dict() for _ in range(n)]  # cluster -> other -> [sum, count] of known
-    for i, j, d in zip(rows.tolist(), cols.tolist(), dists.tolist()):
-        for a, b in ((i, j), (j, i)):
-            known = links[a].setdefault(b, [0.0, 0])
-            known[0] += d
-            known[1] += 1
+    n = len(vectors)
+    sums = np.asarray(vectors, np.float64).copy()
+    size = np.ones(n)
+    parent = np.arange(n)
+    links: list[set] = [set() for _ in range(n)]
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        if i != j:
+            links[i].add(j)
+            links[j].add(i)
 
-    def mean(a, b):
-        s, c = links[a][b]
-        pairs = size[a] * size[b]
-        return (s + (pairs - c) * unknown) / pairs
+    def push(a, others):
+        if not others:
+            return
+        others = np.fromiter(others, int, len(others))
+        means = 1.0 - (sums[others] @ sums[a]) / (size[others] * size[a])
+        for other, mean in zip(others[means <= max_distance].tolist(), means[means <= max_distance].tolist()):
+            x, y = (a, other) if a < other else (other, a)
+            heapq.heappush(heap, (mean, x, y, size[x], size[y]))
 
-    heap = [(mean(a, b), a, b, 1, 1) for a in range(n) for b in links[a] if a < b]
-    heap = [h for h in heap if h[0] <= max_distance]
-    heapq.heapify(heap)
+    heap: list = []
+    for a in range(n):
+        push(a, {b for b in links[a] if b > a})
     while heap:
-        d, a, b, size_a, size_b = heapq.heappop(heap)
+        _, a, b, size_a, size_b = heapq.heappop(heap)
         if parent[a] != a or parent[b] != b or size[a] != size_a or size[b] != size_b:
             continue  # stale: one side has merged since
         if len(links[a]) < len(links[b]):
             a, b = b, a
         parent[b] = a  # b joins a
+        sums[a] += sums[b]
         size[a] += size[b]
-        for other, (s, c) in links[b].items():
-            del links[other][b]
-            if other == a:
-                continue
-            known = links[a].setdefault(other, [0.0, 0])
-            known[0] += s
-            known[1] += c
-            links[other][a] = known
-        links[b] = {}
-        links[a].pop(b, None)
-        for other in links[a]:
-            m = mean(a, other)
-            if m <= max_distance:
-                x, y = (a, other) if a < other else (other, a)
-                heapq.heappush(heap, (m, x, y, size[x], size[y]))
+        for other in links[b]:
+            links[other].discard(b)
+            if other != a:
+                links[other].add(a)
+                links[a].add(other)
+        links[a].discard(b)
+        links[b] = set()
+        push(a, links[a])
 
     def root(i):
         while parent[i] != i:
@@ -168,8 +173,7 @@ def sparse_average_linkage(n: int, rows, cols, dists, max_distance: float, unkno
             i = parent[i]
         return i
 
-    roots = [root(i) for i in range(n)]
-    _, labels = np.unique(roots, return_inverse=True)
+    _, labels = np.unique([root(i) for i in range(n)], return_inverse=True)
     return labels
 
 
