@@ -13,7 +13,7 @@ and p95 (50 selfie-like queries, top 100 above cosine 0.92, as `facepipe search`
 `people cluster --full` of the group (time, peak memory); 1 % more faces, then the incremental
 `people cluster` (time, peak memory); and the store steps of a digest of the 64 sample photos into
 the group (list_images' ledger read + store_faces' write, each opening the store), beside the same
-into an empty store. Local mode writes one fsync'd SQLite transaction per point (~15 ms on this
+into an empty group of the same store and into an empty store. Local mode writes one fsync'd SQLite transaction per point (~15 ms on this
 machine's disk), so it is only run at `--local-sizes`.
 """
 
@@ -169,20 +169,28 @@ def probe_grow(a) -> dict:
 
 
 def probe_digest(a) -> dict:
-    """The two store steps of a digest of the 64 samples into the group, each opening the store as its step does."""
+    """The store steps of a digest of the 64 samples into a group, each opening the store as its
+    step does: list_images' ledger lookup, store_chunk's write (one chunk: 64 < chunk_size), store_faces."""
     from dataclasses import replace
 
     results = pickle.loads(Path(a["samples"]).read_bytes())
     group = a.get("group") or target_group(a["layout"])
+    steps = {}
     start = time.time()
     with open_store(a["path"], a["backend"]) as store:
-        digested = store.digested_images(group, "dlib")
-    listed = time.time() - start
+        digested = store.digested_images(group, "dlib", paths=[r.path for r in results])
+    steps["list_step_s"] = time.time() - start
     start = time.time()
     with open_store(a["path"], a["backend"]) as store:
-        store.write(group, "dlib", [replace(r, previously_digested=r.path in digested) for r in results], run_id="bench-digest")
+        store.write(group, "dlib", [replace(r, previously_digested=r.path in digested) for r in results],
+                    run_id="bench-digest", optimize=False)
+    steps["chunk_step_s"] = time.time() - start
+    start = time.time()
+    with open_store(a["path"], a["backend"]) as store:
+        store.optimize("dlib")
         store.count_faces(group, "dlib")
-    return {"list_step_s": listed, "store_step_s": time.time() - start, "digest_store_steps_s": listed + time.time() - start}
+    steps["store_step_s"] = time.time() - start
+    return {**steps, "digest_store_steps_s": sum(steps.values())}
 
 
 PROBES = {"write": probe_write, "open": probe_open, "cluster": probe_cluster, "grow": probe_grow, "digest": probe_digest}
@@ -226,6 +234,8 @@ def measure(work: Path, n: int, layout: str, backend: str, samples: Path, full_l
         inc = run_probe("cluster", path=path, backend=backend, n=n, layout=layout, full=False)
         row.update({"incremental_s": inc.get("cluster_s"), "incremental_peak_mb": inc.get("cluster_peak_mb"),
                     "incremental_error": inc.get("error")})
+    fresh = run_probe("digest", path=path, backend=backend, n=n, layout=layout, samples=str(samples), group="fresh")
+    row["empty_group_digest_s"] = fresh.get("digest_store_steps_s")
     row.update(run_probe("digest", path=path, backend=backend, n=n, layout=layout, samples=str(samples)))
     print(json.dumps(row), flush=True)
     return row
@@ -266,18 +276,19 @@ def main() -> None:
     load = os.getloadavg()
     print(f"\nload average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     print("| faces | groups | backend | write faces/s | HNSW index | open | RSS after open | search p50 / p95 | count | "
-          "digest store steps | full re-cluster (peak) | incremental +1 % (peak) |")
+          "digest store steps (into an empty group) | full re-cluster (peak) | incremental +1 % (peak) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         full = (f"{r['full_s']:.1f} s ({r['full_peak_mb']:.0f} MB)" if r.get("full_s") is not None
                 else r.get("full_error") or r.get("full_skipped", ""))
         inc = (f"{r['incremental_s']:.1f} s ({r['incremental_peak_mb']:.0f} MB)" if r.get("incremental_s") is not None
                else r.get("incremental_error") or "")
+        empty = f" ({r['empty_group_digest_s']:.2f} s)" if r.get("empty_group_digest_s") is not None else ""
         groups = "" if not r["faces"] else ("1" if r["layout"] == "one" else "100")
         print(f"| {r['faces']:,} | {groups or r['layout']} | {r['backend']} | {fmt(r.get('faces_per_s'), ',.0f')} | {fmt(r.get('index_s'), '.1f', ' s')} | "
               f"{fmt(r.get('open_s'), '.2f', ' s')} | {fmt(r.get('rss_after_open_mb'), '.0f', ' MB')} | "
               f"{fmt(r.get('search_p50_ms'), '.1f')} / {fmt(r.get('search_p95_ms'), '.1f', ' ms')} | "
-              f"{fmt(r.get('count_ms'), '.1f', ' ms')} | {fmt(r.get('digest_store_steps_s'), '.2f', ' s')} | {full} | {inc} |")
+              f"{fmt(r.get('count_ms'), '.1f', ' ms')} | {fmt(r.get('digest_store_steps_s'), '.2f', ' s')}{empty} | {full} | {inc} |")
     if not args.work:
         import shutil
 
