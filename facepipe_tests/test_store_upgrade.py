@@ -165,3 +165,26 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(old_store, sample_people, tmp_path):
+    # qdrant-client's local mode stands in for a server: the same ClientBackend code. The old layout
+    # has people without vectors, as a server written by the previous code would: they are rebuilt.
+    from facepipe.people import merge_people, name_person, update_people
+
+    source, n_faces, _, expected_people = old_store
+    server = tmp_path / "server"
+    shutil.copytree(source / "qdrant", server)
+    embedded = tmp_path / "embedded"
+    shutil.copytree(sample_people[0] / "qdrant", embedded)
+    answers = []
+    for store_of in (lambda: FaceStore.open(path=server, backend="local"), lambda: FaceStore.open(path=embedded)):
+        with store_of() as store:
+            assert update_people(store, "sample", "dlib")["faces_assigned"] == 0  # old people, now with vectors
+            assert list_people(store, "sample") == expected_people
+            full = update_people(store, "sample", "dlib", full=True)
+            two = [p["person_id"] for p in list_people(store, "sample")[:2]]
+            name_person(store, "sample", two[0], "Ada")
+            merged = merge_people(store, "sample", two[0], [two[1]])
+            answers.append((full, merged["face_count"], merged["name"], len(list_people(store, "sample"))))
+    assert answers[0] == answers[1] and answers[0][0]["faces"] == n_faces
