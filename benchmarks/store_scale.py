@@ -1,7 +1,7 @@
 """The face store at 10k, 100k and 1M faces: Qdrant Edge (the embedded default) beside
 qdrant-client's local mode (the embedded store before it), measured in the same run.
 
-    .venv/bin/python benchmarks/store_scale.py                                  # 10k and 100k, ~10 min
+    .venv/bin/python benchmarks/store_scale.py                                  # 10k and 100k, ~30 min with local mode
     .venv/bin/python benchmarks/store_scale.py --sizes 1000000 --local-sizes ""  # 1M, once, outside CI
 
 Faces are synthetic but shaped like facepipe's: identity-clustered unit vectors (128-d, same person
