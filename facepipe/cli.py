@@ -292,10 +292,11 @@ def ui(port):
 
 
 # search and people live in their own module
-from facepipe.cli_people import people, search  # noqa: E402
+from facepipe.cli_people import people, search, store  # noqa: E402
 
 main.add_command(search)
 main.add_command(people)
+main.add_command(store)
 
 
 if __name__ == "__main__":

@@ -207,3 +207,29 @@ def split_command(person_id, face_ids, group_id, profile):
         except (PersonNotFound, ValueError) as err:
             raise click.ClickException(str(err)) from None
     click.echo(f"person {person['person_id']} is new, with {person['face_count']} faces from person {person_id}")
+
+
+@click.group()
+def store():
+    """The embedded face store."""
+
+
+@store.command("migrate")
+def migrate_command():
+    """Move a face store written by qdrant-client's local mode (facepipe before Qdrant Edge) to Qdrant
+    Edge, keeping the old files in a backup folder. Opening the store does it too; this does it now."""
+    from facepipe import settings
+    from facepipe.store import StoreBusy, is_local_mode_store, migrate_local_store
+
+    path = settings.qdrant_path()
+    if settings.qdrant_url():
+        raise click.ClickException("QDRANT_URL is set: a Qdrant server needs no migration")
+    if not is_local_mode_store(path):
+        click.echo(f"nothing to migrate: {path} is not a local-mode store")
+        return
+    try:
+        copied = migrate_local_store(path)
+    except StoreBusy as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"migrated {path} to Qdrant Edge: " + ", ".join(f"{n} {name}" for name, n in copied.items())
+               + f"; the old files are in {path / 'local-mode-backup'}")

@@ -121,7 +121,7 @@ def retry_digest(run_id: str, instance: DagsterInstance | None = None,
 
 
 def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
-    """Every chunk the parent listed but did not finish, and the store step.
+    """Every chunk step the parent listed but did not finish (faces, write), and the last store step.
 
     Dagster's from-failure re-execution retries failed and interrupted steps, but not mapped steps
     that never started (a canceled run leaves those), so we select the steps ourselves. The outputs
@@ -130,11 +130,13 @@ def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOption
     succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     if "digest.list_images" not in succeeded:
         return ReexecutionOptions.from_failure(run_id, instance)
-    chunk_steps = [
-        f"digest.extract_faces_in_chunk[{event.dagster_event.step_output_data.mapping_key}]"
+    chunk_keys = [
+        event.dagster_event.step_output_data.mapping_key
         for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
         if event.step_key == "digest.list_images" and event.dagster_event.step_output_data.mapping_key
     ]
+    # each chunk's two steps: its faces, then their write (a chunk written before the stop is not redone)
+    chunk_steps = [f"digest.{op}[{key}]" for key in chunk_keys for op in ("extract_faces_in_chunk", "store_chunk")]
     return ReexecutionOptions(
         parent_run_id=run_id,
         step_selection=[step for step in chunk_steps if step not in succeeded] + ["digest.store_faces"],
@@ -246,12 +248,8 @@ def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) 
 
     run_filter = group_filter(summary["group_id"], run_id=summary["run_id"])
     with open_store_from_settings() as store:
-        if not store.client.collection_exists(faces_collection(summary["profile"])):
-            return [], None
-        points, next_offset = store.client.scroll(
-            faces_collection(summary["profile"]), scroll_filter=run_filter, limit=limit, offset=offset,
-            with_payload=False, with_vectors=False,
-        )
+        points, next_offset = store.scroll_page(faces_collection(summary["profile"]), run_filter, limit, offset,
+                                                with_payload=False)
     return [str(p.id) for p in points], (str(next_offset) if next_offset is not None else None)
 
 

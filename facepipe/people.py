@@ -16,159 +16,201 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import numpy as np
-from qdrant_client import models
 
-from facepipe.engine.clustering import (
-    CLUSTER_DISTANCE,
-    carry_over_ids,
-    cluster_embeddings,
-    medoid,
-    nearest_person,
-)
+from facepipe.engine.clustering import CLUSTER_DISTANCE, carry_over_ids, cluster_embeddings
 from facepipe.engine.profiles import DEFAULT_PROFILE, unit_rows
-from facepipe.store import ID_NAMESPACE, FaceStore, faces_collection, group_filter
+from facepipe.store import (
+    FaceStore,
+    StoredPoint,
+    Where,
+    faces_collection,
+    group_filter,
+    people_collection,
+    person_point_id,
+)
+
+__all__ = ["people_collection", "update_people", "list_people", "get_person", "person_faces", "name_person",
+           "merge_people", "split_person", "run_people", "PersonNotFound"]
+INTERNAL_KEYS = ("stale",)  # set by the store when a person's faces were replaced; not shown
 
 
 class PersonNotFound(LookupError):
     pass
 
 
-def people_collection(profile: str) -> str:
-    return "people_" + profile.replace("-", "_")
-
-
-def person_point_id(group_id: str, person_id: int, profile: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"person:{group_id}:{person_id}:{profile}"))
-
-
-def _ensure_people_collection(store: FaceStore, profile: str) -> None:
-    if not store.client.collection_exists(people_collection(profile)):
-        store.client.create_collection(people_collection(profile), vectors_config={})
+def _shown(payload: dict) -> dict:
+    # a server drops payload keys set to None: an unnamed person may have no "name" key
+    return {"name": None, **{k: v for k, v in payload.items() if k not in INTERNAL_KEYS}}
 
 
 def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
     """The group's people, most faces first."""
-    records = store._scroll(people_collection(profile), group_filter(group_id))
-    # qdrant drops payload keys set to None: an unnamed person has no "name" key
-    return sorted(({"name": None, **r.payload} for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
+    records = store.scroll(people_collection(profile), group_filter(group_id))
+    return sorted((_shown(r.payload) for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
 def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
-    found = []
-    if store.client.collection_exists(people_collection(profile)):
-        found = store.client.retrieve(people_collection(profile), [person_point_id(group_id, person_id, profile)])
+    found = store.retrieve(people_collection(profile), [person_point_id(group_id, person_id, profile)])
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
-    return {"name": None, **found[0].payload}
+    return _shown(found[0].payload)
 
 
 def person_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE,
-                 with_vectors: bool = False) -> list[models.Record]:
-    filter_ = group_filter(group_id)
-    filter_.must.append(models.FieldCondition(key="person_id", match=models.MatchValue(value=person_id)))
-    return list(store._scroll(faces_collection(profile), filter_, with_vectors=with_vectors))
+                 with_vectors: bool = False) -> list[StoredPoint]:
+    return list(store.scroll(faces_collection(profile), group_filter(group_id, person_id=person_id),
+                             with_vectors=with_vectors))
+
+
+def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "person_pinned", "image_path")):
+    """Ids, unit vectors (float32) and a few payload fields of the faces matching `where`, a page at a
+    time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
+    ids, rows, payloads = [], [], []
+    page = []
+    for point in store.scroll(faces_collection(profile), where, with_vectors=True, payload_keys=keys, page=2048):
+        ids.append(point.id)
+        payloads.append(point.payload)
+        page.append(point.vector)
+        if len(page) == 4096:
+            rows.append(unit_rows(np.array(page, np.float32)))
+            page = []
+    if page:
+        rows.append(unit_rows(np.array(page, np.float32)))
+    vectors = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
+    return ids, vectors, payloads
 
 
 def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False,
                   max_distance: float | None = None) -> dict:
     """Cluster the group's faces into people and write `person_id` into each face's payload.
 
-    Incremental by default: faces already with a person keep it, and only new faces are placed.
+    Incremental by default: faces already with a person keep it, and only new faces are placed,
+    each with one nearest-person query (a person's vector is the mean of its faces' unit
+    embeddings, so 1 - its dot product with a face is the face's mean cosine distance to the
+    person's faces: average linkage's own rule). Only the people who gained faces or lost some
+    (a changed photo's faces replaced) are recounted. `full=True` re-clusters every face.
     Returns counts: faces, people, new_people, faces_assigned (that changed person or got one).
     """
     max_distance = CLUSTER_DISTANCE[profile] if max_distance is None else max_distance
-    faces = store.faces(group_id, profile, with_vectors=True)
-    _ensure_people_collection(store, profile)
-    old_people = {p["person_id"]: p for p in list_people(store, group_id, profile)}
-    previous = [f.payload.get("person_id") for f in faces]
-    pinned = [bool(f.payload.get("person_pinned")) for f in faces]
-    next_id = max([*old_people, *(p for p in previous if p is not None), 0]) + 1
-    vectors = unit_rows(np.array([f.vector for f in faces])) if faces else np.zeros((0, 1))
+    store.ensure_people_collection(profile)
+    faces = faces_collection(profile)
+    old_people = {r.payload["person_id"]: r.payload for r in store.scroll(
+        people_collection(profile), group_filter(group_id), payload_keys=("person_id", "name", "stale"))}
+    next_id = max([*old_people, 0]) + 1
+    unplaced = Where({"group_id": group_id}, missing=("person_id",))
+    total = store.count(faces, group_filter(group_id))
+    placed = total - store.count(faces, unplaced)
 
-    if full or all(p is None for p in previous):
+    if full or placed == 0:
+        ids, vectors, payloads = _load(store, group_filter(group_id), profile)
+        previous = [p.get("person_id") for p in payloads]
+        pinned = [bool(p.get("person_pinned")) for p in payloads]
         assigned = carry_over_ids(cluster_embeddings(vectors, max_distance), previous, pinned, next_id)
         # pinned faces stay where a person put them, whatever the clustering says
         assigned = [prev if pin else new for prev, new, pin in zip(previous, assigned, pinned)]
+        changed = _assign(store, profile, ids, previous, assigned)
+        people = _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned,
+                              old_people)
+        store.upsert(people_collection(profile), people)
+        kept = {q.payload["person_id"] for q in people}
+        gone = [person_point_id(group_id, p, profile) for p in old_people if p not in kept]
+        if gone:
+            store.delete(people_collection(profile), ids=gone)
+        new_people = len(kept - set(old_people))
     else:
-        assigned = list(previous)
-        known = defaultdict(list)
-        for i, person in enumerate(previous):
-            if person is not None:
-                known[person].append(i)
-        known_vectors = {person: vectors[idx] for person, idx in known.items()}
-        waiting = []
-        for i, person in enumerate(previous):
-            if person is None:
-                assigned[i] = nearest_person(vectors[i], known_vectors, max_distance)
-                if assigned[i] is None:
-                    waiting.append(i)
+        ids, vectors, payloads = _load(store, unplaced, profile)
+        people_where = group_filter(group_id)
+        assigned, waiting = [], []
+        for i, vector in enumerate(vectors):
+            best = store.query(people_collection(profile), vector, people_where, limit=1, min_score=1.0 - max_distance)
+            assigned.append(best[0].payload["person_id"] if best else None)
+            if not best:
+                waiting.append(i)
         # faces like no one known: new people among themselves
         if waiting:
             labels = cluster_embeddings(vectors[waiting], max_distance)
             fresh = carry_over_ids(labels, [None] * len(waiting), [False] * len(waiting), next_id)
             for i, person in zip(waiting, fresh):
                 assigned[i] = person
+        changed = _assign(store, profile, ids, [None] * len(ids), assigned)
+        grown = {assigned[i] for i in set(range(len(ids))) - set(waiting)}
+        stale = {p for p, payload in old_people.items() if payload.get("stale")}
+        new_ids = sorted(set(assigned) - set(old_people))
+        new_idx = [i for i, a in enumerate(assigned) if a in set(new_ids)]
+        fresh_people = _people_from(group_id, profile, [ids[i] for i in new_idx], vectors[new_idx],
+                                    [payloads[i]["image_path"] for i in new_idx], [assigned[i] for i in new_idx], {})
+        store.upsert(people_collection(profile), fresh_people)
+        _recount(store, group_id, profile, (grown | stale) & set(old_people))
+        new_people = len(new_ids)
 
-    changed = defaultdict(list)
-    for face, before, after in zip(faces, previous, assigned):
-        if before != after:
-            changed[after].append(face.id)
-    for person, ids in changed.items():
-        store.client.set_payload(faces_collection(profile), payload={"person_id": person}, points=ids)
-
-    people = _write_people(store, group_id, profile, faces, vectors, assigned, old_people)
     return {
-        "faces": len(faces),
-        "people": len(people),
-        "new_people": len(set(people) - set(old_people)),
-        "faces_assigned": sum(len(ids) for ids in changed.values()),
+        "faces": total,
+        "people": store.count(people_collection(profile), group_filter(group_id)),
+        "new_people": new_people,
+        "faces_assigned": changed,
     }
 
 
-def _write_people(store: FaceStore, group_id: str, profile: str, faces, vectors, assigned,
-                  old_people: dict[int, dict]) -> dict[int, dict]:
-    """Rewrite the group's people table from the faces' assignments; names carry over by id."""
-    members = defaultdict(list)
-    for i, person in enumerate(assigned):
-        members[person].append(i)
+def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
+    """Write each face's new person, one payload update per person; the number of faces moved."""
+    changed = defaultdict(list)
+    for face_id, before, after in zip(ids, previous, assigned):
+        if before != after:
+            changed[after].append(face_id)
+    for person, moved in changed.items():
+        store.set_payload(faces_collection(profile), {"person_id": person}, moved)
+    return sum(len(moved) for moved in changed.values())
+
+
+def _people_from(group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned,
+                 old_people: dict[int, dict]) -> list[StoredPoint]:
+    """People points from faces in memory: count, mean unit embedding and medoid of each person."""
+    if not len(ids):
+        return []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    people, points = {}, []
-    for person, idx in sorted(members.items()):
-        representative = faces[idx[medoid(vectors[idx])]]
-        payload = {
-            "group_id": group_id, "person_id": person,
-            "name": old_people.get(person, {}).get("name"),
-            "face_count": len(idx),
-            "representative_face_id": str(representative.id),
-            "representative_image_path": representative.payload["image_path"],
-            "profile": profile, "updated": now,
-        }
-        people[person] = payload
-        points.append(models.PointStruct(id=person_point_id(group_id, person, profile), vector={}, payload=payload))
-    if points:
-        store.client.upsert(people_collection(profile), points)
-    gone = [person_point_id(group_id, p, profile) for p in old_people if p not in people]
-    if gone:
-        store.client.delete(people_collection(profile), points_selector=models.PointIdsList(points=gone))
-    return people
+    persons, index = np.unique(np.asarray(assigned), return_inverse=True)
+    sums = np.zeros((len(persons), vectors.shape[1]), np.float64)
+    np.add.at(sums, index, vectors)
+    counts = np.bincount(index, minlength=len(persons))
+    # the medoid maximises v . (sum of its person's faces): O(n)
+    closeness = np.einsum("ij,ij->i", vectors.astype(np.float64), sums[index])
+    order = np.lexsort((-closeness, index))
+    first = np.searchsorted(index[order], np.arange(len(persons)))
+    points = []
+    for k, person in enumerate(persons.tolist()):
+        face = int(order[first[k]])
+        points.append(_person_point(group_id, profile, int(person), int(counts[k]), sums[k] / counts[k],
+                                    ids[face], image_paths[face], old_people.get(person, {}).get("name"), now))
+    return points
 
 
-def _refresh_people(store: FaceStore, group_id: str, profile: str) -> None:
-    """Recount the people table after a manual change, from the faces as they are now."""
-    faces = store.faces(group_id, profile, with_vectors=True)
-    vectors = unit_rows(np.array([f.vector for f in faces])) if faces else np.zeros((0, 1))
-    assigned = [f.payload.get("person_id") for f in faces]
-    keep = [i for i, p in enumerate(assigned) if p is not None]
-    old_people = {p["person_id"]: p for p in list_people(store, group_id, profile)}
-    _write_people(store, group_id, profile, [faces[i] for i in keep], vectors[keep],
-                  [assigned[i] for i in keep], old_people)
+def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> StoredPoint:
+    return StoredPoint(person_point_id(group_id, person, profile), {
+        "group_id": group_id, "person_id": person, "name": name, "face_count": count,
+        "representative_face_id": str(face_id), "representative_image_path": image_path,
+        "profile": profile, "updated": now, "stale": False,
+    }, mean.tolist())
+
+
+def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
+    """Recompute some people from their faces as they are now (one filtered scroll per person, so
+    the cost is those people's faces, not the group's); a person left without faces leaves the table."""
+    table = people_collection(profile)
+    names = {r.payload["person_id"]: r.payload.get("name")
+             for r in store.retrieve(table, [person_point_id(group_id, p, profile) for p in persons])}
+    for person in sorted(persons):
+        ids, vectors, payloads = _load(store, group_filter(group_id, person_id=person), profile, keys=("image_path",))
+        if not ids:
+            store.delete(table, ids=[person_point_id(group_id, person, profile)])
+            continue
+        store.upsert(table, _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads],
+                                         [person] * len(ids), {person: {"name": names.get(person)}}))
 
 
 def name_person(store: FaceStore, group_id: str, person_id: int, name: str | None,
                 profile: str = DEFAULT_PROFILE) -> dict:
     get_person(store, group_id, person_id, profile)
-    store.client.set_payload(people_collection(profile), payload={"name": name or None},
-                             points=[person_point_id(group_id, person_id, profile)])
+    store.set_payload(people_collection(profile), {"name": name or None}, [person_point_id(group_id, person_id, profile)])
     return get_person(store, group_id, person_id, profile)
 
 
@@ -181,10 +223,9 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int],
     target = get_person(store, group_id, keep, profile)
     sources = [get_person(store, group_id, other, profile) for other in others if other != keep]
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
-    store.client.set_payload(faces_collection(profile), payload={"person_id": keep, "person_pinned": True},
-                             points=faces)
+    store.set_payload(faces_collection(profile), {"person_id": keep, "person_pinned": True}, faces)
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
-    _refresh_people(store, group_id, profile)
+    _recount(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
 
 
@@ -199,14 +240,11 @@ def split_person(store: FaceStore, group_id: str, person_id: int, face_ids: list
         raise PersonNotFound(f"person {person_id} of group {group_id!r} has no face {strangers[0]}")
     if not moving or len(moving) == len(faces):
         raise ValueError("a split moves some of the person's faces, not none or all")
-    taken = [p["person_id"] for p in list_people(store, group_id, profile)]
-    all_ids = {f.payload.get("person_id") for f in store.faces(group_id, profile)} - {None}
-    new_id = max([*taken, *all_ids, 0]) + 1
+    new_id = max([p["person_id"] for p in list_people(store, group_id, profile)] + [0]) + 1
     staying = sorted(faces - set(moving))
-    store.client.set_payload(faces_collection(profile), payload={"person_pinned": True}, points=staying)
-    store.client.set_payload(faces_collection(profile), payload={"person_id": new_id, "person_pinned": True},
-                             points=moving)
-    _refresh_people(store, group_id, profile)
+    store.set_payload(faces_collection(profile), {"person_pinned": True}, staying)
+    store.set_payload(faces_collection(profile), {"person_id": new_id, "person_pinned": True}, moving)
+    _recount(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)
 
 

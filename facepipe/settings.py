@@ -1,7 +1,7 @@
 """Deployment settings: where facepipe keeps its data. Environment variables only, read here.
 
 - FACEPIPE_HOME: one data folder (default `.facepipe` in the working directory) holding the
-  Dagster instance (`dagster/`) and the embedded Qdrant store (`qdrant/`).
+  Dagster instance (`dagster/`) and the embedded face store (`qdrant/`: Qdrant Edge shards).
 - DAGSTER_HOME: the Dagster instance, default `$FACEPIPE_HOME/dagster`.
 - QDRANT_URL / QDRANT_API_KEY: use a Qdrant server instead of the embedded store.
 """
@@ -17,7 +17,7 @@ INSTANCE_YAML = """\
 # Written by facepipe on first use; edit freely, facepipe will not overwrite it.
 concurrency:
   pools:
-    # the local Qdrant store takes a file lock: one writer step at a time, across runs
+    # the embedded face store admits one process at a time: one store step at a time, across runs
     default_limit: 1
   runs:
     # two digests at once would only fight over the cores and the store

@@ -1,23 +1,37 @@
 """The face store: Qdrant collections, payloads and deterministic point ids.
 
-Per model profile there are two collections:
+Per model profile there are three collections:
 - `faces_<profile>`: one point per face, its embedding (cosine) and payload.
-- `images_<profile>`: one vectorless point per (group, image path), the ledger of what was
-  digested (content hash, size, mtime, faces, errors), so a re-digest skips unchanged photos
-  without reading them, and a changed photo's old faces are replaced, not duplicated.
+- `images_<profile>`: one point per (group, image path), the ledger of what was digested
+  (content hash, size, mtime, faces, errors), so a re-digest skips unchanged photos without
+  reading them, and a changed photo's old faces are replaced, not duplicated.
+- `people_<profile>`: one point per group and person (facepipe.people), its vector the mean of
+  its faces' unit embeddings.
 
-Embedded mode (`path=`) holds a file lock, so one process opens a store at a time; the pipeline
-keeps to that with a Dagster pool of size 1 around the steps that open it.
+Two backends behind one interface (`FaceStore`), chosen in `FaceStore.open`:
+- embedded (the default, `path=`): Qdrant Edge (`qdrant-edge-py`), Qdrant's own engine inside
+  the process: one shard folder per collection under `<path>/shards/`, persistent segments, a
+  write-ahead log, payload indexes. Opening costs ~0.1 s whatever the size, and memory does not
+  grow with the store (segments are memory-mapped).
+- a Qdrant server (`url=`), through qdrant-client. qdrant-client's local mode (`QdrantClient(path=)`)
+  goes through the same backend: the tests use it as the server's stand-in, and the migration
+  reads stores written by facepipe before Qdrant Edge with it.
+
+One process opens an embedded store at a time (a lock file, and Qdrant Edge's own lock on each
+shard's WAL); the pipeline keeps to that with a Dagster pool of size 1 around the steps that open
+it, and `StoreBusy` tells a user that another process holds it.
 """
 
+import fcntl
+import json
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
-
-from qdrant_client import QdrantClient, models
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from facepipe.engine.profiles import DIMENSIONS, MODEL_NAMES
 
@@ -27,6 +41,13 @@ if TYPE_CHECKING:
 # Fixed namespace: the same face always gets the same point id, on every machine.
 ID_NAMESPACE = uuid.UUID("5b4c1a8e-6f3d-4d52-9c1e-3a7f0e2b9d10")
 UPSERT_BATCH = 512
+PHOTOS_PER_WRITE = 1024
+SCROLL_PAGE = 1024
+
+# Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
+KEYWORD_INDEXES = {"faces": ("group_id", "image_path", "run_id"),
+                   "images": ("group_id", "image_path", "status"), "people": ("group_id",)}
+INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
 
 def face_point_id(group_id: str, content_hash: str, face_index: int, profile: str) -> str:
@@ -37,6 +58,10 @@ def image_point_id(group_id: str, image_path: str, profile: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"image:{group_id}:{image_path}:{profile}"))
 
 
+def person_point_id(group_id: str, person_id: int, profile: str) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"person:{group_id}:{person_id}:{profile}"))
+
+
 def faces_collection(profile: str) -> str:
     return "faces_" + profile.replace("-", "_")
 
@@ -45,12 +70,36 @@ def images_collection(profile: str) -> str:
     return "images_" + profile.replace("-", "_")
 
 
-def group_filter(group_id: str, **match: str) -> models.Filter:
-    conditions = [models.FieldCondition(key="group_id", match=models.MatchValue(value=group_id))]
-    conditions += [
-        models.FieldCondition(key=key, match=models.MatchValue(value=value)) for key, value in match.items()
-    ]
-    return models.Filter(must=conditions)
+def people_collection(profile: str) -> str:
+    return "people_" + profile.replace("-", "_")
+
+
+def _kind(collection: str) -> str:
+    return collection.split("_", 1)[0]
+
+
+@dataclass(frozen=True)
+class Where:
+    """A filter both backends understand: every `match` field equals its value (a list: any of
+    them), no `exclude` field equals its value, and every field in `missing` is absent or null."""
+
+    match: dict = field(default_factory=dict)
+    exclude: dict = field(default_factory=dict)
+    missing: tuple = ()
+
+
+def group_filter(group_id: str, **match) -> Where:
+    return Where({"group_id": group_id, **match})
+
+
+@dataclass
+class StoredPoint:
+    """A point read back from the store, whichever the backend: id, payload, vector, score."""
+
+    id: str
+    payload: dict
+    vector: list[float] | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,115 +120,434 @@ class WriteCounts:
 
 
 class StoreBusy(RuntimeError):
-    """The embedded store's file lock is held by another process: one process opens it at a time."""
+    """The embedded store is held by another process: one process opens it at a time."""
 
+
+def _busy(path) -> StoreBusy:
+    return StoreBusy(
+        f"the face store at {path} is in use by another process (a digest or clustering run?); "
+        "try again when it has finished"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: the few operations FaceStore needs, on Qdrant Edge and on qdrant-client.
+# --------------------------------------------------------------------------------------------
+
+class EdgeBackend:
+    """Qdrant Edge: one EdgeShard (folder) per collection, opened on first use, closed with the store."""
+
+    def __init__(self, root: Path):
+        import qdrant_edge
+
+        self.q = qdrant_edge
+        self.root = root / "shards"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shards: dict[str, Any] = {}
+
+    def _shard(self, name: str):
+        shard = self.shards.get(name)
+        if shard is None and (self.root / name).is_dir():
+            try:
+                shard = self.shards[name] = self.q.EdgeShard.load(str(self.root / name))
+            except Exception as err:  # qdrant_edge raises plain Exception
+                if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
+                    raise _busy(self.root.parent) from None
+                raise
+        return shard
+
+    def exists(self, name: str) -> bool:
+        return self._shard(name) is not None
+
+    def create(self, name: str, size: int | None, distance: str = "cosine") -> None:
+        q = self.q
+        cold = q.Memory.Cold
+        # Everything memory-mapped and read on demand ("cold"), nothing loaded at open: with the
+        # default in-RAM indexes a 100k-face shard took 0.8-1.1 s to open, cold 0.15-0.25 s.
+        # A shard needs a vector: the ledger stores a 1-d placeholder (4 bytes a point).
+        params = q.EdgeVectorParams(size=size or 1, distance=q.Distance.Cosine if distance == "cosine" else q.Distance.Dot,
+                                    memory=cold)
+        config = q.EdgeConfig(vectors=params, payload_memory=cold, id_tracker_memory=cold,
+                              hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold))
+        shard = self.shards[name] = q.EdgeShard.create(str(self.root / name), config)
+        kind = _kind(name)
+        for key in KEYWORD_INDEXES[kind]:
+            # group_id is the tenant: the optimizer keeps a group's points together on disk
+            schema = q.KeywordIndexParams(is_tenant=key == "group_id", memory=cold)
+            shard.update(q.UpdateOperation.create_field_index(key, schema))
+        for key in INTEGER_INDEXES[kind]:
+            shard.update(q.UpdateOperation.create_field_index(key, q.IntegerIndexParams(lookup=True, range=False, memory=cold)))
+
+    def _filter(self, where: Where | None):
+        if where is None:
+            return None
+        q = self.q
+
+        def condition(key, value):
+            match = q.MatchAny(list(value)) if isinstance(value, (list, tuple, set)) else q.MatchValue(value)
+            return q.FieldCondition(key, match=match)
+
+        must = [condition(k, v) for k, v in where.match.items()]
+        must += [q.IsEmptyCondition(key) for key in where.missing]
+        must_not = [condition(k, v) for k, v in where.exclude.items()]
+        return q.Filter(must=must or None, must_not=must_not or None)
+
+    def _point(self, record, with_vectors: bool) -> StoredPoint:
+        vector = record.vector if with_vectors else None
+        if isinstance(vector, dict):  # the default (unnamed) vector
+            vector = vector.get("")
+        return StoredPoint(str(record.id), record.payload or {}, vector, getattr(record, "score", None))
+
+    def upsert(self, name: str, points: list[StoredPoint]) -> None:
+        q = self.q
+        shard = self._shard(name)
+        for start in range(0, len(points), UPSERT_BATCH):
+            batch = points[start:start + UPSERT_BATCH]
+            shard.update(q.UpdateOperation.upsert_points(
+                [q.Point(p.id, p.vector if p.vector is not None else [1.0], p.payload) for p in batch]))
+
+    def scroll(self, name, where, limit, offset, with_vectors, payload_keys=None):
+        shard = self._shard(name)
+        if shard is None:
+            return [], None
+        records, next_offset = shard.scroll(self.q.ScrollRequest(
+            offset=offset, limit=limit, filter=self._filter(where),
+            with_payload=list(payload_keys) if payload_keys is not None else True, with_vector=with_vectors))
+        return [self._point(r, with_vectors) for r in records], (str(next_offset) if next_offset is not None else None)
+
+    def count(self, name: str, where: Where | None) -> int:
+        shard = self._shard(name)
+        return shard.count(self.q.CountRequest(exact=True, filter=self._filter(where))) if shard else 0
+
+    def delete(self, name: str, where: Where | None = None, ids: list[str] | None = None) -> None:
+        shard, op = self._shard(name), self.q.UpdateOperation
+        if shard is not None:
+            shard.update(op.delete_points(list(ids)) if ids is not None else op.delete_points_by_filter(self._filter(where)))
+
+    def set_payload(self, name: str, payload: dict, ids: list[str]) -> None:
+        if ids:
+            self._shard(name).update(self.q.UpdateOperation.set_payload(list(ids), payload))
+
+    def retrieve(self, name: str, ids: list[str], with_vectors: bool = False) -> list[StoredPoint]:
+        shard = self._shard(name)
+        if shard is None or not ids:
+            return []
+        return [self._point(r, with_vectors) for r in shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)]
+
+    def query(self, name, vector, where, limit, min_score=None, with_vectors=False) -> list[StoredPoint]:
+        shard = self._shard(name)
+        if shard is None:
+            return []
+        q = self.q
+        found = shard.query(q.QueryRequest(
+            limit=limit, query=q.Query.Nearest([float(x) for x in vector]), filter=self._filter(where),
+            score_threshold=min_score, with_payload=True, with_vector=with_vectors))
+        return [self._point(r, with_vectors) for r in found]
+
+    def optimize(self, name: str) -> None:
+        shard = self._shard(name)
+        if shard is not None:
+            shard.optimize()
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()  # flushes segments: the next open replays no WAL
+        self.shards.clear()
+
+
+class ClientBackend:
+    """qdrant-client: a Qdrant server (`url`), or its local mode (`path`) for tests and migration."""
+
+    def __init__(self, client):
+        from qdrant_client import models
+
+        self.client, self.m = client, models
+        self.local = client._client.__class__.__name__ == "QdrantLocal"
+
+    def exists(self, name: str) -> bool:
+        return self.client.collection_exists(name)
+
+    def create(self, name: str, size: int | None, distance: str = "cosine") -> None:
+        m = self.m
+        vectors = m.VectorParams(size=size, distance=m.Distance.COSINE if distance == "cosine" else m.Distance.DOT) \
+            if size else {}
+        self.client.create_collection(name, vectors_config=vectors)
+        if self.local:  # local mode scans and ignores payload indexes (it warns); a server uses them
+            return
+        kind = _kind(name)
+        for key in KEYWORD_INDEXES[kind]:
+            self.client.create_payload_index(name, key, m.PayloadSchemaType.KEYWORD)
+        for key in INTEGER_INDEXES[kind]:
+            self.client.create_payload_index(name, key, m.PayloadSchemaType.INTEGER)
+
+    def _filter(self, where: Where | None):
+        if where is None:
+            return None
+        m = self.m
+
+        def condition(key, value):
+            match = m.MatchAny(any=list(value)) if isinstance(value, (list, tuple, set)) else m.MatchValue(value=value)
+            return m.FieldCondition(key=key, match=match)
+
+        must = [condition(k, v) for k, v in where.match.items()]
+        must += [m.IsEmptyCondition(is_empty=m.PayloadField(key=key)) for key in where.missing]
+        must_not = [condition(k, v) for k, v in where.exclude.items()]
+        return m.Filter(must=must or None, must_not=must_not or None)
+
+    @staticmethod
+    def _point(record, with_vectors: bool) -> StoredPoint:
+        vector = record.vector if with_vectors else None
+        if isinstance(vector, dict):
+            vector = vector.get("") if vector else None
+        return StoredPoint(str(record.id), record.payload or {}, vector, getattr(record, "score", None))
+
+    def upsert(self, name: str, points: list[StoredPoint]) -> None:
+        for start in range(0, len(points), UPSERT_BATCH):
+            self.client.upsert(name, [self.m.PointStruct(id=p.id, vector=p.vector if p.vector is not None else {},
+                                                         payload=p.payload)
+                                      for p in points[start:start + UPSERT_BATCH]])
+
+    def scroll(self, name, where, limit, offset, with_vectors, payload_keys=None):
+        if not self.exists(name):
+            return [], None
+        records, next_offset = self.client.scroll(
+            name, scroll_filter=self._filter(where), limit=limit, offset=offset,
+            with_payload=list(payload_keys) if payload_keys is not None else True, with_vectors=with_vectors)
+        return [self._point(r, with_vectors) for r in records], (str(next_offset) if next_offset is not None else None)
+
+    def count(self, name: str, where: Where | None) -> int:
+        if not self.exists(name):
+            return 0
+        return self.client.count(name, count_filter=self._filter(where), exact=True).count
+
+    def delete(self, name: str, where: Where | None = None, ids: list[str] | None = None) -> None:
+        if not self.exists(name):
+            return
+        selector = self.m.PointIdsList(points=list(ids)) if ids is not None else self.m.FilterSelector(filter=self._filter(where))
+        self.client.delete(name, points_selector=selector)
+
+    def set_payload(self, name: str, payload: dict, ids: list[str]) -> None:
+        if ids:
+            self.client.set_payload(name, payload=payload, points=list(ids))
+
+    def retrieve(self, name: str, ids: list[str], with_vectors: bool = False) -> list[StoredPoint]:
+        if not ids or not self.exists(name):
+            return []
+        return [self._point(r, with_vectors) for r in self.client.retrieve(name, list(ids), with_vectors=with_vectors)]
+
+    def query(self, name, vector, where, limit, min_score=None, with_vectors=False) -> list[StoredPoint]:
+        if not self.exists(name):
+            return []
+        found = self.client.query_points(name, query=[float(x) for x in vector], query_filter=self._filter(where),
+                                         limit=limit, score_threshold=min_score, with_payload=True,
+                                         with_vectors=with_vectors).points
+        return [self._point(r, with_vectors) for r in found]
+
+    def has_vectors(self, name: str) -> bool:
+        vectors = self.client.get_collection(name).config.params.vectors
+        return bool(vectors) and not (isinstance(vectors, dict) and not vectors)
+
+    def optimize(self, name: str) -> None:
+        pass  # a server's optimizers run by themselves; local mode has no index
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
 
 class FaceStore:
-    def __init__(self, client: QdrantClient, embedded: bool):
-        self.client = client
+    """facepipe's face store. Which backend holds it is decided in `open` and hidden from callers."""
+
+    def __init__(self, backend, embedded: bool):
+        self.backend = backend
         self.embedded = embedded
 
     @classmethod
     @contextmanager
-    def open(cls, path: str | None = None, url: str | None = None, api_key: str | None = None
-             ) -> Iterator["FaceStore"]:
-        """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit."""
+    def open(cls, path: str | None = None, url: str | None = None, api_key: str | None = None,
+             backend: str = "edge", migrate: bool = True) -> Iterator["FaceStore"]:
+        """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit.
+
+        `backend="local"` opens `path` with qdrant-client's local mode instead of Qdrant Edge (the
+        tests' stand-in for a server; the old default). An embedded folder still in that old
+        layout is migrated to Qdrant Edge on first open, its old files kept in a backup folder.
+        """
+        if url or backend == "local":
+            from qdrant_client import QdrantClient
+
+            try:
+                client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+            except RuntimeError as err:
+                if "already accessed" not in str(err):
+                    raise
+                raise _busy(path) from None
+            store = cls(ClientBackend(client), embedded=not url)
+            try:
+                yield store
+            finally:
+                store.backend.close()
+            return
+
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        lock = _lock(root)
         try:
-            client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
-        except RuntimeError as err:
-            if "already accessed" not in str(err):
-                raise
-            raise StoreBusy(
-                f"the face store at {path} is in use by another process (a digest or clustering run?); "
-                "try again when it has finished"
-            ) from None
-        try:
-            yield cls(client, embedded=not url)
+            if migrate and is_local_mode_store(root):
+                migrate_local_store(root, _locked=True)
+            store = cls(EdgeBackend(root), embedded=True)
+            try:
+                yield store
+            finally:
+                store.backend.close()
         finally:
-            client.close()
+            lock.close()  # releases the flock
 
-    def ensure_collections(self, profile: str) -> None:
-        faces, images = faces_collection(profile), images_collection(profile)
-        if not self.client.collection_exists(faces):
-            self.client.create_collection(
-                faces,
-                vectors_config=models.VectorParams(size=DIMENSIONS[profile], distance=models.Distance.COSINE),
-            )
-            self._index(faces, "group_id", "image_path", "content_hash")
-        if not self.client.collection_exists(images):
-            self.client.create_collection(images, vectors_config={})
-            self._index(images, "group_id", "image_path")
+    # -- generic access, for facepipe.people and the digests' page of face ids ----------------
 
-    def _index(self, collection: str, *fields: str) -> None:
-        # embedded Qdrant scans and ignores payload indexes (it warns); a server uses them
-        if self.embedded:
-            return
-        for name in fields:
-            self.client.create_payload_index(collection, name, models.PayloadSchemaType.KEYWORD)
+    def exists(self, collection: str) -> bool:
+        return self.backend.exists(collection)
 
-    def _scroll(self, collection: str, scroll_filter: models.Filter, with_vectors: bool = False,
-                limit: int = 1024) -> Iterator[models.Record]:
-        if not self.client.collection_exists(collection):
-            return
+    def create(self, collection: str, size: int | None, distance: str = "cosine") -> None:
+        if not self.backend.exists(collection):
+            self.backend.create(collection, size, distance)
+
+    def scroll(self, collection: str, where: Where | None = None, with_vectors: bool = False,
+               payload_keys: Iterable[str] | None = None, page: int = SCROLL_PAGE) -> Iterator[StoredPoint]:
+        """Every point matching `where`, a page at a time (memory holds one page)."""
         offset = None
         while True:
-            points, offset = self.client.scroll(
-                collection, scroll_filter=scroll_filter, limit=limit, offset=offset,
-                with_payload=True, with_vectors=with_vectors,
-            )
+            points, offset = self.backend.scroll(collection, where, page, offset, with_vectors, payload_keys)
             yield from points
             if offset is None:
                 return
 
-    def digested_images(self, group_id: str, profile: str) -> dict[str, DigestedImage]:
-        """Image paths of the group digested without error, with what they were when digested."""
+    def scroll_page(self, collection: str, where: Where | None, limit: int, offset: str | None = None,
+                    with_payload: bool = True) -> tuple[list[StoredPoint], str | None]:
+        return self.backend.scroll(collection, where, limit, offset, False, None if with_payload else [])
+
+    def count(self, collection: str, where: Where | None = None) -> int:
+        return self.backend.count(collection, where)
+
+    def upsert(self, collection: str, points: list[StoredPoint]) -> None:
+        self.backend.upsert(collection, points)
+
+    def set_payload(self, collection: str, payload: dict, ids: list[str]) -> None:
+        self.backend.set_payload(collection, payload, ids)
+
+    def delete(self, collection: str, where: Where | None = None, ids: list[str] | None = None) -> None:
+        self.backend.delete(collection, where, ids)
+
+    def retrieve(self, collection: str, ids: list[str], with_vectors: bool = False) -> list[StoredPoint]:
+        return self.backend.retrieve(collection, ids, with_vectors)
+
+    def query(self, collection: str, vector, where: Where | None, limit: int, min_score: float | None = None,
+              with_vectors: bool = False) -> list[StoredPoint]:
+        return self.backend.query(collection, vector, where, limit, min_score, with_vectors)
+
+    # -- faces and the ledger -------------------------------------------------------------------
+
+    def ensure_collections(self, profile: str) -> None:
+        self.create(faces_collection(profile), DIMENSIONS[profile])
+        self.create(images_collection(profile), None)
+
+    def ensure_people_collection(self, profile: str) -> None:
+        """The people collection, its vector the mean of a person's unit face embeddings (dot product).
+
+        A people collection without vectors (facepipe before Qdrant Edge, on a server) is rebuilt
+        with them, names and ids kept.
+        """
+        name = people_collection(profile)
+        if isinstance(self.backend, ClientBackend) and self.backend.exists(name) and not self.backend.has_vectors(name):
+            people = list(self.scroll(name))
+            self.backend.client.delete_collection(name)
+            self.backend.create(name, DIMENSIONS[profile], "dot")
+            _copy_people(self, self, name, people)
+            return
+        self.create(name, DIMENSIONS[profile], distance="dot")
+
+    def digested_images(self, group_id: str, profile: str, paths: Iterable[str] | None = None
+                        ) -> dict[str, DigestedImage]:
+        """Image paths of the group digested without error, with what they were when digested.
+
+        With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
+        is the listing's, not the group's.
+        """
+        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status")
+        if paths is None:
+            points = self.scroll(images_collection(profile), group_filter(group_id, status="done"), page=4096,
+                                 payload_keys=keys)
+        else:
+            points = (p for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
+                      for p in self.retrieve(images_collection(profile), batch))
         done = {}
-        for point in self._scroll(images_collection(profile), group_filter(group_id, status="done")):
+        for point in points:
             p = point.payload
-            done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
+            if p.get("status") == "done":
+                done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
         return done
 
-    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str) -> WriteCounts:
-        """Store the faces of digested photos and record every photo in the ledger."""
+    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str,
+              optimize: bool = True) -> WriteCounts:
+        """Store the faces of digested photos and record every photo in the ledger.
+
+        Idempotent: the same results written again leave the same points (ids are derived from the
+        group, the photo's bytes, the face's index and the profile).
+        """
         self.ensure_collections(profile)
         results = list(results)
         counts = WriteCounts()
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        faces, images = faces_collection(profile), images_collection(profile)
 
         # photos digested before whose faces are rewritten now: drop their old faces first
         redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
-            stale = models.Filter(must=[
-                *group_filter(group_id).must,
-                models.FieldCondition(key="image_path", match=models.MatchAny(any=redone)),
-            ])
-            counts.faces_replaced = self.client.count(faces_collection(profile), count_filter=stale).count
-            self.client.delete(faces_collection(profile), points_selector=models.FilterSelector(filter=stale))
+            stale = group_filter(group_id, image_path=redone)
+            counts.faces_replaced = self.count(faces, stale)
+            # their people lose faces: facepipe.people recounts the people marked stale
+            losing = {p.payload["person_id"] for p in self.scroll(faces, stale, payload_keys=("person_id",))
+                      if p.payload.get("person_id") is not None}
+            if losing and self.exists(people_collection(profile)):
+                self.set_payload(people_collection(profile), {"stale": True},
+                                 [person_point_id(group_id, person, profile) for person in losing])
+            self.delete(faces, stale)
 
+        # a batch of photos at a time: memory holds one batch's points, not the digest's
+        for start in range(0, len(results), PHOTOS_PER_WRITE):
+            face_points, image_points = self._points(group_id, profile, results[start:start + PHOTOS_PER_WRITE],
+                                                     run_id, now)
+            # faces before the ledger: a photo is recorded as digested only once its faces are stored
+            self.upsert(faces, face_points)
+            self.upsert(images, image_points)
+            counts.faces_stored += len(face_points)
+            counts.images_recorded += len(image_points)
+        if optimize:
+            self.optimize(profile)
+        return counts
+
+    def _points(self, group_id: str, profile: str, results, run_id: str, now: str):
         face_points, image_points = [], []
+        images = images_collection(profile)
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
-                self.client.set_payload(
-                    images_collection(profile), payload={"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
-                    points=[image_point_id(group_id, r.path, profile)],
-                )
+                self.set_payload(images, {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
+                                 [image_point_id(group_id, r.path, profile)])
                 continue
-            image_points.append(models.PointStruct(
-                id=image_point_id(group_id, r.path, profile), vector={},
-                payload={
-                    "group_id": group_id, "image_path": r.path, "status": "failed" if r.error else "done",
-                    "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns, "etag": r.etag,
-                    "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": MODEL_NAMES[profile],
-                },
-            ))
+            image_points.append(StoredPoint(image_point_id(group_id, r.path, profile), {
+                "group_id": group_id, "image_path": r.path, "status": "failed" if r.error else "done",
+                "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns, "etag": r.etag,
+                "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": MODEL_NAMES[profile],
+            }))
             if r.error:
                 continue
             for face in r.faces:
                 x, y, w, h = face.box
-                face_points.append(models.PointStruct(
-                    id=face_point_id(group_id, r.content_hash, face.face_index, profile),
-                    vector=face.embedding.tolist(),
-                    payload={
+                face_points.append(StoredPoint(
+                    face_point_id(group_id, r.content_hash, face.face_index, profile),
+                    {
                         "group_id": group_id, "image_path": r.path, "face_index": face.face_index,
                         "detection_confidence": face.confidence,
                         "facial_area": {"x": x, "y": y, "w": w, "h": h},
@@ -188,30 +556,154 @@ class FaceStore:
                         "content_hash": r.content_hash, "image_width": r.width, "image_height": r.height,
                         "run_id": run_id,
                     },
+                    face.embedding.tolist(),
                 ))
-        for start in range(0, len(face_points), UPSERT_BATCH):
-            self.client.upsert(faces_collection(profile), face_points[start:start + UPSERT_BATCH])
-        for start in range(0, len(image_points), UPSERT_BATCH):
-            self.client.upsert(images_collection(profile), image_points[start:start + UPSERT_BATCH])
-        counts.faces_stored = len(face_points)
-        counts.images_recorded = len(image_points)
-        return counts
+        return face_points, image_points
+
+    def optimize(self, profile: str) -> None:
+        """Index the faces written since the last time (Qdrant Edge builds HNSW graphs only when asked;
+        a server does it by itself). Free when there is nothing to do: a segment is indexed once it
+        passes the optimizer's threshold (~20,000 dlib faces)."""
+        self.backend.optimize(faces_collection(profile))
 
     def count_faces(self, group_id: str, profile: str) -> int:
-        if not self.client.collection_exists(faces_collection(profile)):
-            return 0
-        return self.client.count(faces_collection(profile), count_filter=group_filter(group_id)).count
+        return self.count(faces_collection(profile), group_filter(group_id))
 
-    def faces(self, group_id: str, profile: str, with_vectors: bool = False, **match: str) -> list[models.Record]:
-        return list(self._scroll(faces_collection(profile), group_filter(group_id, **match), with_vectors))
+    def faces(self, group_id: str, profile: str, with_vectors: bool = False, **match) -> list[StoredPoint]:
+        return list(self.scroll(faces_collection(profile), group_filter(group_id, **match), with_vectors))
 
     def nearest_faces(self, group_id: str, profile: str, embedding, limit: int = 10,
-                      min_score: float | None = None) -> list[models.ScoredPoint]:
+                      min_score: float | None = None, where: Where | None = None) -> list[StoredPoint]:
         """The group's faces most similar (cosine) to `embedding`, best first."""
-        return self.client.query_points(
-            faces_collection(profile), query=list(map(float, embedding)), query_filter=group_filter(group_id),
-            limit=limit, score_threshold=min_score, with_payload=True,
-        ).points
+        return self.query(faces_collection(profile), embedding, where or group_filter(group_id), limit, min_score)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _lock(root: Path):
+    """Hold `<root>/facepipe.lock` for as long as the store is open; StoreBusy if another process does."""
+    handle = open(root / "facepipe.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise _busy(root) from None
+    return handle
+
+
+# --------------------------------------------------------------------------------------------
+# From qdrant-client's local mode (facepipe's embedded store before Qdrant Edge) to Qdrant Edge
+# --------------------------------------------------------------------------------------------
+
+def is_local_mode_store(root: Path) -> bool:
+    """A folder written by qdrant-client's local mode: meta.json and collection/<name>/storage.sqlite."""
+    return (Path(root) / "meta.json").is_file() and (Path(root) / "collection").is_dir()
+
+
+def migrate_local_store(root, _locked: bool = False) -> dict[str, int]:
+    """Copy every collection of a local-mode store at `root` into Qdrant Edge shards, same ids and
+    payloads, then move the old files to `<root>/local-mode-backup/`. Returns points per collection.
+
+    Safe to interrupt: the shards are built in `<root>/shards.migrating` and take their place only
+    once complete; the old files move last, so a store is always one layout or the other.
+    """
+    from qdrant_client import QdrantClient
+
+    root = Path(root)
+    lock = None if _locked else _lock(root)
+    try:
+        if not is_local_mode_store(root):
+            return {}
+        building = root / "shards.migrating"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir()
+        try:
+            client = QdrantClient(path=str(root))
+        except RuntimeError as err:
+            if "already accessed" in str(err):
+                raise _busy(root) from None
+            raise
+        copied: dict[str, int] = {}
+        try:
+            old = FaceStore(ClientBackend(client), embedded=True)
+            new = FaceStore(EdgeBackend(building), embedded=True)  # shards.migrating/shards/<name>
+            try:
+                names = [c.name for c in client.get_collections().collections]
+                # faces first: people vectors are the mean of their faces
+                for name in sorted(names, key=lambda n: {"faces": 0, "images": 1}.get(_kind(n), 2)):
+                    copied[name] = _copy_collection(old, new, name)
+            finally:
+                new.backend.close()
+        finally:
+            client.close()
+        backup = root / "local-mode-backup"
+        backup.mkdir(exist_ok=True)
+        shutil.rmtree(root / "shards", ignore_errors=True)  # nothing in it: the old layout had none
+        (building / "shards").rename(root / "shards")
+        for item in ("collection", "meta.json", ".lock"):
+            if (root / item).exists():
+                (root / item).rename(backup / item)
+        shutil.rmtree(building, ignore_errors=True)
+        (backup / "MIGRATED.json").write_text(json.dumps({
+            "migrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "points": copied,
+            "note": "qdrant-client local-mode files, as they were before facepipe moved this store to Qdrant Edge "
+                    "(../shards). Delete this folder once the migrated store has served you well.",
+        }, indent=2))
+        return copied
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _copy_collection(old: FaceStore, new: FaceStore, name: str) -> int:
+    kind = _kind(name)
+    profile = name.split("_", 1)[1].replace("_", "-")
+    if kind == "people":
+        # people were vectorless; their vector is now the mean of their faces' unit embeddings
+        new.create(name, DIMENSIONS[profile], distance="dot")
+        return _copy_people(new, new, name, old.scroll(name))
+    new.create(name, DIMENSIONS[profile] if kind == "faces" else None)
+    n, batch = 0, []
+    for point in old.scroll(name, with_vectors=kind == "faces"):
+        batch.append(point)
+        n += 1
+        if len(batch) == UPSERT_BATCH:
+            new.upsert(name, batch)
+            batch = []
+    new.upsert(name, batch)
+    return n
+
+
+def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterable[StoredPoint]) -> int:
+    """Write people points with their vector: the mean unit embedding of their faces in `faces_from`."""
+    import numpy as np
+
+    profile = name.split("_", 1)[1].replace("_", "-")
+    sums: dict[tuple, np.ndarray] = {}
+    counts: dict[tuple, int] = {}
+    for face in faces_from.scroll(faces_collection(profile), Where(), with_vectors=True,
+                                  payload_keys=("group_id", "person_id")):
+        person = face.payload.get("person_id")
+        if person is None:
+            continue
+        key = (face.payload["group_id"], person)
+        vector = np.asarray(face.vector, np.float64)
+        sums[key] = sums.get(key, 0) + vector / max(np.linalg.norm(vector), 1e-12)
+        counts[key] = counts.get(key, 0) + 1
+    n, batch = 0, []
+    for point in people:
+        key = (point.payload["group_id"], point.payload["person_id"])
+        mean = sums[key] / counts[key] if key in sums else np.zeros(DIMENSIONS[profile])
+        batch.append(StoredPoint(point.id, point.payload, mean.tolist()))
+        n += 1
+        if len(batch) == UPSERT_BATCH:
+            to.upsert(name, batch)
+            batch = []
+    to.upsert(name, batch)
+    return n
 
 
 def open_store_from_settings():

@@ -48,3 +48,40 @@ def test_pairwise_scores_count_pairs():
     # truth: {a a b}; predicted puts all three together: 1 of 3 predicted pairs is right
     scores = pairwise_scores([0, 0, 0], ["a", "a", "b"])
     assert scores["precision"] == 1 / 3 and scores["recall"] == 1.0 and round(scores["f1"], 3) == 0.5
+
+
+def people_like_dlib(seed=1, people=40, faces=12):
+    """Unit vectors shaped like dlib's: people ~0.2 apart in cosine distance, their faces ~0.04-0.07
+    apart, one look-alike pair of people closer than the rest."""
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(1 / 8 + rng.standard_normal((people, 64)) / 16)
+    centres[1] = unit_rows((centres[0] + 0.35 * centres[1])[None])[0]  # a look-alike of person 0
+    spread = rng.uniform(0.15, 0.3, (people * faces, 1)) / 8
+    return unit_rows(np.repeat(centres, faces, axis=0) + spread * rng.standard_normal((people * faces, 64)))
+
+
+def test_clustering_by_blocks_gives_exactly_the_clusters_of_the_whole(monkeypatch):
+    from facepipe.engine import clustering
+
+    vectors = people_like_dlib()
+    whole = clustering._exact_average_linkage(vectors, 0.075)
+    monkeypatch.setattr(clustering, "DIRECT", 10)  # force the blocked path on 480 faces
+    monkeypatch.setattr(clustering, "ROWS_PER_BLOCK", 37)
+    blocked = cluster_embeddings(vectors, 0.075)
+    assert pairwise_scores(blocked, whole)["f1"] == 1.0 and len(set(blocked)) == len(set(whole)) > 1
+    # a component too big for exact linkage: linkage over the neighbour graph, means from cluster sums
+    monkeypatch.setattr(clustering, "MAX_EXACT_BLOCK", 5)
+    sparse = cluster_embeddings(vectors, 0.075)
+    assert pairwise_scores(sparse, whole)["f1"] == 1.0
+
+
+def test_the_nearest_person_is_the_one_whose_mean_face_is_nearest():
+    # what facepipe.people asks the store: the largest dot product with a person's mean unit face
+    vectors = people_like_dlib(seed=2)
+    people = {p: vectors[12 * p:12 * p + 11] for p in range(40)}
+    means = {p: faces.mean(axis=0) for p, faces in people.items()}
+    for p in range(40):
+        face = vectors[12 * p + 11]
+        by_mean = max(means, key=lambda q: float(face @ means[q]))
+        by_mean = by_mean if 1 - float(face @ means[by_mean]) <= 0.075 else None
+        assert nearest_person(face, people, 0.075) == by_mean

@@ -1,6 +1,11 @@
-"""The face store on a real embedded Qdrant: deterministic ids, the ledger, changed photos replaced."""
+"""The face store on both its backends: deterministic ids, the ledger, changed photos replaced.
+
+`backend` runs each test on Qdrant Edge (the embedded default) and on qdrant-client, whose local
+mode stands in here for a Qdrant server: it is the same ClientBackend code a server goes through.
+"""
 
 import numpy as np
+import pytest
 
 from facepipe.engine.faces import Face, ImageResult
 from facepipe.store import FaceStore, face_point_id, faces_collection
@@ -14,6 +19,11 @@ def result(path, content_hash, faces=1, previously=False) -> ImageResult:
     )
 
 
+@pytest.fixture(params=["edge", "local"])
+def open_store(request, tmp_path):
+    return lambda: FaceStore.open(path=tmp_path / "store", backend=request.param)
+
+
 def test_point_ids_are_deterministic_and_distinct():
     assert face_point_id("g", "h", 0, "dlib") == face_point_id("g", "h", 0, "dlib")
     ids = {face_point_id(*key) for key in [("g", "h", 0, "dlib"), ("g", "h", 1, "dlib"), ("g2", "h", 0, "dlib"),
@@ -21,8 +31,8 @@ def test_point_ids_are_deterministic_and_distinct():
     assert len(ids) == 5
 
 
-def test_writing_the_same_results_twice_does_not_duplicate(tmp_path):
-    with FaceStore.open(path=tmp_path) as store:
+def test_writing_the_same_results_twice_does_not_duplicate(open_store):
+    with open_store() as store:
         store.write("g", "dlib", [result("/a.jpg", "h1", faces=2)], run_id="r1")
         store.write("g", "dlib", [result("/a.jpg", "h1", faces=2)], run_id="r2")
         assert store.count_faces("g", "dlib") == 2
@@ -30,8 +40,8 @@ def test_writing_the_same_results_twice_does_not_duplicate(tmp_path):
         assert store.digested_images("g", "dlib")["/a.jpg"].content_hash == "h1"
 
 
-def test_a_changed_photo_replaces_its_old_faces(tmp_path):
-    with FaceStore.open(path=tmp_path) as store:
+def test_a_changed_photo_replaces_its_old_faces(open_store):
+    with open_store() as store:
         store.write("g", "dlib", [result("/a.jpg", "old", faces=2), result("/b.jpg", "b")], run_id="r1")
         counts = store.write("g", "dlib", [result("/a.jpg", "new", faces=1, previously=True)], run_id="r2")
         assert counts.faces_replaced == 2 and counts.faces_stored == 1
@@ -39,21 +49,21 @@ def test_a_changed_photo_replaces_its_old_faces(tmp_path):
         assert hashes == ["b", "new"]
 
 
-def test_failed_photos_are_recorded_but_not_counted_as_digested(tmp_path):
+def test_failed_photos_are_recorded_but_not_counted_as_digested(open_store):
     failed = ImageResult("/bad.jpg", 5, 1, error="cannot decode: not an image")
-    with FaceStore.open(path=tmp_path) as store:
+    with open_store() as store:
         store.write("g", "dlib", [failed], run_id="r1")
         assert store.digested_images("g", "dlib") == {}
-        (record,) = store.client.scroll("images_dlib")[0]
+        (record,) = store.scroll("images_dlib")
         assert record.payload["status"] == "failed" and "not an image" in record.payload["error"]
 
 
-def test_nearest_faces_stay_within_the_group(tmp_path):
-    with FaceStore.open(path=tmp_path) as store:
+def test_nearest_faces_stay_within_the_group(open_store):
+    with open_store() as store:
         store.write("g1", "dlib", [result("/a.jpg", "h", faces=3)], run_id="r")
         store.write("g2", "dlib", [result("/b.jpg", "h2", faces=3)], run_id="r")
         query = np.eye(128, dtype=np.float32)[1]
         best = store.nearest_faces("g1", "dlib", query, limit=2)
         assert [p.payload["group_id"] for p in best] == ["g1", "g1"]
         assert best[0].payload["face_index"] == 1 and np.isclose(best[0].score, 1.0)
-        assert store.client.collection_exists(faces_collection("dlib"))
+        assert store.exists(faces_collection("dlib"))

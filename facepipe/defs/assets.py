@@ -1,14 +1,20 @@
 """The digest as assets, partitioned by group: image_list -> faces -> stored_faces.
 
 One run digests one group. Inside it, the listed photos fan out in chunks to parallel steps
-(the multiprocess executor runs one step per worker process), and a single step writes to Qdrant:
+(the multiprocess executor runs one step per worker process), and each chunk's faces are written
+as soon as it finishes, one writer at a time:
 
-    list_images ──chunks──> extract_faces_in_chunk (x N, in parallel) ──collect──> store_faces
+    list_images ──chunks──> extract_faces_in_chunk ──> store_chunk (x N) ──collect──> store_faces
     [image_list]                                                              [faces, stored_faces]
+
+Writing per chunk bounds the writer's memory to one chunk's results (~2.6 KB a photo unpickled:
+a single store step at the end held all of them, ~2.6 GB for a million photos) and keeps what a
+canceled or failed digest finished. A re-run writes the same point ids (derived from the group,
+the photo's bytes and the face's index), so nothing is stored twice.
 
 Detection and embedding run in the same step: the aligned chips are cut from the full-size photo
 while it is decoded in memory, and shipping them to another step would cost a step start and
-~67 KB of pickle per face. Only the two store steps open Qdrant, in a pool of size 1.
+~67 KB of pickle per face. Only the store steps open the face store, in a pool of size 1.
 """
 
 import json
@@ -91,7 +97,7 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
     files = config.modified_in_window(listing)
     not_listed = _not_listed(context, listing)
     with face_store.open() as store:
-        digested = store.digested_images(config.group_id, config.profile)
+        digested = store.digested_images(config.group_id, config.profile, paths=[f.path for f in files])
     tasks, skipped = plan_images(files, digested, config.redigest)
     chunks = split_into_chunks(tasks, _workers(context), config.chunk_size)
 
@@ -157,31 +163,68 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
+@dataclass
+class StoredChunk:
+    """What store_chunk wrote of one chunk, and the chunk's counts for the digest's totals."""
+
+    images_done: int
+    images_unchanged: int
+    faces_detected: int
+    faces_dropped: int
+    faces_too_small: int
+    faces_stored: int
+    faces_replaced: int
+    errors: list  # {"path", "error"} of each failed photo
+    seconds: dict  # per stage, summed over the chunk's photos
+
+
+@op(pool=STORE_POOL, retry_policy=STORE_RETRY)
+def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: FaceStoreResource) -> StoredChunk:
+    """Write one chunk's faces and ledger rows as soon as the chunk is done (one writer at a time)."""
+    images = chunk_result.images
+    counts = None
+    if images:
+        request = chunk.request
+        with face_store.open() as store:
+            # indexing waits for store_faces: once per digest, not once per chunk
+            counts = store.write(request.group_id, request.profile, images, context.run_id, optimize=False)
+    return StoredChunk(
+        images_done=len(images),
+        images_unchanged=sum(1 for r in images if r.unchanged),
+        faces_detected=sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in images),
+        faces_dropped=sum(r.faces_dropped for r in images),
+        faces_too_small=sum(r.faces_too_small for r in images),
+        faces_stored=counts.faces_stored if counts else 0,
+        faces_replaced=counts.faces_replaced if counts else 0,
+        errors=_errors(images),
+        seconds=dict(chunk_result.seconds),
+    )
+
+
 @op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
-def store_faces(context: OpExecutionContext, image_list, chunk_results, face_store: FaceStoreResource):
-    """Write every chunk's faces to Qdrant in one writer, and the digest's totals to the event log."""
-    images = [r for chunk in chunk_results for r in chunk.images]
-    errors = _errors(images)
+def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
+    """Index what the chunks wrote, and write the digest's totals to the event log."""
+    errors = [error for chunk in stored_chunks for error in chunk.errors]
     seconds: dict[str, float] = {}
-    for chunk in chunk_results:
+    for chunk in stored_chunks:
         for stage, value in chunk.seconds.items():
             seconds[stage] = seconds.get(stage, 0.0) + value
     faces = {
         "images_listed": image_list.listed,
         "images_skipped": image_list.skipped,
         "images_to_digest": len(image_list.tasks),
-        "images_done": len(images),
+        "images_done": sum(c.images_done for c in stored_chunks),
         "images_failed": len(errors),
-        "images_unchanged": sum(1 for r in images if r.unchanged),
-        "faces_detected": sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in images),
-        "faces_dropped": sum(r.faces_dropped for r in images),
-        "faces_too_small": sum(r.faces_too_small for r in images),
+        "images_unchanged": sum(c.images_unchanged for c in stored_chunks),
+        "faces_detected": sum(c.faces_detected for c in stored_chunks),
+        "faces_dropped": sum(c.faces_dropped for c in stored_chunks),
+        "faces_too_small": sum(c.faces_too_small for c in stored_chunks),
     }
     with face_store.open() as store:
-        counts = store.write(image_list.group_id, image_list.profile, images, context.run_id) if images else None
+        store.optimize(image_list.profile)
         stored = {
-            "faces_stored": counts.faces_stored if counts else 0,
-            "faces_replaced": counts.faces_replaced if counts else 0,
+            "faces_stored": sum(c.faces_stored for c in stored_chunks),
+            "faces_replaced": sum(c.faces_replaced for c in stored_chunks),
             "faces_in_group": store.count_faces(image_list.group_id, image_list.profile),
         }
     yield Output(faces, "faces", metadata={
@@ -205,5 +248,6 @@ def store_faces(context: OpExecutionContext, image_list, chunk_results, face_sto
 )
 def digest():
     image_list, chunks = list_images()
-    faces, stored_faces = store_faces(image_list, chunks.map(extract_faces_in_chunk).collect())
+    stored_chunks = chunks.map(lambda chunk: store_chunk(chunk, extract_faces_in_chunk(chunk)))
+    faces, stored_faces = store_faces(image_list, stored_chunks.collect())
     return {"image_list": image_list, "faces": faces, "stored_faces": stored_faces}

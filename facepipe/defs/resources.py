@@ -8,10 +8,10 @@ from facepipe.store import FaceStore
 
 
 class FaceStoreResource(ConfigurableResource):
-    """The Qdrant face store: embedded at `path`, or a server at `url` (with `api_key`)."""
+    """The face store: embedded at `path` (Qdrant Edge), or a Qdrant server at `url` (with `api_key`)."""
 
     path: str = Field(default_factory=lambda: str(settings.qdrant_path()),
-                      description="Folder of the embedded Qdrant store.")
+                      description="Folder of the embedded face store (Qdrant Edge).")
     url: str | None = Field(default=None, description="A Qdrant server; overrides path.")
     api_key: str | None = Field(default=None, description="The Qdrant server's API key.")
 

@@ -4,9 +4,9 @@ Building the default profile's dlib models here means every step process inherit
 loaded, instead of loading them again per step. onnxruntime sessions (the other profile) must not
 cross a fork, so they are built lazily inside each step.
 
-Each step process also reconstructs the job (importing facepipe.definitions, hence qdrant_client:
-~0.5 s) and opens the Dagster instance (SQLAlchemy, alembic: ~0.2 s). Importing those here once
-takes that off every step's start-up.
+Each step process also reconstructs the job (importing facepipe.definitions) and opens the Dagster
+instance (SQLAlchemy, alembic: ~0.2 s). Importing those here once takes that off every step's
+start-up. (The store's clients load when a store opens: qdrant_edge in ~3 ms.)
 """
 
 import contextlib
