@@ -666,14 +666,19 @@ def _copy_collection(old: FaceStore, new: FaceStore, name: str) -> int:
         new.create(name, DIMENSIONS[profile], distance="dot")
         return _copy_people(new, new, name, old.scroll(name))
     new.create(name, DIMENSIONS[profile] if kind == "faces" else None)
+    return _upsert_in_batches(new, name, old.scroll(name, with_vectors=kind == "faces"))
+
+
+def _upsert_in_batches(store: FaceStore, name: str, points: Iterable[StoredPoint]) -> int:
+    """Write `points` UPSERT_BATCH at a time (they may come from a scroll of any size); how many."""
     n, batch = 0, []
-    for point in old.scroll(name, with_vectors=kind == "faces"):
+    for point in points:
         batch.append(point)
         n += 1
         if len(batch) == UPSERT_BATCH:
-            new.upsert(name, batch)
+            store.upsert(name, batch)
             batch = []
-    new.upsert(name, batch)
+    store.upsert(name, batch)
     return n
 
 
@@ -693,17 +698,13 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
         vector = np.asarray(face.vector, np.float64)
         sums[key] = sums.get(key, 0) + vector / max(np.linalg.norm(vector), 1e-12)
         counts[key] = counts.get(key, 0) + 1
-    n, batch = 0, []
-    for point in people:
+
+    def with_mean(point: StoredPoint) -> StoredPoint:
         key = (point.payload["group_id"], point.payload["person_id"])
         mean = sums[key] / counts[key] if key in sums else np.zeros(DIMENSIONS[profile])
-        batch.append(StoredPoint(point.id, point.payload, mean.tolist()))
-        n += 1
-        if len(batch) == UPSERT_BATCH:
-            to.upsert(name, batch)
-            batch = []
-    to.upsert(name, batch)
-    return n
+        return StoredPoint(point.id, point.payload, mean.tolist())
+
+    return _upsert_in_batches(to, name, map(with_mean, people))
 
 
 def open_store_from_settings():
