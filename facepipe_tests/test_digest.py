@@ -207,3 +207,20 @@ def test_a_preset_for_large_faces_finds_only_those_and_says_so(tmp_path):
     smaller = digest(tmp_path / "smaller", folder, "p", "--min-face-size", "48", "--workers", "1")
     assert smaller["min_face_size"] == 48
     assert len(faces_by_photo(tmp_path / "smaller", "p")["selfie-many-people.jpg"]) >= 4
+
+
+def test_a_store_error_other_than_busy_fails_the_digest_at_once_without_retries(tmp_path):
+    # only a store held by another process is worth waiting for; here the store's folder is a file
+    from dagster import DagsterEventType
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img2.jpg", folder / "img2.jpg")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "qdrant").write_text("not a folder")
+    summary = digest(home, folder, "broken", "--workers", "1")
+    assert summary["status"] == "failed"
+    assert any("digest.list_images" in error for error in summary["errors"])
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert not instance.all_logs(summary["run_id"], of_type=DagsterEventType.STEP_UP_FOR_RETRY)

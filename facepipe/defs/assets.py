@@ -25,7 +25,6 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetOut,
-    Backoff,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -33,7 +32,6 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
-    RetryPolicy,
     graph_multi_asset,
     op,
 )
@@ -46,10 +44,6 @@ from facepipe.defs.resources import FaceStoreResource
 from facepipe.settings import STORE_POOL
 
 MAX_ERRORS_IN_METADATA = 1000
-
-# The pool keeps digests to one writer, but `facepipe search` or `people` may hold the embedded
-# store's lock for a moment: the steps that open the store try again instead of failing the run.
-STORE_RETRY = RetryPolicy(max_retries=4, delay=2, backoff=Backoff.EXPONENTIAL)
 
 
 @dataclass
@@ -78,7 +72,7 @@ def _errors(images) -> list[dict]:
     return [{"path": r.path, "error": r.error} for r in images if r.error]
 
 
-@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
+@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
 def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
     from facepipe.engine.faces import plan_images, split_into_chunks
@@ -178,7 +172,7 @@ class StoredChunk:
     seconds: dict  # per stage, summed over the chunk's photos
 
 
-@op(pool=STORE_POOL, retry_policy=STORE_RETRY)
+@op(pool=STORE_POOL)
 def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: FaceStoreResource) -> StoredChunk:
     """Write one chunk's faces and ledger rows as soon as the chunk is done (one writer at a time)."""
     images = chunk_result.images
@@ -201,7 +195,7 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
     )
 
 
-@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL, retry_policy=STORE_RETRY)
+@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL)
 def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
     """Index what the chunks wrote, and write the digest's totals to the event log."""
     errors = [error for chunk in stored_chunks for error in chunk.errors]

@@ -1,10 +1,16 @@
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, RetryRequested
 from pydantic import Field
 
 from facepipe import settings
-from facepipe.store import FaceStore
+from facepipe.store import FaceStore, StoreBusy
+
+# The store pool keeps digests to one writer, but `facepipe search`, `people` or the notebook may
+# hold the embedded store for a moment: a step that finds it busy tries again (up to ~30 s). Any
+# other error fails the step at once, with its own message, instead of being retried.
+BUSY_RETRIES = 6
+BUSY_WAIT_SECONDS = 5
 
 
 class FaceStoreResource(ConfigurableResource):
@@ -17,5 +23,10 @@ class FaceStoreResource(ConfigurableResource):
 
     @contextmanager
     def open(self):
-        with FaceStore.open(path=self.path, url=self.url, api_key=self.api_key) as store:
+        """The open store; in a Dagster step, a store held by another process retries the step."""
+        with ExitStack() as stack:
+            try:
+                store = stack.enter_context(FaceStore.open(path=self.path, url=self.url, api_key=self.api_key))
+            except StoreBusy as err:
+                raise RetryRequested(max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_WAIT_SECONDS) from err
             yield store
