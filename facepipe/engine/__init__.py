@@ -1,6 +1,11 @@
 """The face engine: plain Python, no Dagster.
 
-images.py    find and decode photos
-profiles/    model profiles over deepface's registry (detect, align, embed)
-faces.py     the faces of one image, and of a chunk of images
+images.py      find and decode photos (within a pixel and a byte budget)
+sources.py     photos in S3: list a prefix, read an object
+presets.py     how small a face a digest finds (min_face_size)
+detection.py   see each photo at the scale its min_face_size needs, in tiles when large
+profiles/      model profiles over deepface's registry (detect, align, embed)
+faces.py       the faces of one image, and of a chunk of images
+clustering.py  faces into people
+weights.py     where model weights live
 """

@@ -1,6 +1,8 @@
 """The faces of one photo, and of a chunk of photos: decode -> detect -> align -> embed.
 
-A chunk is the unit of work of one pipeline step. A bad photo never fails a chunk: its error is
+Faces are found down to `min_face_size` pixels wide in the photo's full size (presets.py; the
+scaling and tiling that promise it are in detection.py). A chunk is the unit of work of one
+pipeline step. A bad photo never fails a chunk: its error is
 recorded in its ImageResult and the chunk goes on. Errors that make every photo fail (a missing
 model weight) are raised before the first photo.
 """
