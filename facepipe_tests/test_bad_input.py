@@ -12,7 +12,6 @@ any user.
 import io
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
