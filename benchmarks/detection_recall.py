@@ -48,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facepipe.engine.faces import CHIP_SOURCE_FACE, find_faces  # noqa: E402
+from facepipe.engine.faces import decode_reduction, find_faces  # noqa: E402
 from facepipe.engine.presets import PRESETS  # noqa: E402
 from facepipe.engine.images import decode_image, decode_image_reduced, jpeg_size  # noqa: E402
 from facepipe.engine.profiles import load_profile  # noqa: E402
@@ -200,7 +200,7 @@ def facepipe_setting(profile, min_face_size):
 
     def detect(data: bytes):
         size = min_face_size(jpeg_size(data)) if callable(min_face_size) else min_face_size
-        image, full_size = decode_image_reduced(data, size / max(profile.smallest_face, CHIP_SOURCE_FACE))
+        image, full_size = decode_image_reduced(data, decode_reduction(profile, size))
         found = find_faces(profile, image, CONFIDENCE, size, full_size)
         return [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in found.faces)]
 

@@ -135,7 +135,7 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
         metadata={
             "images_done": len(result.images),
             "images_failed": sum(1 for r in result.images if r.error),
-            "faces_detected": sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in result.images),
+            "faces_detected": sum(r.faces_detected for r in result.images),
             "faces_dropped": sum(r.faces_dropped for r in result.images),
             "faces_too_small": sum(r.faces_too_small for r in result.images),
             "failed_images": MetadataValue.json(_errors(result.images)[:MAX_ERRORS_IN_METADATA]),
@@ -185,7 +185,7 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
     return StoredChunk(
         images_done=len(images),
         images_unchanged=sum(1 for r in images if r.unchanged),
-        faces_detected=sum(len(r.faces) + r.faces_dropped + r.faces_too_small for r in images),
+        faces_detected=sum(r.faces_detected for r in images),
         faces_dropped=sum(r.faces_dropped for r in images),
         faces_too_small=sum(r.faces_too_small for r in images),
         faces_stored=counts.faces_stored if counts else 0,

@@ -64,11 +64,22 @@ class ImageResult:
     previously_digested: bool = False
     error: str | None = None
 
+    @property
+    def faces_detected(self) -> int:
+        """Every face the detector found: those kept, and those dropped for confidence or size."""
+        return len(self.faces) + self.faces_dropped + self.faces_too_small
+
 
 @dataclass
 class ChunkResult:
     images: list[ImageResult]
     seconds: dict[str, float]  # time per stage: read, decode, detect (with alignment), embed
+
+
+def decode_reduction(profile: Profile, min_face_size: float) -> float:
+    """How much a photo may be shrunk in decoding: the detector needs no more pixels than it sees
+    faces of min_face_size in, nor the aligned chips."""
+    return min_face_size / max(profile.smallest_face, CHIP_SOURCE_FACE)
 
 
 @dataclass
@@ -154,8 +165,7 @@ def faces_in_chunk(
     start = time.perf_counter()
     profile = load_profile(profile_name)  # raises for missing weights, before any photo
     seconds["load_models"] = time.perf_counter() - start  # ~0 where a worker preloaded them
-    # the detector needs no more pixels than it sees faces of min_face_size in, nor the chips
-    most_reduction = min_face_size / max(profile.smallest_face, CHIP_SOURCE_FACE)
+    most_reduction = decode_reduction(profile, min_face_size)
     results = []
     for task in tasks:
         result = ImageResult(
