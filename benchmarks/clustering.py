@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.labelled_faces import FaceSet, combined, labelled_sets  # noqa: E402
-from facepipe.engine.clustering import CLUSTER_DISTANCE, cluster_embeddings, cosine_distances, pairwise_scores  # noqa: E402
+from facepipe.engine.clustering import cluster_embeddings, cosine_distances, pairwise_scores  # noqa: E402
+from facepipe.engine.profiles import PROFILES  # noqa: E402
 
 CUTS = np.round(np.arange(0.050, 0.1251, 0.005), 4)
 
@@ -45,7 +46,7 @@ def algorithms(profile: str) -> dict:
     def precomputed(model):
         return lambda x: model.fit_predict(np.clip(cosine_distances(x, x), 0, 2))
 
-    chosen = CLUSTER_DISTANCE[profile]
+    chosen = PROFILES[profile].cluster_distance
     found = {f"average linkage, cosine distance {chosen} (facepipe)": lambda x: cluster_embeddings(x, chosen)}
     for t in (0.06, 0.09, 0.10):
         found[f"average linkage, cosine distance {t}"] = linkage_cut("average", t)
@@ -120,7 +121,7 @@ def exact_edges(faces: FaceSet) -> tuple[float, str, dict[float, float]]:
 
 
 def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
-    chosen = CLUSTER_DISTANCE[profile]
+    chosen = PROFILES[profile].cluster_distance
     print(f"\n## {faces.describe()}")
     print("average linkage (facepipe's algorithm) by cut, cosine distance:")
     for cut in sorted({*CUTS, chosen}):

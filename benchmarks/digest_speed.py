@@ -157,7 +157,7 @@ def recall(truth: dict[str, list], found: dict[str, list], paths: list[str]) -> 
 
 
 def list_photos(folder: Path) -> list[str]:
-    from facepipe.engine.images import list_images
+    from facepipe.engine.listing import list_images
 
     return [f.path for f in list_images(folder)]
 
@@ -206,7 +206,8 @@ def _floor_warm(barrier) -> None:
 
 def _floor_batch(paths: list[str]) -> tuple[int, dict, dict, float]:
     """Photos done, face boxes by file name, seconds per stage, peak memory."""
-    from facepipe.engine.faces import ImageTask, faces_in_chunk
+    from facepipe.engine.faces import faces_in_chunk
+    from facepipe.engine.planning import ImageTask
 
     result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5)
     boxes = {Path(r.path).name: [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in r.faces)]

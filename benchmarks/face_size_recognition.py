@@ -34,7 +34,7 @@ from facepipe.engine.detection import detect_faces, detection_scale  # noqa: E40
 from facepipe.engine.profiles import Detection  # noqa: E402
 from facepipe.engine.images import decode_image  # noqa: E402
 from facepipe.engine.profiles import load_profile  # noqa: E402
-from facepipe.search import DEFAULT_THRESHOLDS  # noqa: E402
+from facepipe.engine.profiles import PROFILES  # noqa: E402
 
 SIZES = (24, 32, 40, 48, 56, 64, 80, 96, 128, 160)
 
@@ -65,7 +65,7 @@ def embed_at(profile, image: np.ndarray, box, scale: float) -> np.ndarray:
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     profile = load_profile("dlib")
-    threshold = DEFAULT_THRESHOLDS["dlib"]
+    threshold = PROFILES["dlib"].search_threshold
 
     people, full, small = [], [], {n: [] for n in SIZES}
     for path, person in labelled_photos():

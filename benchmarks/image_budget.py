@@ -23,7 +23,8 @@ FACE = REPO.parent / "shared" / "faces" / "images" / "img1.jpg"
 
 CHILD = """
 import json, sys, time
-from facepipe.engine.faces import ImageTask, faces_in_chunk
+from facepipe.engine.faces import faces_in_chunk
+from facepipe.engine.planning import ImageTask
 from facepipe.engine.profiles import load_profile
 
 def peak_mb():

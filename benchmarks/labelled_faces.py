@@ -84,7 +84,7 @@ def recorded_raw_norms(profile: str):
     """Record the norm of each raw descriptor the profile computes, before it is L2-normalised."""
     from facepipe.engine.profiles import PROFILES
 
-    module = importlib.import_module(PROFILES[profile].split(":")[0])
+    module = importlib.import_module(PROFILES[profile].implementation.split(":")[0])
     original, norms = module.unit_rows, []
 
     def recording(vectors):
@@ -101,8 +101,9 @@ def recorded_raw_norms(profile: str):
 
 def embedded_set(name: str, profile: str = "dlib", only: list[str] | None = None) -> FaceSet:
     """Every face of the set's photos (or of the photos named in `only`), through the digest's engine."""
-    from facepipe.engine.faces import ImageTask, faces_in_chunk
-    from facepipe.engine.images import list_images
+    from facepipe.engine.faces import faces_in_chunk
+    from facepipe.engine.planning import ImageTask
+    from facepipe.engine.listing import list_images
 
     files = [f.path for f in list_images(SETS[name][0]) if only is None or Path(f.path).name in only]
     with recorded_raw_norms(profile) as norms:

@@ -9,7 +9,7 @@ together (people of different sets are different people): how many same-person p
 threshold matches and how many different-person pairs it lets through, pairwise precision, recall
 and F1; the raw dlib descriptors' norms and what dlib's own rule (euclidean distance < 0.6 between
 raw descriptors) converts to in cosine similarity on each set, and how that rule itself scores; and
-how far img1.jpg's person stands from everyone else. facepipe.search.DEFAULT_THRESHOLDS holds the
+how far img1.jpg's person stands from everyone else. each profile's search_threshold (facepipe/engine/profiles) holds the
 chosen value.
 """
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.labelled_faces import FaceSet, combined, identities_of, labelled_sets  # noqa: E402
-from facepipe.search import DEFAULT_THRESHOLDS  # noqa: E402
+from facepipe.engine.profiles import PROFILES  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.890, 0.9601, 0.005), 4)
 DLIB_RULE = 0.6  # dlib's same-person rule: euclidean distance between raw descriptors
@@ -68,7 +68,7 @@ def report(faces: FaceSet, profile: str) -> None:
         print(f"dlib's own rule, raw distance < {DLIB_RULE}: "
               + pair_line(int(rule[same].sum()), int(same.sum()), int(rule[~same].sum()), int((~same).sum())))
 
-    chosen = DEFAULT_THRESHOLDS[profile]
+    chosen = PROFILES[profile].search_threshold
     print("cosine threshold sweep:")
     for threshold in sorted({*THRESHOLDS, chosen}):
         line = pair_line(int((similarity[same] >= threshold).sum()), int(same.sum()),

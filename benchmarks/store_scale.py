@@ -209,8 +209,9 @@ def sample_results(work: Path) -> Path:
     """The 64 sample photos through the engine once; their ImageResults, pickled for the digest probes."""
     path = work / "samples.pickle"
     if not path.exists():
-        from facepipe.engine.faces import ImageTask, faces_in_chunk
-        from facepipe.engine.images import list_images
+        from facepipe.engine.faces import faces_in_chunk
+        from facepipe.engine.planning import ImageTask
+        from facepipe.engine.listing import list_images
 
         result = faces_in_chunk([ImageTask(f.path, f.size, f.mtime_ns) for f in list_images(SAMPLES)], "dlib", 0.5)
         path.write_bytes(pickle.dumps(result.images))

@@ -1,4 +1,8 @@
-"""The `facepipe` command: digests as Dagster runs on the local instance."""
+"""The `facepipe` command: digests as Dagster runs on the local instance.
+
+Each command imports the Dagster side it runs (facepipe.runs, history, remote) inside itself:
+importing Dagster takes ~1.5 s, which `facepipe --help`, `search` and `people list` need not pay.
+"""
 
 import json
 import os
@@ -7,8 +11,10 @@ import sys
 import click
 from pydantic import ValidationError
 
+from facepipe.cli_people import people, search, store
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -26,16 +32,16 @@ def _digests_api(remote):
     """list, show and cancel against the local instance, or a webserver's over GraphQL."""
     from functools import partial
 
-    from facepipe import digests
+    from facepipe import history, runs
 
     if remote:
         from facepipe.remote import RemoteDigests
 
         api = RemoteDigests(remote)
         return api.list_digests, api.digest_summary, api.cancel_digest
-    instance = digests.instance_for_digests()
-    return (partial(digests.list_digests, instance), partial(digests.digest_summary, instance),
-            partial(digests.cancel_digest, instance))
+    instance = runs.instance_for_digests()
+    return (partial(history.list_digests, instance), partial(history.digest_summary, instance),
+            partial(runs.cancel_digest, instance))
 
 
 REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g. http://host:3000) instead of the local instance.")
@@ -44,11 +50,13 @@ REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g.
 @main.command()
 @click.argument("path")
 @click.option("--group", "group_id", required=True, help="The group (event, album) the faces go into.")
-@click.option("--confidence", type=float, default=0.5, show_default=True, help="Drop faces detected below this.")
-@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default=True, help="Parallel worker processes.")
+@click.option("--confidence", type=float, default=DEFAULT_CONFIDENCE, show_default=True,
+              help="Drop faces detected below this.")
+@click.option("--workers", type=int, default=default_workers(), show_default=True, help="Parallel worker processes.")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
-@click.option("--chunk-size", type=int, default=200, show_default=True, help="At most this many photos per step.")
+@click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True,
+              help="At most this many photos per step.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
               help="The smallest faces to find: " + ", ".join(f"{n} {s} px" for n, s in PRESETS.items()) + " wide.")
 @click.option("--min-face-size", type=int, help="The narrowest face to find, in full-size pixels (overrides --preset).")
@@ -66,14 +74,14 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, p
     (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`. With --remote, it
     goes to a webserver's instance over GraphQL, and PATH is a folder on that server.
     """
-    from facepipe.digests import digest_request, run_digest
+    from facepipe.runs import run_digest
 
     if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
-        request = digest_request(path, group_id, confidence, profile, redigest, chunk_size, on_this_machine=not remote,
-                                 s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, preset=preset,
-                                 min_face_size=min_face_size)
+        request = digest_request(path, group_id, on_this_machine=not remote, s3_endpoint_url=s3_endpoint_url,
+                                 s3_region=s3_region, confidence=confidence, profile=profile, redigest=redigest,
+                                 chunk_size=chunk_size, preset=preset, min_face_size=min_face_size)
         if workers < 1:
             raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
     except ValidationError as err:
@@ -92,7 +100,7 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, p
 
 
 def _start(request, workers, as_json):
-    from facepipe.digests import daemon_is_running, instance_for_digests, start_digest
+    from facepipe.runs import daemon_is_running, instance_for_digests, start_digest
 
     instance = instance_for_digests()
     run_id = start_digest(request, workers=workers, instance=instance)
@@ -218,7 +226,8 @@ def list_command(group_id, status, since, until, limit, remote, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def show_command(run_id, face_ids, remote, as_json):
     """One digest: status, progress, counts, times and errors."""
-    from facepipe.digests import DigestNotFound, digest_face_ids
+    from facepipe.history import DigestNotFound
+    from facepipe.runs import digest_face_ids
 
     _, digest_summary, _ = _digests_api(remote)
     try:
@@ -250,7 +259,7 @@ def show_command(run_id, face_ids, remote, as_json):
 @REMOTE
 def cancel_command(run_id, remote):
     """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
-    from facepipe.digests import DigestNotFound
+    from facepipe.history import DigestNotFound
 
     _, _, cancel_digest = _digests_api(remote)
     try:
@@ -267,7 +276,8 @@ def cancel_command(run_id, remote):
 @click.option("--json", "as_json", is_flag=True)
 def retry_command(run_id, as_json):
     """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
-    from facepipe.digests import DigestNotFound, instance_for_digests, retry_digest
+    from facepipe.history import DigestNotFound
+    from facepipe.runs import instance_for_digests, retry_digest
 
     try:
         summary = retry_digest(run_id, instance_for_digests(), on_progress=_progress_bar(f"retry {run_id[:8]}"))
@@ -284,15 +294,12 @@ def retry_command(run_id, as_json):
 @click.option("--port", type=int, default=3000, show_default=True)
 def ui(port):
     """Open the Dagster UI (webserver and daemon) on facepipe's instance."""
-    from facepipe import settings
+    from facepipe.runs import instance_for_digests, workspace_file
 
-    settings.prepare_dagster_home()
+    workspace = workspace_file(instance_for_digests())
     # the dagster of this interpreter, whether or not its environment is activated
-    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "facepipe.definitions", "-p", str(port)])
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)])
 
-
-# search and people live in their own module
-from facepipe.cli_people import people, search, store  # noqa: E402
 
 main.add_command(search)
 main.add_command(people)

@@ -1,4 +1,8 @@
-"""The `facepipe search` and `facepipe people` commands (added to the `facepipe` group in cli.py)."""
+"""The `facepipe search`, `people` and `store` commands (added to the `facepipe` group in cli.py).
+
+Each command imports what it runs inside itself: search loads OpenCV and the models, people
+SciPy, `people cluster` Dagster, and none of them should slow the others or `facepipe --help`.
+"""
 
 import json
 from contextlib import contextmanager
@@ -6,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from facepipe import settings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.store import StoreBusy, is_local_mode_store, migrate_local_store, open_store_from_settings
 
 GROUP = click.option("--group", "group_id", required=True, help="The group (event, album) to look in.")
 PROFILE = click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
@@ -17,14 +23,10 @@ AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result
 @contextmanager
 def _store():
     """The face store, with a clear message if there is none yet or a run holds its lock."""
-    from facepipe import settings
-    from facepipe.store import FaceStore, StoreBusy
-
     if not settings.qdrant_url() and not settings.qdrant_path().exists():
         raise click.ClickException(f"no face store at {settings.qdrant_path()}: digest photos first")
     try:
-        with FaceStore.open(path=settings.qdrant_path(), url=settings.qdrant_url(),
-                            api_key=settings.qdrant_api_key()) as store:
+        with open_store_from_settings() as store:
             yield store
     except StoreBusy as err:
         raise click.ClickException(str(err)) from None
@@ -89,8 +91,7 @@ def people():
 @AS_JSON
 def cluster_command(group_id, profile, full, as_json):
     """Place the group's new faces into people (a run of the `people` asset on the instance)."""
-    from facepipe.people import run_people
-    from facepipe.store import StoreBusy
+    from facepipe.runs import run_people
 
     try:
         counts = run_people(group_id, profile, full)
@@ -218,9 +219,6 @@ def store():
 def migrate_command():
     """Move a face store written by qdrant-client's local mode (facepipe before Qdrant Edge) to Qdrant
     Edge, keeping the old files in a backup folder. Opening the store does it too; this does it now."""
-    from facepipe import settings
-    from facepipe.store import StoreBusy, is_local_mode_store, migrate_local_store
-
     path = settings.qdrant_path()
     if settings.qdrant_url():
         raise click.ClickException("QDRANT_URL is set: a Qdrant server needs no migration")

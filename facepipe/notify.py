@@ -35,6 +35,12 @@ def _session():
     return session
 
 
+def webhook_payload(summary: dict, event: str, watch: str | None) -> dict:
+    """A webhook's JSON: what happened (digest_completed, digest_failed), the digest's summary
+    (facepipe.history), and the watch that launched it, if one did."""
+    return {"event": event, **summary, "watch": watch}
+
+
 def post_summary(urls: list[str], payload: dict, log: logging.Logger | None = None) -> dict[str, str]:
     """POST `payload` as JSON to every URL; return each URL's outcome ("ok 200", or the error)."""
     import requests

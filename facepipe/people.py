@@ -1,9 +1,9 @@
 """People: the faces of a group clustered into persons, with manual names, merges and splits.
 
-Each face's payload in `faces_<profile>` gets `person_id` (an integer, per group) and
-`person_pinned` (true once a person decided where the face belongs: merge, split). The people
-themselves live in the vectorless `people_<profile>` collection, one point per group and person:
-`person_id, name, face_count, representative_face_id, representative_image_path`.
+Each stored face gets `person_id` (an integer, per group) and `person_pinned` (true once a person
+decided where the face belongs: merge, split). The people themselves are records of the store
+(FaceStore.people), one per group and person: `person_id, name, face_count,
+representative_face_id, representative_image_path`, its vector the mean of its faces' embeddings.
 
 - `update_people(store, group)` assigns the faces that have no person yet to the nearest existing
   person (or to new people), never renumbering anyone; `full=True` re-clusters every face and
@@ -17,20 +17,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from facepipe.engine.clustering import CLUSTER_DISTANCE, carry_over_ids, cluster_embeddings
-from facepipe.engine.profiles import DEFAULT_PROFILE, unit_rows
-from facepipe.store import (
-    FaceStore,
-    StoredPoint,
-    Where,
-    faces_collection,
-    group_filter,
-    people_collection,
-    person_point_id,
-)
-
-__all__ = ["people_collection", "update_people", "list_people", "get_person", "person_faces", "name_person",
-           "merge_people", "split_person", "run_people", "PersonNotFound"]
+from facepipe.engine.clustering import carry_over_ids, cluster_embeddings
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, unit_rows
+from facepipe.store import FaceStore, StoredPoint, Where, group_filter
 INTERNAL_KEYS = ("stale",)  # set by the store when a person's faces were replaced; not shown
 
 
@@ -45,12 +34,12 @@ def _shown(payload: dict) -> dict:
 
 def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
     """The group's people, most faces first."""
-    records = store.scroll(people_collection(profile), group_filter(group_id))
+    records = store.people(group_id, profile)
     return sorted((_shown(r.payload) for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
 def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
-    found = store.retrieve(people_collection(profile), [person_point_id(group_id, person_id, profile)])
+    found = store.get_people(group_id, profile, [person_id])
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
     return _shown(found[0].payload)
@@ -58,8 +47,7 @@ def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = D
 
 def person_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE,
                  with_vectors: bool = False) -> list[StoredPoint]:
-    return list(store.scroll(faces_collection(profile), group_filter(group_id, person_id=person_id),
-                             with_vectors=with_vectors))
+    return list(store.scroll_faces(profile, group_filter(group_id, person_id=person_id), with_vectors=with_vectors))
 
 
 def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "person_pinned", "image_path")):
@@ -67,7 +55,7 @@ def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "pers
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
     ids, rows, payloads = [], [], []
     page = []
-    for point in store.scroll(faces_collection(profile), where, with_vectors=True, payload_keys=keys, page=2048):
+    for point in store.scroll_faces(profile, where, with_vectors=True, payload_keys=keys, page=2048):
         ids.append(point.id)
         payloads.append(point.payload)
         page.append(point.vector)
@@ -91,15 +79,14 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
     (a changed photo's faces replaced) are recounted. `full=True` re-clusters every face.
     Returns counts: faces, people, new_people, faces_assigned (that changed person or got one).
     """
-    max_distance = CLUSTER_DISTANCE[profile] if max_distance is None else max_distance
+    max_distance = PROFILES[profile].cluster_distance if max_distance is None else max_distance
     store.ensure_people_collection(profile)
-    faces = faces_collection(profile)
-    old_people = {r.payload["person_id"]: r.payload for r in store.scroll(
-        people_collection(profile), group_filter(group_id), payload_keys=("person_id", "name", "stale"))}
+    old_people = {r.payload["person_id"]: r.payload
+                  for r in store.people(group_id, profile, payload_keys=("person_id", "name", "stale"))}
     next_id = max([*old_people, 0]) + 1
     unplaced = Where({"group_id": group_id}, missing=("person_id",))
-    total = store.count(faces, group_filter(group_id))
-    placed = total - store.count(faces, unplaced)
+    total = store.count_faces(group_id, profile)
+    placed = total - store.count_faces_matching(profile, unplaced)
 
     if full or placed == 0:
         ids, vectors, payloads = _load(store, group_filter(group_id), profile)
@@ -111,19 +98,16 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
         changed = _assign(store, profile, ids, previous, assigned)
         people = _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned,
                               old_people)
-        store.upsert(people_collection(profile), people)
-        kept = {q.payload["person_id"] for q in people}
-        gone = [person_point_id(group_id, p, profile) for p in old_people if p not in kept]
-        if gone:
-            store.delete(people_collection(profile), ids=gone)
+        store.write_people(group_id, profile, people)
+        kept = {payload["person_id"] for payload, _ in people}
+        store.delete_people(group_id, profile, [p for p in old_people if p not in kept])
         new_people = len(kept - set(old_people))
     else:
         ids, vectors, payloads = _load(store, unplaced, profile)
-        people_where = group_filter(group_id)
         assigned, waiting = [], []
         for i, vector in enumerate(vectors):
-            best = store.query(people_collection(profile), vector, people_where, limit=1, min_score=1.0 - max_distance)
-            assigned.append(best[0].payload["person_id"] if best else None)
+            best = store.nearest_person(group_id, profile, vector, min_score=1.0 - max_distance)
+            assigned.append(best.payload["person_id"] if best else None)
             if not best:
                 waiting.append(i)
         # faces like no one known: new people among themselves
@@ -139,13 +123,13 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
         new_idx = [i for i, a in enumerate(assigned) if a in set(new_ids)]
         fresh_people = _people_from(group_id, profile, [ids[i] for i in new_idx], vectors[new_idx],
                                     [payloads[i]["image_path"] for i in new_idx], [assigned[i] for i in new_idx], {})
-        store.upsert(people_collection(profile), fresh_people)
+        store.write_people(group_id, profile, fresh_people)
         _recount(store, group_id, profile, (grown | stale) & set(old_people))
         new_people = len(new_ids)
 
     return {
         "faces": total,
-        "people": store.count(people_collection(profile), group_filter(group_id)),
+        "people": store.count_people(group_id, profile),
         "new_people": new_people,
         "faces_assigned": changed,
     }
@@ -158,13 +142,13 @@ def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
         if before != after:
             changed[after].append(face_id)
     for person, moved in changed.items():
-        store.set_payload(faces_collection(profile), {"person_id": person}, moved)
+        store.set_face_payload(profile, {"person_id": person}, moved)
     return sum(len(moved) for moved in changed.values())
 
 
 def _people_from(group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned,
-                 old_people: dict[int, dict]) -> list[StoredPoint]:
-    """People points from faces in memory: count, mean unit embedding and medoid of each person."""
+                 old_people: dict[int, dict]) -> list[tuple[dict, list[float]]]:
+    """People from faces in memory, each a payload (count, medoid face) and its mean unit embedding."""
     if not len(ids):
         return []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -184,33 +168,31 @@ def _people_from(group_id: str, profile: str, ids, vectors: np.ndarray, image_pa
     return points
 
 
-def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> StoredPoint:
-    return StoredPoint(person_point_id(group_id, person, profile), {
+def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> tuple[dict, list[float]]:
+    return {
         "group_id": group_id, "person_id": person, "name": name, "face_count": count,
         "representative_face_id": str(face_id), "representative_image_path": image_path,
         "profile": profile, "updated": now, "stale": False,
-    }, mean.tolist())
+    }, mean.tolist()
 
 
 def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
     """Recompute some people from their faces as they are now (one filtered scroll per person, so
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
-    table = people_collection(profile)
-    names = {r.payload["person_id"]: r.payload.get("name")
-             for r in store.retrieve(table, [person_point_id(group_id, p, profile) for p in persons])}
+    names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}
     for person in sorted(persons):
         ids, vectors, payloads = _load(store, group_filter(group_id, person_id=person), profile, keys=("image_path",))
         if not ids:
-            store.delete(table, ids=[person_point_id(group_id, person, profile)])
+            store.delete_people(group_id, profile, [person])
             continue
-        store.upsert(table, _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads],
+        store.write_people(group_id, profile, _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads],
                                          [person] * len(ids), {person: {"name": names.get(person)}}))
 
 
 def name_person(store: FaceStore, group_id: str, person_id: int, name: str | None,
                 profile: str = DEFAULT_PROFILE) -> dict:
     get_person(store, group_id, person_id, profile)
-    store.set_payload(people_collection(profile), {"name": name or None}, [person_point_id(group_id, person_id, profile)])
+    store.set_people_payload(group_id, profile, [person_id], {"name": name or None})
     return get_person(store, group_id, person_id, profile)
 
 
@@ -223,7 +205,7 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int],
     target = get_person(store, group_id, keep, profile)
     sources = [get_person(store, group_id, other, profile) for other in others if other != keep]
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
-    store.set_payload(faces_collection(profile), {"person_id": keep, "person_pinned": True}, faces)
+    store.set_face_payload(profile, {"person_id": keep, "person_pinned": True}, faces)
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
     _recount(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
@@ -242,36 +224,7 @@ def split_person(store: FaceStore, group_id: str, person_id: int, face_ids: list
         raise ValueError("a split moves some of the person's faces, not none or all")
     new_id = max([p["person_id"] for p in list_people(store, group_id, profile)] + [0]) + 1
     staying = sorted(faces - set(moving))
-    store.set_payload(faces_collection(profile), {"person_pinned": True}, staying)
-    store.set_payload(faces_collection(profile), {"person_id": new_id, "person_pinned": True}, moving)
+    store.set_face_payload(profile, {"person_pinned": True}, staying)
+    store.set_face_payload(profile, {"person_id": new_id, "person_pinned": True}, moving)
     _recount(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)
-
-
-def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
-    """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
-
-    Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
-    """
-    from dagster import execute_job, reconstructable
-
-    from facepipe.definitions import get_people_job
-    from facepipe.defs.partitions import digest_groups
-    from facepipe.digests import instance_for_digests
-
-    instance = instance or instance_for_digests()
-    if not instance.has_dynamic_partition(digest_groups.name, group_id):
-        raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
-    run_config = {
-        "ops": {"people": {"config": {"profile": profile, "full": full}}},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-    }
-    tags = {"dagster/partition": group_id, "facepipe/group_id": group_id, "facepipe/profile": profile}
-    with execute_job(reconstructable(get_people_job), instance, run_config=run_config, tags=tags) as result:
-        if not result.success:
-            failures = [e.step_failure_data.error.message.strip() for e in result.get_step_failure_events()
-                        if e.step_failure_data.error]
-            raise RuntimeError(failures[0] if failures else f"people run {result.run_id} failed")
-        materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
-        counts = {key: value.value for key, value in materialization.metadata.items()}
-        return {**counts, "run_id": result.run_id}

@@ -4,6 +4,7 @@ Submitting and terminating use dagster-graphql's client; the reads (runs, their 
 a group's partition are GraphQL queries the client has no method for.
 """
 
+import json
 from datetime import datetime
 from urllib.parse import urlparse
 
@@ -11,9 +12,10 @@ import requests
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
-from facepipe.defs.config import DigestConfig
+from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import digest_groups
-from facepipe.digests import STATUS_NAMES, TAG_PREFIX, DigestNotFound, run_config, run_tags, summarise
+from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, summarise
+from facepipe.request import GROUP_TAG, DigestRequest, run_tags
 
 _METADATA = """metadataEntries { label __typename
   ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
@@ -52,8 +54,6 @@ def _metadata(entries: list[dict]) -> dict:
     values = {}
     for entry in entries:
         if entry["__typename"] == "JsonMetadataEntry":
-            import json
-
             values[entry["label"]] = json.loads(entry["jsonString"])
         else:
             values[entry["label"]] = next(
@@ -63,7 +63,7 @@ def _metadata(entries: list[dict]) -> dict:
 
 
 class RemoteDigests:
-    """The digest operations of facepipe.digests, against a Dagster webserver at `url`."""
+    """The digest operations of facepipe.runs and facepipe.history, against a Dagster webserver at `url`."""
 
     def __init__(self, url: str):
         parsed = urlparse(url if "://" in url else f"http://{url}")
@@ -83,11 +83,11 @@ class RemoteDigests:
     def _repository(self) -> dict:
         data = self._query(REPOSITORIES_QUERY)["repositoriesOrError"]
         for repo in data.get("nodes", []):
-            if any(job["name"] == "digest_job" for job in repo["jobs"]):
+            if any(job["name"] == DIGEST_JOB for job in repo["jobs"]):
                 return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
         raise RuntimeError(f"no code location at {self.url} has the digest_job")
 
-    def start_digest(self, request: DigestConfig, workers: int) -> str:
+    def start_digest(self, request: DigestRequest, workers: int) -> str:
         """Submit a digest to the webserver's instance (its run queue) and return the run id."""
         repository = self._repository()
         added = self._query(ADD_PARTITION, {"selector": repository, "name": digest_groups.name, "key": request.group_id})
@@ -95,15 +95,15 @@ class RemoteDigests:
         if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
             raise RuntimeError(f"could not add group {request.group_id!r}: {result.get('message', result)}")
         return self.client.submit_job_execution(
-            "digest_job", repository_location_name=repository["repositoryLocationName"],
-            repository_name=repository["repositoryName"], run_config=run_config(request, workers),
-            tags={**run_tags(request), TAG_PREFIX + "workers": str(workers)},
+            DIGEST_JOB, repository_location_name=repository["repositoryLocationName"],
+            repository_name=repository["repositoryName"], run_config=digest_run_config(request, workers),
+            tags=run_tags(request, workers),
         )
 
     def digest_summary(self, run_id: str) -> dict:
         data = self._query(RUN_QUERY, {"runId": run_id})
         run = data["runOrError"]
-        if run["__typename"] != "Run" or run["jobName"] != "digest_job":
+        if run["__typename"] != "Run" or run["jobName"] != DIGEST_JOB:
             raise DigestNotFound(f"no digest with run id {run_id!r} at {self.url}")
         materialized, observations, errors = {}, [], []
         for event in data["logsForRun"].get("events", []):
@@ -123,9 +123,9 @@ class RemoteDigests:
 
     def list_digests(self, group_id: str | None = None, status: str | None = None, since: datetime | None = None,
                      until: datetime | None = None, limit: int = 20) -> list[dict]:
-        runs_filter: dict = {"pipelineName": "digest_job"}
+        runs_filter: dict = {"pipelineName": DIGEST_JOB}
         if group_id:
-            runs_filter["tags"] = [{"key": TAG_PREFIX + "group_id", "value": group_id}]
+            runs_filter["tags"] = [{"key": GROUP_TAG, "value": group_id}]
         if status:
             runs_filter["statuses"] = [s.value for s, name in STATUS_NAMES.items() if name == status]
         if since:

@@ -3,7 +3,8 @@
 The selfie goes through the same engine as a digest (decode, detect, align, embed with the
 group's profile); its face is then a cosine query to Qdrant, filtered to the group.
 
-Default thresholds (cosine similarity of L2-normalised embeddings), per profile:
+Default thresholds (cosine similarity of L2-normalised embeddings), each profile's
+`search_threshold` (engine/profiles):
 - dlib 0.94, measured on both labelled sets of ../shared/faces (benchmarks/search_threshold.py):
   the closest different-person pair is at 0.9344 on images/ and 0.9223 on lfw10/, so 0.94 matches
   no different-person pair on either (precision 1.000, a margin of 0.006 over the closest) and
@@ -19,10 +20,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facepipe.engine.faces import faces_in_image
+from facepipe.engine.images import decode_image
+from facepipe.engine.listing import ImageError, read_image_bytes
+from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
+from facepipe.request import DEFAULT_CONFIDENCE
 from facepipe.store import FaceStore
-
-DEFAULT_THRESHOLDS = {"dlib": 0.94, "retinaface-arcface": 0.32}
-DETECTION_CONFIDENCE = 0.5  # the digest's default: the selfie's faces are found as the group's were
 
 
 class SearchError(Exception):
@@ -60,19 +64,13 @@ class SearchResult:
 
 def group_profiles(store: FaceStore, group_id: str) -> list[str]:
     """The profiles whose face collection holds faces of the group."""
-    from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-
     found = [p for p in PROFILES if store.count_faces(group_id, p)]
     return sorted(found, key=lambda p: p != DEFAULT_PROFILE)
 
 
 def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
-    """The selfie's faces (engine Face objects), the largest only unless `all_faces`."""
-    from facepipe.engine.faces import faces_in_image
-    from facepipe.engine.images import ImageError, decode_image, read_image_bytes
-    from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
-    from facepipe.engine.profiles import load_profile
-
+    """The selfie's faces (engine Face objects), the largest only unless `all_faces`; the selfie's
+    faces are found as a digest with the default confidence finds the group's."""
     try:
         image = decode_image(read_image_bytes(selfie_path)[0])
     except ImageError as err:
@@ -80,9 +78,9 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     profile = load_profile(profile_name)
     # a selfie's face is large: faces of 1/8 of the photo are looked for first, which is fast
     large = max(DEFAULT_MIN_FACE_SIZE, max(image.shape[:2]) // 8)
-    faces = [] if all_faces else faces_in_image(profile, image, DETECTION_CONFIDENCE, large)[0]
+    faces = [] if all_faces else faces_in_image(profile, image, DEFAULT_CONFIDENCE, large)[0]
     if not faces:  # every face (--all-faces), or a small one: as a digest finds them
-        faces, _ = faces_in_image(profile, image, DETECTION_CONFIDENCE, DEFAULT_MIN_FACE_SIZE)
+        faces, _ = faces_in_image(profile, image, DEFAULT_CONFIDENCE, DEFAULT_MIN_FACE_SIZE)
     if not faces:
         raise SearchError(f"no face found in the selfie {selfie_path}")
     if not all_faces:
@@ -101,7 +99,7 @@ def search_faces(store: FaceStore, selfie_path: str, group_id: str, profile: str
         with_profile = f" with profile {profile!r}" if profile else ""
         raise SearchError(f"unknown group {group_id!r}: it has no faces{with_profile}; digest photos into it first")
     profile = profile or profiles[0]
-    threshold = DEFAULT_THRESHOLDS[profile] if threshold is None else threshold
+    threshold = PROFILES[profile].search_threshold if threshold is None else threshold
     if not Path(selfie_path).is_file():
         raise SearchError(f"no such selfie file: {selfie_path}")
     faces = selfie_faces(selfie_path, profile, all_faces)

@@ -4,6 +4,10 @@
   Dagster instance (`dagster/`) and the embedded face store (`qdrant/`: Qdrant Edge shards).
 - DAGSTER_HOME: the Dagster instance, default `$FACEPIPE_HOME/dagster`.
 - QDRANT_URL / QDRANT_API_KEY: use a Qdrant server instead of the embedded store.
+- FACEPIPE_WATCHES: the watches file (default `$FACEPIPE_HOME/watches.yaml`; see facepipe/watching.py).
+- DEEPFACE_HOME: deepface's model weights are in `$DEEPFACE_HOME/.deepface/weights` (default: the
+  user's home), as deepface itself reads it.
+- FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
 """
 
 import os
@@ -48,6 +52,15 @@ def qdrant_url() -> str | None:
 
 def qdrant_api_key() -> str | None:
     return os.environ.get("QDRANT_API_KEY") or None
+
+
+def watches_file_named() -> str | None:
+    """The watches file named by FACEPIPE_WATCHES: it must exist (a typo must not watch nothing)."""
+    return os.environ.get("FACEPIPE_WATCHES") or None
+
+
+def deepface_home() -> Path:
+    return Path(os.environ.get("DEEPFACE_HOME") or os.path.expanduser("~"))
 
 
 def prepare_dagster_home() -> Path:

@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facepipe.engine.profiles import DIMENSIONS, MODEL_NAMES
+from facepipe import settings
+from facepipe.engine.profiles import PROFILES
 
 if TYPE_CHECKING:
     from facepipe.engine.faces import ImageResult
@@ -405,7 +406,7 @@ class FaceStore:
         finally:
             lock.close()  # releases the flock
 
-    # -- generic access, for facepipe.people and the digests' page of face ids ----------------
+    # -- generic access by collection: for the methods below and the migration ------------------
 
     def exists(self, collection: str) -> bool:
         return self.backend.exists(collection)
@@ -450,7 +451,7 @@ class FaceStore:
     # -- faces and the ledger -------------------------------------------------------------------
 
     def ensure_collections(self, profile: str) -> None:
-        self.create(faces_collection(profile), DIMENSIONS[profile])
+        self.create(faces_collection(profile), PROFILES[profile].dimension)
         self.create(images_collection(profile), None)
 
     def ensure_people_collection(self, profile: str) -> None:
@@ -463,10 +464,10 @@ class FaceStore:
         if isinstance(self.backend, ClientBackend) and self.backend.exists(name) and not self.backend.has_vectors(name):
             people = list(self.scroll(name))
             self.backend.client.delete_collection(name)
-            self.backend.create(name, DIMENSIONS[profile], "dot")
+            self.backend.create(name, PROFILES[profile].dimension, "dot")
             _copy_people(self, self, name, people)
             return
-        self.create(name, DIMENSIONS[profile], distance="dot")
+        self.create(name, PROFILES[profile].dimension, distance="dot")
 
     def digested_images(self, group_id: str, profile: str, paths: Iterable[str] | None = None
                         ) -> dict[str, DigestedImage]:
@@ -539,7 +540,7 @@ class FaceStore:
             image_points.append(StoredPoint(image_point_id(group_id, r.path, profile), {
                 "group_id": group_id, "image_path": r.path, "status": "failed" if r.error else "done",
                 "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns, "etag": r.etag,
-                "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": MODEL_NAMES[profile],
+                "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": PROFILES[profile].model_name,
             }))
             if r.error:
                 continue
@@ -552,7 +553,7 @@ class FaceStore:
                         "detection_confidence": face.confidence,
                         "facial_area": {"x": x, "y": y, "w": w, "h": h},
                         "landmarks": [[round(px, 1), round(py, 1)] for px, py in face.landmarks],
-                        "timestamp": now, "model": MODEL_NAMES[profile], "profile": profile,
+                        "timestamp": now, "model": PROFILES[profile].model_name, "profile": profile,
                         "content_hash": r.content_hash, "image_width": r.width, "image_height": r.height,
                         "run_id": run_id,
                     },
@@ -576,6 +577,54 @@ class FaceStore:
                       min_score: float | None = None, where: Where | None = None) -> list[StoredPoint]:
         """The group's faces most similar (cosine) to `embedding`, best first."""
         return self.query(faces_collection(profile), embedding, where or group_filter(group_id), limit, min_score)
+
+
+    def face_ids_of_run(self, group_id: str, profile: str, run_id: str, limit: int = 100,
+                        offset: str | None = None) -> tuple[list[str], str | None]:
+        """A page of the ids of the faces a digest run stored, and the next page's offset."""
+        points, next_offset = self.scroll_page(faces_collection(profile), group_filter(group_id, run_id=run_id),
+                                               limit, offset, with_payload=False)
+        return [p.id for p in points], next_offset
+
+    # -- people: facepipe.people decides who is who; these read and write its records ------------
+
+    def scroll_faces(self, profile: str, where: Where, with_vectors: bool = False,
+                     payload_keys: Iterable[str] | None = None, page: int = SCROLL_PAGE) -> Iterator[StoredPoint]:
+        return self.scroll(faces_collection(profile), where, with_vectors, payload_keys, page)
+
+    def count_faces_matching(self, profile: str, where: Where) -> int:
+        return self.count(faces_collection(profile), where)
+
+    def set_face_payload(self, profile: str, payload: dict, face_ids: list[str]) -> None:
+        self.set_payload(faces_collection(profile), payload, face_ids)
+
+    def people(self, group_id: str, profile: str, payload_keys: Iterable[str] | None = None) -> list[StoredPoint]:
+        return list(self.scroll(people_collection(profile), group_filter(group_id), payload_keys=payload_keys))
+
+    def count_people(self, group_id: str, profile: str) -> int:
+        return self.count(people_collection(profile), group_filter(group_id))
+
+    def get_people(self, group_id: str, profile: str, person_ids: Iterable[int]) -> list[StoredPoint]:
+        return self.retrieve(people_collection(profile), [person_point_id(group_id, p, profile) for p in person_ids])
+
+    def write_people(self, group_id: str, profile: str, people: list[tuple[dict, list[float]]]) -> None:
+        """Upsert people, each a payload (with its `person_id`) and its vector (the mean of its faces)."""
+        self.upsert(people_collection(profile), [
+            StoredPoint(person_point_id(group_id, payload["person_id"], profile), payload, vector)
+            for payload, vector in people])
+
+    def delete_people(self, group_id: str, profile: str, person_ids: Iterable[int]) -> None:
+        ids = [person_point_id(group_id, p, profile) for p in person_ids]
+        if ids:
+            self.delete(people_collection(profile), ids=ids)
+
+    def set_people_payload(self, group_id: str, profile: str, person_ids: Iterable[int], payload: dict) -> None:
+        self.set_payload(people_collection(profile), payload, [person_point_id(group_id, p, profile) for p in person_ids])
+
+    def nearest_person(self, group_id: str, profile: str, vector, min_score: float) -> StoredPoint | None:
+        """The group's person whose mean face is nearest to `vector` (dot product), if at least `min_score`."""
+        found = self.query(people_collection(profile), vector, group_filter(group_id), limit=1, min_score=min_score)
+        return found[0] if found else None
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -663,9 +712,9 @@ def _copy_collection(old: FaceStore, new: FaceStore, name: str) -> int:
     profile = name.split("_", 1)[1].replace("_", "-")
     if kind == "people":
         # people were vectorless; their vector is now the mean of their faces' unit embeddings
-        new.create(name, DIMENSIONS[profile], distance="dot")
+        new.create(name, PROFILES[profile].dimension, distance="dot")
         return _copy_people(new, new, name, old.scroll(name))
-    new.create(name, DIMENSIONS[profile] if kind == "faces" else None)
+    new.create(name, PROFILES[profile].dimension if kind == "faces" else None)
     return _upsert_in_batches(new, name, old.scroll(name, with_vectors=kind == "faces"))
 
 
@@ -701,7 +750,7 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
 
     def with_mean(point: StoredPoint) -> StoredPoint:
         key = (point.payload["group_id"], point.payload["person_id"])
-        mean = sums[key] / counts[key] if key in sums else np.zeros(DIMENSIONS[profile])
+        mean = sums[key] / counts[key] if key in sums else np.zeros(PROFILES[profile].dimension)
         return StoredPoint(point.id, point.payload, mean.tolist())
 
     return _upsert_in_batches(to, name, map(with_mean, people))
@@ -709,6 +758,4 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
 
 def open_store_from_settings():
     """The store this deployment uses: a Qdrant server when QDRANT_URL is set, else the embedded one."""
-    from facepipe import settings
-
     return FaceStore.open(path=settings.qdrant_path(), url=settings.qdrant_url(), api_key=settings.qdrant_api_key())

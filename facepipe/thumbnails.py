@@ -10,7 +10,8 @@ from pathlib import Path
 import cv2
 
 from facepipe import settings
-from facepipe.engine.images import ImageError, decode_image, read_image_bytes
+from facepipe.engine.images import decode_image
+from facepipe.engine.listing import ImageError, read_image_bytes
 
 THUMBNAIL_SIZE = 160  # pixels, square
 MARGIN = 0.25  # of the face box, added on every side, so the crop shows some hair and chin

@@ -26,9 +26,10 @@ import pytest
 from PIL import Image
 
 from facepipe import settings
-from facepipe.engine import images as images_module
-from facepipe.engine.faces import ImageTask, faces_in_chunk
-from facepipe.engine.images import list_images
+from facepipe.engine import listing as listing_module
+from facepipe.engine.faces import faces_in_chunk
+from facepipe.engine.planning import ImageTask
+from facepipe.engine.listing import list_images
 from facepipe_tests.conftest import REPORTS, SAMPLE_IMAGES, faces_by_photo
 
 FACE_PHOTO = SAMPLE_IMAGES / "img1.jpg"  # one face (person01), 1382 x 1868
@@ -362,7 +363,7 @@ def test_entries_deleted_while_listing_are_recorded(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     for name in ("keep.jpg", "vanishing.jpg", "sub/inner.jpg"):
         shutil.copyfile(SAMPLE_IMAGES / "img1.jpg", tmp_path / name)
-    monkeypatch.setattr(images_module.os, "scandir", DeletingScandir([tmp_path / "vanishing.jpg", tmp_path / "sub"]))
+    monkeypatch.setattr(listing_module.os, "scandir", DeletingScandir([tmp_path / "vanishing.jpg", tmp_path / "sub"]))
     listing = list_images(tmp_path)
     assert [Path(f.path).name for f in listing] == ["keep.jpg"]
     reasons = {Path(n.path).name: n.reason for n in listing.not_listed}
@@ -374,7 +375,8 @@ def test_entries_deleted_while_listing_are_recorded(tmp_path, monkeypatch):
 PEAK_RSS_KIB = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
 DECODE_IN_CHILD = f"""
 import json, sys
-from facepipe.engine.faces import ImageTask, faces_in_chunk
+from facepipe.engine.faces import faces_in_chunk
+from facepipe.engine.planning import ImageTask
 from facepipe.engine.profiles import load_profile
 load_profile("dlib")
 before = {PEAK_RSS_KIB}
@@ -422,7 +424,8 @@ def test_bombs_and_huge_files_are_refused_with_memory_bounded_in_the_worker(tmp_
 def test_opencv_never_speaks_to_the_user():
     """What OpenCV alone would refuse (more than its 2^30 pixels) never reaches a user as its
     assertion text, even where facepipe's own budget is lifted."""
-    from facepipe.engine.images import ImageError, decode_image
+    from facepipe.engine.images import decode_image
+    from facepipe.engine.listing import ImageError
 
     os.environ["FACEPIPE_MAX_IMAGE_PIXELS"] = str(10**12)
     try:
@@ -457,7 +460,7 @@ def test_listing_20000_small_files(tmp_path):
         (child / f"p{i:05d}.png").write_bytes(tiny.getvalue())
     script = f"""
 import json, sys, time
-from facepipe.engine.images import list_images
+from facepipe.engine.listing import list_images
 before = {PEAK_RSS_KIB}
 start = time.perf_counter()
 listing = list_images(sys.argv[1])

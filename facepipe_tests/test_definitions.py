@@ -3,10 +3,11 @@
 import subprocess
 import sys
 
-from facepipe.definitions import defs, get_digest_job
+from facepipe.definitions import get_digest_job, loaded
 
 
 def test_definitions_load_with_the_digest_assets_job_and_store():
+    defs = loaded()
     job = get_digest_job()
     assert job.name == "digest_job"
     assert job.partitions_def.name == "digest_groups"
@@ -30,6 +31,7 @@ def test_the_launchpad_form_has_the_digest_request_and_workers():
 
 
 def test_loading_definitions_imports_no_model_library():
-    code = "import sys, facepipe.definitions; print(sorted({'cv2','deepface','dlib','onnxruntime'} & set(sys.modules)))"
+    code = ("import sys, facepipe.definitions; facepipe.definitions.loaded(); "
+            "print(sorted({'cv2', 'deepface', 'dlib', 'onnxruntime', 'scipy'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

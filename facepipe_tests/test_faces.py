@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from facepipe.engine.faces import ImageTask, faces_in_chunk, plan_images, split_into_chunks
-from facepipe.engine.images import ImageFile
+from facepipe.engine.faces import faces_in_chunk
+from facepipe.engine.planning import ImageTask, plan_images, split_into_chunks
+from facepipe.engine.listing import ImageFile
 from facepipe.engine.weights import MissingWeightsError
 from facepipe_tests.conftest import SAMPLE_IMAGES
 
@@ -109,6 +110,19 @@ def test_chunks_cover_every_task_once_with_one_chunk_per_worker_at_least():
     assert split_into_chunks([], workers=2, chunk_size=3) == []
 
 
+def test_dlib_weights_left_as_broken_links_by_a_removed_environment_are_linked_again(tmp_path, monkeypatch):
+    from facepipe.engine.weights import link_bundled_dlib_weights
+
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    folder = tmp_path / ".deepface" / "weights"
+    folder.mkdir(parents=True)
+    (folder / "shape_predictor_5_face_landmarks.dat").symlink_to(tmp_path / "gone-venv" / "model.dat")
+    link_bundled_dlib_weights()
+    assert all(f.is_file() and f.stat().st_size > 1_000_000 for f in folder.iterdir())
+    assert sorted(f.name for f in folder.iterdir()) == [
+        "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"]
+
+
 def test_a_missing_weight_names_the_file_and_the_folder(tmp_path, monkeypatch):
     # The retinaface-arcface weights are not bundled. This machine has no route to the model hubs;
     # the proxy to a closed local port makes the download fail the same way (quickly) anywhere.
@@ -163,12 +177,11 @@ def test_retinaface_follows_the_min_face_size_contract_where_its_weights_are_pre
 
     from benchmarks.detection_recall import make_photos, match, sources
     from facepipe.engine.faces import find_faces
-    from facepipe.engine.profiles import load_profile
-    from facepipe.engine.profiles.retinaface_arcface import ARCFACE_WEIGHTS, RETINAFACE_WEIGHTS
+    from facepipe.engine.profiles import PROFILES, load_profile
 
     home = Path(os.environ.get("FACEPIPE_TEST_DEEPFACE_HOME", Path.home()))
     weights = home / ".deepface" / "weights"
-    missing = [name for name, _ in (RETINAFACE_WEIGHTS, ARCFACE_WEIGHTS) if not (weights / name).is_file()]
+    missing = [w.file for w in PROFILES["retinaface-arcface"].weights if not (weights / w.file).is_file()]
     if missing:
         pytest.skip(f"{', '.join(missing)} not in {weights}: RetinaFace's weights cannot be downloaded here")
     monkeypatch.setenv("DEEPFACE_HOME", str(home))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facepipe.engine.images import ImageError, decode_image, decode_image_reduced, jpeg_size, list_images
+from facepipe.engine.images import decode_image, decode_image_reduced, jpeg_size
+from facepipe.engine.listing import ImageError, list_images
 from facepipe_tests.conftest import SAMPLE_IMAGES
 
 

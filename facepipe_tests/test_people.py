@@ -151,10 +151,10 @@ def test_unknown_groups_and_people_are_clear_errors(sample_people):
 
 
 def test_the_people_asset_follows_the_digest_per_group_in_the_store_pool():
-    from facepipe.definitions import defs, get_people_job
+    from facepipe.definitions import get_people_job, loaded
     from facepipe.settings import STORE_POOL
 
-    graph = defs.resolve_asset_graph()
+    graph = loaded().resolve_asset_graph()
     assert graph.get(AssetKey("people")).parent_keys == {AssetKey("stored_faces")}
     job = get_people_job()
     assert job.partitions_def.name == "digest_groups"

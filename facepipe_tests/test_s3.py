@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance
 
-from facepipe.engine.faces import ImageTask, faces_in_chunk
-from facepipe.engine.images import ImageError
+from facepipe.engine.faces import faces_in_chunk
+
+from facepipe.engine.planning import ImageTask
+from facepipe.engine.listing import ImageError
 from facepipe.engine.sources import S3Reader, SourceError, list_s3_images
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo
 

@@ -5,7 +5,8 @@ import json
 import cv2
 import numpy as np
 
-from facepipe.search import DEFAULT_THRESHOLDS, search_faces
+from facepipe.engine.profiles import PROFILES
+from facepipe.search import search_faces
 from facepipe.store import FaceStore
 from facepipe_tests.conftest import SAMPLE_IMAGES, run_facepipe
 
@@ -22,7 +23,7 @@ def names(result):
 def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, identities):
     home, _ = sample_people
     result = search(home, SAMPLE_IMAGES / "img1.jpg")
-    assert result["profile"] == "dlib" and result["threshold"] == DEFAULT_THRESHOLDS["dlib"] == 0.94
+    assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold == 0.94
     found = names(result)
     # her face in the couple and in the selfie is detected by the digest (test_digest), so both must match
     person01 = {name for name, who in identities.items() if who == "person01"} | {"couple.jpg", "selfie-many-people.jpg"}

@@ -29,11 +29,13 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from facepipe.defs.config import DigestConfig
-from facepipe.defs.schedules import build_recluster_schedule, build_schedules
-from facepipe.defs.sensors import WatchCursor, build_watch_sensor, build_webhook_sensors, plan_batches
-from facepipe.defs.watches import WatchesError, load_watches, parse_watches
-from facepipe.engine.images import ImageFile, list_images
+from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_schedules
+from facepipe.defs.ingestion.sensors import build_watch_sensor
+from facepipe.defs.ingestion.webhooks import build_webhook_sensors
+from facepipe.engine.listing import list_images
+from facepipe.request import DigestRequest, digest_request
+from facepipe.runs import run_digest
+from facepipe.watching import parse_watches
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe
 from facepipe_tests.test_s3 import s3_endpoint  # noqa: F401  (the moto S3 server fixture)
 
@@ -51,8 +53,8 @@ def tick(sensor, instance, cursor=None):
     return sensor(context)
 
 
-def window_config(run_request) -> DigestConfig:
-    return DigestConfig(**run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"])
+def window_config(run_request) -> DigestRequest:
+    return DigestRequest(**run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"])
 
 
 def drop(folder, name, mtime_ns, photo="img1.jpg"):
@@ -69,47 +71,14 @@ def instance():
         yield instance
 
 
-# -- the watches file -------------------------------------------------------------------------------
-
-def test_the_watches_file_is_validated_with_errors_that_name_the_field(tmp_path, monkeypatch):
-    monkeypatch.delenv("FACEPIPE_WATCHES", raising=False)
-    monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path / "home"))
-    assert load_watches().watches == []  # no file: no watches
-
-    good = tmp_path / "watches.yaml"
-    good.write_text(f"watches:\n  - name: inbox\n    source: {tmp_path}\n    group_id: g\n"
-                    "webhooks:\n  - http://127.0.0.1:1/hook\n")
-    monkeypatch.setenv("FACEPIPE_WATCHES", str(good))
-    config = load_watches()
-    (inbox,) = config.watches
-    assert (inbox.max_photos_per_run, inbox.minimum_interval_seconds, inbox.sensor_name) == (500, 30, "watch_inbox")
-
-    bad = [
-        ("watches:\n  - {name: a, source: /x, group_id: 'no spaces'}", "watches.0.group_id"),
-        ("watches:\n  - {name: a, source: /x, group_id: g, max_photos_per_run: 0}", "watches.0.max_photos_per_run"),
-        ("watches:\n  - {name: a, source: /x, group_id: g, colour: red}", "watches.0.colour"),
-        ("watches:\n  - {name: a, source: /x, group_id: g, profile: nope}", "profile 'nope'"),
-        ("watches:\n  - {name: a, source: /x, group_id: g}\n  - {name: a, source: /y, group_id: h}", "unique"),
-        ("webhooks: [ftp://example.com]", "webhooks"),
-        ("watches: [", "cannot read"),
-    ]
-    for text, named in bad:
-        good.write_text(text)
-        with pytest.raises(WatchesError, match=named) as raised:
-            load_watches()
-        assert str(good) in str(raised.value)
-
-    monkeypatch.setenv("FACEPIPE_WATCHES", str(tmp_path / "typo.yaml"))
-    with pytest.raises(WatchesError, match="no such watches file"):
-        load_watches()
-
+# -- the definitions -------------------------------------------------------------------------------
 
 def test_definitions_load_a_sensor_per_watch_and_the_schedules(tmp_path):
     watches = tmp_path / "watches.yaml"
     watches.write_text(f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
                        "  - {name: bucket, source: 's3://photos/event/', group_id: h}\n"
                        "webhooks: ['${HOOK_URL}']\n")
-    code = ("from facepipe.definitions import defs; "
+    code = ("from facepipe.definitions import loaded; defs = loaded(); "
             "print(sorted(s.name for s in defs.sensors), sorted(s.name for s in defs.schedules))")
     env = {**os.environ, "FACEPIPE_WATCHES": str(watches), "FACEPIPE_HOME": str(tmp_path / "home"),
            "HOOK_URL": "http://127.0.0.1:1/hook"}
@@ -177,22 +146,6 @@ def test_a_flood_of_photos_becomes_several_bounded_runs(instance, tmp_path):
     assert sorted(f.path for b in batches for f in b) == [f.path for f in listed]  # each photo in one run
     assert len({r.run_key for r in result.run_requests}) == 3
     assert not tick(sensor, instance, result.cursor).run_requests
-
-
-def test_photos_of_one_modification_time_are_never_split_between_runs():
-    same = [ImageFile(f"/p/{i}.jpg", 1, T0) for i in range(7)] + [ImageFile("/p/later.jpg", 1, T0 + 1)]
-    assert [len(b.files) for b in plan_batches(same, WatchCursor(), 5)] == [7, 1]  # 7 > 5, but one window
-    launched = WatchCursor().after(plan_batches(same[:7], WatchCursor(), 5), same[:7])
-    assert (launched.mtime_ns, len(launched.at_mtime)) == (T0, 7)
-    assert [b.files for b in plan_batches(same, launched, 5)] == [[same[-1]]]
-    # too many photos at one time to remember: late arrivals at it are left to the nightly re-check,
-    # and nothing is launched again
-    flood = [ImageFile(f"/f/{i}.jpg", 1, T0) for i in range(10_001)]
-    forgetful = WatchCursor().after(plan_batches(flood, WatchCursor(), 500), flood)
-    assert forgetful.at_mtime is None and len(forgetful.write("/f")) < 100
-    assert WatchCursor.read(forgetful.write("/f"), "/f") == forgetful
-    assert WatchCursor.read(forgetful.write("/f"), "/elsewhere") == WatchCursor()  # a new source starts over
-    assert plan_batches(flood + [ImageFile("/f/late.jpg", 1, T0)], forgetful, 500) == []
 
 
 def test_a_photo_arriving_late_with_the_time_of_the_last_launch_is_launched_once(instance, tmp_path):
@@ -266,8 +219,6 @@ def digested(tmp_path_factory):
     runs = {group: digest(home, folder, group, "--workers", "1") for group, folder in folders.items()}
     # a digest of a folder that is gone fails at its listing (the CLI refuses a missing folder before
     # it launches, so this one is launched from Python, on the same instance)
-    from facepipe.digests import digest_request, run_digest
-
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs["failed"] = run_digest(digest_request(str(home / "gone"), "alpha"), workers=1, instance=instance)
     assert runs["alpha"]["status"] == runs["beta"]["status"] == "completed"

@@ -1,9 +1,13 @@
+"""The resources every facepipe job uses: the face store and S3, chosen from the settings here."""
+
 from contextlib import ExitStack, contextmanager
 
-from dagster import ConfigurableResource, RetryRequested
+from dagster import ConfigurableResource, Definitions, EnvVar, RetryRequested, definitions
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from facepipe import settings
+from facepipe.request import DigestRequest
 from facepipe.store import FaceStore, StoreBusy
 
 # The store pool keeps digests to one writer, but `facepipe search`, `people` or the notebook may
@@ -30,3 +34,30 @@ class FaceStoreResource(ConfigurableResource):
             except StoreBusy as err:
                 raise RetryRequested(max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_WAIT_SECONDS) from err
             yield store
+
+
+def s3_client(s3: S3Resource, request: DigestRequest):
+    """A boto3 client from dagster-aws's S3Resource, with the digest's endpoint and region; None for
+    a local folder."""
+    if not request.s3_bucket:
+        return None
+    overrides = {"endpoint_url": request.s3_endpoint_url, "region_name": request.s3_region}
+    return s3.model_copy(update={k: v for k, v in overrides.items() if v}).get_client()
+
+
+def face_store() -> FaceStoreResource:
+    # EnvVar keeps the server's address and key out of the config the UI shows
+    if settings.qdrant_url():
+        api_key = EnvVar("QDRANT_API_KEY") if settings.qdrant_api_key() else None
+        return FaceStoreResource(url=EnvVar("QDRANT_URL"), api_key=api_key)
+    return FaceStoreResource(path=str(settings.qdrant_path()))
+
+
+@definitions
+def resources() -> Definitions:
+    return Definitions(resources={
+        "face_store": face_store(),
+        # credentials from the standard AWS chain (environment, profile, instance role), never from
+        # config; the endpoint and region from the AWS configuration or the digest's s3_* fields
+        "s3": S3Resource(),
+    })

@@ -15,14 +15,12 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-# Cosine distance at which average linkage stops merging. dlib, measured on both labelled sets of
-# ../shared/faces (benchmarks/clustering.py): precision is 1.000 on each, and on the two clustered
-# together, below 0.0924 (the first wrong merge, two look-alikes of images/); recall is 1.000 on
-# images/ from 0.0577, and on lfw10/ 0.980 from 0.0724 (one photo apart) and 1.000 from 0.0894.
-# 0.08 is near the middle of 0.0724-0.0924, on its lower side: a wrong merge is worse than a
-# missed one. ArcFace: deepface's same-person cosine distance (0.68), not calibrated here (its
-# weights cannot be downloaded where this was measured).
-CLUSTER_DISTANCE = {"dlib": 0.08, "retinaface-arcface": 0.68}
+# The cut, a cosine distance at which average linkage stops merging, is each profile's
+# `cluster_distance` (engine/profiles). dlib's, measured on both labelled sets of ../shared/faces
+# (benchmarks/clustering.py): precision is 1.000 on each, and on the two clustered together, below
+# 0.0924 (the first wrong merge, two look-alikes of images/); recall is 1.000 on images/ from
+# 0.0577, and on lfw10/ 0.980 from 0.0724 (one photo apart) and 1.000 from 0.0894. 0.08 is near
+# the middle of 0.0724-0.0924, on its lower side: a wrong merge is worse than a missed one.
 
 # Average linkage needs every pairwise distance of what it clusters (n² / 2 float64, and scipy
 # copies them: 8 n² bytes). Up to DIRECT faces it runs on them all at once; beyond, on blocks that

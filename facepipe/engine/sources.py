@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 from facepipe import settings
-from facepipe.engine.images import IMAGE_EXTENSIONS, ImageError, ImageFile, Listing, too_large
+from facepipe.engine.listing import IMAGE_EXTENSIONS, ImageError, ImageFile, Listing, too_large
 
 
 class SourceError(RuntimeError):

@@ -8,14 +8,16 @@ face_recognition_models, so we link them there and nothing is downloaded.
 import os
 from pathlib import Path
 
+from facepipe import settings
+from facepipe.engine.profiles import PROFILES, Weight
+
 
 class MissingWeightsError(RuntimeError):
     """A model weight is not on disk and could not be fetched."""
 
 
 def weights_folder() -> Path:
-    home = os.environ.get("DEEPFACE_HOME") or os.path.expanduser("~")
-    return Path(home) / ".deepface" / "weights"
+    return settings.deepface_home() / ".deepface" / "weights"
 
 
 def link_bundled_dlib_weights() -> Path:
@@ -25,21 +27,25 @@ def link_bundled_dlib_weights() -> Path:
     source = Path(face_recognition_models.__file__).parent / "models"
     folder = weights_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat"):
+    for name in (weight.file for weight in PROFILES["dlib"].weights):
         target = folder / name
-        if not target.exists():
-            try:
-                target.symlink_to(source / name)
-            except FileExistsError:
-                pass  # another worker process linked it first
+        if target.exists():
+            continue
+        # missing, or a link left broken by a removed environment: link it anew, atomically, since
+        # other worker processes may be doing the same
+        fresh = folder / f".{name}.{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(source / name)
+        fresh.replace(target)
     return folder
 
 
-def build_or_explain(build, file_name: str, url: str):
+def build_or_explain(build, weight: Weight):
     """Run a deepface model builder; when its weight cannot be fetched, say which file goes where."""
     try:
         return build()
     except Exception as err:
+        file_name, url = weight.file, weight.url
         if (weights_folder() / file_name).is_file():
             raise
         raise MissingWeightsError(

@@ -2,7 +2,7 @@
 
 A profile finds faces in a view of a photo (`detect`; engine/detection.py chooses the view's scale
 and tiles), cuts aligned chips from the decoded photo (`align`) and turns chips into embeddings
-(`embed`). Adding a profile is adding one module here and one line in PROFILES.
+(`embed`). Adding a profile is adding one module here and its ProfileSpec in PROFILES.
 """
 
 from dataclasses import dataclass, field
@@ -36,10 +36,7 @@ class DetectedFace:
 
 
 class Profile(Protocol):
-    name: str
-    detector: str  # deepface's detector name
-    model: str  # deepface's recognition model name
-    dimension: int
+    spec: "ProfileSpec"
     smallest_face: int  # the narrowest face (box width, px) the detector finds in the pixels it is given
     tile_size: int  # the longest side it is given whole; larger views are tiled (engine/detection.py)
 
@@ -58,15 +55,47 @@ class Profile(Protocol):
     def embed(self, chips: list[np.ndarray]) -> np.ndarray: ...
 
 
-PROFILES = {
-    "dlib": "facepipe.engine.profiles.dlib:DlibProfile",
-    "retinaface-arcface": "facepipe.engine.profiles.retinaface_arcface:RetinaFaceArcFaceProfile",
-}
-DEFAULT_PROFILE = "dlib"
+@dataclass(frozen=True)
+class Weight:
+    """A model weight file in deepface's weights folder (engine/weights.py), and where it comes from."""
 
-# What each profile stores, known without loading its models (collections, payloads).
-DIMENSIONS = {"dlib": 128, "retinaface-arcface": 512}
-MODEL_NAMES = {"dlib": "Dlib", "retinaface-arcface": "ArcFace"}
+    file: str
+    url: str | None = None  # None: linked from a PyPI package, never downloaded
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Everything facepipe knows of a profile without loading its models: the one home of each
+    per-profile fact (the store's collections, the search threshold, the clustering cut)."""
+
+    name: str
+    implementation: str  # "module:Class" of its Profile, imported only when its models are needed
+    model_name: str  # deepface's recognition model, recorded in every stored face
+    dimension: int  # of its embeddings
+    # least cosine similarity of a search match (search.py; benchmarks/search_threshold.py)
+    search_threshold: float
+    # cosine distance at which average linkage stops merging faces into one person
+    # (engine/clustering.py; benchmarks/clustering.py)
+    cluster_distance: float
+    weights: tuple[Weight, ...]
+
+
+PROFILES: dict[str, ProfileSpec] = {spec.name: spec for spec in (
+    # dlib, measured on both labelled sets of ../shared/faces. Search 0.94: the closest
+    # different-person pair is at 0.9344 on images/ and 0.9223 on lfw10/ (see search.py).
+    # Clustering 0.08: precision 1.000 below 0.0924, recall 1.000 on images/ from 0.0577 and on
+    # lfw10/ 0.980 from 0.0724 (see engine/clustering.py).
+    ProfileSpec("dlib", "facepipe.engine.profiles.dlib:DlibProfile", "Dlib", 128,
+                search_threshold=0.94, cluster_distance=0.08,
+                weights=(Weight("shape_predictor_5_face_landmarks.dat"), Weight("dlib_face_recognition_resnet_model_v1.dat"))),
+    # The seed system's models. Not calibrated here (their weights cannot be downloaded where facepipe
+    # was measured): deepface's ArcFace cosine distance of 0.68, as a similarity 0.32 for search.
+    ProfileSpec("retinaface-arcface", "facepipe.engine.profiles.retinaface_arcface:RetinaFaceArcFaceProfile",
+                "ArcFace", 512, search_threshold=0.32, cluster_distance=0.68,
+                weights=(Weight("retinaface.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.onnx"),
+                         Weight("arcface_weights.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/arcface_weights.onnx"))),
+)}
+DEFAULT_PROFILE = "dlib"
 
 
 @cache
@@ -76,7 +105,7 @@ def load_profile(name: str) -> Profile:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, not {name!r}")
     import importlib
 
-    module_name, class_name = PROFILES[name].split(":")
+    module_name, class_name = PROFILES[name].implementation.split(":")
     return getattr(importlib.import_module(module_name), class_name)()
 
 

@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import Detection, DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, Detection, DetectedFace, clip_box, unit_rows
 from facepipe.engine.weights import link_bundled_dlib_weights
 
 # HOG returns an SVM margin, 0 being dlib's own decision boundary. We also ask for candidates a
@@ -27,10 +27,7 @@ def hog_confidence(margin: float) -> float:
 
 
 class DlibProfile:
-    name = "dlib"
-    detector = "dlib"
-    model = "Dlib"
-    dimension = 128
+    spec = PROFILES["dlib"]
     # dlib's frontal face detector scans an 80 x 80 window and reports faces no smaller than 73 px,
     # but finds smaller ones: every face from 64 px in the pixels it is given, 91-92 % at 56-64 px,
     # 53 % at 48-52 px (benchmarks/detection_recall.py --scan)
@@ -78,5 +75,5 @@ class DlibProfile:
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:
         if not chips:
-            return np.zeros((0, self.dimension), np.float32)
+            return np.zeros((0, self.spec.dimension), np.float32)
         return unit_rows(np.array(self._resnet.compute_face_descriptor(chips)))

@@ -8,14 +8,12 @@ built on first use inside the worker process (they must not cross a fork).
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import Detection, DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, Detection, DetectedFace, clip_box, unit_rows
 from facepipe.engine.weights import build_or_explain
 
-RETINAFACE_WEIGHTS = ("retinaface.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.onnx")
 # retina-face's scores are probabilities; candidates down to this are returned, for the digest's
 # confidence threshold to drop and count
 MIN_SCORE = 0.3
-ARCFACE_WEIGHTS = ("arcface_weights.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/arcface_weights.onnx")
 
 # ArcFace's canonical 5-point template for a 112 x 112 chip (insightface's arcface_dst).
 ARCFACE_TEMPLATE = np.array(
@@ -25,10 +23,7 @@ ARCFACE_TEMPLATE = np.array(
 
 
 class RetinaFaceArcFaceProfile:
-    name = "retinaface-arcface"
-    detector = "retinaface"
-    model = "ArcFace"
-    dimension = 512
+    spec = PROFILES["retinaface-arcface"]
     # RetinaFace's smallest anchors are 16 px (stride 8); faces of ~20 px are the smallest it finds
     # reliably (not measured here: its weights are a download)
     smallest_face = 20
@@ -39,10 +34,10 @@ class RetinaFaceArcFaceProfile:
     def __init__(self) -> None:
         from deepface import DeepFace
 
-        self._detector = build_or_explain(
-            lambda: DeepFace.build_model("retinaface", task="face_detector"), *RETINAFACE_WEIGHTS
-        )
-        self._arcface = build_or_explain(lambda: DeepFace.build_model("ArcFace"), *ARCFACE_WEIGHTS)
+        retinaface_weight, arcface_weight = self.spec.weights
+        self._detector = build_or_explain(lambda: DeepFace.build_model("retinaface", task="face_detector"),
+                                          retinaface_weight)
+        self._arcface = build_or_explain(lambda: DeepFace.build_model("ArcFace"), arcface_weight)
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
         return image
@@ -77,7 +72,7 @@ class RetinaFaceArcFaceProfile:
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:
         if not chips:
-            return np.zeros((0, self.dimension), np.float32)
+            return np.zeros((0, self.spec.dimension), np.float32)
         # deepface feeds its onnx ArcFace BGR pixels scaled to [0, 1] ("base" normalisation)
         batch = np.stack(chips).astype(np.float32) / 255.0
         return unit_rows(self._arcface.predict(batch))

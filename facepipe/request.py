@@ -1,31 +1,55 @@
-"""The digest request: what the Launchpad form, the CLI and start_digest all fill in."""
+"""A digest request: which photos (a folder or an S3 prefix), into which group, and how.
 
+Plain pydantic, no Dagster: the CLI, the watches, the HTTP API and the Dagster run config
+(defs/digest/config.py) all build and validate a request with this one class, and the digest's
+defaults are written here only. A request is recorded on its Dagster run as tags (`run_tags`),
+which is how the run history finds a group's digests.
+"""
+
+import os
 import re
+from pathlib import Path
 
-from dagster import Config
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.engine.sources import parse_s3_url
 
+DEFAULT_CONFIDENCE = 0.5
+DEFAULT_CHUNK_SIZE = 200
 GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+
+# How a digest run is tagged (the CLI, the history and the UI's filters read these)
+TAG_PREFIX = "facepipe/"
+GROUP_TAG = TAG_PREFIX + "group_id"
+SOURCE_TAG = TAG_PREFIX + "source"
+PROFILE_TAG = TAG_PREFIX + "profile"
+WORKERS_TAG = TAG_PREFIX + "workers"
+WATCH_TAG = TAG_PREFIX + "watch"
+PARTITION_TAG = "dagster/partition"
+
+
+def default_workers() -> int:
+    """Worker processes of a digest when none is asked for: one per core."""
+    return os.cpu_count() or 1
 
 
 def valid_group_id(value: str) -> str:
-    """A pydantic validator for `group_id` fields (digest config, watches)."""
+    """A pydantic validator for `group_id` fields (digest request, watches)."""
     if not GROUP_ID_PATTERN.match(value):
         raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
     return value
 
 
 def known_profile(value: str) -> str:
-    """A pydantic validator for `profile` fields (digest and people configs)."""
+    """A pydantic validator for `profile` fields (digest and people requests)."""
     if value not in PROFILES:
         raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
     return value
 
 
-class DigestConfig(Config):
+class DigestRequest(BaseModel):
     """Digest the photos of one source into one group."""
 
     group_id: str = Field(
@@ -42,11 +66,12 @@ class DigestConfig(Config):
     )
     s3_region: str | None = Field(default=None, description="The bucket's region; default: the AWS configuration's.")
     confidence: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="Faces detected below this confidence are dropped (and counted)."
+        default=DEFAULT_CONFIDENCE, ge=0.0, le=1.0,
+        description="Faces detected below this confidence are dropped (and counted).",
     )
     profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
     redigest: bool = Field(default=False, description="Digest photos again even if the group has them already.")
-    chunk_size: int = Field(default=200, ge=1, description="At most this many photos per parallel step.")
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, description="At most this many photos per parallel step.")
     preset: Preset = Field(
         default=DEFAULT_PRESET,
         description="The smallest faces to find: " + ", ".join(f"{name} {size} px" for name, size in PRESETS.items())
@@ -68,7 +93,7 @@ class DigestConfig(Config):
     _profile_is_known = field_validator("profile")(known_profile)
 
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> "DigestConfig":
+    def _exactly_one_source(self):
         has_local = bool(self.local_dir_path)
         has_s3 = bool(self.s3_bucket or self.s3_prefix)
         if has_local == has_s3:
@@ -80,11 +105,6 @@ class DigestConfig(Config):
             raise ValueError("s3_bucket: an s3_prefix needs its bucket")
         return self
 
-    def modified_in_window(self, files: list) -> list:
-        """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
-        after, until = self.modified_after_ns, self.modified_until_ns
-        return [f for f in files if (after is None or f.mtime_ns > after) and (until is None or f.mtime_ns <= until)]
-
     @property
     def face_size(self) -> int:
         """The narrowest face this digest finds, in full-size pixels."""
@@ -94,20 +114,47 @@ class DigestConfig(Config):
     def source(self) -> str:
         return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"
 
-    def list_photos(self, s3) -> list:
-        """The photos at this digest's source, a folder or an S3 prefix: a Listing (ImageFile, sorted by
-        path, and the entries left out, with their reasons).
+    def modified_in_window(self, files: list) -> list:
+        """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
+        after, until = self.modified_after_ns, self.modified_until_ns
+        return [f for f in files if (after is None or f.mtime_ns > after) and (until is None or f.mtime_ns <= until)]
+
+    def list_photos(self, s3_client=None):
+        """The photos at this digest's source, a folder or an S3 prefix (read with `s3_client`, a
+        boto3 client): a Listing (ImageFile, sorted by path, and the entries left out, with reasons).
 
         Raises OSError (a folder) or SourceError (a bucket) when the source cannot be listed at all.
         """
-        from facepipe.engine.images import list_images
+        from facepipe.engine.listing import list_images
         from facepipe.engine.sources import list_s3_images
 
         if self.local_dir_path:
             return list_images(self.local_dir_path)
-        return list_s3_images(self.s3_client(s3), self.s3_bucket, self.s3_prefix or "")
+        return list_s3_images(s3_client, self.s3_bucket, self.s3_prefix or "")
 
-    def s3_client(self, s3):
-        """A boto3 client from dagster-aws's S3Resource, with this digest's endpoint and region."""
-        overrides = {"endpoint_url": self.s3_endpoint_url, "region_name": self.s3_region}
-        return s3.model_copy(update={k: v for k, v in overrides.items() if v}).get_client()
+
+def digest_request(path: str, group_id: str, *, on_this_machine: bool = True, s3_endpoint_url: str | None = None,
+                   s3_region: str | None = None, **options) -> DigestRequest:
+    """A validated request for the photos at `path`, a folder or `s3://bucket/prefix`; raises
+    pydantic's ValidationError naming the bad field. `options` are DigestRequest's other fields.
+
+    A folder on this machine is resolved to its one canonical path (it is part of each photo's
+    identity); one on a remote server is passed as it is.
+    """
+    if path.startswith("s3://"):
+        bucket, prefix = parse_s3_url(path)
+        source = {"s3_bucket": bucket, "s3_prefix": prefix, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region}
+    else:
+        source = {"local_dir_path": str(Path(path).resolve()) if on_this_machine else path}
+    return DigestRequest(group_id=group_id, **source, **options)
+
+
+def run_tags(request: DigestRequest, workers: int) -> dict[str, str]:
+    """The tags of a digest run of `request`: its partition, and what the history shows."""
+    return {
+        PARTITION_TAG: request.group_id,
+        GROUP_TAG: request.group_id,
+        SOURCE_TAG: request.source,
+        PROFILE_TAG: request.profile,
+        WORKERS_TAG: str(workers),
+    }

@@ -19,6 +19,8 @@ while it is decoded in memory, and shipping them to another step would cost a st
 
 import json
 import os
+import resource
+import sys
 from dataclasses import dataclass
 
 from dagster import (
@@ -38,9 +40,13 @@ from dagster import (
 
 from dagster_aws.s3 import S3Resource
 
-from facepipe.defs.config import DigestConfig
+from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
-from facepipe.defs.resources import FaceStoreResource
+from facepipe.defs.resources import FaceStoreResource, s3_client
+from facepipe.engine.listing import display_path, read_listed_image
+from facepipe.engine.planning import plan_images, split_into_chunks
+from facepipe.engine.sources import S3Reader, SourceError
+from facepipe.request import DigestRequest, default_workers
 from facepipe.settings import STORE_POOL
 
 MAX_ERRORS_IN_METADATA = 1000
@@ -61,11 +67,11 @@ class ImageList:
 @dataclass
 class Chunk:
     tasks: list  # ImageTask
-    request: DigestConfig  # the digest's settings: profile, confidence, source...
+    request: DigestRequest  # the digest's settings: profile, confidence, source...
 
 
 def _workers(context: OpExecutionContext) -> int:
-    return context.run_config.get("execution", {}).get("config", {}).get("workers") or os.cpu_count() or 1
+    return context.run_config.get("execution", {}).get("config", {}).get("workers") or default_workers()
 
 
 def _errors(images) -> list[dict]:
@@ -75,15 +81,11 @@ def _errors(images) -> list[dict]:
 @op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
 def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
-    from facepipe.engine.faces import plan_images, split_into_chunks
-
     if context.has_partition_key and context.partition_key != config.group_id:
         raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}",
                       allow_retries=False)
-    from facepipe.engine.sources import SourceError
-
     try:
-        listing = config.list_photos(s3)
+        listing = config.list_photos(s3_client(s3, config))
     except OSError as err:
         raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
     except SourceError as err:  # no such bucket, bad credentials: nothing can work
@@ -102,14 +104,12 @@ def list_images(context: OpExecutionContext, config: DigestConfig, face_store: F
         **not_listed,
     })
     for index, chunk_tasks in enumerate(chunks):
-        yield DynamicOutput(Chunk(chunk_tasks, config), mapping_key=f"chunk_{index:04d}", output_name="chunks")
+        yield DynamicOutput(Chunk(chunk_tasks, DigestRequest(**config.model_dump())), mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
 
 def _not_listed(context: OpExecutionContext, listing) -> dict:
     """The entries the listing left out (links, unreadable folders...): logged, counted and shown
     in image_list's metadata, like failed photos."""
-    from facepipe.engine.images import display_path
-
     entries = [{"path": display_path(n.path), "reason": n.reason} for n in listing.not_listed]
     for entry in entries[:MAX_ERRORS_IN_METADATA]:
         context.log.warning(f"not listed: {entry['path']}: {entry['reason']}")
@@ -119,12 +119,11 @@ def _not_listed(context: OpExecutionContext, listing) -> dict:
 @op
 def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
     """Decode, detect, align and embed one chunk of photos; report progress as an observation."""
+    # the models load here, in the step's process: the definitions import no model library
     from facepipe.engine.faces import faces_in_chunk
-    from facepipe.engine.images import read_listed_image
-    from facepipe.engine.sources import S3Reader
 
     request = chunk.request
-    read = S3Reader(request.s3_client(s3)) if request.s3_bucket else read_listed_image
+    read = S3Reader(s3_client(s3, request)) if request.s3_bucket else read_listed_image
     result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
                             request.redigest, read=read)
     for error in _errors(result.images):
@@ -150,9 +149,6 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
 
 def _peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 

@@ -1,8 +1,10 @@
-import os
+"""The digest job: the digest assets of one group, on the multiprocess executor, and the run
+config that launches it (the CLI, the run client, the sensors and schedules all build it here)."""
 
 from dagster import AssetSelection, Field, define_asset_job, multiprocess_executor
 
 from facepipe.defs.partitions import digest_groups
+from facepipe.request import DigestRequest, default_workers
 
 
 def _multiprocess_config(config: dict) -> dict:
@@ -11,14 +13,14 @@ def _multiprocess_config(config: dict) -> dict:
     return {
         "max_concurrent": config["workers"],
         # forkserver: steps fork from one process that has imported the engine and its models
-        "start_method": {"forkserver": {"preload_modules": ["facepipe.defs.worker_preload"]}},
+        "start_method": {"forkserver": {"preload_modules": ["facepipe.worker_preload"]}},
     }
 
 
 digest_executor = multiprocess_executor.configured(
     _multiprocess_config,
     config_schema={
-        "workers": Field(int, default_value=os.cpu_count() or 1,
+        "workers": Field(int, default_value=default_workers(),
                          description="Worker processes digesting chunks of photos in parallel (>= 1).")
     },
     name="digest_executor",
@@ -31,3 +33,13 @@ digest_job = define_asset_job(
     executor_def=digest_executor,
     description="Digest a folder of photos into a group: list, detect, embed and store faces.",
 )
+
+
+def digest_run_config(request: DigestRequest, workers: int) -> dict:
+    """The run config of a digest_job run of `request` on `workers` processes."""
+    return {
+        "ops": {"digest": {"ops": {"list_images": {"config": request.model_dump()}}}},
+        "execution": {"config": {"workers": workers}},
+        # the event log keeps every event; the console only needs to hear of trouble
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }

@@ -1,6 +1,6 @@
 """Nightly schedules: re-check every watch, and re-cluster the groups that got new faces.
 
-- `nightly_watch_recheck` digests each watch's whole source: whatever the sensor missed (a photo
+- `nightly_watch_recheck` digests each watch's whole source: whatever its sensor missed (a photo
   copied in with an old modification time, a failed batch) is digested, and the ledger makes every
   unchanged photo free (not even read).
 - `nightly_recluster` runs the `people` asset for each group whose `stored_faces` stored new
@@ -9,26 +9,28 @@
   has done it already, and this finds nothing to do.)
 """
 
-import os
-
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
     DagsterInstance,
     DefaultScheduleStatus,
+    Definitions,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
+    definitions,
     schedule,
 )
 
-from facepipe.defs.jobs import digest_job
+from facepipe.defs.digest.jobs import digest_job, digest_run_config
 from facepipe.defs.partitions import digest_groups
-from facepipe.defs.people import people_job
-from facepipe.defs.watches import WatchesConfig
+from facepipe.defs.people.assets import people_job, people_run_config
+from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.request import GROUP_TAG, PROFILE_TAG, TAG_PREFIX, WATCH_TAG, run_tags
+from facepipe.watching import WatchesConfig, load_watches
 
-RECHECK_TAG = "facepipe/recheck"
+RECHECK_TAG = TAG_PREFIX + "recheck"
 PAGE = 100
 
 
@@ -42,22 +44,17 @@ def build_recheck_schedule(config: WatchesConfig) -> ScheduleDefinition | None:
         description="A full digest of every watch's source (unchanged photos cost nothing), for what the sensors missed.",
     )
     def nightly_watch_recheck(context: ScheduleEvaluationContext):
-        from facepipe.digests import TAG_PREFIX, run_config, run_tags
-        from facepipe.defs.sensors import WATCH_TAG
-
         night = context.scheduled_execution_time.isoformat()
         for watch in config.watches:
             request = watch.digest_request()
-            workers = watch.workers or os.cpu_count() or 1
             # a schedule cannot return dynamic partition requests as a sensor does: add the group here
             if not context.instance.has_dynamic_partition(digest_groups.name, watch.group_id):
                 context.instance.add_dynamic_partitions(digest_groups.name, [watch.group_id])
             yield RunRequest(
                 run_key=f"recheck:{watch.name}:{night}",
                 partition_key=watch.group_id,
-                run_config=run_config(request, workers),
-                tags={**run_tags(request), TAG_PREFIX + "workers": str(workers), WATCH_TAG: watch.name,
-                      RECHECK_TAG: "nightly"},
+                run_config=digest_run_config(request, watch.worker_count),
+                tags={**run_tags(request, watch.worker_count), WATCH_TAG: watch.name, RECHECK_TAG: "nightly"},
             )
 
     return nightly_watch_recheck
@@ -80,7 +77,7 @@ def groups_with_new_faces(instance: DagsterInstance) -> dict[str, tuple[int, set
                 metadata = record.asset_materialization.metadata
                 if metadata.get("faces_stored") and metadata["faces_stored"].value > 0:
                     newest = max(newest or 0, record.storage_id)
-                    profiles.add(metadata["profile"].value if "profile" in metadata else "dlib")
+                    profiles.add(metadata["profile"].value if "profile" in metadata else DEFAULT_PROFILE)
             if not page.has_more:
                 break
             cursor = page.cursor
@@ -104,8 +101,8 @@ def build_recluster_schedule(config: WatchesConfig) -> ScheduleDefinition:
                 # one request per change: the same new faces are never re-clustered twice
                 run_key=f"recluster:{group}:{profile}:{storage_id}",
                 partition_key=group,
-                run_config={"ops": {"people": {"config": {"profile": profile, "full": config.schedules.recluster_full}}}},
-                tags={"facepipe/group_id": group, "facepipe/profile": profile},
+                run_config=people_run_config(profile, config.schedules.recluster_full),
+                tags={GROUP_TAG: group, PROFILE_TAG: profile},
             )
             for group, (storage_id, profiles) in sorted(changed.items())
             for profile in sorted(profiles)
@@ -117,3 +114,8 @@ def build_recluster_schedule(config: WatchesConfig) -> ScheduleDefinition:
 def build_schedules(config: WatchesConfig) -> list[ScheduleDefinition]:
     recheck = build_recheck_schedule(config)
     return ([recheck] if recheck else []) + [build_recluster_schedule(config)]
+
+
+@definitions
+def schedules() -> Definitions:
+    return Definitions(schedules=build_schedules(load_watches()))

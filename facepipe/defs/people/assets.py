@@ -20,10 +20,10 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from facepipe.defs.config import known_profile
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.request import known_profile
 from facepipe.settings import STORE_POOL
 
 
@@ -50,6 +50,7 @@ class PeopleConfig(Config):
     kinds={"qdrant"},
 )
 def people(context: AssetExecutionContext, config: PeopleConfig, face_store: FaceStoreResource) -> MaterializeResult:
+    # SciPy loads here, not with the definitions (0.7 s for every code server and step process)
     from facepipe.people import update_people
 
     group_id = context.partition_key
@@ -68,3 +69,11 @@ people_job = define_asset_job(
     executor_def=in_process_executor,
     description="Cluster a group's faces into people (incremental, or a full re-cluster with full: true).",
 )
+
+
+def people_run_config(profile: str = DEFAULT_PROFILE, full: bool = False) -> dict:
+    """The run config of a people_job run (the CLI, the run client and the nightly schedule)."""
+    return {
+        "ops": {"people": {"config": {"profile": profile, "full": full}}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }

@@ -1,0 +1,67 @@
+"""A watch's sensor: the new and changed photos of its folder or S3 prefix become digest runs.
+
+The wiring over facepipe/watching.py, which lists the source, cuts the new photos into batches
+and keeps the cursor. The watches come from the watches file, read when the code location loads.
+"""
+
+from dagster import (
+    DefaultSensorStatus,
+    Definitions,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    definitions,
+    sensor,
+)
+from dagster_aws.s3 import S3Resource
+
+from facepipe.defs.digest.jobs import digest_job, digest_run_config
+from facepipe.defs.partitions import digest_groups
+from facepipe.defs.resources import s3_client
+from facepipe.request import WATCH_TAG, run_tags
+from facepipe.watching import Batch, Watch, WatchCursor, list_source, load_watches, plan_batches
+
+
+def watch_run_request(watch: Watch, batch: Batch) -> RunRequest:
+    request = watch.digest_request(modified_after_ns=batch.after_ns, modified_until_ns=batch.until_ns)
+    return RunRequest(
+        run_key=batch.run_key(watch.name),
+        partition_key=watch.group_id,
+        run_config=digest_run_config(request, watch.worker_count),
+        tags={**run_tags(request, watch.worker_count), WATCH_TAG: watch.name},
+    )
+
+
+def build_watch_sensor(watch: Watch) -> SensorDefinition:
+    @sensor(
+        name=watch.sensor_name,
+        job=digest_job,
+        minimum_interval_seconds=watch.minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,  # declaring a watch turns it on
+        description=f"Digests new and changed photos of {watch.source} into group {watch.group_id}, "
+        f"at most {watch.max_photos_per_run} a run.",
+    )
+    def watch_sensor(context: SensorEvaluationContext, s3: S3Resource):
+        request = watch.digest_request()
+        cursor = WatchCursor.read(context.cursor, request.source)
+        files = list_source(watch, s3_client(s3, request))
+        batches = plan_batches(files, cursor, watch.max_photos_per_run)
+        if not batches:
+            return SensorResult(skip_reason=f"nothing modified in {request.source} since the last launch",
+                                cursor=cursor.write(request.source))
+        new_group = not context.instance.has_dynamic_partition(digest_groups.name, watch.group_id)
+        context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source}: "
+                         f"{len(batches)} digest(s)")
+        return SensorResult(
+            run_requests=[watch_run_request(watch, batch) for batch in batches],
+            cursor=cursor.after(batches, files).write(request.source),
+            dynamic_partitions_requests=[digest_groups.build_add_request([watch.group_id])] if new_group else [],
+        )
+
+    return watch_sensor
+
+
+@definitions
+def watch_sensors() -> Definitions:
+    return Definitions(sensors=[build_watch_sensor(watch) for watch in load_watches().watches])

@@ -1,0 +1,125 @@
+"""A digest's status, progress, counts and errors, read from Dagster's run storage and event log.
+
+Never from a side store: a digest's status and counts survive restarts and are the ones the Dagster
+UI shows. `summarise` turns a run's events into the seed service's digest fields, for the local
+instance (`digest_summary`) and a remote webserver (facepipe/remote.py) alike.
+"""
+
+import time
+from datetime import datetime, timezone
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from facepipe.request import GROUP_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
+
+DIGEST_JOB = "digest_job"
+STATUS_NAMES = {
+    DagsterRunStatus.QUEUED: "queued", DagsterRunStatus.NOT_STARTED: "queued",
+    DagsterRunStatus.STARTING: "queued", DagsterRunStatus.STARTED: "processing",
+    DagsterRunStatus.SUCCESS: "completed", DagsterRunStatus.FAILURE: "failed",
+    DagsterRunStatus.CANCELING: "canceled", DagsterRunStatus.CANCELED: "canceled",
+}
+
+
+class DigestNotFound(LookupError):
+    pass
+
+
+def list_digests(instance: DagsterInstance, group_id: str | None = None, status: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None, limit: int = 20) -> list[dict]:
+    """Digests, newest first, filtered by group, status and creation time."""
+    tags = {GROUP_TAG: group_id} if group_id else {}
+    statuses = None
+    if status:
+        statuses = [s for s, name in STATUS_NAMES.items() if name == status]
+        if not statuses:
+            raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
+    records = instance.get_run_records(
+        RunsFilter(job_name=DIGEST_JOB, tags=tags, statuses=statuses, created_after=since, created_before=until),
+        limit=limit,
+    )
+    return [digest_summary(instance, record.dagster_run.run_id) for record in records]
+
+
+def _metadata_values(entry) -> dict:
+    return {key: value.value for key, value in entry.metadata.items()}
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds") if timestamp else None
+
+
+def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
+    """A digest's status, progress, counts and errors, all read from Dagster's run storage and event log."""
+    record = instance.get_run_record_by_id(run_id)
+    if record is None or record.dagster_run.job_name != DIGEST_JOB:
+        raise DigestNotFound(f"no digest with run id {run_id!r}")
+    materialized, observations, errors = {}, [], []
+    events = instance.get_records_for_run(
+        run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION,
+                         DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE},
+    ).records
+    for event_record in events:
+        event = event_record.event_log_entry.dagster_event
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.step_materialization_data.materialization
+            materialized[materialization.asset_key.to_user_string()] = _metadata_values(materialization)
+        elif event.event_type == DagsterEventType.ASSET_OBSERVATION:
+            observations.append(_metadata_values(event.asset_observation_data.asset_observation))
+        elif event.event_type == DagsterEventType.STEP_FAILURE:
+            failure = event.step_failure_data
+            if failure.user_failure_data and failure.user_failure_data.description:
+                reason = failure.user_failure_data.description
+            else:  # the user's exception is the cause of Dagster's wrapper
+                reason = (failure.error.cause or failure.error).message
+            errors.append(f"{event.step_key}: {reason.strip()}")
+        else:
+            errors.append(event_record.event_log_entry.message or event.message or "")
+    run = record.dagster_run
+    return summarise(run_id, run.status, run.tags, record.start_time, record.end_time,
+                     materialized, observations, errors)
+
+
+def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: float | None, end_time: float | None,
+              materialized: dict[str, dict], observations: list[dict], errors: list[str]) -> dict:
+    """The seed's digest fields, from a run's status, tags, times and asset events (local or remote)."""
+    observed = {key: sum(o.get(key, 0) for o in observations)
+                for key in ("images_done", "images_failed", "faces_detected", "faces_dropped", "faces_too_small")}
+    faces = materialized.get("faces", observed)
+    # a retry does not list again: its `faces` materialization repeats the listing's counts
+    listing = materialized.get("image_list", faces)
+    stored = materialized.get("stored_faces", {})
+    to_digest = listing.get("images_to_digest")
+    done = faces.get("images_done", 0)
+    if status == DagsterRunStatus.SUCCESS:
+        progress = 100.0
+    else:
+        progress = round(100.0 * done / to_digest, 1) if to_digest else 0.0
+    end = end_time or (time.time() if start_time else None)
+    return {
+        "run_id": run_id,
+        "status": STATUS_NAMES.get(status, status.value.lower()),
+        "group_id": tags.get(GROUP_TAG),
+        "source": tags.get(SOURCE_TAG),
+        "profile": tags.get(PROFILE_TAG),
+        "workers": int(tags[WORKERS_TAG]) if WORKERS_TAG in tags else None,
+        "progress_percent": progress,
+        "images_listed": listing.get("images_listed"),
+        "entries_not_listed": listing.get("entries_not_listed", 0),
+        "images_skipped": listing.get("images_skipped"),
+        "images_to_digest": to_digest,
+        "images_done": done,
+        "images_failed": faces.get("images_failed", 0),
+        "faces_detected": faces.get("faces_detected", 0),
+        "faces_dropped": faces.get("faces_dropped", 0),
+        "faces_too_small": faces.get("faces_too_small", 0),
+        "min_face_size": listing.get("min_face_size"),
+        "faces_stored": stored.get("faces_stored", 0),
+        "faces_in_group": stored.get("faces_in_group"),
+        "start_time": _iso(start_time),
+        "end_time": _iso(end_time),
+        "duration_seconds": round(end - start_time, 2) if start_time and end else None,
+        "failed_images": faces.get("failed_images", [e for o in observations for e in o.get("failed_images", [])]),
+        "not_listed": listing.get("not_listed", []),
+        "errors": errors,
+    }

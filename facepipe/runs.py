@@ -1,0 +1,233 @@
+"""The run client: digests and clusterings as Dagster runs on the local instance, from Python.
+
+Launch a digest here (`run_digest`) or on the instance's run queue (`start_digest`), retry and
+cancel one, cluster a group (`run_people`). What a run did is read by facepipe/history.py.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    RunsFilter,
+    execute_job,
+    reconstructable,
+)
+
+from facepipe import settings
+from facepipe.definitions import get_digest_job, get_people_job
+from facepipe.defs.digest.jobs import digest_run_config
+from facepipe.defs.partitions import digest_groups
+from facepipe.defs.people.assets import people_run_config
+from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
+from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
+from facepipe.store import open_store_from_settings
+
+LAUNCH_TAG = TAG_PREFIX + "launch_id"  # finds a run in storage while it executes
+HOST_TAG = TAG_PREFIX + "host"  # the machine and process executing a `facepipe digest`, to cancel it
+PID_TAG = TAG_PREFIX + "pid"
+
+# The code location's one name: workspace.yaml, `facepipe ui`, `--detach` launches and the UI's
+# re-executions must agree on it, or a run launched under one is "not found" under another.
+LOCATION_NAME = "facepipe"
+
+
+def instance_for_digests() -> DagsterInstance:
+    """The local Dagster instance in $FACEPIPE_HOME (or $DAGSTER_HOME)."""
+    settings.prepare_dagster_home()
+    return DagsterInstance.get()
+
+
+def workspace_file(instance: DagsterInstance) -> str:
+    """A workspace file in the instance's folder naming the code location as workspace.yaml does, for
+    `dagster dev` (facepipe ui) and `dagster job launch`."""
+    path = os.path.join(instance.root_directory, "workspace.yaml")
+    with open(path, "w") as f:
+        f.write("# Written by facepipe: the code location, named as in the project's workspace.yaml\n"
+                f"load_from:\n  - python_module:\n      module_name: facepipe.definitions\n"
+                f"      location_name: {LOCATION_NAME}\n")
+    return path
+
+
+def _workers(workers: int | None) -> int:
+    workers = workers or default_workers()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
+def run_digest(request: DigestRequest, workers: int | None = None, instance: DagsterInstance | None = None,
+               on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Digest now, as a Dagster run executed by this process, and return its summary.
+
+    No daemon is needed: the run executes here (its steps in worker processes), while a watcher
+    thread reads its progress from the event log and passes the summary so far to `on_progress`.
+    """
+    workers = _workers(workers)
+    instance = instance or instance_for_digests()
+    _add_group(instance, request.group_id)
+    return _execute(instance, run_tags(request, workers), on_progress,
+                    run_config=digest_run_config(request, workers))
+
+
+def retry_digest(run_id: str, instance: DagsterInstance | None = None,
+                 on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Re-execute a failed or canceled digest: chunks that succeeded are not redone."""
+    instance = instance or instance_for_digests()
+    parent = _digest_run(instance, run_id)
+    if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        raise ValueError(f"digest {run_id} is {STATUS_NAMES[parent.status]}: only failed or canceled digests can be retried")
+    tags = {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == PARTITION_TAG}
+    return _execute(instance, tags, on_progress, run_config=parent.run_config,
+                    reexecution_options=_steps_to_retry(instance, run_id))
+
+
+def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
+    """Every chunk step the parent listed but did not finish (faces, write), and the last store step.
+
+    Dagster's from-failure re-execution retries failed and interrupted steps, but not mapped steps
+    that never started (a canceled run leaves those), so we select the steps ourselves. The outputs
+    of the chunks that succeeded are loaded from the parent run.
+    """
+    succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
+    if "digest.list_images" not in succeeded:
+        return ReexecutionOptions.from_failure(run_id, instance)
+    chunk_keys = [
+        event.dagster_event.step_output_data.mapping_key
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        if event.step_key == "digest.list_images" and event.dagster_event.step_output_data.mapping_key
+    ]
+    # each chunk's two steps: its faces, then their write (a chunk written before the stop is not redone)
+    chunk_steps = [f"digest.{op}[{key}]" for key in chunk_keys for op in ("extract_faces_in_chunk", "store_chunk")]
+    return ReexecutionOptions(
+        parent_run_id=run_id,
+        step_selection=[step for step in chunk_steps if step not in succeeded] + ["digest.store_faces"],
+    )
+
+
+def _execute(instance: DagsterInstance, tags: dict, on_progress, **execute_options) -> dict:
+    # a launch id finds the run in storage while it executes, before execute_job returns its id
+    launch_id = str(uuid.uuid4())
+    tags = {**tags, LAUNCH_TAG: launch_id, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    stop = threading.Event()
+
+    def watch():
+        run_id = None
+        while not stop.wait(0.5):
+            if run_id is None:
+                found = instance.get_run_records(RunsFilter(tags={LAUNCH_TAG: launch_id}), limit=1)
+                run_id = found[0].dagster_run.run_id if found else None
+            if run_id:
+                on_progress(digest_summary(instance, run_id))
+
+    watcher = threading.Thread(target=watch, name="facepipe-progress", daemon=True)
+    if on_progress:
+        watcher.start()
+    try:
+        # in the main thread, so that Dagster's own interrupt handling cancels the run cleanly
+        with execute_job(reconstructable(get_digest_job), instance, tags=tags, **execute_options) as result:
+            run_id = result.run_id
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
+    summary = digest_summary(instance, run_id)
+    if on_progress:
+        on_progress(summary)
+    return summary
+
+
+def start_digest(request: DigestRequest, workers: int | None = None, instance: DagsterInstance | None = None) -> str:
+    """Submit a digest to the instance's run queue and return its run id without waiting for it.
+
+    The queue (max_concurrent_runs in dagster.yaml) starts it when a slot is free; that takes the
+    Dagster daemon (`facepipe ui` runs it): check `daemon_is_running` to warn when it is not.
+    Submission goes through `dagster job launch`, so the run knows its code location and can be
+    re-executed from the UI.
+    """
+    workers = _workers(workers)
+    instance = instance or instance_for_digests()
+    _add_group(instance, request.group_id)
+    run_id = str(uuid.uuid4())
+    command = [
+        sys.executable, "-m", "dagster", "job", "launch", "-w", workspace_file(instance), "-l", LOCATION_NAME,
+        "-j", DIGEST_JOB, "--run-id", run_id, "--tags", json.dumps(run_tags(request, workers)),
+        "--config-json", json.dumps(digest_run_config(request, workers)),
+    ]
+    env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
+    launched = subprocess.run(command, env=env, capture_output=True, text=True)
+    if launched.returncode != 0 or instance.get_run_by_id(run_id) is None:
+        raise RuntimeError(f"dagster job launch failed:\n{launched.stderr[-3000:]}")
+    return run_id
+
+
+def daemon_is_running(instance: DagsterInstance, within_seconds: float = 120) -> bool:
+    """Whether a Dagster daemon dequeues this instance's runs (it heartbeats every few seconds)."""
+    heartbeat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return heartbeat is not None and time.time() - heartbeat.timestamp < within_seconds
+
+
+def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
+    """Cancel a queued or running digest. Faces already stored stay; a later digest does the rest."""
+    run = _digest_run(instance, run_id)
+    if run.is_finished:
+        raise ValueError(f"digest {run_id} is already {STATUS_NAMES[run.status]}")
+    executor_pid = run.tags.get(PID_TAG)
+    if run.remote_job_origin is None and executor_pid and run.tags.get(HOST_TAG) == socket.gethostname():
+        # executed by a `facepipe digest` process, not by a run launcher: record the request, then
+        # interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
+        instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
+        os.kill(int(executor_pid), signal.SIGINT)
+    elif not instance.run_coordinator.cancel_run(run_id):
+        raise RuntimeError(f"digest {run_id} could not be canceled")
+    return digest_summary(instance, run_id)
+
+
+def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) -> tuple[list[str], str | None]:
+    """A page of the ids of the faces a digest stored, and the next page's offset."""
+    with open_store_from_settings() as store:
+        return store.face_ids_of_run(summary["group_id"], summary["profile"], summary["run_id"], limit, offset)
+
+
+def _digest_run(instance: DagsterInstance, run_id: str):
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.job_name != DIGEST_JOB:
+        raise DigestNotFound(f"no digest with run id {run_id!r}")
+    return run
+
+
+def _add_group(instance: DagsterInstance, group_id: str) -> None:
+    if not instance.has_dynamic_partition(digest_groups.name, group_id):
+        instance.add_dynamic_partitions(digest_groups.name, [group_id])
+
+
+def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
+    """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
+
+    Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
+    """
+    instance = instance or instance_for_digests()
+    if not instance.has_dynamic_partition(digest_groups.name, group_id):
+        raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
+    tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
+    with execute_job(reconstructable(get_people_job), instance, run_config=people_run_config(profile, full),
+                     tags=tags) as result:
+        if not result.success:
+            failures = [e.step_failure_data.error.message.strip() for e in result.get_step_failure_events()
+                        if e.step_failure_data.error]
+            raise RuntimeError(failures[0] if failures else f"people run {result.run_id} failed")
+        materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
+        counts = {key: value.value for key, value in materialization.metadata.items()}
+        return {**counts, "run_id": result.run_id}
