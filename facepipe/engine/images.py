@@ -78,7 +78,7 @@ def check_pixels(header: ImageHeader | None) -> None:
         )
 
 
-def jpegsize_text(data: bytes) -> tuple[int, int] | None:
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """A JPEG's (width, height) as shown, EXIF orientation applied, from its headers only.
     None if `data` is not a readable JPEG."""
     header = read_header(data)
