@@ -1,0 +1,83 @@
+"""The Dagster layer in process: the digest and people assets materialised with `dagster.materialize`
+on a temporary instance and store, with real photos and the real models.
+
+The fast tier's check of the wiring (config, partitions, dynamic chunks, resources, metadata); the
+end-to-end tests run the same assets through the CLI, the executor's worker processes and the daemon.
+"""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster_aws.s3 import S3Resource
+
+from facepipe.defs.digest.assets import digest
+from facepipe.defs.digest.jobs import digest_run_config
+from facepipe.defs.partitions import digest_groups
+from facepipe.defs.people.assets import people, people_run_config
+from facepipe.defs.resources import FaceStoreResource
+from facepipe.request import digest_request
+from facepipe.store import FaceStore
+from facepipe_tests.conftest import SAMPLE_IMAGES
+
+PHOTOS = {"img1.jpg": 1, "img2.jpg": 1, "couple.jpg": 2}  # faces a person counts
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(digest_groups.name, ["party"])
+        yield instance
+
+
+def materialize_digest(instance: DagsterInstance, folder, store_path, **options):
+    request = digest_request(str(folder), "party", chunk_size=1, **options)
+    # the in-process executor: the run config without the multiprocess executor's workers
+    run_config = {"ops": digest_run_config(request, workers=1)["ops"]}
+    return materialize([digest], instance=instance, partition_key="party", run_config=run_config,
+                       resources={"face_store": FaceStoreResource(path=str(store_path)), "s3": S3Resource()})
+
+
+def metadata(result, asset: str) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == AssetKey(asset)]
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+def test_the_digest_assets_store_each_face_once_and_a_second_digest_skips_every_photo(instance, tmp_path):
+    folder = tmp_path / "party"
+    folder.mkdir()
+    for name in PHOTOS:
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"not a photo")
+
+    first = materialize_digest(instance, folder, tmp_path / "store")
+    assert first.success
+    listing, faces, stored = metadata(first, "image_list"), metadata(first, "faces"), metadata(first, "stored_faces")
+    assert (listing["images_listed"], listing["images_to_digest"], listing["chunks"]) == (4, 4, 4)
+    assert (faces["images_done"], faces["images_failed"]) == (4, 1)
+    assert faces["failed_images"][0]["path"].endswith("broken.jpg")
+    assert stored["faces_stored"] == stored["faces_in_group"] == sum(PHOTOS.values())
+    with FaceStore.open(path=tmp_path / "store") as store:
+        by_photo = Counter(Path(face.payload["image_path"]).name for face in store.faces("party", "dlib"))
+    assert by_photo == PHOTOS
+
+    again = materialize_digest(instance, folder, tmp_path / "store")
+    # the failed photo is tried again; the three digested ones are skipped unread
+    assert metadata(again, "image_list")["images_skipped"] == 3
+    assert metadata(again, "stored_faces")["faces_stored"] == 0
+
+
+def test_the_people_asset_clusters_the_digested_group(instance, tmp_path):
+    folder = tmp_path / "party"
+    folder.mkdir()
+    for name in ("img1.jpg", "img2.jpg", "img8.jpg"):  # person01 twice (img1, img2), person09 once
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    assert materialize_digest(instance, folder, tmp_path / "store").success
+
+    result = materialize([people], instance=instance, partition_key="party",
+                         run_config={"ops": people_run_config()["ops"]},
+                         resources={"face_store": FaceStoreResource(path=str(tmp_path / "store"))})
+    counts = metadata(result, "people")
+    assert (counts["faces"], counts["people"], counts["faces_assigned"]) == (3, 2, 3)
