@@ -1,23 +1,44 @@
-# Both targets set up .venv on first use (and again when pyproject.toml changes), then reuse it.
+# Every target sets up .venv on first use (and again when pyproject.toml changes), then reuses it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test ui
+.PHONY: demo ui lint format typecheck validate test-fast test
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(READY)
 
 # A real digest of the sample photos into the group "sample", on the embedded defaults.
 demo: $(READY)
-	$(VENV)/bin/facepipe digest ../shared/faces/images --group sample
-
-test: $(READY)
-	$(VENV)/bin/pytest
+	$(BIN)/facepipe digest ../shared/faces/images --group sample
 
 # The Dagster UI and daemon on facepipe's instance, at http://127.0.0.1:3000
 ui: $(READY)
-	$(VENV)/bin/facepipe ui
+	$(BIN)/facepipe ui
+
+lint: $(READY)
+	$(BIN)/ruff check facepipe facepipe_tests benchmarks
+	$(BIN)/ruff format --check facepipe facepipe_tests benchmarks
+
+format: $(READY)
+	$(BIN)/ruff check --fix facepipe facepipe_tests benchmarks
+	$(BIN)/ruff format facepipe facepipe_tests benchmarks
+
+typecheck: $(READY)
+	$(BIN)/mypy
+
+# Dagster's own check that every definition under facepipe/defs loads
+validate: $(READY)
+	PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" $(BIN)/dg check defs
+
+# In process, under 2 minutes: the engine, the store, the assets and sensors on temporary instances
+test-fast: $(READY)
+	$(BIN)/pytest -m "not e2e"
+
+# Everything CI runs: lint, types, the definitions, and every test (end to end included)
+test: lint typecheck validate
+	$(BIN)/pytest

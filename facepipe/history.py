@@ -54,13 +54,16 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
     record = instance.get_run_record_by_id(run_id)
     if record is None or record.dagster_run.job_name != DIGEST_JOB:
         raise DigestNotFound(f"no digest with run id {run_id!r}")
-    materialized, observations, errors = {}, [], []
+    materialized: dict[str, dict] = {}
+    observations: list[dict] = []
+    errors: list[str] = []
     events = instance.get_records_for_run(
         run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION,
                          DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE},
     ).records
     for event_record in events:
         event = event_record.event_log_entry.dagster_event
+        assert event is not None  # the records asked for are all Dagster events
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
             materialized[materialization.asset_key.to_user_string()] = _metadata_values(materialization)
@@ -70,13 +73,15 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
             failure = event.step_failure_data
             if failure.user_failure_data and failure.user_failure_data.description:
                 reason = failure.user_failure_data.description
-            else:  # the user's exception is the cause of Dagster's wrapper
+            elif failure.error:  # the user's exception is the cause of Dagster's wrapper
                 reason = (failure.error.cause or failure.error).message
+            else:
+                reason = "failed"
             errors.append(f"{event.step_key}: {reason.strip()}")
         else:
             errors.append(event_record.event_log_entry.message or event.message or "")
     run = record.dagster_run
-    return summarise(run_id, run.status, run.tags, record.start_time, record.end_time,
+    return summarise(run_id, run.status, dict(run.tags), record.start_time, record.end_time,
                      materialized, observations, errors)
 
 

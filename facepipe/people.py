@@ -104,18 +104,12 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
         new_people = len(kept - set(old_people))
     else:
         ids, vectors, payloads = _load(store, unplaced, profile)
-        assigned, waiting = [], []
-        for i, vector in enumerate(vectors):
-            best = store.nearest_person(group_id, profile, vector, min_score=1.0 - max_distance)
-            assigned.append(best.payload["person_id"] if best else None)
-            if not best:
-                waiting.append(i)
+        nearest = [store.nearest_person(group_id, profile, vector, min_score=1.0 - max_distance) for vector in vectors]
         # faces like no one known: new people among themselves
-        if waiting:
-            labels = cluster_embeddings(vectors[waiting], max_distance)
-            fresh = carry_over_ids(labels, [None] * len(waiting), [False] * len(waiting), next_id)
-            for i, person in zip(waiting, fresh):
-                assigned[i] = person
+        waiting = [i for i, person in enumerate(nearest) if person is None]
+        labels = cluster_embeddings(vectors[waiting], max_distance) if waiting else np.zeros(0, int)
+        fresh = dict(zip(waiting, carry_over_ids(labels, [None] * len(waiting), [False] * len(waiting), next_id)))
+        assigned = [person.payload["person_id"] if person else fresh[i] for i, person in enumerate(nearest)]
         changed = _assign(store, profile, ids, [None] * len(ids), assigned)
         grown = {assigned[i] for i in set(range(len(ids))) - set(waiting)}
         stale = {p for p, payload in old_people.items() if payload.get("stale")}

@@ -13,7 +13,7 @@ from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from facepipe.defs.digest.jobs import digest_run_config
-from facepipe.defs.partitions import digest_groups
+from facepipe.defs.partitions import GROUPS
 from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, summarise
 from facepipe.request import GROUP_TAG, DigestRequest, run_tags
 
@@ -69,7 +69,7 @@ class RemoteDigests:
         parsed = urlparse(url if "://" in url else f"http://{url}")
         self.url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         self.client = DagsterGraphQLClient(
-            parsed.hostname, port_number=parsed.port, use_https=parsed.scheme == "https"
+            parsed.hostname or "localhost", port_number=parsed.port, use_https=parsed.scheme == "https"
         )
 
     def _query(self, query: str, variables: dict | None = None) -> dict:
@@ -90,7 +90,7 @@ class RemoteDigests:
     def start_digest(self, request: DigestRequest, workers: int) -> str:
         """Submit a digest to the webserver's instance (its run queue) and return the run id."""
         repository = self._repository()
-        added = self._query(ADD_PARTITION, {"selector": repository, "name": digest_groups.name, "key": request.group_id})
+        added = self._query(ADD_PARTITION, {"selector": repository, "name": GROUPS, "key": request.group_id})
         result = added["addDynamicPartition"]
         if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
             raise RuntimeError(f"could not add group {request.group_id!r}: {result.get('message', result)}")

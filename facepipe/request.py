@@ -130,6 +130,7 @@ class DigestRequest(BaseModel):
 
         if self.local_dir_path:
             return list_images(self.local_dir_path)
+        assert self.s3_bucket  # one source, checked on validation
         return list_s3_images(s3_client, self.s3_bucket, self.s3_prefix or "")
 
 

@@ -28,7 +28,7 @@ from dagster import (
 from facepipe import settings
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.jobs import digest_run_config
-from facepipe.defs.partitions import digest_groups
+from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
@@ -104,11 +104,9 @@ def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOption
     succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     if "digest.list_images" not in succeeded:
         return ReexecutionOptions.from_failure(run_id, instance)
-    chunk_keys = [
-        event.dagster_event.step_output_data.mapping_key
-        for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
-        if event.step_key == "digest.list_images" and event.dagster_event.step_output_data.mapping_key
-    ]
+    outputs = [event.dagster_event for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
+               if event.step_key == "digest.list_images" and event.dagster_event]
+    chunk_keys = [output.step_output_data.mapping_key for output in outputs if output.step_output_data.mapping_key]
     # each chunk's two steps: its faces, then their write (a chunk written before the stop is not redone)
     chunk_steps = [f"digest.{op}[{key}]" for key in chunk_keys for op in ("extract_faces_in_chunk", "store_chunk")]
     return ReexecutionOptions(
@@ -209,8 +207,8 @@ def _digest_run(instance: DagsterInstance, run_id: str):
 
 
 def _add_group(instance: DagsterInstance, group_id: str) -> None:
-    if not instance.has_dynamic_partition(digest_groups.name, group_id):
-        instance.add_dynamic_partitions(digest_groups.name, [group_id])
+    if not instance.has_dynamic_partition(GROUPS, group_id):
+        instance.add_dynamic_partitions(GROUPS, [group_id])
 
 
 def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
@@ -219,7 +217,7 @@ def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False
     Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
     """
     instance = instance or instance_for_digests()
-    if not instance.has_dynamic_partition(digest_groups.name, group_id):
+    if not instance.has_dynamic_partition(GROUPS, group_id):
         raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
     tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
     with execute_job(reconstructable(get_people_job), instance, run_config=people_run_config(profile, full),

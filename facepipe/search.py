@@ -109,9 +109,10 @@ def search_faces(store: FaceStore, selfie_path: str, group_id: str, profile: str
     for query_index, face in enumerate(faces):
         for point in store.nearest_faces(group_id, profile, face.embedding, limit=top_k, min_score=threshold):
             key = (point.payload["image_path"], str(point.id))
-            if key in best and best[key].score >= point.score:
+            score = round(float(point.score or 0.0), 4)  # a query's points all have a score
+            if key in best and best[key].score >= score:
                 continue
-            best[key] = Match(str(point.id), round(float(point.score), 4), point.payload["facial_area"],
+            best[key] = Match(str(point.id), score, point.payload["facial_area"],
                               point.payload["face_index"], point.payload.get("person_id"), query_index)
     by_photo = defaultdict(list)
     for (image_path, _), match in best.items():

@@ -24,6 +24,7 @@ it, and `StoreBusy` tells a user that another process holds it.
 
 import fcntl
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -368,7 +369,7 @@ class FaceStore:
 
     @classmethod
     @contextmanager
-    def open(cls, path: str | None = None, url: str | None = None, api_key: str | None = None,
+    def open(cls, path: str | os.PathLike | None = None, url: str | None = None, api_key: str | None = None,
              backend: str = "edge", migrate: bool = True) -> Iterator["FaceStore"]:
         """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit.
 
@@ -392,6 +393,8 @@ class FaceStore:
                 store.backend.close()
             return
 
+        if path is None:
+            raise ValueError("an embedded store needs its path")
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         lock = _lock(root)
@@ -745,7 +748,7 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
             continue
         key = (face.payload["group_id"], person)
         vector = np.asarray(face.vector, np.float64)
-        sums[key] = sums.get(key, 0) + vector / max(np.linalg.norm(vector), 1e-12)
+        sums[key] = sums.get(key, 0) + vector / max(float(np.linalg.norm(vector)), 1e-12)
         counts[key] = counts.get(key, 0) + 1
 
     def with_mean(point: StoredPoint) -> StoredPoint:

@@ -55,10 +55,10 @@ def face_thumbnail(face, image=None) -> Path | None:
 
 def face_thumbnails(faces) -> dict[str, Path | None]:
     """Thumbnails of many faces, decoding each photo at most once."""
-    by_photo = {}
+    by_photo: dict[str, list] = {}
     for face in faces:
         by_photo.setdefault(face.payload["image_path"], []).append(face)
-    found = {}
+    found: dict[str, Path | None] = {}
     for image_path, photo_faces in by_photo.items():
         missing = [f for f in photo_faces if not thumbnail_path(f.id).exists()]
         image = None

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from facepipe import settings
 from facepipe.engine.presets import DEFAULT_PRESET, Preset
+from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.sources import SourceError
 from facepipe.request import DEFAULT_CONFIDENCE, DigestRequest, default_workers, digest_request, valid_group_id
 
@@ -101,11 +102,10 @@ class Watch(BaseModel):
 
     def digest_request(self, modified_after_ns: int | None = None, modified_until_ns: int | None = None) -> DigestRequest:
         """The digest of this watch's source, of photos modified in (after, until] if given."""
-        options = {"profile": self.profile} if self.profile else {}
         return digest_request(self.source, self.group_id, confidence=self.confidence,
                               s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region, preset=self.preset,
-                              min_face_size=self.min_face_size, modified_after_ns=modified_after_ns,
-                              modified_until_ns=modified_until_ns, **options)
+                              min_face_size=self.min_face_size, profile=self.profile or DEFAULT_PROFILE,
+                              modified_after_ns=modified_after_ns, modified_until_ns=modified_until_ns)
 
 
 class Schedules(BaseModel):
@@ -261,10 +261,11 @@ def plan_batches(files: list, cursor: WatchCursor, max_photos: int) -> list[Batc
     # late photos re-open the cursor's time: the window starts just before it (the photos launched
     # at that time already are in it again, and the digest's ledger skips them unchanged)
     start = after - 1 if late else after
-    reopened = len(known | {path_tag(f.path) for f in late}) if late else None
-    batches, current = [], []
-    for _, same_time in itertools.groupby(new, key=lambda f: f.mtime_ns):
-        same_time = list(same_time)
+    reopened = len((known or frozenset()) | {path_tag(f.path) for f in late}) if late else None
+    batches: list[Batch] = []
+    current: list = []
+    for _, group in itertools.groupby(new, key=lambda f: f.mtime_ns):
+        same_time = list(group)
         if current and len(current) + len(same_time) > max_photos:
             batches.append(Batch(start, current[-1].mtime_ns, current, reopened))
             start, current, reopened = current[-1].mtime_ns, [], None

@@ -15,7 +15,7 @@ from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.digest.assets import digest
 from facepipe.defs.digest.jobs import digest_run_config
-from facepipe.defs.partitions import digest_groups
+from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people, people_run_config
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.request import digest_request
@@ -28,7 +28,7 @@ PHOTOS = {"img1.jpg": 1, "img2.jpg": 1, "couple.jpg": 2}  # faces a person count
 @pytest.fixture
 def instance():
     with instance_for_test() as instance:
-        instance.add_dynamic_partitions(digest_groups.name, ["party"])
+        instance.add_dynamic_partitions(GROUPS, ["party"])
         yield instance
 
 

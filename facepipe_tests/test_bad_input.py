@@ -488,6 +488,7 @@ def drop_root_privileges() -> list[str]:
     return ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
+@pytest.mark.e2e
 def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     """One real `facepipe digest` (2 workers) of the corpus mixed with good photos."""
     prefix = drop_root_privileges()

@@ -45,6 +45,7 @@ def test_clustering_at_the_default_cut_puts_no_two_people_together(lfw_slice):
     assert scores["recall"] >= 0.9, scores  # measured 0.92: Arnold_Schwarzenegger_0008 alone
 
 
+@pytest.mark.e2e
 def test_clustering_with_the_sample_digest_mixes_no_one_across_the_sets(lfw_slice, sample_digest):
     home, _ = sample_digest
     samples = np.array([p.vector for points in faces_by_photo(home).values() for p in points])

@@ -16,6 +16,7 @@ PAYLOAD_FIELDS = {
 }
 
 
+@pytest.mark.e2e
 def test_digest_stores_faces_for_every_single_face_photo(sample_digest):
     home, summary = sample_digest
     assert summary["status"] == "completed"
@@ -41,6 +42,7 @@ def test_digest_stores_faces_for_every_single_face_photo(sample_digest):
     assert len(point.vector) == 128
 
 
+@pytest.mark.e2e
 def test_the_digest_is_a_dagster_run_in_the_instance_history(sample_digest):
     home, summary = sample_digest
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
@@ -50,6 +52,7 @@ def test_the_digest_is_a_dagster_run_in_the_instance_history(sample_digest):
         assert instance.get_dynamic_partitions("digest_groups") == ["sample"]
 
 
+@pytest.mark.e2e
 def test_img1_finds_other_person01_photos_before_anyone_else(sample_digest, identities):
     home, summary = sample_digest
     query = faces_by_photo(home)["img1.jpg"][0].vector
@@ -63,6 +66,7 @@ def test_img1_finds_other_person01_photos_before_anyone_else(sample_digest, iden
     assert person01 - {"img1.jpg"} <= set(names[1:first_other]), names[:first_other + 1]
 
 
+@pytest.mark.e2e
 def test_a_second_digest_skips_unchanged_photos_and_adds_nothing(sample_digest, tmp_path):
     # on a copy of the store, so the shared sample digest stays as it was
     home, first = sample_digest
@@ -74,6 +78,7 @@ def test_a_second_digest_skips_unchanged_photos_and_adds_nothing(sample_digest, 
     assert second["faces_stored"] == 0 and second["faces_in_group"] == first["faces_in_group"]
 
 
+@pytest.mark.e2e
 def test_redigesting_gives_the_same_point_ids_and_vectors(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -89,6 +94,7 @@ def test_redigesting_gives_the_same_point_ids_and_vectors(tmp_path):
     assert all(np.array_equal(first[i], second[i]) for i in first)
 
 
+@pytest.mark.e2e
 def test_bad_photos_are_recorded_as_failed_and_the_rest_is_stored(tmp_path):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -107,6 +113,7 @@ def test_bad_photos_are_recorded_as_failed_and_the_rest_is_stored(tmp_path):
     assert set(faces_by_photo(home, "mixed")) == {"img2.jpg", "img5.jpg"}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args, field",
     [
@@ -125,6 +132,7 @@ def test_invalid_requests_are_refused_naming_the_field(tmp_path, args, field):
     assert not (tmp_path / "qdrant").exists()  # refused before any work
 
 
+@pytest.mark.e2e
 def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_path):
     # The embedded store takes a file lock; without the facepipe_store pool, the second run's
     # store steps would fail to open it while the first holds it.
@@ -159,6 +167,7 @@ def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_p
         assert sorted(pooled) == ["digest.list_images"] * 2 + ["digest.store_chunk"] * 2 + ["digest.store_faces"] * 2
 
 
+@pytest.mark.e2e
 def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
     # `facepipe search` and `people` open the embedded store outside Dagster's pool; a digest
     # that meets the lock retries its store steps instead of failing.
@@ -192,6 +201,7 @@ def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
     assert summary["status"] == "completed" and summary["faces_stored"] == 1
 
 
+@pytest.mark.e2e
 def test_a_preset_for_large_faces_finds_only_those_and_says_so(tmp_path):
     # selfie-many-people.jpg (604 x 600) shows faces of 75 to 180 px: portraits (160 px) keeps the largest
     folder = tmp_path / "photos"
@@ -209,6 +219,7 @@ def test_a_preset_for_large_faces_finds_only_those_and_says_so(tmp_path):
     assert len(faces_by_photo(tmp_path / "smaller", "p")["selfie-many-people.jpg"]) >= 4
 
 
+@pytest.mark.e2e
 def test_a_store_error_other_than_busy_fails_the_digest_at_once_without_retries(tmp_path):
     # only a store held by another process is worth waiting for; here the store's folder is a file
     from dagster import DagsterEventType

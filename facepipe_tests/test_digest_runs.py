@@ -51,6 +51,7 @@ def dagster_ui(tmp_path_factory):
         yield home, url
 
 
+@pytest.mark.e2e
 def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_ui, tmp_path):
     home, _ = dagster_ui
     folder = small_folder(tmp_path / "photos")
@@ -67,6 +68,7 @@ def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_u
     assert (summary["group_id"], summary["profile"], summary["workers"]) == ("queued", "dlib", os.cpu_count())
 
 
+@pytest.mark.e2e
 def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
     home, url = dagster_ui
     folder = small_folder(tmp_path / "photos", bad=False)
@@ -81,6 +83,7 @@ def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
     assert show(home, summary["run_id"], "--remote", url)["faces_stored"] == 6
 
 
+@pytest.mark.e2e
 def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     home, url = dagster_ui
     # a digest of a folder the server does not have fails before any work
@@ -102,6 +105,7 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
         assert len(instance.get_run_records()) == len(everything)
 
 
+@pytest.mark.e2e
 def test_unknown_digest_is_not_found(tmp_path):
     for command in (["digests", "show", "no-such-run"], ["digests", "cancel", "no-such-run"],
                     ["digests", "retry", "no-such-run"]):
@@ -109,6 +113,7 @@ def test_unknown_digest_is_not_found(tmp_path):
         assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_a_queued_digest_without_a_daemon_says_so(tmp_path):
     folder = small_folder(tmp_path / "photos", bad=False)
     result = run_facepipe(tmp_path / "home", "digest", str(folder), "--group", "g", "--detach")
@@ -116,6 +121,7 @@ def test_a_queued_digest_without_a_daemon_says_so(tmp_path):
     assert show(tmp_path / "home", result.stdout.strip())["status"] == "queued"
 
 
+@pytest.mark.e2e
 def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance, so the polling below never races its creation

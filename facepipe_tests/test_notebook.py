@@ -3,6 +3,7 @@
 import shutil
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from facepipe_tests.conftest import REPO
@@ -16,6 +17,7 @@ def test_the_notebook_is_committed_without_outputs():
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.e2e
 def test_the_cluster_analysis_notebook_runs_on_the_sample_group(sample_people, tmp_path):
     home = tmp_path / "home"  # the notebook writes thumbnails: on a copy of the shared store
     shutil.copytree(sample_people[0], home)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from facepipe.engine.clustering import pairwise_scores
@@ -33,6 +34,7 @@ def people_json(home, *args, group="sample"):
     return json.loads(run_facepipe(home, "people", *args, "--group", group, "--json").stdout)
 
 
+@pytest.mark.e2e
 def test_clustering_the_labelled_sample_photos_reaches_pairwise_f1_098(sample_people, identities):
     home, counts = sample_people
     assert counts["faces"] == 68 and counts["faces_assigned"] == 68
@@ -47,6 +49,7 @@ def test_clustering_the_labelled_sample_photos_reaches_pairwise_f1_098(sample_pe
     assert her in people["couple.jpg"] and her in people["selfie-many-people.jpg"]
 
 
+@pytest.mark.e2e
 def test_the_people_table_and_the_dagster_run(sample_people, identities):
     home, counts = sample_people
     people = people_json(home, "list")
@@ -64,6 +67,7 @@ def test_the_people_table_and_the_dagster_run(sample_people, identities):
         assert instance.get_latest_materialization_event(AssetKey("people")).dagster_event.partition == "sample"
 
 
+@pytest.mark.e2e
 def test_the_benchmark_prints_the_pairwise_figures(sample_people):
     home, _ = sample_people
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "clustering.py"), "--store", str(home / "qdrant")],
@@ -74,6 +78,7 @@ def test_the_benchmark_prints_the_pairwise_figures(sample_people):
     assert "Chinese whispers" in result.stdout and "HDBSCAN" in result.stdout
 
 
+@pytest.mark.e2e
 def test_a_second_digest_into_the_group_keeps_person_ids(tmp_path):
     folder, home = tmp_path / "photos", tmp_path / "home"
     folder.mkdir()
@@ -98,6 +103,7 @@ def test_a_second_digest_into_the_group_keeps_person_ids(tmp_path):
     assert counts["new_people"] == 1 and counts["faces_assigned"] == len(second)
 
 
+@pytest.mark.e2e
 def test_names_merges_and_splits_survive_a_full_recluster(sample_people, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(sample_people[0], home)
@@ -126,6 +132,7 @@ def test_names_merges_and_splits_survive_a_full_recluster(sample_people, tmp_pat
                and ids[name] != person06)
 
 
+@pytest.mark.e2e
 def test_people_show_makes_thumbnails_named_by_face_id(sample_people, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(sample_people[0], home)
@@ -138,6 +145,7 @@ def test_people_show_makes_thumbnails_named_by_face_id(sample_people, tmp_path):
         assert thumbnail.is_relative_to(home / "thumbnails")
 
 
+@pytest.mark.e2e
 def test_unknown_groups_and_people_are_clear_errors(sample_people):
     home, _ = sample_people
     for args, message in [

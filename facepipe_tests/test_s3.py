@@ -104,6 +104,7 @@ def test_an_object_over_the_byte_budget_is_refused_by_its_size_and_a_gif_is_list
         S3Reader(client)(listed[1].path)
 
 
+@pytest.mark.e2e
 def test_s3_digest_finds_the_same_faces_as_a_local_digest(s3_endpoint, client, bucket, sample_digest, tmp_path):
     upload_photos(client, bucket)
     home = tmp_path / "home"
@@ -130,6 +131,7 @@ def test_s3_digest_finds_the_same_faces_as_a_local_digest(s3_endpoint, client, b
     assert not any(SECRET in (entry.message or "") or SECRET in str(entry.dagster_event) for entry in logs)
 
 
+@pytest.mark.e2e
 def test_redigest_downloads_nothing_and_a_changed_object_replaces_its_faces(s3_endpoint, client, bucket, tmp_path):
     upload_photos(client, bucket)
     home = tmp_path / "home"
@@ -147,6 +149,7 @@ def test_redigest_downloads_nothing_and_a_changed_object_replaces_its_faces(s3_e
     assert face.payload["content_hash"] == hashlib.sha256((SAMPLE_IMAGES / "img4.jpg").read_bytes()).hexdigest()
 
 
+@pytest.mark.e2e
 def test_a_digest_of_a_missing_bucket_fails_with_a_clear_error(s3_endpoint, tmp_path):
     summary = digest(tmp_path / "home", "s3://no-such-bucket/x/", "g", "--s3-endpoint-url", s3_endpoint)
     assert summary["status"] == "failed" and summary["images_done"] == 0

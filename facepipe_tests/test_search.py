@@ -4,6 +4,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from facepipe.engine.profiles import PROFILES
 from facepipe.search import search_faces
@@ -20,6 +21,7 @@ def names(result):
     return [p["image_path"].rsplit("/", 1)[-1] for p in result["photos"]]
 
 
+@pytest.mark.e2e
 def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, identities):
     home, _ = sample_people
     result = search(home, SAMPLE_IMAGES / "img1.jpg")
@@ -40,6 +42,7 @@ def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, id
     assert len({p["faces"][0]["person_id"] for p in result["photos"]}) == 1
 
 
+@pytest.mark.e2e
 def test_all_faces_searches_with_each_face_of_the_selfie(sample_people):
     home, _ = sample_people
     largest = search(home, SAMPLE_IMAGES / "couple.jpg")
@@ -53,6 +56,7 @@ def test_all_faces_searches_with_each_face_of_the_selfie(sample_people):
     assert [len(p["faces"]) for p in largest["photos"]] == [1] * len(largest["photos"])
 
 
+@pytest.mark.e2e
 def test_a_lower_threshold_finds_more_and_the_python_api_agrees(sample_people):
     home, _ = sample_people
     with FaceStore.open(path=home / "qdrant") as store:
@@ -62,6 +66,7 @@ def test_a_lower_threshold_finds_more_and_the_python_api_agrees(sample_people):
     assert sum(len(p.faces) for p in loose.photos) == 10
 
 
+@pytest.mark.e2e
 def test_a_selfie_without_a_face_an_unreadable_one_or_an_unknown_group_is_a_clear_error(sample_people, tmp_path):
     home, _ = sample_people
     no_face = tmp_path / "wall.jpg"
@@ -80,6 +85,7 @@ def test_a_selfie_without_a_face_an_unreadable_one_or_an_unknown_group_is_a_clea
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.e2e
 def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_people):
     home, _ = sample_people
     with FaceStore.open(path=home / "qdrant"):  # as a running digest would hold it
@@ -88,6 +94,7 @@ def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_peop
     assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_pair(sample_people):
     import subprocess
     import sys

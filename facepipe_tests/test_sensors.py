@@ -235,6 +235,7 @@ def recluster_requests(home):
     return sorted((r.partition_key, r.run_config["ops"]["people"]["config"]["profile"]) for r in result)
 
 
+@pytest.mark.e2e
 def test_the_nightly_recluster_asks_only_for_groups_with_new_faces(digested):
     home, folders, _ = digested
     assert recluster_requests(home) == [("alpha", "dlib"), ("beta", "dlib")]  # never clustered
@@ -307,6 +308,7 @@ def receiver():
     receiver.server.shutdown()
 
 
+@pytest.mark.e2e
 def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digested, receiver, monkeypatch, capsys):
     home, _, runs = digested
     monkeypatch.setenv("HOOK_PORT", str(receiver.server.server_address[1]))
@@ -356,6 +358,7 @@ def ui_with_a_watch(tmp_path, receiver):
         yield home, inbox
 
 
+@pytest.mark.e2e
 def test_a_photo_dropped_into_a_watched_folder_becomes_stored_faces(ui_with_a_watch, receiver):
     home, inbox = ui_with_a_watch
     shutil.copy(SAMPLE_IMAGES / "img1.jpg", inbox / "dropped.jpg")

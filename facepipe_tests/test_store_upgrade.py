@@ -55,6 +55,7 @@ def old_store(sample_people, tmp_path_factory):
     return old, len(faces), expected, expected_people
 
 
+@pytest.mark.e2e
 def test_a_local_mode_store_is_migrated_on_first_open_and_answers_as_before(old_store, tmp_path):
     source, n_faces, expected, expected_people = old_store
     home = tmp_path / "home"
@@ -76,6 +77,7 @@ def test_a_local_mode_store_is_migrated_on_first_open_and_answers_as_before(old_
     assert full["faces_assigned"] == 0 and full["new_people"] == 0
 
 
+@pytest.mark.e2e
 def test_facepipe_store_migrate_does_it_on_demand(old_store, tmp_path):
     source, n_faces, _, _ = old_store
     home = tmp_path / "home"
@@ -167,6 +169,7 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
         holder.wait()
 
 
+@pytest.mark.e2e
 def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(old_store, sample_people, tmp_path):
     # qdrant-client's local mode stands in for a server: the same ClientBackend code. The old layout
     # has people without vectors, as a server written by the previous code would: they are rebuilt.

@@ -2,4 +2,5 @@ from dagster import DynamicPartitionsDefinition
 
 # One partition per digest group, so the UI shows each group's history and one group can be
 # digested again alone. The CLI and sensors add a group's partition before its first digest.
-digest_groups = DynamicPartitionsDefinition(name="digest_groups")
+GROUPS = "digest_groups"
+digest_groups = DynamicPartitionsDefinition(name=GROUPS)

@@ -50,7 +50,7 @@ def read_header(data: bytes) -> ImageHeader | None:
         with _facepipe_budget_only(), Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             orientation = _orientation(image) if image.format == "JPEG" else 1
-            header = ImageHeader(image.format, width, height)
+            header = ImageHeader(image.format or "", width, height)
     except Exception:  # whatever Pillow cannot read, OpenCV may; if not, decoding says so
         return None
     if orientation in (5, 6, 7, 8):  # a quarter turn: width and height swap

@@ -22,6 +22,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
+from typing import cast
 
 from dagster import (
     AssetKey,
@@ -71,7 +72,8 @@ class Chunk:
 
 
 def _workers(context: OpExecutionContext) -> int:
-    return context.run_config.get("execution", {}).get("config", {}).get("workers") or default_workers()
+    execution = cast(dict, context.run_config.get("execution") or {})
+    return execution.get("config", {}).get("workers") or default_workers()
 
 
 def _errors(images) -> list[dict]:

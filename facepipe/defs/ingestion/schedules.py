@@ -9,6 +9,8 @@
   has done it already, and this finds nothing to do.)
 """
 
+from typing import cast
+
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -24,7 +26,7 @@ from dagster import (
 )
 
 from facepipe.defs.digest.jobs import digest_job, digest_run_config
-from facepipe.defs.partitions import digest_groups
+from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_job, people_run_config
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.request import GROUP_TAG, PROFILE_TAG, TAG_PREFIX, WATCH_TAG, run_tags
@@ -48,8 +50,8 @@ def build_recheck_schedule(config: WatchesConfig) -> ScheduleDefinition | None:
         for watch in config.watches:
             request = watch.digest_request()
             # a schedule cannot return dynamic partition requests as a sensor does: add the group here
-            if not context.instance.has_dynamic_partition(digest_groups.name, watch.group_id):
-                context.instance.add_dynamic_partitions(digest_groups.name, [watch.group_id])
+            if not context.instance.has_dynamic_partition(GROUPS, watch.group_id):
+                context.instance.add_dynamic_partitions(GROUPS, [watch.group_id])
             yield RunRequest(
                 run_key=f"recheck:{watch.name}:{night}",
                 partition_key=watch.group_id,
@@ -64,20 +66,22 @@ def groups_with_new_faces(instance: DagsterInstance) -> dict[str, tuple[int, set
     """Each group whose stored_faces stored faces since its last people materialization:
     the newest such materialization's storage id, and the profiles of those faces."""
     changed = {}
-    for group in instance.get_dynamic_partitions(digest_groups.name):
+    for group in instance.get_dynamic_partitions(GROUPS):
         clustered = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey("people"), asset_partitions=[group]), limit=1).records
         since = clustered[0].storage_id if clustered else None
-        newest, profiles, cursor = None, set(), None
+        newest: int | None = None
+        profiles: set[str] = set()
+        cursor = None
         while True:
             page = instance.fetch_materializations(
                 AssetRecordsFilter(asset_key=AssetKey("stored_faces"), asset_partitions=[group], after_storage_id=since),
                 limit=PAGE, cursor=cursor)
             for record in page.records:
-                metadata = record.asset_materialization.metadata
-                if metadata.get("faces_stored") and metadata["faces_stored"].value > 0:
+                metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+                if "faces_stored" in metadata and cast(int, metadata["faces_stored"].value) > 0:
                     newest = max(newest or 0, record.storage_id)
-                    profiles.add(metadata["profile"].value if "profile" in metadata else DEFAULT_PROFILE)
+                    profiles.add(str(metadata["profile"].value) if "profile" in metadata else DEFAULT_PROFILE)
             if not page.has_more:
                 break
             cursor = page.cursor

@@ -17,7 +17,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.digest.jobs import digest_job, digest_run_config
-from facepipe.defs.partitions import digest_groups
+from facepipe.defs.partitions import GROUPS, digest_groups
 from facepipe.defs.resources import s3_client
 from facepipe.request import WATCH_TAG, run_tags
 from facepipe.watching import Batch, Watch, WatchCursor, list_source, load_watches, plan_batches
@@ -50,7 +50,7 @@ def build_watch_sensor(watch: Watch) -> SensorDefinition:
         if not batches:
             return SensorResult(skip_reason=f"nothing modified in {request.source} since the last launch",
                                 cursor=cursor.write(request.source))
-        new_group = not context.instance.has_dynamic_partition(digest_groups.name, watch.group_id)
+        new_group = not context.instance.has_dynamic_partition(GROUPS, watch.group_id)
         context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source}: "
                          f"{len(batches)} digest(s)")
         return SensorResult(

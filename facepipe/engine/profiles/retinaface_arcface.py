@@ -53,14 +53,15 @@ class RetinaFaceArcFaceProfile:
             marks = face["landmarks"]
             # the image's left eye first, as in ArcFace's template (retina-face names them by the person)
             points = [marks["right_eye"], marks["left_eye"], marks["nose"], marks["mouth_right"], marks["mouth_left"]]
-            faces.append(Detection(tuple(float(v) for v in face["facial_area"]), float(face["score"]),
-                                   np.array(points, dtype=np.float32)))
+            x0, y0, x1, y1 = (float(v) for v in face["facial_area"])
+            faces.append(Detection((x0, y0, x1, y1), float(face["score"]), np.array(points, dtype=np.float32)))
         return faces
 
     def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
         height, width = image.shape[:2]
         found = []
         for face in faces:
+            assert face.landmarks is not None  # RetinaFace gives every face its 5 points
             matrix, _ = cv2.estimateAffinePartial2D(face.landmarks.astype(np.float32), ARCFACE_TEMPLATE, method=cv2.LMEDS)
             found.append(DetectedFace(
                 box=clip_box(*face.box, width, height),
