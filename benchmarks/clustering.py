@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.labelled_faces import FaceSet, combined, labelled_sets  # noqa: E402
-from facepipe.engine.clustering import cluster_embeddings, cosine_distances, pairwise_scores  # noqa: E402
-from facepipe.engine.profiles import PROFILES  # noqa: E402
+from benchmarks.labelled_faces import FaceSet, combined, labelled_sets
+from facepipe.engine.clustering import cluster_embeddings, cosine_distances, pairwise_scores
+from facepipe.engine.profiles import PROFILES
 
 CUTS = np.round(np.arange(0.050, 0.1251, 0.005), 4)
 

@@ -48,10 +48,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facepipe.engine.faces import decode_reduction, find_faces  # noqa: E402
-from facepipe.engine.presets import PRESETS  # noqa: E402
-from facepipe.engine.images import decode_image, decode_image_reduced, jpeg_size  # noqa: E402
-from facepipe.engine.profiles import load_profile  # noqa: E402
+from facepipe.engine.faces import decode_reduction, find_faces
+from facepipe.engine.presets import PRESETS
+from facepipe.engine.images import decode_image, decode_image_reduced, jpeg_size
+from facepipe.engine.profiles import load_profile
 
 IMAGES = ROOT.parent / "shared" / "faces" / "images"
 NOT_ONE_FACE = {"couple.jpg", "selfie-many-people.jpg", "img67.jpg"}

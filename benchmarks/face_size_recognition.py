@@ -29,12 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.labelled_faces import SETS, identities_of  # noqa: E402
-from facepipe.engine.detection import detect_faces, detection_scale  # noqa: E402
-from facepipe.engine.profiles import Detection  # noqa: E402
-from facepipe.engine.images import decode_image  # noqa: E402
-from facepipe.engine.profiles import load_profile  # noqa: E402
-from facepipe.engine.profiles import PROFILES  # noqa: E402
+from benchmarks.labelled_faces import SETS, identities_of
+from facepipe.engine.detection import detect_faces, detection_scale
+from facepipe.engine.profiles import Detection
+from facepipe.engine.images import decode_image
+from facepipe.engine.profiles import load_profile
+from facepipe.engine.profiles import PROFILES
 
 SIZES = (24, 32, 40, 48, 56, 64, 80, 96, 128, 160)
 

@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.labelled_faces import FaceSet, combined, identities_of, labelled_sets  # noqa: E402
-from facepipe.engine.profiles import PROFILES  # noqa: E402
+from benchmarks.labelled_faces import FaceSet, combined, identities_of, labelled_sets
+from facepipe.engine.profiles import PROFILES
 
 THRESHOLDS = np.round(np.arange(0.890, 0.9601, 0.005), 4)
 DLIB_RULE = 0.6  # dlib's same-person rule: euclidean distance between raw descriptors

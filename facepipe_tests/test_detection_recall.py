@@ -5,15 +5,11 @@ size band, a 3 x 3 mosaic of group photos), detected as a digest detects them, w
 models. The floors are the contract of `min_face_size`; the table is printed at the end of the run.
 """
 
-import sys
-
 import pytest
 
+from benchmarks import detection_recall
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, PRESETS
-from facepipe_tests.conftest import REPO, REPORTS
-
-sys.path.insert(0, str(REPO))
-from benchmarks import detection_recall  # noqa: E402
+from facepipe_tests.conftest import REPORTS
 
 # recall floors of the default preset, by face width at full size (px); none below min_face_size
 FLOORS = {"32-40": 0.95, "40-64": 0.97, "64-96": 0.97, "96-160": 0.97, ">= 160": 1.0}

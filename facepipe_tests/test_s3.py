@@ -5,8 +5,6 @@ is patched. The credentials are moto's dummies, given the standard way (environm
 """
 
 import json
-import os
-import socket
 
 import boto3
 import numpy as np
@@ -18,32 +16,10 @@ from facepipe.engine.faces import faces_in_chunk
 from facepipe.engine.planning import ImageTask
 from facepipe.engine.listing import ImageError
 from facepipe.engine.sources import S3Reader, SourceError, list_s3_images
+from facepipe_tests.conftest import S3_SECRET as SECRET
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img11.jpg", "img11_reflection.jpg"]
-SECRET = "moto-dummy-secret-key"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

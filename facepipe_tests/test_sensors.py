@@ -37,7 +37,6 @@ from facepipe.request import DigestRequest, digest_request
 from facepipe.runs import run_digest
 from facepipe.watching import parse_watches
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe
-from facepipe_tests.test_s3 import s3_endpoint  # noqa: F401  (the moto S3 server fixture)
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND  # the photos' modification times are set explicitly, from here
@@ -167,7 +166,7 @@ def test_a_photo_arriving_late_with_the_time_of_the_last_launch_is_launched_once
     assert third.run_key == f"late:{T0 - 1}:{T0}:3"  # the same window, re-opened again: a new key
 
 
-def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, instance):  # noqa: F811
+def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, instance):
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="watched")
     for name in ("img1.jpg", "img2.jpg"):
