@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from facepipe.request import GROUP_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
+from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
 
 DIGEST_JOB = "digest_job"
 STATUS_NAMES = {
@@ -28,7 +28,8 @@ class DigestNotFound(LookupError):
 def list_digests(instance: DagsterInstance, group_id: str | None = None, status: str | None = None,
                  since: datetime | None = None, until: datetime | None = None, limit: int = 20) -> list[dict]:
     """Digests, newest first, filtered by group, status and creation time."""
-    tags = {GROUP_TAG: group_id} if group_id else {}
+    # the partition, which every digest has, however it was launched (the Launchpad adds no tag of ours)
+    tags = {PARTITION_TAG: group_id} if group_id else {}
     statuses = None
     if status:
         statuses = [s for s, name in STATUS_NAMES.items() if name == status]
@@ -104,7 +105,8 @@ def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: flo
     return {
         "run_id": run_id,
         "status": STATUS_NAMES.get(status, status.value.lower()),
-        "group_id": tags.get(GROUP_TAG),
+        # the digest tags its run when it starts; the partition is there from the launch
+        "group_id": tags.get(GROUP_TAG) or tags.get(PARTITION_TAG),
         "source": tags.get(SOURCE_TAG),
         "profile": tags.get(PROFILE_TAG),
         "workers": int(tags[WORKERS_TAG]) if WORKERS_TAG in tags else None,

@@ -1,8 +1,9 @@
 """A digest request: which photos (a folder or an S3 prefix), into which group, and how.
 
 Plain pydantic, no Dagster: the CLI, the watches, the HTTP API and the Dagster run config
-(defs/digest/config.py) all build and validate a request with this one class, and the digest's
-defaults are written here only. A request is recorded on its Dagster run as tags (`run_tags`),
+(defs/digest/config.py) all build and validate a request with these classes, and the digest's
+defaults are written here only. The Launchpad asks for DigestOptions (the group is the run's
+partition); a DigestRequest is the options and the group. A request is recorded on its Dagster run as tags (`run_tags`),
 which is how the run history finds a group's digests.
 """
 
@@ -10,7 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
@@ -42,34 +45,49 @@ def valid_group_id(value: str) -> str:
     return value
 
 
-def known_profile(value: str) -> str:
-    """A pydantic validator for `profile` fields (digest and people requests)."""
-    if value not in PROFILES:
-        raise ValueError(f"profile {value!r} is not one of {sorted(PROFILES)}")
-    return value
+class LocalFolder(BaseModel):
+    """A folder of photos on the machine that runs the digest, read recursively."""
+
+    kind: Literal["local_folder"] = "local_folder"
+    path: str = Field(description="The folder, on the machine that runs the digest; read recursively.")
+
+    @property
+    def url(self) -> str:
+        return self.path
 
 
-class DigestRequest(BaseModel):
-    """Digest the photos of one source into one group."""
+class S3Prefix(BaseModel):
+    """The photos under a key prefix of an S3 bucket, or of an S3-compatible store."""
 
-    group_id: str = Field(
-        description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'. "
-        "Must equal the run's partition."
-    )
-    local_dir_path: str | None = Field(
-        default=None, description="A local folder of photos, read recursively. Exactly one source."
-    )
-    s3_bucket: str | None = Field(default=None, description="An S3 bucket (with s3_prefix). Exactly one source.")
-    s3_prefix: str | None = Field(default=None, description="The key prefix within s3_bucket ('' for all of it).")
-    s3_endpoint_url: str | None = Field(
+    kind: Literal["s3"] = "s3"
+    bucket: str = Field(description="The S3 bucket.")
+    prefix: str = Field(default="", description="The key prefix within the bucket ('' for all of it).")
+    endpoint_url: str | None = Field(
         default=None, description="An S3-compatible store's endpoint (MinIO, Ceph, R2...); default: AWS."
     )
-    s3_region: str | None = Field(default=None, description="The bucket's region; default: the AWS configuration's.")
+    region: str | None = Field(default=None, description="The bucket's region; default: the AWS configuration's.")
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+# A profile's name, one of PROFILES: a choice the Launchpad renders (built from PROFILES, so that a
+# new profile is a choice without another line here)
+ProfileName = Literal[*PROFILES]  # type: ignore[valid-type]
+
+
+class DigestOptions(BaseModel):
+    """How to digest the photos of one source: what the Launchpad asks (the group is the run's partition)."""
+
+    source: LocalFolder | S3Prefix = Field(
+        discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
+    )
     confidence: float = Field(
         default=DEFAULT_CONFIDENCE, ge=0.0, le=1.0,
-        description="Faces detected below this confidence are dropped (and counted).",
+        description="Faces detected below this confidence are dropped (and counted); between 0 and 1.",
     )
-    profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
+    profile: ProfileName = Field(default=DEFAULT_PROFILE, description="The model profile.")
     redigest: bool = Field(default=False, description="Digest photos again even if the group has them already.")
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, description="At most this many photos per parallel step.")
     preset: Preset = Field(
@@ -88,31 +106,10 @@ class DigestRequest(BaseModel):
         default=None, description="Only photos modified until this time (ns since the epoch, inclusive); set by sensors."
     )
 
-    _group_id_is_a_name = field_validator("group_id")(valid_group_id)
-
-    _profile_is_known = field_validator("profile")(known_profile)
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self):
-        has_local = bool(self.local_dir_path)
-        has_s3 = bool(self.s3_bucket or self.s3_prefix)
-        if has_local == has_s3:
-            raise ValueError(
-                "give exactly one source: local_dir_path, or s3_bucket with s3_prefix "
-                f"(got local_dir_path={self.local_dir_path!r}, s3_bucket={self.s3_bucket!r})"
-            )
-        if has_s3 and not self.s3_bucket:
-            raise ValueError("s3_bucket: an s3_prefix needs its bucket")
-        return self
-
     @property
     def face_size(self) -> int:
         """The narrowest face this digest finds, in full-size pixels."""
         return self.min_face_size or PRESETS[self.preset]
-
-    @property
-    def source(self) -> str:
-        return self.local_dir_path or f"s3://{self.s3_bucket}/{self.s3_prefix or ''}"
 
     def modified_in_window(self, files: list) -> list:
         """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
@@ -128,10 +125,23 @@ class DigestRequest(BaseModel):
         from facepipe.engine.listing import list_images
         from facepipe.engine.sources import list_s3_images
 
-        if self.local_dir_path:
-            return list_images(self.local_dir_path)
-        assert self.s3_bucket  # one source, checked on validation
-        return list_s3_images(s3_client, self.s3_bucket, self.s3_prefix or "")
+        if isinstance(self.source, LocalFolder):
+            return list_images(self.source.path)
+        return list_s3_images(s3_client, self.source.bucket, self.source.prefix)
+
+
+class DigestRequest(DigestOptions):
+    """Digest the photos of one source into one group."""
+
+    group_id: str = Field(description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'.")
+
+    _group_id_is_a_name = field_validator("group_id")(valid_group_id)
+
+
+def one_line(err: ValidationError) -> str:
+    """A validation error as one line that names each bad field: `source.path: Field required`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in err.errors())
 
 
 def digest_request(path: str, group_id: str, *, on_this_machine: bool = True, s3_endpoint_url: str | None = None,
@@ -142,12 +152,13 @@ def digest_request(path: str, group_id: str, *, on_this_machine: bool = True, s3
     A folder on this machine is resolved to its one canonical path (it is part of each photo's
     identity); one on a remote server is passed as it is.
     """
+    source: LocalFolder | S3Prefix
     if path.startswith("s3://"):
         bucket, prefix = parse_s3_url(path)
-        source = {"s3_bucket": bucket, "s3_prefix": prefix, "s3_endpoint_url": s3_endpoint_url, "s3_region": s3_region}
+        source = S3Prefix(bucket=bucket, prefix=prefix, endpoint_url=s3_endpoint_url, region=s3_region)
     else:
-        source = {"local_dir_path": str(Path(path).resolve()) if on_this_machine else path}
-    return DigestRequest(group_id=group_id, **source, **options)
+        source = LocalFolder(path=str(Path(path).resolve()) if on_this_machine else path)
+    return DigestRequest(group_id=group_id, source=source, **options)
 
 
 def run_tags(request: DigestRequest, workers: int) -> dict[str, str]:
@@ -155,7 +166,7 @@ def run_tags(request: DigestRequest, workers: int) -> dict[str, str]:
     return {
         PARTITION_TAG: request.group_id,
         GROUP_TAG: request.group_id,
-        SOURCE_TAG: request.source,
+        SOURCE_TAG: request.source.url,
         PROFILE_TAG: request.profile,
         WORKERS_TAG: str(workers),
     }

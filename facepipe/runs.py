@@ -35,9 +35,11 @@ from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_su
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
 from facepipe.store import open_store_from_settings
 
-LAUNCH_TAG = TAG_PREFIX + "launch_id"  # finds a run in storage while it executes
-HOST_TAG = TAG_PREFIX + "host"  # the machine and process executing a `facepipe digest`, to cancel it
-PID_TAG = TAG_PREFIX + "pid"
+# Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists
+INTERNAL_TAG_PREFIX = ".dagster/facepipe/"
+LAUNCH_TAG = INTERNAL_TAG_PREFIX + "launch_id"  # finds a run in storage while it executes
+HOST_TAG = INTERNAL_TAG_PREFIX + "host"  # the machine and process executing a `facepipe digest`, to cancel it
+PID_TAG = INTERNAL_TAG_PREFIX + "pid"
 
 # The code location's one name: workspace.yaml, `facepipe ui`, `--detach` launches and the UI's
 # re-executions must agree on it, or a run launched under one is "not found" under another.
@@ -194,7 +196,9 @@ def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
 
 
 def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) -> tuple[list[str], str | None]:
-    """A page of the ids of the faces a digest stored, and the next page's offset."""
+    """A page of the ids of the faces a digest stored, and the next page's offset (none before it started)."""
+    if not summary["group_id"] or not summary["profile"]:
+        return [], None
     with open_store_from_settings() as store:
         return store.face_ids_of_run(summary["group_id"], summary["profile"], summary["run_id"], limit, offset)
 

@@ -582,6 +582,34 @@ class FaceStore:
         return self.query(faces_collection(profile), embedding, where or group_filter(group_id), limit, min_score)
 
 
+    def unsound_faces(self, group_id: str, profile: str, run_id: str) -> list[dict]:
+        """The faces a digest run stored whose vector is not a finite unit vector of the profile's
+        dimension, or whose box is not inside its photo: each with its id, photo and problem."""
+        import numpy as np
+
+        dimension, unsound = PROFILES[profile].dimension, []
+        keys = ("image_path", "facial_area", "image_width", "image_height")
+        for face in self.scroll_faces(profile, group_filter(group_id, run_id=run_id), with_vectors=True,
+                                      payload_keys=keys):
+            vector = np.asarray(face.vector or [], np.float64)
+            area, width, height = face.payload["facial_area"], face.payload["image_width"], face.payload["image_height"]
+            if vector.shape != (dimension,) or not np.isfinite(vector).all():
+                problem = f"vector of {vector.size} values, not {dimension} finite ones"
+            elif abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                problem = f"vector of length {float(np.linalg.norm(vector)):.4f}, not 1"
+            elif not (0 <= area["x"] and 0 <= area["y"] and area["w"] > 0 and area["h"] > 0
+                      and area["x"] + area["w"] <= width and area["y"] + area["h"] <= height):
+                problem = f"box {area} outside the {width} x {height} photo"
+            else:
+                continue
+            unsound.append({"face_id": face.id, "image_path": face.payload["image_path"], "problem": problem})
+        return unsound
+
+    def ledger_face_count(self, group_id: str, profile: str) -> int:
+        """The faces the group's ledger says its digested photos have."""
+        return sum(p.payload.get("faces", 0) for p in self.scroll(
+            images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",), page=4096))
+
     def face_ids_of_run(self, group_id: str, profile: str, run_id: str, limit: int = 100,
                         offset: str | None = None) -> tuple[list[str], str | None]:
         """A page of the ids of the faces a digest run stored, and the next page's offset."""

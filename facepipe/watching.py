@@ -50,7 +50,7 @@ from facepipe import settings
 from facepipe.engine.presets import DEFAULT_PRESET, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.sources import SourceError
-from facepipe.request import DEFAULT_CONFIDENCE, DigestRequest, default_workers, digest_request, valid_group_id
+from facepipe.request import DEFAULT_CONFIDENCE, ProfileName, DigestRequest, default_workers, digest_request, valid_group_id
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -69,7 +69,7 @@ class Watch(BaseModel):
     source: str = Field(description="A local folder, or s3://bucket/prefix.")
     group_id: str
     confidence: float = Field(default=DEFAULT_CONFIDENCE, ge=0.0, le=1.0)
-    profile: str | None = None
+    profile: ProfileName | None = None
     preset: Preset = DEFAULT_PRESET
     min_face_size: int | None = Field(default=None, ge=8)
     s3_endpoint_url: str | None = None
@@ -163,22 +163,64 @@ def load_watches(path: str | os.PathLike | None = None) -> WatchesConfig:
         if named:  # asked for by name: a typo must not silently watch nothing
             raise WatchesError(f"{path}: no such watches file")
         return WatchesConfig()
+    return parse_watches(_read(path), str(path))
+
+
+def _read(path: Path):
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise WatchesError(f"{path}: cannot read the watches file: {err}") from err
-    return parse_watches(data, str(path))
+
+
+def load_watches_leniently(path: str | os.PathLike | None = None) -> tuple[WatchesConfig, dict[str, str]]:
+    """The valid part of the watches file, and what is wrong with the rest, by the name of the sensor
+    that would have run it (or `watches_file`): a typo in one watch must not take the other
+    watches, the jobs and the UI down with it."""
+    try:
+        return load_watches(path), {}
+    except WatchesError as err:
+        problem = str(err)
+    named = path or settings.watches_file_named()
+    path = Path(named) if named else settings.facepipe_home() / "watches.yaml"
+    try:
+        data = _read(path)
+    except WatchesError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("watches", []), list):
+        return WatchesConfig(), {"watches_file": problem}
+    good: list[Watch] = []
+    problems: dict[str, str] = {}
+    for index, entry in enumerate(data.get("watches") or []):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        sensor = f"watch_{name}" if isinstance(name, str) and WATCH_NAME_PATTERN.match(name) else f"watch_{index}"
+        try:
+            watch = Watch.model_validate(entry)
+        except ValidationError as err:
+            problems[sensor] = f"{path}: watch {name or index}: " + "; ".join(_problems(err, ""))
+            continue
+        if any(w.name == watch.name for w in good):
+            problems[sensor] = f"{path}: watch {watch.name} is declared more than once: only the first runs"
+            continue
+        good.append(watch)
+    try:
+        rest = WatchesConfig.model_validate({**data, "watches": []})
+    except ValidationError as err:  # webhooks or schedules: no webhooks, the default schedules
+        problems["watches_file"] = f"{path}: " + "; ".join(_problems(err, ""))
+        rest = WatchesConfig()
+    return rest.model_copy(update={"watches": good}), problems
+
+
+def _problems(err: ValidationError, indent: str) -> list[str]:
+    return [f"{indent}{'.'.join(str(part) for part in e['loc']) or '(top level)'}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
 
 
 def parse_watches(data, where: str = "watches") -> WatchesConfig:
     try:
         return WatchesConfig.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for error in err.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            problems.append(f"  {field}: {error['msg'].removeprefix('Value error, ')}")
-        raise WatchesError(f"{where}: invalid watches:\n" + "\n".join(problems)) from None
+        raise WatchesError(f"{where}: invalid watches:\n" + "\n".join(_problems(err, "  "))) from None
 
 
 # -- what a watch's sensor launches: batches of new photos, and its cursor --------------------
@@ -281,4 +323,4 @@ def list_source(watch: Watch, s3_client=None) -> list:
     try:
         return request.list_photos(s3_client)
     except (OSError, SourceError) as err:
-        raise WatchError(f"watch {watch.name}: cannot list {request.source}: {err}") from err
+        raise WatchError(f"watch {watch.name}: cannot list {request.source.url}: {err}") from err

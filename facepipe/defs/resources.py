@@ -7,7 +7,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from facepipe import settings
-from facepipe.request import DigestRequest
+from facepipe.request import DigestOptions, S3Prefix
 from facepipe.store import FaceStore, StoreBusy
 
 # The store pool keeps digests to one writer, but `facepipe search`, `people` or the notebook may
@@ -25,6 +25,10 @@ class FaceStoreResource(ConfigurableResource):
     url: str | None = Field(default=None, description="A Qdrant server; overrides path.")
     api_key: str | None = Field(default=None, description="The Qdrant server's API key.")
 
+    def describe(self) -> str:
+        """Where the store is, for the asset's metadata (never the API key)."""
+        return self.url or f"embedded at {self.path}"
+
     @contextmanager
     def open(self):
         """The open store; in a Dagster step, a store held by another process retries the step."""
@@ -36,12 +40,12 @@ class FaceStoreResource(ConfigurableResource):
             yield store
 
 
-def s3_client(s3: S3Resource, request: DigestRequest):
+def s3_client(s3: S3Resource, request: DigestOptions):
     """A boto3 client from dagster-aws's S3Resource, with the digest's endpoint and region; None for
     a local folder."""
-    if not request.s3_bucket:
+    if not isinstance(request.source, S3Prefix):
         return None
-    overrides = {"endpoint_url": request.s3_endpoint_url, "region_name": request.s3_region}
+    overrides = {"endpoint_url": request.source.endpoint_url, "region_name": request.source.region}
     return s3.model_copy(update={k: v for k, v in overrides.items() if v}).get_client()
 
 

@@ -145,8 +145,10 @@ def faces_in_chunk(
     min_face_size: float = DEFAULT_MIN_FACE_SIZE,
     redigest: bool = False,
     read: Callable[[str], tuple[bytes, str]] = read_listed_image,
+    on_photo: Callable[[list[ImageResult]], None] | None = None,
 ) -> ChunkResult:
-    """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by default).
+    """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by
+    default); `on_photo` is called with the results so far after each photo (progress).
 
     Each photo's error is one line: a bad file (ImageError: unreadable, too large, a decompression
     bomb, not an image), or anything a model raised on it, named by its type.
@@ -181,4 +183,7 @@ def faces_in_chunk(
             result.error = str(err)
         except Exception as err:  # a photo that breaks a model must not break the digest
             result.error = f"{type(err).__name__}: {one_line(str(err))}"
+        finally:
+            if on_photo:
+                on_photo(results)
     return ChunkResult(results, dict(seconds))

@@ -1,11 +1,11 @@
-"""The digest as assets, partitioned by group: image_list -> faces -> stored_faces.
+"""The digest as assets, partitioned by group: image_list -> faces -> embeddings -> stored_faces.
 
 One run digests one group. Inside it, the listed photos fan out in chunks to parallel steps
 (the multiprocess executor runs one step per worker process), and each chunk's faces are written
 as soon as it finishes, one writer at a time:
 
     list_images ──chunks──> extract_faces_in_chunk ──> store_chunk (x N) ──collect──> store_faces
-    [image_list]                                                              [faces, stored_faces]
+    [image_list]                                                [faces, embeddings, stored_faces, checks]
 
 Writing per chunk bounds the writer's memory to one chunk's results (~2.6 KB a photo unpickled:
 a single store step at the end held all of them, ~2.6 GB for a million photos) and keeps what a
@@ -15,40 +15,48 @@ the photo's bytes and the face's index), so nothing is stored twice.
 Detection and embedding run in the same step: the aligned chips are cut from the full-size photo
 while it is decoded in memory, and shipping them to another step would cost a step start and
 ~67 KB of pickle per face. Only the store steps open the face store, in a pool of size 1.
+The four assets are still a chain in the lineage (AssetsDefinition.from_graph's internal deps).
 """
 
 import json
 import os
 import resource
 import sys
+import time
 from dataclasses import dataclass
 from typing import cast
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     AssetObservation,
-    AssetOut,
+    AssetsDefinition,
     DynamicOut,
     DynamicOutput,
     Failure,
+    GraphOut,
     MetadataValue,
     OpExecutionContext,
     Out,
     Output,
-    graph_multi_asset,
+    graph,
     op,
 )
-
 from dagster_aws.s3 import S3Resource
+from pydantic import ValidationError
 
-from facepipe.defs.digest.config import DigestConfig
+from facepipe.defs.digest.config import DigestConfig, request_from_config
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
 from facepipe.engine.listing import display_path, read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
+from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import DigestRequest, default_workers
+from facepipe.request import DigestRequest, S3Prefix, default_workers, one_line, run_tags
 from facepipe.settings import STORE_POOL
+from facepipe.store import faces_collection
 
 MAX_ERRORS_IN_METADATA = 1000
 
@@ -80,33 +88,48 @@ def _errors(images) -> list[dict]:
     return [{"path": r.path, "error": r.error} for r in images if r.error]
 
 
-@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL)
-def list_images(context: OpExecutionContext, config: DigestConfig, face_store: FaceStoreResource, s3: S3Resource):
-    """List the source's photos and leave out those the group already has unchanged."""
-    if context.has_partition_key and context.partition_key != config.group_id:
-        raise Failure(f"group_id {config.group_id!r} differs from the run's partition {context.partition_key!r}",
-                      allow_retries=False)
+def _request(context: OpExecutionContext) -> DigestRequest:
+    """The run's request: its config and its partition (the group), or one line that says what is wrong."""
+    if not context.has_partition_key:
+        raise Failure("a digest is of one group: launch it with the group as its partition (the Launchpad's "
+                      "partition picker, or `facepipe digest --group`)", allow_retries=False)
     try:
-        listing = config.list_photos(s3_client(s3, config))
+        return request_from_config(context.op_config, context.partition_key)
+    except ValidationError as err:
+        raise Failure(f"invalid digest request: {one_line(err)}", allow_retries=False) from None
+
+
+# The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
+# launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') is checked by
+# _request, and fails this step at once, in one line, without retries.
+@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL, config_schema=DigestConfig.to_fields_dict())
+def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: S3Resource):
+    """List the source's photos and leave out those the group already has unchanged."""
+    request = _request(context)
+    workers = _workers(context)
+    # a digest launched from the Launchpad is a digest like any other: tagged as the CLI tags its own
+    context.instance.add_run_tags(context.run_id, run_tags(request, workers))
+    try:
+        listing = request.list_photos(s3_client(s3, request))
     except OSError as err:
-        raise Failure(f"local_dir_path: cannot list {config.local_dir_path!r}: {err}", allow_retries=False) from err
+        raise Failure(f"source: cannot list {request.source.url!r}: {err}", allow_retries=False) from err
     except SourceError as err:  # no such bucket, bad credentials: nothing can work
         raise Failure(str(err), allow_retries=False) from err
-    files = config.modified_in_window(listing)
+    files = request.modified_in_window(listing)
     not_listed = _not_listed(context, listing)
     with face_store.open() as store:
-        digested = store.digested_images(config.group_id, config.profile, paths=[f.path for f in files])
-    tasks, skipped = plan_images(files, digested, config.redigest)
-    chunks = split_into_chunks(tasks, _workers(context), config.chunk_size)
+        digested = store.digested_images(request.group_id, request.profile, paths=[f.path for f in files])
+    tasks, skipped = plan_images(files, digested, request.redigest)
+    chunks = split_into_chunks(tasks, workers, request.chunk_size)
 
-    image_list = ImageList(config.group_id, config.profile, config.source, len(files), skipped, tasks)
+    image_list = ImageList(request.group_id, request.profile, request.source.url, len(files), skipped, tasks)
     yield Output(image_list, "image_list", metadata={
-        "source": config.source, "profile": config.profile, "min_face_size": config.face_size, "images_listed": len(files),
-        "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
+        "source": request.source.url, "profile": request.profile, "min_face_size": request.face_size,
+        "images_listed": len(files), "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
         **not_listed,
     })
     for index, chunk_tasks in enumerate(chunks):
-        yield DynamicOutput(Chunk(chunk_tasks, DigestRequest(**config.model_dump())), mapping_key=f"chunk_{index:04d}", output_name="chunks")
+        yield DynamicOutput(Chunk(chunk_tasks, request), mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
 
 def _not_listed(context: OpExecutionContext, listing) -> dict:
@@ -118,34 +141,53 @@ def _not_listed(context: OpExecutionContext, listing) -> dict:
     return {"entries_not_listed": len(entries), "not_listed": MetadataValue.json(entries[:MAX_ERRORS_IN_METADATA])}
 
 
-@op
-def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
-    """Decode, detect, align and embed one chunk of photos; report progress as an observation."""
-    # the models load here, in the step's process: the definitions import no model library
-    from facepipe.engine.faces import faces_in_chunk
+# A chunk reports the photos it has done this often, so that a digest's progress moves while its
+# chunks run (each report counts only the photos since the last: the history sums them)
+PROGRESS_SECONDS = 5.0
 
-    request = chunk.request
-    read = S3Reader(s3_client(s3, request)) if request.s3_bucket else read_listed_image
-    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
-                            request.redigest, read=read)
-    for error in _errors(result.images):
-        context.log.warning(f"image failed: {error['path']}: {error['error']}")
+
+def _observe(context: OpExecutionContext, images: list, **metadata) -> None:
+    """An observation of `faces`: the counts of `images`, photos done since the chunk's last one."""
     context.log_event(AssetObservation(
         asset_key=AssetKey("faces"),
         partition=context.partition_key if context.has_partition_key else None,
         metadata={
-            "images_done": len(result.images),
-            "images_failed": sum(1 for r in result.images if r.error),
-            "faces_detected": sum(r.faces_detected for r in result.images),
-            "faces_dropped": sum(r.faces_dropped for r in result.images),
-            "faces_too_small": sum(r.faces_too_small for r in result.images),
-            "failed_images": MetadataValue.json(_errors(result.images)[:MAX_ERRORS_IN_METADATA]),
-            # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
-            "seconds_per_stage": MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
-            "worker_pid": os.getpid(),
-            "worker_peak_rss_mb": _peak_rss_mb(),
+            "images_done": len(images),
+            "images_failed": sum(1 for r in images if r.error),
+            "faces_detected": sum(r.faces_detected for r in images),
+            "faces_dropped": sum(r.faces_dropped for r in images),
+            "faces_too_small": sum(r.faces_too_small for r in images),
+            "failed_images": MetadataValue.json(_errors(images)[:MAX_ERRORS_IN_METADATA]),
+            **metadata,
         },
     ))
+
+
+@op
+def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
+    """Decode, detect, align and embed one chunk of photos; report progress as observations."""
+    # the models load here, in the step's process: the definitions import no model library
+    from facepipe.engine.faces import faces_in_chunk
+
+    request = chunk.request
+    read = S3Reader(s3_client(s3, request)) if isinstance(request.source, S3Prefix) else read_listed_image
+    reported, last_report = 0, time.monotonic()
+
+    def report_progress(done: list) -> None:
+        nonlocal reported, last_report
+        if time.monotonic() - last_report >= PROGRESS_SECONDS and len(done) < len(chunk.tasks):
+            _observe(context, done[reported:])
+            context.log.info(f"{len(done)} of {len(chunk.tasks)} photos of this chunk done")
+            reported, last_report = len(done), time.monotonic()
+
+    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
+                            request.redigest, read=read, on_photo=report_progress)
+    for error in _errors(result.images):
+        context.log.warning(f"image failed: {error['path']}: {error['error']}")
+    _observe(context, result.images[reported:],
+             # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
+             seconds_per_stage=MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
+             worker_pid=os.getpid(), worker_peak_rss_mb=_peak_rss_mb())
     return result
 
 
@@ -164,6 +206,7 @@ class StoredChunk:
     faces_detected: int
     faces_dropped: int
     faces_too_small: int
+    faces_embedded: int
     faces_stored: int
     faces_replaced: int
     errors: list  # {"path", "error"} of each failed photo
@@ -186,6 +229,7 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
         faces_detected=sum(r.faces_detected for r in images),
         faces_dropped=sum(r.faces_dropped for r in images),
         faces_too_small=sum(r.faces_too_small for r in images),
+        faces_embedded=sum(len(r.faces) for r in images),
         faces_stored=counts.faces_stored if counts else 0,
         faces_replaced=counts.faces_replaced if counts else 0,
         errors=_errors(images),
@@ -193,25 +237,52 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
     )
 
 
-@op(out={"faces": Out(), "stored_faces": Out()}, pool=STORE_POOL)
+# A digest where more than this share of the photos failed is worth a look (a warning on `faces`)
+FAILED_SHARE_WARNING = 0.05
+
+CHECKS = [
+    AssetCheckSpec("complete", asset="stored_faces",
+                   description="Every photo the listing planned was digested or recorded as failed."),
+    AssetCheckSpec("few_failed_photos", asset="faces",
+                   description=f"At most {FAILED_SHARE_WARNING:.0%} of the digested photos failed (a warning)."),
+    AssetCheckSpec("sound_vectors", asset="embeddings",
+                   description="Every face stored by the digest has a finite unit vector of the profile's "
+                   "dimension and a box inside its photo."),
+    AssetCheckSpec("count_matches_ledger", asset="stored_faces",
+                   description="The group's faces in the store are as many as its ledger says its photos have."),
+]
+
+
+@op(
+    out={"faces": Out(), "embeddings": Out(), "stored_faces": Out(),
+         **{spec.get_python_identifier(): Out() for spec in CHECKS}},
+    pool=STORE_POOL,
+)
 def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
-    """Index what the chunks wrote, and write the digest's totals to the event log."""
+    """Index what the chunks wrote, write the digest's totals to the event log, and check them.
+
+    A digest that did not digest every planned photo (a re-execution from failure skips the chunks
+    that never started) fails here, so that it never ends green."""
     errors = [error for chunk in stored_chunks for error in chunk.errors]
     seconds: dict[str, float] = {}
     for chunk in stored_chunks:
         for stage, value in chunk.seconds.items():
             seconds[stage] = seconds.get(stage, 0.0) + value
+    planned, done = len(image_list.tasks), sum(c.images_done for c in stored_chunks)
     faces = {
         "images_listed": image_list.listed,
         "images_skipped": image_list.skipped,
-        "images_to_digest": len(image_list.tasks),
-        "images_done": sum(c.images_done for c in stored_chunks),
+        "images_to_digest": planned,
+        "images_done": done,
         "images_failed": len(errors),
         "images_unchanged": sum(c.images_unchanged for c in stored_chunks),
         "faces_detected": sum(c.faces_detected for c in stored_chunks),
         "faces_dropped": sum(c.faces_dropped for c in stored_chunks),
         "faces_too_small": sum(c.faces_too_small for c in stored_chunks),
     }
+    spec = PROFILES[image_list.profile]
+    embeddings = {"faces_embedded": sum(c.faces_embedded for c in stored_chunks), "model": spec.model_name,
+                  "dimension": spec.dimension, "embed_seconds": round(seconds.get("embed", 0.0), 2)}
     with face_store.open() as store:
         store.optimize(image_list.profile)
         stored = {
@@ -219,27 +290,65 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
             "faces_replaced": sum(c.faces_replaced for c in stored_chunks),
             "faces_in_group": store.count_faces(image_list.group_id, image_list.profile),
         }
+        unsound = store.unsound_faces(image_list.group_id, image_list.profile, context.run_id)
+        in_ledger = store.ledger_face_count(image_list.group_id, image_list.profile)
     yield Output(faces, "faces", metadata={
         **faces,
         "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
         "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
     })
+    yield Output(embeddings, "embeddings", metadata=embeddings)
     yield Output(stored, "stored_faces", metadata={
-        **stored, "profile": image_list.profile, "store_peak_rss_mb": _peak_rss_mb(),
+        **stored, "profile": image_list.profile, "store": face_store.describe(),
+        "collection": faces_collection(image_list.profile), "store_peak_rss_mb": _peak_rss_mb(),
     })
-    context.log.info("digest of %s: %s", image_list.source, json.dumps({**faces, **stored}))
+    context.log.info("digest of %s: %s", image_list.source, json.dumps({**faces, **embeddings, **stored}))
+
+    missing = planned - done
+    finish = ("finish it with `facepipe digests retry RUN_ID`, or re-execute the whole run (Re-execute > All steps): "
+              "photos already stored are not digested again")
+    yield AssetCheckResult(check_name="complete", asset_key="stored_faces", passed=missing == 0,
+                           metadata={"images_to_digest": planned, "images_done": done, "images_missing": missing},
+                           description=f"{missing} of {planned} photos were not digested: {finish}" if missing else None)
+    failed_share = len(errors) / done if done else 0.0
+    yield AssetCheckResult(check_name="few_failed_photos", asset_key="faces", severity=AssetCheckSeverity.WARN,
+                           passed=failed_share <= FAILED_SHARE_WARNING,
+                           metadata={"failed_share": round(failed_share, 4), "first_failures": MetadataValue.json(errors[:5])},
+                           description=f"{len(errors)} of {done} photos failed, first: "
+                           + "; ".join(f"{e['path']}: {e['error']}" for e in errors[:3]) if errors else None)
+    yield AssetCheckResult(check_name="sound_vectors", asset_key="embeddings", passed=not unsound,
+                           metadata={"faces_unsound": len(unsound), "first": MetadataValue.json(unsound[:5])})
+    yield AssetCheckResult(check_name="count_matches_ledger", asset_key="stored_faces",
+                           passed=in_ledger == stored["faces_in_group"],
+                           metadata={"faces_in_store": stored["faces_in_group"], "faces_in_ledger": in_ledger})
+    if missing:
+        raise Failure(f"{missing} of {planned} photos were not digested (their chunks did not run): {finish}",
+                      allow_retries=False)
 
 
-@graph_multi_asset(
-    outs={
-        "image_list": AssetOut(description="The photos listed at the digest's source, less those already digested."),
-        "faces": AssetOut(description="Faces detected, aligned and embedded, counted per digest."),
-        "stored_faces": AssetOut(description="The group's faces in the Qdrant face store."),
-    },
-    partitions_def=digest_groups,
-)
-def digest():
+@graph(name="digest", out={"image_list": GraphOut(), "faces": GraphOut(), "embeddings": GraphOut(), "stored_faces": GraphOut(),
+            **{spec.get_python_identifier(): GraphOut() for spec in CHECKS}})
+def digest_graph():
     image_list, chunks = list_images()
     stored_chunks = chunks.map(lambda chunk: store_chunk(chunk, extract_faces_in_chunk(chunk)))
-    faces, stored_faces = store_faces(image_list, stored_chunks.collect())
-    return {"image_list": image_list, "faces": faces, "stored_faces": stored_faces}
+    faces, embeddings, stored_faces, *checks = store_faces(image_list, stored_chunks.collect())
+    return {"image_list": image_list, "faces": faces, "embeddings": embeddings, "stored_faces": stored_faces,
+            **dict(zip((spec.get_python_identifier() for spec in CHECKS), checks))}
+
+
+# The four stages, a chain in the lineage (one run writes them all; detection and embedding share
+# a step per chunk, see the module's docstring)
+digest = AssetsDefinition.from_graph(
+    digest_graph,
+    keys_by_output_name={name: AssetKey(name) for name in ("image_list", "faces", "embeddings", "stored_faces")},
+    internal_asset_deps={"image_list": set(), "faces": {AssetKey("image_list")}, "embeddings": {AssetKey("faces")},
+                         "stored_faces": {AssetKey("embeddings")}},
+    descriptions_by_output_name={
+        "image_list": "The photos listed at the digest's source, less those already digested.",
+        "faces": "Faces detected and aligned, counted per digest (dropped below the confidence, too small).",
+        "embeddings": "The faces' embeddings: how many, by which model, of which dimension.",
+        "stored_faces": "The group's faces in the Qdrant face store (the faces_<profile> collection).",
+    },
+    partitions_def=digest_groups,
+    check_specs=CHECKS,
+)

@@ -1,10 +1,41 @@
-"""The digest's run config: the Launchpad form is the plain DigestRequest (facepipe/request.py),
-its fields, defaults, descriptions and validation, as a Dagster Config."""
+"""The digest's run config: the plain DigestOptions (facepipe/request.py) as Dagster Config, so the
+Launchpad renders its fields, defaults and descriptions, the source as a choice of one local folder
+or one S3 prefix, and the profile as a choice of the known profiles. The group is the run's
+partition, not a field."""
 
 from dagster import Config
+from pydantic import Field
 
-from facepipe.request import DigestRequest
+from facepipe.request import DigestOptions, DigestRequest, LocalFolder, S3Prefix
 
 
-class DigestConfig(Config, DigestRequest):
-    """Digest the photos of one source into one group."""
+class LocalFolderConfig(Config, LocalFolder):
+    """A folder of photos on the machine that runs the digest, read recursively."""
+
+
+class S3PrefixConfig(Config, S3Prefix):
+    """The photos under a key prefix of an S3 bucket, or of an S3-compatible store."""
+
+
+class DigestConfig(Config, DigestOptions):
+    """Digest the photos of one source into the run's group (its partition)."""
+
+    # Dagster renders a union of Config classes as a selector: exactly one, refused before launch
+    source: LocalFolderConfig | S3PrefixConfig = Field(
+        discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
+    )
+
+
+def digest_config(request: DigestRequest) -> dict:
+    """The run config of list_images for `request`: its options, the source as the selector the
+    Launchpad fills in ({"local_folder": {"path": ...}})."""
+    options = request.model_dump(exclude={"group_id"})
+    source = options.pop("source")
+    return {**options, "source": {source.pop("kind"): source}}
+
+
+def request_from_config(op_config: dict, group_id: str) -> DigestRequest:
+    """The request of a run, from list_images' run config and the run's partition: the inverse of
+    digest_config. Raises pydantic's ValidationError naming the bad field."""
+    ((kind, source),) = op_config["source"].items()
+    return DigestRequest.model_validate({**op_config, "source": {**source, "kind": kind}, "group_id": group_id})

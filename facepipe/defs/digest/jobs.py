@@ -3,6 +3,7 @@ config that launches it (the CLI, the run client, the sensors and schedules all 
 
 from dagster import AssetSelection, Field, define_asset_job, multiprocess_executor
 
+from facepipe.defs.digest.config import digest_config
 from facepipe.defs.partitions import digest_groups
 from facepipe.request import DigestRequest, default_workers
 
@@ -28,7 +29,7 @@ digest_executor = multiprocess_executor.configured(
 
 digest_job = define_asset_job(
     "digest_job",
-    selection=AssetSelection.assets("image_list", "faces", "stored_faces"),
+    selection=AssetSelection.assets("image_list", "faces", "embeddings", "stored_faces"),
     partitions_def=digest_groups,
     executor_def=digest_executor,
     description="Digest a folder of photos into a group: list, detect, embed and store faces.",
@@ -38,7 +39,7 @@ digest_job = define_asset_job(
 def digest_run_config(request: DigestRequest, workers: int) -> dict:
     """The run config of a digest_job run of `request` on `workers` processes."""
     return {
-        "ops": {"digest": {"ops": {"list_images": {"config": request.model_dump()}}}},
+        "ops": {"digest": {"ops": {"list_images": {"config": digest_config(request)}}}},
         "execution": {"config": {"workers": workers}},
         # the event log keeps every event; the console only needs to hear of trouble
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},

@@ -30,7 +30,7 @@ from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_job, people_run_config
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.request import GROUP_TAG, PROFILE_TAG, TAG_PREFIX, WATCH_TAG, run_tags
-from facepipe.watching import WatchesConfig, load_watches
+from facepipe.watching import WatchesConfig, load_watches_leniently
 
 RECHECK_TAG = TAG_PREFIX + "recheck"
 PAGE = 100
@@ -122,4 +122,4 @@ def build_schedules(config: WatchesConfig) -> list[ScheduleDefinition]:
 
 @definitions
 def schedules() -> Definitions:
-    return Definitions(schedules=build_schedules(load_watches()))
+    return Definitions(schedules=build_schedules(load_watches_leniently()[0]))

@@ -20,7 +20,15 @@ from facepipe.defs.digest.jobs import digest_job, digest_run_config
 from facepipe.defs.partitions import GROUPS, digest_groups
 from facepipe.defs.resources import s3_client
 from facepipe.request import WATCH_TAG, run_tags
-from facepipe.watching import Batch, Watch, WatchCursor, list_source, load_watches, plan_batches
+from facepipe.watching import (
+    Batch,
+    Watch,
+    WatchCursor,
+    WatchesError,
+    list_source,
+    load_watches_leniently,
+    plan_batches,
+)
 
 
 def watch_run_request(watch: Watch, batch: Batch) -> RunRequest:
@@ -44,24 +52,38 @@ def build_watch_sensor(watch: Watch) -> SensorDefinition:
     )
     def watch_sensor(context: SensorEvaluationContext, s3: S3Resource):
         request = watch.digest_request()
-        cursor = WatchCursor.read(context.cursor, request.source)
+        cursor = WatchCursor.read(context.cursor, request.source.url)
         files = list_source(watch, s3_client(s3, request))
         batches = plan_batches(files, cursor, watch.max_photos_per_run)
         if not batches:
-            return SensorResult(skip_reason=f"nothing modified in {request.source} since the last launch",
-                                cursor=cursor.write(request.source))
+            return SensorResult(skip_reason=f"nothing modified in {request.source.url} since the last launch",
+                                cursor=cursor.write(request.source.url))
         new_group = not context.instance.has_dynamic_partition(GROUPS, watch.group_id)
-        context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source}: "
+        context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source.url}: "
                          f"{len(batches)} digest(s)")
         return SensorResult(
             run_requests=[watch_run_request(watch, batch) for batch in batches],
-            cursor=cursor.after(batches, files).write(request.source),
+            cursor=cursor.after(batches, files).write(request.source.url),
             dynamic_partitions_requests=[digest_groups.build_add_request([watch.group_id])] if new_group else [],
         )
 
     return watch_sensor
 
 
+def broken_watch_sensor(name: str, problem: str) -> SensorDefinition:
+    """A watch the watches file gets wrong: its sensor fails each tick with what is wrong, on its
+    page in the UI, while the other watches run."""
+
+    @sensor(name=name, job=digest_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
+            description=f"Disabled: {problem}")
+    def broken_watch(context: SensorEvaluationContext):
+        raise WatchesError(f"{problem} (fix the watches file, then reload the code location)")
+
+    return broken_watch
+
+
 @definitions
 def watch_sensors() -> Definitions:
-    return Definitions(sensors=[build_watch_sensor(watch) for watch in load_watches().watches])
+    config, problems = load_watches_leniently()
+    return Definitions(sensors=[build_watch_sensor(watch) for watch in config.watches]
+                       + [broken_watch_sensor(name, problem) for name, problem in problems.items()])

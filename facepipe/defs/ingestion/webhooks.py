@@ -19,7 +19,7 @@ from facepipe.defs.digest.jobs import digest_job
 from facepipe.history import digest_summary
 from facepipe.notify import post_summary, webhook_payload
 from facepipe.request import WATCH_TAG
-from facepipe.watching import WatchesConfig, load_watches
+from facepipe.watching import WatchesConfig, load_watches_leniently
 
 # run status sensors look for runs that ended this often (Dagster's default is 30 s)
 WEBHOOK_INTERVAL_SECONDS = 10
@@ -64,4 +64,4 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
 
 @definitions
 def webhook_sensors() -> Definitions:
-    return Definitions(sensors=build_webhook_sensors(load_watches()))
+    return Definitions(sensors=build_webhook_sensors(load_watches_leniently()[0]))

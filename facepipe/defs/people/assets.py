@@ -18,26 +18,24 @@ from dagster import (
     define_asset_job,
     in_process_executor,
 )
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource
-from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.request import known_profile
+from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.request import GROUP_TAG, PROFILE_TAG, ProfileName
 from facepipe.settings import STORE_POOL
 
 
 class PeopleConfig(Config):
     """Cluster one group's faces into people."""
 
-    profile: str = Field(default=DEFAULT_PROFILE, description=f"The model profile: one of {sorted(PROFILES)}.")
+    profile: ProfileName = Field(default=DEFAULT_PROFILE, description="The model profile.")
     full: bool = Field(
         default=False,
         description="Re-cluster every face (ids and names carry over to the clusters holding most of a "
         "person's faces). Otherwise only faces without a person are placed, and no one is renumbered.",
     )
-
-    _profile_is_known = field_validator("profile")(known_profile)
 
 
 @asset(
@@ -54,6 +52,8 @@ def people(context: AssetExecutionContext, config: PeopleConfig, face_store: Fac
     from facepipe.people import update_people
 
     group_id = context.partition_key
+    # a run the automation condition launched is tagged as the CLI tags its own
+    context.instance.add_run_tags(context.run_id, {GROUP_TAG: group_id, PROFILE_TAG: config.profile})
     with face_store.open() as store:
         if not store.count_faces(group_id, config.profile):
             raise Failure(f"group {group_id!r} has no faces with profile {config.profile!r}: digest it first")
