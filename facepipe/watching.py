@@ -199,8 +199,8 @@ def load_watches_leniently(path: str | os.PathLike | None = None) -> tuple[Watch
         except ValidationError as err:
             problems[sensor] = f"{path}: watch {name or index}: " + "; ".join(_problems(err, ""))
             continue
-        if any(w.name == watch.name for w in good):
-            problems[sensor] = f"{path}: watch {watch.name} is declared more than once: only the first runs"
+        if any(w.name == watch.name for w in good):  # its sensor's name is taken by the first
+            problems[f"watch_{index}"] = f"{path}: watch {watch.name} is declared more than once: only the first runs"
             continue
         good.append(watch)
     try:

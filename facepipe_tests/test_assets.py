@@ -14,6 +14,7 @@ from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.digest.assets import digest
+from facepipe.defs.digest.config import digest_config
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people, people_run_config
@@ -81,3 +82,42 @@ def test_the_people_asset_clusters_the_digested_group(instance, tmp_path):
                          resources={"face_store": FaceStoreResource(path=str(tmp_path / "store"))})
     counts = metadata(result, "people")
     assert (counts["faces"], counts["people"], counts["faces_assigned"]) == (3, 2, 3)
+
+
+def step_failures(result) -> list[str]:
+    return [e.step_failure_data.user_failure_data.description for e in result.get_step_failure_events()
+            if e.step_failure_data.user_failure_data]
+
+
+def test_the_checks_pass_on_a_clean_digest(instance, tmp_path):
+    folder = tmp_path / "party"
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "couple.jpg", folder / "couple.jpg")
+    result = materialize_digest(instance, folder, tmp_path / "store")
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"complete": True, "few_failed_photos": True, "sound_vectors": True,
+                      "count_matches_ledger": True}
+
+
+@pytest.mark.parametrize("partition, options, message", [
+    ("party", {"confidence": 1.5}, "invalid digest request: confidence: Input should be less than or equal to 1"),
+    ("a/b", {}, "invalid digest request: group_id: group_id 'a/b' may only hold letters"),
+    ("party", {"folder": "nowhere"}, "source: cannot list"),
+    (None, {}, "a digest is of one group: launch it with the group as its partition"),
+])
+def test_a_request_only_the_step_can_judge_fails_at_once_in_one_line_without_retries(
+        instance, tmp_path, partition, options, message):
+    folder = tmp_path / options.pop("folder", "party")
+    (tmp_path / "party").mkdir()
+    request = digest_request(str(folder), "party").model_copy(update=options)
+    if partition:
+        instance.add_dynamic_partitions(GROUPS, [partition])
+    result = materialize([digest], instance=instance, partition_key=partition, raise_on_error=False,
+                         run_config={"ops": {"digest": {"ops": {"list_images": {"config": digest_config(request)}}}}},
+                         resources={"face_store": FaceStoreResource(path=str(tmp_path / "store")), "s3": S3Resource()})
+    (failure,) = step_failures(result)
+    assert failure.startswith(message) and "\n" not in failure
+    starts = [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert [e.step_key for e in starts] == ["digest.list_images"]  # tried once: no retries
+
+

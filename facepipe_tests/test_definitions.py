@@ -11,19 +11,34 @@ def test_definitions_load_with_the_digest_assets_job_and_store():
     job = get_digest_job()
     assert job.name == "digest_job"
     assert job.partitions_def.name == "digest_groups"
-    assert {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()} == {
-        "image_list", "faces", "stored_faces", "people"}
     assert "face_store" in defs.resources
 
 
-def test_the_launchpad_form_has_the_digest_request_and_workers():
+def test_the_lineage_is_the_chain_of_the_digest_stages():
+    graph = loaded().resolve_asset_graph()
+    parents = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+               for key in graph.get_all_asset_keys()}
+    assert parents == {"image_list": [], "faces": ["image_list"], "embeddings": ["faces"],
+                       "stored_faces": ["embeddings"], "people": ["stored_faces"]}
+    # the digest job runs the checks of its assets
+    checks = {(key.asset_key.to_user_string(), key.name) for key in get_digest_job().asset_layer.asset_graph.asset_check_keys}
+    assert checks == {("stored_faces", "complete"), ("faces", "few_failed_photos"), ("embeddings", "sound_vectors"),
+                      ("stored_faces", "count_matches_ledger")}
+
+
+def test_the_launchpad_form_asks_one_source_and_a_known_profile_and_takes_the_group_from_the_partition():
     schema = get_digest_job().run_config_schema.config_type
     ops = schema.fields["ops"].config_type.fields["digest"].config_type.fields["ops"].config_type
     request = ops.fields["list_images"].config_type.fields["config"].config_type.fields
-    assert {"group_id", "local_dir_path", "s3_bucket", "s3_prefix", "confidence", "profile", "preset",
-            "min_face_size"} <= set(request)
-    assert request["group_id"].is_required and not request["confidence"].is_required
-    # the preset is a choice the Launchpad renders and refuses anything else for
+    assert "group_id" not in request  # the run's partition is the group
+    assert {"source", "confidence", "profile", "preset", "min_face_size"} <= set(request)
+    # exactly one source: a selector of a local folder or an S3 prefix
+    source = request["source"].config_type
+    assert source.kind.name == "SELECTOR" and set(source.fields) == {"local_folder", "s3"}
+    assert set(source.fields["local_folder"].config_type.fields) == {"path"}
+    assert {"bucket", "prefix", "endpoint_url", "region"} <= set(source.fields["s3"].config_type.fields)
+    # the profile and the preset are choices the Launchpad renders and refuses anything else for
+    assert [v.config_value for v in request["profile"].config_type.enum_values] == ["dlib", "retinaface-arcface"]
     assert [v.config_value for v in request["preset"].config_type.enum_values] == ["portraits", "default", "crowd"]
     assert request["preset"].default_value == "default" and not request["min_face_size"].is_required
     workers = schema.fields["execution"].config_type.fields["config"].config_type.fields["workers"]

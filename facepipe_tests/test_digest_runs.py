@@ -6,6 +6,7 @@ instance; the CLI talks to that instance directly, or to the webserver over Grap
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,68 @@ def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
     assert show(home, summary["run_id"], "--remote", url)["faces_stored"] == 6
 
 
+LOCATION = {"repositoryLocationName": "facepipe", "repositoryName": "__repository__"}
+CONFIG_VALID = """query Valid($selector: PipelineSelector!, $config: RunConfigData) {
+  isPipelineConfigValid(pipeline: $selector, mode: "default", runConfigData: $config) {
+    __typename ... on RunConfigValidationInvalid { errors { message } } } }"""
+
+
+def graphql(url, query, variables):
+    import requests
+
+    response = requests.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+@pytest.mark.e2e
+def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_path):
+    _, url = dagster_ui
+    selector = {**LOCATION, "pipelineName": "digest_job"}
+
+    def verdict(config):
+        run_config = {"ops": {"digest": {"ops": {"list_images": {"config": config}}}}}
+        return graphql(url, CONFIG_VALID, {"selector": selector, "config": run_config})["isPipelineConfigValid"]
+
+    assert verdict({"source": {"local_folder": {"path": str(tmp_path)}}})["__typename"] == "PipelineConfigValidationValid"
+    for bad, says in [
+        ({}, 'Missing required config entry "source"'),
+        ({"source": {}}, "Must specify a field"),
+        ({"source": {"local_folder": {"path": "/x"}, "s3": {"bucket": "b"}}}, "You can only specify a single field"),
+        ({"source": {"local_folder": {"path": "/x"}}, "profile": "nope"}, "not in enum"),
+        ({"source": {"local_folder": {"path": "/x"}}, "preset": "tiny"}, "not in enum"),
+        ({"source": {"local_folder": {"path": "/x"}}, "group_id": "g"}, 'unexpected config entry "group_id"'),
+    ]:
+        answer = verdict(bad)
+        assert answer["__typename"] == "RunConfigValidationInvalid", bad
+        assert any(says in error["message"] for error in answer["errors"]), (bad, answer)
+
+
+@pytest.mark.e2e
+def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_ui, tmp_path):
+    """No facepipe tags, only the partition the Launchpad's picker sets, through the mutation the UI uses."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    home, url = dagster_ui
+    folder = small_folder(tmp_path / "photos", bad=False)
+    port = int(url.rsplit(":", 1)[1])
+    graphql(url, """mutation Add($selector: RepositorySelector!, $key: String!) {
+      addDynamicPartition(repositorySelector: $selector, partitionsDefName: "digest_groups", partitionKey: $key) {
+        __typename } }""", {"selector": LOCATION, "key": "launchpad"})
+    run_config = {"ops": {"digest": {"ops": {"list_images": {"config": {"source": {"local_folder": {"path": str(folder)}}}}}}}}
+    run_id = DagsterGraphQLClient("127.0.0.1", port_number=port).submit_job_execution(
+        "digest_job", repository_location_name="facepipe", repository_name="__repository__", run_config=run_config,
+        tags={"dagster/partition": "launchpad"})
+
+    summary, _ = wait_until_finished(home, run_id)
+    assert (summary["status"], summary["group_id"], summary["source"], summary["profile"]) == (
+        "completed", "launchpad", str(folder), "dlib")
+    listed = json.loads(run_facepipe(home, "digests", "list", "--group", "launchpad", "--json").stdout)
+    assert [d["run_id"] for d in listed] == [run_id]
+    shown = show(home, run_id, "--face-ids", "3")
+    assert len(shown["face_ids"]) == 3 and shown["faces_stored"] == 6
+
+
 @pytest.mark.e2e
 def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     home, url = dagster_ui
@@ -90,7 +153,7 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     failed = json.loads(run_facepipe(home, "digest", str(tmp_path / "nowhere"), "--group", "remote", "--remote", url,
                                      "--json", check=False).stdout)
     assert failed["status"] == "failed"
-    assert any("local_dir_path" in error for error in failed["errors"])
+    assert any("source: cannot list" in error for error in failed["errors"])
 
     everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
     assert len(everything) >= 3
@@ -121,6 +184,26 @@ def test_a_queued_digest_without_a_daemon_says_so(tmp_path):
     assert show(tmp_path / "home", result.stdout.strip())["status"] == "queued"
 
 
+FROM_FAILURE = """
+import json, sys
+from dagster import ReexecutionOptions, execute_job, reconstructable
+from facepipe.definitions import get_digest_job
+from facepipe.runs import instance_for_digests
+
+instance = instance_for_digests()
+options = ReexecutionOptions.from_failure(sys.argv[1], instance)
+# as the UI's button does: the parent's tags (its partition among them) go to the new run
+tags = {k: v for k, v in instance.get_run_by_id(sys.argv[1]).tags.items() if not k.startswith(".dagster")}
+with execute_job(reconstructable(get_digest_job), instance, reexecution_options=options, tags=tags) as result:
+    failures = [e.step_failure_data.user_failure_data.description for e in result.get_step_failure_events()
+                if e.step_failure_data.user_failure_data]
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    print(json.dumps({"success": result.success, "failure": failures[0] if failures else None,
+                      "complete_check": checks.get("complete")}))
+"""
+
+
 @pytest.mark.e2e
 def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     home = tmp_path / "home"
@@ -144,6 +227,14 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
         running.kill()
     canceled = show(home, run_id)
     assert canceled["status"] == "canceled" and 16 <= canceled["images_done"] < 64
+
+    # Dagster's own "Re-execute from failure" (the UI's button) re-runs the store step but not the
+    # chunks that never started: it must fail, saying how many photos are missing, never end green
+    from_failure = subprocess.run([sys.executable, "-c", FROM_FAILURE, run_id], env=env, capture_output=True,
+                                  text=True, timeout=600)
+    outcome = json.loads(from_failure.stdout.strip().splitlines()[-1])
+    assert outcome["success"] is False and outcome["complete_check"] is False, (outcome, from_failure.stderr[-3000:])
+    assert re.match(r"\d+ of 64 photos were not digested .*facepipe digests retry", outcome["failure"])
 
     retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
     assert retried["status"] == "completed"

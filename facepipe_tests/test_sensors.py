@@ -33,6 +33,7 @@ from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_sc
 from facepipe.defs.ingestion.sensors import build_watch_sensor
 from facepipe.defs.ingestion.webhooks import build_webhook_sensors
 from facepipe.engine.listing import list_images
+from facepipe.defs.digest.config import request_from_config
 from facepipe.request import DigestRequest, digest_request
 from facepipe.runs import run_digest
 from facepipe.watching import parse_watches
@@ -53,7 +54,8 @@ def tick(sensor, instance, cursor=None):
 
 
 def window_config(run_request) -> DigestRequest:
-    return DigestRequest(**run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"])
+    return request_from_config(run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"],
+                               run_request.partition_key)
 
 
 def drop(folder, name, mtime_ns, photo="img1.jpg"):
@@ -84,6 +86,23 @@ def test_definitions_load_a_sensor_per_watch_and_the_schedules(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == ("['digest_failed_webhooks', 'digest_succeeded_webhooks', 'watch_bucket', "
                                   "'watch_inbox'] ['nightly_recluster', 'nightly_watch_recheck']")
+
+
+def test_a_typo_in_one_watch_disables_that_watch_only_and_its_sensor_says_why(tmp_path, instance):
+    watches = tmp_path / "watches.yaml"
+    watches.write_text(f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
+                       f"  - {{name: typo, source: {tmp_path}, group_id: 'a/b'}}\n")
+    code = ("from facepipe.definitions import loaded; defs = loaded(); "
+            "print(sorted(s.name for s in defs.sensors), sorted(j.name for j in defs.resolve_all_job_defs()))")
+    env = {**os.environ, "FACEPIPE_WATCHES": str(watches), "FACEPIPE_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "['watch_inbox', 'watch_typo'] ['__ASSET_JOB', 'digest_job', 'people_job']"
+
+    from facepipe.defs.ingestion.sensors import broken_watch_sensor
+
+    broken = broken_watch_sensor("watch_typo", f"{watches}: watch typo: group_id: 'a/b' is not a group name")
+    with pytest.raises(Exception, match="watch typo: group_id: 'a/b' is not a group name .*fix the watches file"):
+        tick(broken, instance)
 
 
 # -- watch sensors ----------------------------------------------------------------------------------
@@ -179,7 +198,7 @@ def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, inst
     first = tick(sensor, instance)
     (request,) = first.run_requests
     config = window_config(request)
-    assert (config.s3_bucket, config.s3_prefix, config.s3_endpoint_url) == ("watched", "event/", s3_endpoint)
+    assert (config.source.bucket, config.source.prefix, config.source.endpoint_url) == ("watched", "event/", s3_endpoint)
     assert request.tags["facepipe/source"] == "s3://watched/event/"
     assert not tick(sensor, instance, first.cursor).run_requests
 
@@ -264,7 +283,7 @@ def test_the_nightly_recheck_digests_every_watch_in_full(tmp_path, instance):
     assert request.partition_key == "nightly" and request.tags["facepipe/recheck"] == "nightly"
     assert request.run_key == "recheck:inbox:2026-11-26T02:00:00+00:00"
     full = window_config(request)
-    assert (full.modified_after_ns, full.modified_until_ns, full.local_dir_path) == (None, None, str(tmp_path))
+    assert (full.modified_after_ns, full.modified_until_ns, full.source.url) == (None, None, str(tmp_path))
     assert instance.has_dynamic_partition("digest_groups", "nightly")
 
 
@@ -335,7 +354,7 @@ def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digeste
     assert (completed["status"], completed["group_id"], completed["faces_stored"]) == ("completed", "alpha", 1)
     assert completed["images_listed"] == 1 and completed["errors"] == []
     assert failed["event"] == "digest_failed" and failed["run_id"] == runs["failed"]["run_id"]
-    assert failed["status"] == "failed" and any("local_dir_path" in e for e in failed["errors"])
+    assert failed["status"] == "failed" and any("source: cannot list" in e for e in failed["errors"])
     # the flaky receiver got the success summary twice (503, then 200), the failure once
     assert [b["event"] for b in receiver.bodies("/flaky")] == ["digest_completed", "digest_completed", "digest_failed"]
     # the webhook nobody listens to is a warning in the sensor's log, without its path (a Slack-style secret)

@@ -4,7 +4,16 @@ batches with a cursor that never launches a photo twice (the sensors are tested 
 import pytest
 
 from facepipe.engine.listing import ImageFile
-from facepipe.watching import WatchCursor, WatchError, WatchesError, list_source, load_watches, parse_watches, plan_batches
+from facepipe.watching import (
+    WatchCursor,
+    WatchError,
+    WatchesError,
+    list_source,
+    load_watches,
+    load_watches_leniently,
+    parse_watches,
+    plan_batches,
+)
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -27,7 +36,7 @@ def test_the_watches_file_is_validated_with_errors_that_name_the_field(tmp_path,
         ("watches:\n  - {name: a, source: /x, group_id: 'no spaces'}", "watches.0.group_id"),
         ("watches:\n  - {name: a, source: /x, group_id: g, max_photos_per_run: 0}", "watches.0.max_photos_per_run"),
         ("watches:\n  - {name: a, source: /x, group_id: g, colour: red}", "watches.0.colour"),
-        ("watches:\n  - {name: a, source: /x, group_id: g, profile: nope}", "profile 'nope'"),
+        ("watches:\n  - {name: a, source: /x, group_id: g, profile: nope}", "watches.0.profile: Input should be 'dlib'"),
         ("watches:\n  - {name: a, source: /x, group_id: g}\n  - {name: a, source: /y, group_id: h}", "unique"),
         ("webhooks: [ftp://example.com]", "webhooks"),
         ("watches: [", "cannot read"),
@@ -76,3 +85,20 @@ def test_a_source_that_cannot_be_listed_is_one_clear_error(tmp_path):
     gone = parse_watches({"watches": [{"name": "gone", "source": str(tmp_path / "nowhere"), "group_id": "g"}]})
     with pytest.raises(WatchError, match="watch gone: cannot list"):
         list_source(gone.watches[0])
+
+
+def test_a_bad_watch_is_left_out_with_its_problem_and_the_others_still_run(tmp_path):
+    watches = tmp_path / "watches.yaml"
+    watches.write_text(f"watches:\n  - {{name: good, source: {tmp_path}, group_id: g}}\n"
+                       f"  - {{name: typo, source: {tmp_path}, group_id: 'no spaces'}}\n"
+                       f"  - {{name: good, source: {tmp_path}, group_id: h}}\n"
+                       "webhooks: [ftp://example.com]\n")
+    config, problems = load_watches_leniently(watches)
+    assert [w.name for w in config.watches] == ["good"] and config.webhooks == []
+    assert "group_id 'no spaces'" in problems["watch_typo"] and str(watches) in problems["watch_typo"]
+    assert "more than once" in problems["watch_2"]
+    assert "webhooks" in problems["watches_file"]
+
+    watches.write_text("watches: [")
+    config, problems = load_watches_leniently(watches)
+    assert config.watches == [] and "cannot read the watches file" in problems["watches_file"]

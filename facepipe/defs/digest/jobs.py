@@ -4,7 +4,6 @@ config that launches it (the CLI, the run client, the sensors and schedules all 
 from dagster import AssetSelection, Field, define_asset_job, multiprocess_executor
 
 from facepipe.defs.digest.config import digest_config
-from facepipe.defs.partitions import digest_groups
 from facepipe.request import DigestRequest, default_workers
 
 
@@ -30,7 +29,6 @@ digest_executor = multiprocess_executor.configured(
 digest_job = define_asset_job(
     "digest_job",
     selection=AssetSelection.assets("image_list", "faces", "embeddings", "stored_faces"),
-    partitions_def=digest_groups,
     executor_def=digest_executor,
     description="Digest a folder of photos into a group: list, detect, embed and store faces.",
 )

@@ -53,7 +53,7 @@ def people(context: AssetExecutionContext, config: PeopleConfig, face_store: Fac
 
     group_id = context.partition_key
     # a run the automation condition launched is tagged as the CLI tags its own
-    context.instance.add_run_tags(context.run_id, {GROUP_TAG: group_id, PROFILE_TAG: config.profile})
+    context.instance.add_run_tags(context.run.run_id, {GROUP_TAG: group_id, PROFILE_TAG: config.profile})
     with face_store.open() as store:
         if not store.count_faces(group_id, config.profile):
             raise Failure(f"group {group_id!r} has no faces with profile {config.profile!r}: digest it first")
@@ -65,7 +65,6 @@ def people(context: AssetExecutionContext, config: PeopleConfig, face_store: Fac
 people_job = define_asset_job(
     "people_job",
     selection=AssetSelection.assets(people),
-    partitions_def=digest_groups,
     executor_def=in_process_executor,
     description="Cluster a group's faces into people (incremental, or a full re-cluster with full: true).",
 )
