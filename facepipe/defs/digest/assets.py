@@ -38,6 +38,7 @@ from dagster import (
     Failure,
     GraphOut,
     MetadataValue,
+    Nothing,
     OpExecutionContext,
     Out,
     Output,
@@ -254,7 +255,9 @@ CHECKS = [
 
 
 @op(
-    out={"faces": Out(), "embeddings": Out(), "stored_faces": Out(),
+    # the totals are the materializations' metadata; nothing reads them as values, so nothing is
+    # pickled (the IO manager's `path` would point at a pickle of counts, not at the faces)
+    out={"faces": Out(Nothing), "embeddings": Out(Nothing), "stored_faces": Out(Nothing),
          **{spec.get_python_identifier(): Out() for spec in CHECKS}},
     pool=STORE_POOL,
 )
@@ -292,13 +295,13 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         }
         unsound = store.unsound_faces(image_list.group_id, image_list.profile, context.run_id)
         in_ledger = store.ledger_face_count(image_list.group_id, image_list.profile)
-    yield Output(faces, "faces", metadata={
+    yield Output(None, "faces", metadata={
         **faces,
         "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
         "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
     })
-    yield Output(embeddings, "embeddings", metadata=embeddings)
-    yield Output(stored, "stored_faces", metadata={
+    yield Output(None, "embeddings", metadata=embeddings)
+    yield Output(None, "stored_faces", metadata={
         **stored, "profile": image_list.profile, "store": face_store.describe(),
         "collection": faces_collection(image_list.profile), "store_peak_rss_mb": _peak_rss_mb(),
     })
