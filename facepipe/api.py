@@ -7,7 +7,7 @@ Dagster's run storage and event log, every search and person from the face store
 Two things are shared by every request of this process, and each is serialised:
 - the embedded face store admits one process at a time: a request opens it, answers and closes it
   (one request at a time here, `_STORE_LOCK`); while a digest step holds it, the request waits and
-  retries, and answers 503 with Retry-After when it cannot within STORE_WAIT_SECONDS;
+  retries, and answers 503 with Retry-After when it cannot within FACEPIPE_STORE_WAIT_SECONDS;
 - dlib's models are not thread-safe: every detection and embedding holds `_MODEL_LOCK`.
 """
 
@@ -59,7 +59,6 @@ from facepipe.people import (
 from facepipe.search import SearchError, group_profiles, search_faces
 from facepipe.store import StoreBusy, open_store_from_settings
 
-STORE_WAIT_SECONDS = 30.0  # a digest's store step holds the embedded store for seconds, not minutes
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
 UPLOAD_CHUNK = 1 << 20
@@ -79,6 +78,13 @@ def allowed_roots() -> list[Path]:
     """FACEPIPE_ALLOWED_ROOTS: the folders (separated by ':') that digests over HTTP may read, with
     everything under them. Unset: none, so the service reads no local folder until told which."""
     return [Path(p).resolve() for p in (os.environ.get("FACEPIPE_ALLOWED_ROOTS") or "").split(os.pathsep) if p]
+
+
+# TODO(lead): move to settings.py
+def store_wait_seconds() -> float:
+    """FACEPIPE_STORE_WAIT_SECONDS: how long a request waits for the embedded store while another
+    process holds it (a digest's store step holds it for seconds), before a 503 with Retry-After."""
+    return float(os.environ.get("FACEPIPE_STORE_WAIT_SECONDS") or 30)
 
 
 app = FastAPI(
@@ -124,7 +130,7 @@ def _busy(message: str) -> HTTPException:
 def _store_turn():
     """This process's turn at the face store: one request at a time (the embedded store admits one
     process, and an open store is not shared between threads here)."""
-    if not _STORE_LOCK.acquire(timeout=STORE_WAIT_SECONDS):
+    if not _STORE_LOCK.acquire(timeout=store_wait_seconds()):
         raise _busy("the face store is busy with other requests")
     try:
         yield
@@ -134,8 +140,8 @@ def _store_turn():
 
 def _retrying(call):
     """`call()`, which opens the face store, again every 0.25 s while another process (a digest step)
-    holds it; 503 with Retry-After past STORE_WAIT_SECONDS."""
-    deadline = time.monotonic() + STORE_WAIT_SECONDS
+    holds it; 503 with Retry-After past FACEPIPE_STORE_WAIT_SECONDS."""
+    deadline = time.monotonic() + store_wait_seconds()
     while True:
         try:
             return call()
@@ -381,6 +387,9 @@ Status = Literal["queued", "processing", "completed", "failed", "canceled"]
 def get_digests(group_id: str | None = None, status: Status | None = None, since: datetime | None = None,
                 until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
     """Digests, newest first, filtered by group, status and creation time (ISO 8601; UTC unless it says)."""
+    from datetime import timezone
+
+    since, until = (t.replace(tzinfo=timezone.utc) if t and t.tzinfo is None else t for t in (since, until))
     instance = _instance()
     found = list_digests(instance, group_id, status, since, until, limit)
     jobs = [_job(s, instance.get_run_by_id(s["run_id"]).run_config) for s in found]
@@ -397,6 +406,14 @@ def get_digest(job_id: str) -> dict:
 def get_digest_face_ids(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         offset: str | None = None) -> dict:
     """The ids of the faces the digest stored, a page at a time: pass `next_offset` back as `offset`."""
+    import uuid
+
+    offset = offset or None
+    try:
+        offset = offset and str(uuid.UUID(offset))
+    except ValueError:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"),
+                                       "msg": "offset must be a face id: the next_offset of the page before"}]) from None
     instance = _instance()
     try:
         summary = digest_summary(instance, job_id)
