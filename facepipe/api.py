@@ -12,6 +12,7 @@ Two things are shared by every request of this process, and each is serialised:
 """
 
 import base64
+import json
 import os
 import secrets
 import threading
@@ -92,6 +93,23 @@ app = FastAPI(
     summary="Digest photo collections into searchable, clustered faces; search them with a selfie.",
     description="Digests are Dagster runs on the instance's run queue; faces and people live in the face store.",
 )
+
+FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, beside the photo
+
+
+@app.middleware("http")
+async def _bounded_body(request, call_next):
+    """Refuse a body larger than a photo may be by its Content-Length, before it is received and
+    parsed (the multipart parser would spool it whole first); each upload is bounded again as read."""
+    from fastapi.responses import JSONResponse
+
+    length = request.headers.get("content-length")
+    budget = settings.max_image_bytes() + FORM_OVERHEAD
+    if length and length.isdigit() and int(length) > budget:
+        return JSONResponse(status_code=413, content={"detail": f"refused: the request is {int(length):,} bytes, more "
+                            f"than the {budget:,} a photo upload may take (FACEPIPE_MAX_IMAGE_BYTES)"})
+    return await call_next(request)
+
 
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request, err: RequestValidationError):
@@ -446,7 +464,9 @@ def post_retry(job_id: str) -> dict:
     parent = instance.get_run_by_id(job_id)
     if parent is None or parent.job_name != "digest_job":
         raise HTTPException(404, f"no digest with run id {job_id!r}")
-    if STATUS_NAMES.get(parent.status) not in ("failed", "canceled") or not parent.is_finished:
+    if not parent.is_finished:
+        raise HTTPException(409, f"digest {job_id} is still {parent.status.value.lower()}: retry it once it has stopped")
+    if STATUS_NAMES.get(parent.status) not in ("failed", "canceled"):
         raise HTTPException(409, f"digest {job_id} is {STATUS_NAMES.get(parent.status)}: "
                                  "only failed or canceled digests can be retried")
     tags = {k: v for k, v in parent.tags.items() if k.startswith(TAG_PREFIX) or k == "dagster/partition"}
@@ -472,7 +492,7 @@ async def post_search_face(file: Annotated[UploadFile, File(description="The sel
     from fastapi.concurrency import run_in_threadpool
 
     data = await _upload_bytes(file)
-    _decoded(data, file.filename)  # a bad upload is told apart from a photo with no face
+    await run_in_threadpool(_decoded, data, file.filename)  # a bad upload is told apart from a photo with no face
 
     def search() -> dict:
         # search_faces reads a file: the upload goes to a private temporary one, removed after
@@ -691,7 +711,8 @@ def _attributes_of(image, box, attributes: list[str]) -> dict:
         found = DeepFace.analyze(image[y:y + h, x:x + w], actions=attributes, detector_backend="skip",
                                  enforce_detection=False, silent=True)[0]
     keep = {"age": ("age",), "gender": ("dominant_gender", "gender"), "emotion": ("dominant_emotion", "emotion")}
-    return {k: found[k] for a in attributes for k in keep[a] if k in found}
+    # deepface's numbers are numpy scalars
+    return json.loads(json.dumps({k: found[k] for a in attributes for k in keep[a] if k in found}, default=float))
 
 
 @app.post("/get-features", dependencies=KEY, tags=["one photo"])
@@ -747,7 +768,7 @@ def get_health():
         checks["store"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
     try:
         instance = _instance()
-        checks["instance"] = {"up": True, "root": instance.root_directory, "daemon": daemon_is_running(instance)}
+        checks["instance"] = {"up": True, "daemon": daemon_is_running(instance)}
     except Exception as err:
         checks["instance"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
     folder = weights_folder()

@@ -299,6 +299,9 @@ def test_one_photo_endpoints_refuse_what_is_not_a_photo_or_too_large(service):
         assert large.status_code == 413 and "FACEPIPE_MAX_IMAGE_BYTES" in large.text
         bomb = service.http.post(path, files=photo("img40.jpg"), data=data)  # 14.1 MP
         assert bomb.status_code == 413 and "FACEPIPE_MAX_IMAGE_PIXELS" in bomb.text
+        # a body longer than any photo may be is refused by its length, before it is received whole
+        huge = service.http.post(path, files={"file": ("huge.jpg", b"\xff\xd8\xff" + bytes(MAX_BYTES + (2 << 20)))})
+        assert huge.status_code == 413 and "the request is" in huge.text
         missing = service.http.post(path, data=data)
         assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "file"]
 
