@@ -15,20 +15,26 @@ import base64
 import json
 import os
 import secrets
+import tempfile
 import threading
 import time
+import uuid
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
 import cv2
+from dagster import DagsterEventType
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
+from facepipe.defs.partitions import digest_groups
 from facepipe.digests import (
     STATUS_NAMES,
     TAG_PREFIX,
@@ -47,6 +53,7 @@ from facepipe.engine.faces import faces_in_image
 from facepipe.engine.images import ImageError, decode_image, too_large
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, DEFAULT_PRESET, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, MODEL_NAMES, PROFILES, load_profile
+from facepipe.engine.profiles.retinaface_arcface import ARCFACE_WEIGHTS, RETINAFACE_WEIGHTS
 from facepipe.engine.weights import MissingWeightsError, weights_folder
 from facepipe.people import (
     PersonNotFound,
@@ -101,8 +108,6 @@ FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, besid
 async def _bounded_body(request, call_next):
     """Refuse a body larger than a photo may be by its Content-Length, before it is received and
     parsed (the multipart parser would spool it whole first); each upload is bounded again as read."""
-    from fastapi.responses import JSONResponse
-
     length = request.headers.get("content-length")
     budget = settings.max_image_bytes() + FORM_OVERHEAD
     if length and length.isdigit() and int(length) > budget:
@@ -114,8 +119,6 @@ async def _bounded_body(request, call_next):
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request, err: RequestValidationError):
     """422 naming each bad field, in a sentence (no pydantic internals)."""
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(status_code=422, content={"detail": [
         {"loc": list(e["loc"]), "msg": str(e["msg"]).removeprefix("Value error, "), "type": e["type"]}
         for e in err.errors()]})
@@ -405,8 +408,6 @@ Status = Literal["queued", "processing", "completed", "failed", "canceled"]
 def get_digests(group_id: str | None = None, status: Status | None = None, since: datetime | None = None,
                 until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
     """Digests, newest first, filtered by group, status and creation time (ISO 8601; UTC unless it says)."""
-    from datetime import timezone
-
     since, until = (t.replace(tzinfo=timezone.utc) if t and t.tzinfo is None else t for t in (since, until))
     instance = _instance()
     found = list_digests(instance, group_id, status, since, until, limit)
@@ -424,8 +425,6 @@ def get_digest(job_id: str) -> dict:
 def get_digest_face_ids(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                         offset: str | None = None) -> dict:
     """The ids of the faces the digest stored, a page at a time: pass `next_offset` back as `offset`."""
-    import uuid
-
     offset = offset or None
     try:
         offset = offset and str(uuid.UUID(offset))
@@ -487,10 +486,6 @@ async def post_search_face(file: Annotated[UploadFile, File(description="The sel
                            all_faces: Annotated[bool, Form()] = False) -> dict:
     """The group's photos showing the selfie's person (its largest face), best first, with scores,
     boxes, face ids and person ids. `threshold` defaults to the profile's calibrated one."""
-    import tempfile
-
-    from fastapi.concurrency import run_in_threadpool
-
     data = await _upload_bytes(file)
     await run_in_threadpool(_decoded, data, file.filename)  # a bad upload is told apart from a photo with no face
 
@@ -534,10 +529,6 @@ def post_cluster_faces(body: ClusterBody) -> dict:
     """Cluster the group's faces into people: a run of the `people` asset on the run queue, waited
     for; the people, most faces first. Past CLUSTER_WAIT_SECONDS (a digest ahead in the queue), 202
     with the run id."""
-    from fastapi.responses import JSONResponse
-
-    from facepipe.defs.partitions import digest_groups
-
     if body.profile not in PROFILES:
         raise HTTPException(422, f"profile {body.profile!r} is not one of {sorted(PROFILES)}")
     instance = _instance()
@@ -557,8 +548,6 @@ def post_cluster_faces(body: ClusterBody) -> dict:
     else:
         return JSONResponse({"run_id": run_id, "status": STATUS_NAMES.get(run.status)}, status_code=202)
     if STATUS_NAMES.get(run.status) != "completed":
-        from dagster import DagsterEventType
-
         failures = [e.dagster_event.step_failure_data.error.message.strip()
                     for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
                     if e.dagster_event.step_failure_data.error]
@@ -642,8 +631,6 @@ ProfileName = Literal[tuple(PROFILES)]  # type: ignore[valid-type]
 
 
 async def _photo_faces(file: UploadFile, profile: str, confidence: float, min_face_size: int):
-    from fastapi.concurrency import run_in_threadpool
-
     data = await _upload_bytes(file)
     image = await run_in_threadpool(_decoded, data, file.filename)
     faces = await run_in_threadpool(_faces, image, profile, confidence, min_face_size)
@@ -723,8 +710,6 @@ async def post_get_features(file: UPLOAD, profile: Annotated[ProfileName, Form()
                             ) -> dict:
     """Each face's landmarks (every profile) and deepface's age, gender and emotion. Without their
     weights: 503 naming the missing files and the folder for them."""
-    from fastapi.concurrency import run_in_threadpool
-
     wanted = [a.strip() for a in attributes.split(",") if a.strip() and a.strip() != "none"]
     unknown = [a for a in wanted if a not in ATTRIBUTE_WEIGHTS]
     if unknown:
@@ -753,10 +738,6 @@ async def post_get_features(file: UPLOAD, profile: Annotated[ProfileName, Form()
 def get_health():
     """The store, the instance (and its daemon) and the models, each up or not; 503 if the store or
     the instance is down."""
-    from fastapi.responses import JSONResponse
-
-    from facepipe.engine.profiles.retinaface_arcface import ARCFACE_WEIGHTS, RETINAFACE_WEIGHTS
-
     checks: dict = {}
     try:
         with _store() as store:
