@@ -7,6 +7,7 @@ samples of ../shared/faces, read in place (the server's only allowed root).
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,21 @@ def test_digests_are_listed_with_filters_and_their_face_ids_paged(service, sampl
             break
     assert len(ids) == len(set(ids)) == 68
     assert service.http.get(f"/get-digests/{job_id}/face-ids", params={"offset": "page-2"}).status_code == 422
+
+
+def test_a_photo_that_cannot_be_read_is_listed_with_its_reason(service, sample_job):
+    folder = service.home / "allowed" / "mixed"  # under the server's second allowed root
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "img1.jpg")  # a copy in the test's own folder
+    (folder / "notes.jpg").write_text("a text file named .jpg")
+    answer = service.http.post("/digest", json={"local_dir_path": str(folder), "group_id": "mixed", "threads": 1})
+    job, _ = wait_for(service, answer.json()["job_id"])
+    assert job["status"] == "completed" and job["error"] is None  # one bad photo never fails a digest
+    assert (job["images_total"], job["images_processed"], job["images_failed"], job["total_faces"]) == (2, 2, 1, 1)
+    [failed] = job["failed_images"]
+    assert failed["path"] == str(folder / "notes.jpg") and "not an image" in failed["error"]
+    listed = service.http.get("/get-digests", params={"group_id": "mixed"}).json()["jobs"]
+    assert [j["failed_images"] for j in listed] == [job["failed_images"]]
 
 
 def test_an_unknown_job_is_404(service):
