@@ -306,5 +306,15 @@ main.add_command(people)
 main.add_command(store)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True)
+def serve(host, port):
+    """Serve the HTTP API (FastAPI on uvicorn; OpenAPI docs at /docs) over the local instance and store."""
+    from facepipe.api import serve as serve_api
+
+    serve_api(host, port)
+
+
 if __name__ == "__main__":
     main()

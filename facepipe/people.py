@@ -20,6 +20,7 @@ import numpy as np
 from facepipe.engine.clustering import carry_over_ids, cluster_embeddings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, unit_rows
 from facepipe.store import FaceStore, StoredPoint, Where, group_filter
+
 INTERNAL_KEYS = ("stale",)  # set by the store when a person's faces were replaced; not shown
 
 

@@ -10,7 +10,6 @@ which is how the run history finds a group's digests.
 import os
 import re
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator

@@ -86,17 +86,85 @@ def run_digest(request: DigestRequest, workers: int | None = None, instance: Dag
 
 def retry_digest(run_id: str, instance: DagsterInstance | None = None,
                  on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Re-execute a failed or canceled digest: chunks that succeeded are not redone."""
+    """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
+    parent = _retryable(instance, run_id)
+    return _execute(instance, _retry_tags(parent), on_progress, run_config=parent.run_config,
+                    reexecution_options=steps_to_retry(instance, run_id))
+
+
+def _retryable(instance: DagsterInstance, run_id: str):
     parent = _digest_run(instance, run_id)
     if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         raise ValueError(f"digest {run_id} is {STATUS_NAMES[parent.status]}: only failed or canceled digests can be retried")
-    tags = {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == PARTITION_TAG}
-    return _execute(instance, tags, on_progress, run_config=parent.run_config,
-                    reexecution_options=_steps_to_retry(instance, run_id))
+    return parent
 
 
-def _steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
+def _retry_tags(parent) -> dict:
+    return {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == PARTITION_TAG}
+
+
+def start_retry(run_id: str, instance: DagsterInstance) -> str:
+    """Submit a re-execution of a failed or canceled digest to the run queue (the steps retry_digest
+    would redo) and return its run id without waiting for it."""
+    parent = _retryable(instance, run_id)
+    return _submit(instance, DIGEST_JOB, parent.run_config, _retry_tags(parent), parent)
+
+
+def start_people(group_id: str, profile: str, full: bool, instance: DagsterInstance) -> str:
+    """Submit a run of the group's people asset to the run queue; its run id."""
+    tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
+    return _submit(instance, "people_job", people_run_config(profile, full), tags)
+
+
+def _submit(instance: DagsterInstance, job_name: str, run_config: dict, tags: dict, parent_run=None) -> str:
+    """Create a run of `job_name` from the code location (loaded in a code server, as `dagster job
+    launch` does) and submit it to the run queue; with `parent_run`, a re-execution of the steps
+    steps_to_retry selects. Dagster's CLI has no command for a queued re-execution, so this uses the
+    internals `dagster job launch` uses (pinned dagster 1.13.27)."""
+    from dagster import __version__ as dagster_version
+    from dagster._cli.workspace.cli_target import (
+        WorkspaceOpts,
+        get_code_location_from_workspace,
+        get_remote_job_from_remote_repo,
+        get_remote_repository_from_code_location,
+        get_workspace_from_cli_opts,
+    )
+    from dagster._core.execution.plan.state import KnownExecutionState
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
+
+    step_keys, known_state, root_run_id = None, None, None
+    if parent_run is not None:
+        options = steps_to_retry(instance, parent_run.run_id)
+        if options.step_selection:
+            step_keys = list(options.step_selection)
+            known_state = KnownExecutionState.build_for_reexecution(instance, parent_run)
+        else:  # the listing itself failed: Dagster's from-failure re-execution
+            failed_steps, known_state = KnownExecutionState.build_resume_retry_reexecution(instance, parent_run)
+            step_keys = list(failed_steps)
+        root_run_id = parent_run.root_run_id or parent_run.run_id
+        tags = {**tags, PARENT_RUN_ID_TAG: parent_run.run_id, ROOT_RUN_ID_TAG: root_run_id}
+    opts = WorkspaceOpts(workspace=(workspace_file(instance),))
+    with get_workspace_from_cli_opts(instance, version=dagster_version, workspace_opts=opts) as workspace:
+        location = get_code_location_from_workspace(workspace, LOCATION_NAME)
+        repo = get_remote_repository_from_code_location(location, None)
+        remote_job = get_remote_job_from_remote_repo(repo, job_name)
+        plan = location.get_execution_plan(remote_job, run_config, step_keys_to_execute=step_keys,
+                                           known_state=known_state, instance=instance)
+        run = instance.create_run(
+            job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
+            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute, op_selection=None,
+            status=None, root_run_id=root_run_id, parent_run_id=parent_run.run_id if parent_run else None,
+            tags={**remote_job.tags, **tags}, job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot, parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None, asset_check_selection=None, asset_graph=repo.asset_graph,
+        )
+        instance.submit_run(run.run_id, workspace)
+    return run.run_id
+
+
+def steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions:
     """Every chunk step the parent listed but did not finish (faces, write), and the last store step.
 
     Dagster's from-failure re-execution retries failed and interrupted steps, but not mapped steps

@@ -8,6 +8,7 @@
 - DEEPFACE_HOME: deepface's model weights are in `$DEEPFACE_HOME/.deepface/weights` (default: the
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
+- FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below).
 """
 
 import os
@@ -90,3 +91,20 @@ def max_image_pixels() -> int:
 def max_image_bytes() -> int:
     """FACEPIPE_MAX_IMAGE_BYTES: a larger file is refused by its size, before it is read."""
     return int(os.environ.get("FACEPIPE_MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
+
+
+def api_key() -> str | None:
+    """FACEPIPE_API_KEY: when set, every HTTP request but /health and the docs needs it in X-API-Key."""
+    return os.environ.get("FACEPIPE_API_KEY") or None
+
+
+def allowed_roots() -> list[Path]:
+    """FACEPIPE_ALLOWED_ROOTS: the folders (separated by ':') that digests over HTTP may read, with
+    everything under them. Unset: none, so the service reads no local folder until told which."""
+    return [Path(p).resolve() for p in (os.environ.get("FACEPIPE_ALLOWED_ROOTS") or "").split(os.pathsep) if p]
+
+
+def store_wait_seconds() -> float:
+    """FACEPIPE_STORE_WAIT_SECONDS: how long an HTTP request waits for the embedded store while another
+    process holds it (a digest's store step holds it for seconds), before a 503 with Retry-After."""
+    return float(os.environ.get("FACEPIPE_STORE_WAIT_SECONDS") or 30)

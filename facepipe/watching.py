@@ -50,7 +50,14 @@ from facepipe import settings
 from facepipe.engine.presets import DEFAULT_PRESET, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.sources import SourceError
-from facepipe.request import DEFAULT_CONFIDENCE, ProfileName, DigestRequest, default_workers, digest_request, valid_group_id
+from facepipe.request import (
+    DEFAULT_CONFIDENCE,
+    DigestRequest,
+    ProfileName,
+    default_workers,
+    digest_request,
+    valid_group_id,
+)
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

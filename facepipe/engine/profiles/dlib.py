@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import PROFILES, Detection, DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, clip_box, unit_rows
 from facepipe.engine.weights import link_bundled_dlib_weights
 
 # HOG returns an SVM margin, 0 being dlib's own decision boundary. We also ask for candidates a

