@@ -445,7 +445,7 @@ def _people_of(group_id: str, profile: str | None) -> dict:
     return {"group_id": group_id, "profile": profile, "total_people": len(people), "people": people}
 
 
-@app.post("/cluster-faces", dependencies=KEY, tags=["people"])
+@app.post("/cluster-faces", dependencies=KEY, tags=["people"], response_model=None)
 def post_cluster_faces(body: ClusterBody) -> dict | JSONResponse:
     """Cluster the group's faces into people: a run of the `people` asset on the run queue, waited
     for; the people, most faces first. Past CLUSTER_WAIT_SECONDS (a digest ahead in the queue), 202
