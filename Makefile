@@ -37,7 +37,7 @@ validate: $(READY)
 
 # In process, under 2 minutes: the engine, the store, the assets and sensors on temporary instances
 test-fast: $(READY)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not slow"
 
 # Everything CI runs: lint, types, the definitions, and every test (end to end included)
 test: lint typecheck validate
