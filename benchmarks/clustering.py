@@ -37,11 +37,13 @@ def algorithms(profile: str) -> dict:
             d = cosine_distances(x, x)
             np.fill_diagonal(d, 0.0)
             return fcluster(linkage(squareform(d, checks=False), method=method), t, criterion="distance")
+
         return run
 
     def chinese_whispers(euclidean):  # on unit vectors: cosine distance = euclidean² / 2
-        return lambda x: np.array(dlib.chinese_whispers_clustering([dlib.vector(v) for v in x.astype(float)],
-                                                                   euclidean))
+        return lambda x: np.array(
+            dlib.chinese_whispers_clustering([dlib.vector(v) for v in x.astype(float)], euclidean)
+        )
 
     def precomputed(model):
         return lambda x: model.fit_predict(np.clip(cosine_distances(x, x), 0, 2))
@@ -129,13 +131,17 @@ def report(faces: FaceSet, profile: str, several_sets: bool) -> None:
         s = scores(faces, labels)
         mixed = f"  clusters mixing sets {sets_mixed(faces, labels)}" if several_sets else ""
         mark = "  <- default" if cut == chosen else ""
-        print(f"  cut {cut:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
-              f"clusters {s['clusters']}{mixed}{mark}")
+        print(
+            f"  cut {cut:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  "
+            f"clusters {s['clusters']}{mixed}{mark}"
+        )
     labels = cluster_embeddings(faces.vectors, chosen)
     print(f"  at the default: {who_is_split_or_merged(faces, labels)}")
     first_wrong, wrongly_joined, reached = exact_edges(faces)
-    print(f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge, {wrongly_joined}); "
-          "recall " + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items()))
+    print(
+        f"  exactly: precision 1.000 below a cut of {first_wrong:.4f} (the first wrong merge, {wrongly_joined}); "
+        "recall " + ", ".join(f"{level:.2f} from {cut:.4f}" for level, cut in reached.items())
+    )
     print("the algorithms compared:")
     for name, run in algorithms(profile).items():
         s = scores(faces, run(faces.vectors))

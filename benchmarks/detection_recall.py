@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from facepipe.engine.faces import decode_reduction, find_faces
-from facepipe.engine.presets import PRESETS
 from facepipe.engine.images import decode_image, decode_image_reduced, jpeg_size
+from facepipe.engine.presets import PRESETS
 from facepipe.engine.profiles import load_profile
 
 IMAGES = ROOT.parent / "shared" / "faces" / "images"
@@ -117,8 +117,8 @@ def paste(canvas: np.ndarray, crop: np.ndarray, box, face_width: float, x: int, 
     face = (face[0] + x, face[1] + y, face[2] + x, face[3] + y)
     if face[0] < 0 or face[1] < 0 or face[2] > width or face[3] > height:
         return None
-    visible = scaled[max(0, -y):height - y, max(0, -x):width - x]
-    canvas[max(0, y):max(0, y) + visible.shape[0], max(0, x):max(0, x) + visible.shape[1]] = visible
+    visible = scaled[max(0, -y) : height - y, max(0, -x) : width - x]
+    canvas[max(0, y) : max(0, y) + visible.shape[0], max(0, x) : max(0, x) + visible.shape[1]] = visible
     return face
 
 
@@ -164,7 +164,7 @@ def mosaic(sources: list[Source], rng) -> tuple[np.ndarray, list]:
         width = rng.uniform(40, 100)
         tile, tile_faces = group(sources, 500, 333, (0.9 * width, 1.1 * width), rng, most=int(rng.integers(3, 8)))
         x, y = 500 * (index % 3), 333 * (index // 3)
-        canvas[y:y + 333, x:x + 500] = tile
+        canvas[y : y + 333, x : x + 500] = tile
         faces += [(f[0] + x, f[1] + y, f[2] + x, f[3] + y) for f in tile_faces]
     return canvas, faces
 
@@ -175,9 +175,21 @@ def make_photos(sources: list[Source], small: bool, seed: int = 7) -> list[tuple
     photos = []
     groups = ((24, 32), (32, 40), (40, 64), (64, 96), (96, 160))
     # the small version: 9 photos of 1 to 4 MP, a portrait and a group per band, and a mosaic
-    kinds = ([(1, "portrait"), (1, groups[0]), (1, groups[1]), (2, groups[2]), (2, groups[3]), (4, "portrait"),
-              (4, groups[1]), (4, groups[4]), (1.5, "mosaic")] if small else
-             [(mp, kind) for mp in (2, 6, 12, 24) for kind in ("portrait", "portrait", *groups, "mosaic")])
+    kinds = (
+        [
+            (1, "portrait"),
+            (1, groups[0]),
+            (1, groups[1]),
+            (2, groups[2]),
+            (2, groups[3]),
+            (4, "portrait"),
+            (4, groups[1]),
+            (4, groups[4]),
+            (1.5, "mosaic"),
+        ]
+        if small
+        else [(mp, kind) for mp in (2, 6, 12, 24) for kind in ("portrait", "portrait", *groups, "mosaic")]
+    )
     for megapixels, kind in kinds:
         if kind == "portrait":
             name, (pixels, faces) = f"portrait-{megapixels}mp", portrait(sources, megapixels, rng)
@@ -273,7 +285,9 @@ def evaluate(photos: list, detect, workdir: Path) -> dict:
     for _, pixels, _ in photos:
         megapixels += pixels.shape[0] * pixels.shape[1] / 1e6
     return {
-        "bands": {b: {"faces": n, "found": k, "recall": round(k / n, 3) if n else None} for b, (n, k) in per_band.items()},
+        "bands": {
+            b: {"faces": n, "found": k, "recall": round(k / n, 3) if n else None} for b, (n, k) in per_band.items()
+        },
         "false_detections": false,
         "seconds": round(seconds, 2),
         "photos_per_second": round(len(photos) / seconds, 3),
@@ -304,24 +318,36 @@ def run(profile_name: str, chosen: list[str], small: bool) -> dict:
         for setting in chosen or list(available):
             results[setting] = evaluate(photos, available[setting], Path(workdir))
     sizes = sorted(p.shape[0] * p.shape[1] / 1e6 for _, p, _ in photos)
-    return {"profile": profile_name, "photos": len(photos), "faces": sum(len(t) for _, _, t in photos),
-            "megapixels": [round(sizes[0], 1), round(sizes[-1], 1)], "results": results}
+    return {
+        "profile": profile_name,
+        "photos": len(photos),
+        "faces": sum(len(t) for _, _, t in photos),
+        "megapixels": [round(sizes[0], 1), round(sizes[-1], 1)],
+        "results": results,
+    }
 
 
 def table(run: dict) -> str:
     """The per-band recall of each setting, as a Markdown table."""
     results = run["results"]
     first = next(iter(results.values()))
-    lines = [f"{run['photos']} photos ({run['megapixels'][0]} to {run['megapixels'][1]} MP), {run['faces']} faces "
-             f"(widths at full size), profile {run['profile']}; recall per face width:", "",
-             "| setting | " + " | ".join(f"{band_name(b)} px" for b in BANDS) + " | false detections | photos/s | MP/s |",
-             "|---" * (len(BANDS) + 4) + "|",
-             "| (true faces) | " + " | ".join(str(first["bands"][band_name(b)]["faces"]) for b in BANDS) + " | | | |"]
+    lines = [
+        f"{run['photos']} photos ({run['megapixels'][0]} to {run['megapixels'][1]} MP), {run['faces']} faces "
+        f"(widths at full size), profile {run['profile']}; recall per face width:",
+        "",
+        "| setting | " + " | ".join(f"{band_name(b)} px" for b in BANDS) + " | false detections | photos/s | MP/s |",
+        "|---" * (len(BANDS) + 4) + "|",
+        "| (true faces) | " + " | ".join(str(first["bands"][band_name(b)]["faces"]) for b in BANDS) + " | | | |",
+    ]
     for setting, result in results.items():
-        recalls = " | ".join("" if result["bands"][band_name(b)]["recall"] is None
-                             else f"{result['bands'][band_name(b)]['recall']:.3f}" for b in BANDS)
-        lines.append(f"| {setting} | {recalls} | {result['false_detections']} | {result['photos_per_second']:.2f} "
-                     f"| {result['megapixels_per_second']:.1f} |")
+        recalls = " | ".join(
+            "" if result["bands"][band_name(b)]["recall"] is None else f"{result['bands'][band_name(b)]['recall']:.3f}"
+            for b in BANDS
+        )
+        lines.append(
+            f"| {setting} | {recalls} | {result['false_detections']} | {result['photos_per_second']:.2f} "
+            f"| {result['megapixels_per_second']:.1f} |"
+        )
     return "\n".join(lines)
 
 

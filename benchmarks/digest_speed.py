@@ -71,7 +71,7 @@ def _derive(args) -> None:
     image = cv2.imdecode(np.fromfile(source, np.uint8), cv2.IMREAD_COLOR)  # EXIF orientation applied
     height, width = image.shape[:2]
     top, bottom, left, right = (rng.uniform(0, 0.08, 4) * [height, height, width, width]).astype(int)
-    image = image[top:height - bottom, left:width - right]
+    image = image[top : height - bottom, left : width - right]
     scale = 1.5 ** rng.uniform(-1, 1)  # as many copies larger than their sample as smaller
     image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     if rng.random() < 0.5:
@@ -108,7 +108,7 @@ def build_workload(count: int, workdir: Path) -> Path:
 
         with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
             pool.map(_derive, derived, chunksize=16)
-    truth = _group_photos(folder, names[:min(count, DERIVED_BEFORE_REUSE)])
+    truth = _group_photos(folder, names[: min(count, DERIVED_BEFORE_REUSE)])
     (folder / TRUTH).write_text(json.dumps(truth))
     for i in range(DERIVED_BEFORE_REUSE, count):
         _, _, source = derived[(i - DERIVED_BEFORE_REUSE) % len(derived)]
@@ -130,7 +130,7 @@ def _group_photos(folder: Path, names: list[str]) -> dict[str, list]:
     rng = np.random.default_rng(2026)
     people = sources(load_profile("dlib"))
     truth = {}
-    for name in names[GROUP_EVERY - 1::GROUP_EVERY]:
+    for name in names[GROUP_EVERY - 1 :: GROUP_EVERY]:
         width = int(np.sqrt(rng.uniform(2, 12) * 1e6 * 1.5))
         low = rng.uniform(32, 100)
         pixels, faces = group(people, width, int(width / 1.5), (low, 1.6 * low), rng, most=int(rng.integers(6, 41)))
@@ -210,8 +210,9 @@ def _floor_batch(paths: list[str]) -> tuple[int, dict, dict, float]:
     from facepipe.engine.planning import ImageTask
 
     result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5)
-    boxes = {Path(r.path).name: [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in r.faces)]
-             for r in result.images}
+    boxes = {
+        Path(r.path).name: [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in r.faces)] for r in result.images
+    }
     return len(result.images), boxes, result.seconds, peak_rss_mb()
 
 
@@ -237,8 +238,13 @@ def run_stage(stage: str, paths: list[str]) -> dict:
         _seed_warm(None)
         started = time.perf_counter()
         boxes = dict(_seed_represent(p) for p in paths)
-        return {"images": len(paths), "faces": sum(map(len, boxes.values())), "seconds": time.perf_counter() - started,
-                "peak_rss_mb": [peak_rss_mb()], "boxes": boxes}
+        return {
+            "images": len(paths),
+            "faces": sum(map(len, boxes.values())),
+            "seconds": time.perf_counter() - started,
+            "peak_rss_mb": [peak_rss_mb()],
+            "boxes": boxes,
+        }
     if stage == "seed2":
         results, seconds = _in_pool(_seed_warm, _seed_represent, paths, 2)
         boxes = dict(results)
@@ -247,10 +253,16 @@ def run_stage(stage: str, paths: list[str]) -> dict:
         _floor_warm(None)
         started = time.perf_counter()
         images, boxes, stages, rss = _floor_batch(paths)
-        return {"images": images, "faces": sum(map(len, boxes.values())), "seconds": time.perf_counter() - started,
-                "stages": stages, "peak_rss_mb": [rss], "boxes": boxes}
+        return {
+            "images": images,
+            "faces": sum(map(len, boxes.values())),
+            "seconds": time.perf_counter() - started,
+            "stages": stages,
+            "peak_rss_mb": [rss],
+            "boxes": boxes,
+        }
     if stage == "floor2":
-        batches = [paths[i:i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
+        batches = [paths[i : i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
         results, seconds = _in_pool(_floor_warm, _floor_batch, batches, 2)
         stages: dict[str, float] = {}
         boxes = {}
@@ -259,8 +271,14 @@ def run_stage(stage: str, paths: list[str]) -> dict:
             for key, value in batch_stages.items():
                 stages[key] = stages.get(key, 0.0) + value
         stages.pop("load_models", None)
-        return {"images": sum(r[0] for r in results), "faces": sum(map(len, boxes.values())), "seconds": seconds,
-                "stages": stages, "peak_rss_mb": [max(r[3] for r in results)], "boxes": boxes}
+        return {
+            "images": sum(r[0] for r in results),
+            "faces": sum(map(len, boxes.values())),
+            "seconds": seconds,
+            "stages": stages,
+            "peak_rss_mb": [max(r[3] for r in results)],
+            "boxes": boxes,
+        }
     raise ValueError(stage)
 
 
@@ -269,8 +287,9 @@ def child_stage(stage: str, paths: list[str]) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(paths, f)
     try:
-        out = subprocess.run([sys.executable, __file__, "--stage", stage, "--paths", f.name],
-                             capture_output=True, text=True, cwd=REPO)
+        out = subprocess.run(
+            [sys.executable, __file__, "--stage", stage, "--paths", f.name], capture_output=True, text=True, cwd=REPO
+        )
     finally:
         os.unlink(f.name)
     if out.returncode != 0:
@@ -286,9 +305,22 @@ def digest(home: Path, folder: Path, workers: int) -> dict:
     env.pop("DAGSTER_HOME", None)
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "bench",
-         "--workers", str(workers), "--json"],
-        env=env, capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "facepipe.cli",
+            "digest",
+            str(folder),
+            "--group",
+            "bench",
+            "--workers",
+            str(workers),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     wall = time.perf_counter() - started
     if not out.stdout.strip():
@@ -296,9 +328,15 @@ def digest(home: Path, folder: Path, workers: int) -> dict:
     summary = json.loads(out.stdout)
     if summary["status"] != "completed":
         raise RuntimeError(f"digest {summary['status']}: {summary['errors']}")
-    return {**run_details(home, summary["run_id"]), "summary": summary, "wall": wall,
-            "seconds": summary["duration_seconds"], "images": summary["images_done"],
-            "faces": summary["faces_stored"], "boxes": stored_boxes(home)}
+    return {
+        **run_details(home, summary["run_id"]),
+        "summary": summary,
+        "wall": wall,
+        "seconds": summary["duration_seconds"],
+        "images": summary["images_done"],
+        "faces": summary["faces_stored"],
+        "boxes": stored_boxes(home),
+    }
 
 
 def stored_boxes(home: Path) -> dict[str, list]:
@@ -310,7 +348,8 @@ def stored_boxes(home: Path) -> dict[str, list]:
         for point in store.faces("bench", "dlib"):
             area = point.payload["facial_area"]
             boxes.setdefault(Path(point.payload["image_path"]).name, []).append(
-                (area["x"], area["y"], area["x"] + area["w"], area["y"] + area["h"]))
+                (area["x"], area["y"], area["x"] + area["w"], area["y"] + area["h"])
+            )
     return boxes
 
 
@@ -328,8 +367,11 @@ def run_details(home: Path, run_id: str) -> dict:
         kind = event.event_type
         if kind == DagsterEventType.RUN_START:
             run_start = entry.timestamp
-        if entry.step_key and kind in (DagsterEventType.STEP_WORKER_STARTING, DagsterEventType.STEP_START,
-                                       DagsterEventType.STEP_SUCCESS):
+        if entry.step_key and kind in (
+            DagsterEventType.STEP_WORKER_STARTING,
+            DagsterEventType.STEP_START,
+            DagsterEventType.STEP_SUCCESS,
+        ):
             steps.setdefault(entry.step_key, {})[kind.value] = entry.timestamp
         if kind == DagsterEventType.ASSET_OBSERVATION:
             metadata = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
@@ -343,8 +385,11 @@ def run_details(home: Path, run_id: str) -> dict:
             if "store_peak_rss_mb" in metadata:
                 store_rss = metadata["store_peak_rss_mb"]
     instance.dispose()
-    startups = [s["STEP_START"] - s["STEP_WORKER_STARTING"] for s in steps.values()
-                if "STEP_START" in s and "STEP_WORKER_STARTING" in s]
+    startups = [
+        s["STEP_START"] - s["STEP_WORKER_STARTING"]
+        for s in steps.values()
+        if "STEP_START" in s and "STEP_WORKER_STARTING" in s
+    ]
     first = min((s.get("STEP_WORKER_STARTING", 1e18) for s in steps.values()), default=None)
     chunk_steps = [s for key, s in steps.items() if key.startswith("digest.extract_faces_in_chunk")]
     return {
@@ -355,8 +400,14 @@ def run_details(home: Path, run_id: str) -> dict:
         "step_startup_seconds": sum(startups) / len(startups) if startups else None,
         "chunk_step_seconds": sorted(s["STEP_SUCCESS"] - s["STEP_START"] for s in chunk_steps if "STEP_SUCCESS" in s),
         "run_start_to_first_step": (first - run_start) if first and run_start else None,
-        "first_step_startup": next((s["STEP_START"] - s["STEP_WORKER_STARTING"] for k, s in steps.items()
-                                    if k == "digest.list_images" and "STEP_START" in s), None),
+        "first_step_startup": next(
+            (
+                s["STEP_START"] - s["STEP_WORKER_STARTING"]
+                for k, s in steps.items()
+                if k == "digest.list_images" and "STEP_START" in s
+            ),
+            None,
+        ),
     }
 
 
@@ -364,9 +415,18 @@ def run_details(home: Path, run_id: str) -> dict:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
         else platform.processor()
+    )
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()}, Python {platform.python_version()}"
 
 
@@ -384,8 +444,10 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         r = results.get(name)
         if r:
             runs = ", ".join(f"{x:.1f}" for x in r.get("runs", []))
-            lines.append(f"| {label} | {r['images']} | {r['seconds']:.1f} s | {r['images'] / r['seconds']:.2f} "
-                         f"| {r['faces'] / r['seconds']:.2f} | {share(r.get('recall'))} | {runs} | {r.get('load', 0):.1f} |")
+            lines.append(
+                f"| {label} | {r['images']} | {r['seconds']:.1f} s | {r['images'] / r['seconds']:.2f} "
+                f"| {r['faces'] / r['seconds']:.2f} | {share(r.get('recall'))} | {runs} | {r.get('load', 0):.1f} |"
+            )
 
     def ratio(label, slow, fast, target, higher_is_better=True):
         a, b = results.get(slow), results.get(fast)
@@ -404,12 +466,19 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         # recall on the same photos: the group photos of the seed's subset
         mine, theirs = b["recall_seed_subset"], a["recall_seed_subset"]
         at_least = not theirs[1] or mine[0] / mine[1] >= theirs[0] / theirs[1]
-        lines.append(f"| {label} | **{value:.2f}×** at recall {share(mine)} vs {share(theirs)} | faster, recall "
-                     f"at least as good | {'yes' if value > 1 and at_least else 'NO'} |")
+        lines.append(
+            f"| {label} | **{value:.2f}×** at recall {share(mine)} vs {share(theirs)} | faster, recall "
+            f"at least as good | {'yes' if value > 1 and at_least else 'NO'} |"
+        )
 
-    lines += [f"### Digest speed: {count} photos, dlib profile ({time.strftime('%Y-%m-%d')})", "",
-              f"Machine: {machine()}; load average before the run: {load}.", "",
-              "| ratio (per photo, same run) | measured | target | holds |", "|---|---|---|---|"]
+    lines += [
+        f"### Digest speed: {count} photos, dlib profile ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {machine()}; load average before the run: {load}.",
+        "",
+        "| ratio (per photo, same run) | measured | target | holds |",
+        "|---|---|---|---|",
+    ]
     against_seed("full digest (2 workers) vs the seed's way, 1 thread", "seed1", "digest2")
     against_seed("full digest (2 workers) vs the seed's way, 2 processes", "seed2", "digest2")
     against_seed("engine loop, 1 process vs the seed's way, 1 thread", "seed1", "floor1")
@@ -418,10 +487,15 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
     ratio("2 workers vs 1 worker", "digest1", "digest2", 1.8)
     if results.get("redigest") and results.get("digest2"):
         value = results["redigest"]["seconds"] / results["digest2"]["seconds"]
-        lines.append(f"| re-digest of the unchanged folder / first digest | **{value:.1%}** | ≤ 5% | "
-                     f"{'yes' if value <= 0.05 else 'NO'} |")
-    lines += ["", "| run | photos | time | photos/s | faces/s | recall on group photos | every run (s) | load after |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| re-digest of the unchanged folder / first digest | **{value:.1%}** | ≤ 5% | "
+            f"{'yes' if value <= 0.05 else 'NO'} |"
+        )
+    lines += [
+        "",
+        "| run | photos | time | photos/s | faces/s | recall on group photos | every run (s) | load after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     rate("seed1", f"seed's way, 1 thread ({seed_count}-photo subset)")
     rate("seed2", f"seed's way, 2 processes ({seed_count}-photo subset)")
     rate("floor1", "engine loop, 1 process")
@@ -431,10 +505,11 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
     if results.get("redigest"):
         r = results["redigest"]
         runs = ", ".join(f"{x:.1f}" for x in r.get("runs", []))
-        lines.append(f"| re-digest, unchanged (run) | {r['summary']['images_skipped']} skipped | "
-                     f"{r['seconds']:.1f} s | | | | {runs} | {r.get('load', 0):.1f} |")
-    lines += ["", "| run | time per stage, summed over processes (s) | peak memory per worker (MB) |",
-              "|---|---|---|"]
+        lines.append(
+            f"| re-digest, unchanged (run) | {r['summary']['images_skipped']} skipped | "
+            f"{r['seconds']:.1f} s | | | | {runs} | {r.get('load', 0):.1f} |"
+        )
+    lines += ["", "| run | time per stage, summed over processes (s) | peak memory per worker (MB) |", "|---|---|---|"]
     for name in ("floor1", "floor2", "digest1", "digest2", "redigest"):
         r = results.get(name)
         if not r:
@@ -451,10 +526,12 @@ def report(results: dict, count: int, seed_count: int, load: str) -> str:
         if r and r.get("step_startup_seconds") is not None:
             chunk_seconds = r["chunk_step_seconds"]
             spread = f", chunk steps {min(chunk_seconds):.1f} to {max(chunk_seconds):.1f} s" if chunk_seconds else ""
-            details.append(f"- {name}: {r['chunks']} chunks{spread}; step start-up {r['step_startup_seconds']:.2f} s "
-                           f"on average (the first, which starts the forkserver and preloads the models, "
-                           f"{r['first_step_startup']:.2f} s); CLI wall time {r['wall']:.1f} s for a "
-                           f"{r['seconds']:.1f} s run")
+            details.append(
+                f"- {name}: {r['chunks']} chunks{spread}; step start-up {r['step_startup_seconds']:.2f} s "
+                f"on average (the first, which starts the forkserver and preloads the models, "
+                f"{r['first_step_startup']:.2f} s); CLI wall time {r['wall']:.1f} s for a "
+                f"{r['seconds']:.1f} s run"
+            )
     if details:
         lines += ["", *details]
     return "\n".join(lines)
@@ -465,8 +542,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="photos in the workload (64: the samples)")
     parser.add_argument("--seed-images", type=int, default=30, help="photos the seed's way runs on")
     parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages of {','.join(STAGES)}")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "facepipe-bench",
-                        help="where the workload is built once and the digests keep their data")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "facepipe-bench",
+        help="where the workload is built once and the digests keep their data",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run each stage this many times, keep the fastest")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--stage", help=argparse.SUPPRESS)

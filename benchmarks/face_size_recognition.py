@@ -31,10 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.labelled_faces import SETS, identities_of
 from facepipe.engine.detection import detect_faces, detection_scale
-from facepipe.engine.profiles import Detection
 from facepipe.engine.images import decode_image
-from facepipe.engine.profiles import load_profile
-from facepipe.engine.profiles import PROFILES
+from facepipe.engine.profiles import PROFILES, Detection, load_profile
 
 SIZES = (24, 32, 40, 48, 56, 64, 80, 96, 128, 160)
 
@@ -51,7 +49,9 @@ def central_face(profile, image: np.ndarray):
     if not faces:
         return None
     height, width = image.shape[:2]
-    return min(faces, key=lambda f: (f.box[0] + f.box[2] / 2 - width / 2) ** 2 + (f.box[1] + f.box[3] / 2 - height / 2) ** 2)
+    return min(
+        faces, key=lambda f: (f.box[0] + f.box[2] / 2 - width / 2) ** 2 + (f.box[1] + f.box[3] / 2 - height / 2) ** 2
+    )
 
 
 def embed_at(profile, image: np.ndarray, box, scale: float) -> np.ndarray:
@@ -91,8 +91,10 @@ def main() -> None:
         same, other = same_person[rows], ~same_person[rows] & other_photo[rows]
         similarity_to_others = np.where(other_photo[rows], similarity, -1)
         rank1 = same_person[rows, similarity_to_others.argmax(axis=1)].mean()
-        print(f"| {label} | {len(rows)} | {self_similarity} | {(similarity[same] >= threshold).mean():.3f} "
-              f"| {(similarity[other] >= threshold).mean():.4f} | {rank1:.3f} |")
+        print(
+            f"| {label} | {len(rows)} | {self_similarity} | {(similarity[same] >= threshold).mean():.3f} "
+            f"| {(similarity[other] >= threshold).mean():.4f} | {rank1:.3f} |"
+        )
 
     row("full", np.arange(len(people)), full, "1 / 1")
     for n in SIZES:

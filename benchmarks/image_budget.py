@@ -67,17 +67,26 @@ def main() -> None:
             for fmt in args.formats.split(","):
                 path = make_photo(Path(folder), megapixels, fmt)
                 for size in args.min_face_size.split(","):
-                    run = subprocess.run([sys.executable, "-c", CHILD, str(path), size], capture_output=True, text=True,
-                                         check=True, cwd=REPO)
+                    run = subprocess.run(
+                        [sys.executable, "-c", CHILD, str(path), size],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        cwd=REPO,
+                    )
                     measured = json.loads(run.stdout)
                     rows.append((megapixels, fmt, size, measured))
-                    print(json.dumps({"megapixels": megapixels, "format": fmt, "min_face_size": size, **measured}),
-                          file=sys.stderr)
+                    print(
+                        json.dumps({"megapixels": megapixels, "format": fmt, "min_face_size": size, **measured}),
+                        file=sys.stderr,
+                    )
     print("| photo | min_face_size | faces | time | peak RSS of the process | of which the photo |")
     print("|---|---|---|---|---|---|")
     for megapixels, fmt, size, m in rows:
-        print(f"| {megapixels} MP {fmt.upper()} | {size} | {m['faces']} | {m['seconds']:.1f} s | {m['peak_mb']:.0f} MB "
-              f"| {m['peak_mb'] - m['models_mb']:.0f} MB |")
+        print(
+            f"| {megapixels} MP {fmt.upper()} | {size} | {m['faces']} | {m['seconds']:.1f} s | {m['peak_mb']:.0f} MB "
+            f"| {m['peak_mb'] - m['models_mb']:.0f} MB |"
+        )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ class FaceSet:
     def describe(self) -> str:
         missing = f", {len(self.unscored_photos)} labelled photos unscored" if self.unscored_photos else ""
         rule = SETS[self.name][2] if self.name in SETS else "each set's rule"
-        return (f"{self.name}: {len(self.photos)} faces from {len(set(self.photos))} photos, "
-                f"{len(self.labelled)} scored ({rule}), "
-                f"{len(set(self.truth))} people{missing}")
+        return (
+            f"{self.name}: {len(self.photos)} faces from {len(set(self.photos))} photos, "
+            f"{len(self.labelled)} scored ({rule}), "
+            f"{len(set(self.truth))} people{missing}"
+        )
 
 
 def identities_of(name: str) -> dict[str, str]:
@@ -56,8 +58,9 @@ def identities_of(name: str) -> dict[str, str]:
         return {row["image"]: row["identity"] for row in csv.DictReader(f)}
 
 
-def scored_faces(name: str, photos: list[str], boxes: list[tuple],
-                 sizes: list[tuple]) -> tuple[list[int], list[str], list[str]]:
+def scored_faces(
+    name: str, photos: list[str], boxes: list[tuple], sizes: list[tuple]
+) -> tuple[list[int], list[str], list[str]]:
     """The rows to score (by the set's rule), their identities, and the labelled photos left without one."""
     identities = identities_of(name)
     by_photo: dict[str, list[int]] = {}
@@ -71,9 +74,11 @@ def scored_faces(name: str, photos: list[str], boxes: list[tuple],
             if len(rows) == 1:
                 chosen[photo] = rows[0]
         else:
+
             def off_centre(i):
                 (x, y, w, h), (width, height) = boxes[i], sizes[i]
                 return (x + w / 2 - width / 2) ** 2 + (y + h / 2 - height / 2) ** 2
+
             chosen[photo] = min(rows, key=off_centre)
     labelled = sorted(chosen.values())
     return labelled, [identities[photos[i]] for i in labelled], sorted(set(identities) - set(chosen))
@@ -102,8 +107,8 @@ def recorded_raw_norms(profile: str):
 def embedded_set(name: str, profile: str = "dlib", only: list[str] | None = None) -> FaceSet:
     """Every face of the set's photos (or of the photos named in `only`), through the digest's engine."""
     from facepipe.engine.faces import faces_in_chunk
-    from facepipe.engine.planning import ImageTask
     from facepipe.engine.listing import list_images
+    from facepipe.engine.planning import ImageTask
 
     files = [f.path for f in list_images(SETS[name][0]) if only is None or Path(f.path).name in only]
     with recorded_raw_norms(profile) as norms:
@@ -137,7 +142,9 @@ def stored_sets(store_path: str, group: str, profile: str) -> list[FaceSet]:
         labelled, truth, unscored = scored_faces(name, photos, boxes, sizes)
         found.append(FaceSet(name, photos, np.array([f.vector for f in mine]), labelled, truth, None, unscored))
     if not found:
-        raise SystemExit(f"group {group!r} in {store_path} holds no faces of {', '.join(str(s[0]) for s in SETS.values())}")
+        raise SystemExit(
+            f"group {group!r} in {store_path} holds no faces of {', '.join(str(s[0]) for s in SETS.values())}"
+        )
     return found
 
 

@@ -13,7 +13,8 @@ and p95 (50 selfie-like queries, top 100 above cosine 0.92, as `facepipe search`
 `people cluster --full` of the group (time, peak memory); 1 % more faces, then the incremental
 `people cluster` (time, peak memory); and the store steps of a digest of the 64 sample photos into
 the group (list_images' ledger read + store_faces' write, each opening the store), beside the same
-into an empty group of the same store and into an empty store. Local mode writes one fsync'd SQLite transaction per point (~15 ms on this
+into an empty group of the same store and into an empty store. Local mode writes one fsync'd
+SQLite transaction per point (~15 ms on this
 machine's disk), so it is only run at `--local-sizes`.
 """
 
@@ -90,10 +91,20 @@ class Faces:
         for p in range(start, stop):
             vectors = self.face_vectors(rng, p % self.groups, FACES_PER_PHOTO)
             name = f"/photos/{prefix}{p:07d}.jpg"
-            by_group.setdefault(self.group(p), []).append(ImageResult(
-                name, size=200_000 + p, mtime_ns=1_700_000_000_000_000_000 + p, content_hash=f"{prefix}{p:063d}",
-                width=4000, height=3000,
-                faces=[Face(i, (100 * i, 200, 180, 180), [(1.0 * i, 2.0)] * 5, 0.9, vectors[i]) for i in range(len(vectors))]))
+            by_group.setdefault(self.group(p), []).append(
+                ImageResult(
+                    name,
+                    size=200_000 + p,
+                    mtime_ns=1_700_000_000_000_000_000 + p,
+                    content_hash=f"{prefix}{p:063d}",
+                    width=4000,
+                    height=3000,
+                    faces=[
+                        Face(i, (100 * i, 200, 180, 180), [(1.0 * i, 2.0)] * 5, 0.9, vectors[i])
+                        for i in range(len(vectors))
+                    ],
+                )
+            )
         return by_group
 
 
@@ -104,6 +115,7 @@ def open_store(path: str, backend: str):
 
 
 # ---------------------------------------------------------------- probes, each in its own process
+
 
 def probe_write(a) -> dict:
     faces = Faces(a["n"], a["layout"])
@@ -117,8 +129,13 @@ def probe_write(a) -> dict:
         indexing = time.time()
         store.optimize("dlib")  # what the end of a digest's store step does: HNSW on what it wrote
         indexing = time.time() - indexing
-    return {"write_s": wall, "write_cpu_s": time.process_time() - cpu, "faces_per_s": a["n"] / wall,
-            "index_s": indexing, "write_peak_mb": peak_mb()}
+    return {
+        "write_s": wall,
+        "write_cpu_s": time.process_time() - cpu,
+        "faces_per_s": a["n"] / wall,
+        "index_s": indexing,
+        "write_peak_mb": peak_mb(),
+    }
 
 
 def probe_open(a) -> dict:
@@ -142,9 +159,16 @@ def probe_open(a) -> dict:
         t = time.time()
         store.count(faces_collection("dlib"), group_filter(group))
         count_s = time.time() - t
-    return {"open_s": opened, "rss_after_open_mb": after, "open_added_mb": after - before, "group_faces": count,
-            "search_p50_ms": 1000 * float(np.percentile(times, 50)), "search_p95_ms": 1000 * float(np.percentile(times, 95)),
-            "matches_per_query": float(np.mean(found)), "count_ms": 1000 * count_s}
+    return {
+        "open_s": opened,
+        "rss_after_open_mb": after,
+        "open_added_mb": after - before,
+        "group_faces": count,
+        "search_p50_ms": 1000 * float(np.percentile(times, 50)),
+        "search_p95_ms": 1000 * float(np.percentile(times, 95)),
+        "matches_per_query": float(np.mean(found)),
+        "count_ms": 1000 * count_s,
+    }
 
 
 def probe_cluster(a) -> dict:
@@ -163,7 +187,9 @@ def probe_grow(a) -> dict:
     group = target_group(a["layout"])
     photos = max(a["n"] // faces.groups // FACES_PER_PHOTO // 100, 1)  # of the group
     with open_store(a["path"], a["backend"]) as store:
-        results = [r for g, rs in faces.results(0, photos * faces.groups, prefix="new").items() if g == group for r in rs]
+        results = [
+            r for g, rs in faces.results(0, photos * faces.groups, prefix="new").items() if g == group for r in rs
+        ]
         store.write(group, "dlib", results, run_id="bench-grow")
     return {"grown_faces": sum(len(r.faces) for r in results)}
 
@@ -182,8 +208,13 @@ def probe_digest(a) -> dict:
     steps["list_step_s"] = time.time() - start
     start = time.time()
     with open_store(a["path"], a["backend"]) as store:
-        store.write(group, "dlib", [replace(r, previously_digested=r.path in digested) for r in results],
-                    run_id="bench-digest", optimize=False)
+        store.write(
+            group,
+            "dlib",
+            [replace(r, previously_digested=r.path in digested) for r in results],
+            run_id="bench-digest",
+            optimize=False,
+        )
     steps["chunk_step_s"] = time.time() - start
     start = time.time()
     with open_store(a["path"], a["backend"]) as store:
@@ -193,7 +224,13 @@ def probe_digest(a) -> dict:
     return {**steps, "digest_store_steps_s": sum(steps.values())}
 
 
-PROBES = {"write": probe_write, "open": probe_open, "cluster": probe_cluster, "grow": probe_grow, "digest": probe_digest}
+PROBES = {
+    "write": probe_write,
+    "open": probe_open,
+    "cluster": probe_cluster,
+    "grow": probe_grow,
+    "digest": probe_digest,
+}
 
 
 def run_probe(kind: str, **args) -> dict:
@@ -205,13 +242,14 @@ def run_probe(kind: str, **args) -> dict:
 
 # ---------------------------------------------------------------- the run
 
+
 def sample_results(work: Path) -> Path:
     """The 64 sample photos through the engine once; their ImageResults, pickled for the digest probes."""
     path = work / "samples.pickle"
     if not path.exists():
         from facepipe.engine.faces import faces_in_chunk
-        from facepipe.engine.planning import ImageTask
         from facepipe.engine.listing import list_images
+        from facepipe.engine.planning import ImageTask
 
         result = faces_in_chunk([ImageTask(f.path, f.size, f.mtime_ns) for f in list_images(SAMPLES)], "dlib", 0.5)
         path.write_bytes(pickle.dumps(result.images))
@@ -226,15 +264,26 @@ def measure(work: Path, n: int, layout: str, backend: str, samples: Path, full_l
     group_size = n // groups_of(layout)
     if group_size <= full_limit:
         full = run_probe("cluster", path=path, backend=backend, n=n, layout=layout, full=True)
-        row.update({"full_s": full.get("cluster_s"), "full_peak_mb": full.get("cluster_peak_mb"),
-                    "people": full.get("people"), "full_error": full.get("error")})
+        row.update(
+            {
+                "full_s": full.get("cluster_s"),
+                "full_peak_mb": full.get("cluster_peak_mb"),
+                "people": full.get("people"),
+                "full_error": full.get("error"),
+            }
+        )
     else:
         row["full_skipped"] = f"group of {group_size:,} faces > --full-limit {full_limit:,}"
     row.update(run_probe("grow", path=path, backend=backend, n=n, layout=layout))
     if "full_s" in row:
         inc = run_probe("cluster", path=path, backend=backend, n=n, layout=layout, full=False)
-        row.update({"incremental_s": inc.get("cluster_s"), "incremental_peak_mb": inc.get("cluster_peak_mb"),
-                    "incremental_error": inc.get("error")})
+        row.update(
+            {
+                "incremental_s": inc.get("cluster_s"),
+                "incremental_peak_mb": inc.get("cluster_peak_mb"),
+                "incremental_error": inc.get("error"),
+            }
+        )
     fresh = run_probe("digest", path=path, backend=backend, n=n, layout=layout, samples=str(samples), group="fresh")
     row["empty_group_digest_s"] = fresh.get("digest_store_steps_s")
     row.update(run_probe("digest", path=path, backend=backend, n=n, layout=layout, samples=str(samples)))
@@ -262,8 +311,14 @@ def main() -> None:
     samples = sample_results(work)
     rows = []
     for backend in ("edge", "local"):
-        empty = run_probe("digest", path=str(work / f"{backend}-empty"), backend=backend, layout="one",
-                          samples=str(samples), group="sample")
+        empty = run_probe(
+            "digest",
+            path=str(work / f"{backend}-empty"),
+            backend=backend,
+            layout="one",
+            samples=str(samples),
+            group="sample",
+        )
         print(json.dumps({"backend": backend, "empty_store_digest": empty}), flush=True)
         rows.append({"faces": 0, "layout": "empty store", "backend": backend, **empty})
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -276,20 +331,32 @@ def main() -> None:
                 rows.append(measure(work, n, layout, backend, samples, args.full_limit))
     load = os.getloadavg()
     print(f"\nload average after the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
-    print("| faces | groups | backend | write faces/s | HNSW index | open | RSS after open | search p50 / p95 | count | "
-          "digest store steps (into an empty group) | full re-cluster (peak) | incremental +1 % (peak) |")
+    print(
+        "| faces | groups | backend | write faces/s | HNSW index | open | RSS after open | search p50 / p95 | count | "
+        "digest store steps (into an empty group) | full re-cluster (peak) | incremental +1 % (peak) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        full = (f"{r['full_s']:.1f} s ({r['full_peak_mb']:.0f} MB)" if r.get("full_s") is not None
-                else r.get("full_error") or r.get("full_skipped", ""))
-        inc = (f"{r['incremental_s']:.1f} s ({r['incremental_peak_mb']:.0f} MB)" if r.get("incremental_s") is not None
-               else r.get("incremental_error") or "")
+        full = (
+            f"{r['full_s']:.1f} s ({r['full_peak_mb']:.0f} MB)"
+            if r.get("full_s") is not None
+            else r.get("full_error") or r.get("full_skipped", "")
+        )
+        inc = (
+            f"{r['incremental_s']:.1f} s ({r['incremental_peak_mb']:.0f} MB)"
+            if r.get("incremental_s") is not None
+            else r.get("incremental_error") or ""
+        )
         empty = f" ({r['empty_group_digest_s']:.2f} s)" if r.get("empty_group_digest_s") is not None else ""
         groups = "" if not r["faces"] else ("1" if r["layout"] == "one" else "100")
-        print(f"| {r['faces']:,} | {groups or r['layout']} | {r['backend']} | {fmt(r.get('faces_per_s'), ',.0f')} | {fmt(r.get('index_s'), '.1f', ' s')} | "
-              f"{fmt(r.get('open_s'), '.2f', ' s')} | {fmt(r.get('rss_after_open_mb'), '.0f', ' MB')} | "
-              f"{fmt(r.get('search_p50_ms'), '.1f')} / {fmt(r.get('search_p95_ms'), '.1f', ' ms')} | "
-              f"{fmt(r.get('count_ms'), '.1f', ' ms')} | {fmt(r.get('digest_store_steps_s'), '.2f', ' s')}{empty} | {full} | {inc} |")
+        print(
+            f"| {r['faces']:,} | {groups or r['layout']} | {r['backend']} | {fmt(r.get('faces_per_s'), ',.0f')} | "
+            f"{fmt(r.get('index_s'), '.1f', ' s')} | "
+            f"{fmt(r.get('open_s'), '.2f', ' s')} | {fmt(r.get('rss_after_open_mb'), '.0f', ' MB')} | "
+            f"{fmt(r.get('search_p50_ms'), '.1f')} / {fmt(r.get('search_p95_ms'), '.1f', ' ms')} | "
+            f"{fmt(r.get('count_ms'), '.1f', ' ms')} | {fmt(r.get('digest_store_steps_s'), '.2f', ' s')}{empty} | "
+            f"{full} | {inc} |"
+        )
     if not args.work:
         import shutil
 

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -87,28 +87,41 @@ async def _bounded_body(request, call_next):
     length = request.headers.get("content-length")
     budget = settings.max_image_bytes() + FORM_OVERHEAD
     if length and length.isdigit() and int(length) > budget:
-        return JSONResponse(status_code=413, content={"detail": f"refused: the request is {int(length):,} bytes, more "
-                            f"than the {budget:,} a photo upload may take (FACEPIPE_MAX_IMAGE_BYTES)"})
+        return JSONResponse(
+            status_code=413,
+            content={
+                "detail": f"refused: the request is {int(length):,} bytes, more "
+                f"than the {budget:,} a photo upload may take (FACEPIPE_MAX_IMAGE_BYTES)"
+            },
+        )
     return await call_next(request)
 
 
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request, err: RequestValidationError):
     """422 naming each bad field, in a sentence (no pydantic internals)."""
-    return JSONResponse(status_code=422, content={"detail": [
-        {"loc": list(e["loc"]), "msg": str(e["msg"]).removeprefix("Value error, "), "type": e["type"]}
-        for e in err.errors()]})
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": [
+                {"loc": list(e["loc"]), "msg": str(e["msg"]).removeprefix("Value error, "), "type": e["type"]}
+                for e in err.errors()
+            ]
+        },
+    )
 
 
-_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                           description="Required when the server has FACEPIPE_API_KEY set.")
+_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Required when the server has FACEPIPE_API_KEY set."
+)
 
 
 def require_key(given: Annotated[str | None, Depends(_key_header)]) -> None:
     expected = settings.api_key()
     if expected and not (given and secrets.compare_digest(given.encode(), expected.encode())):
-        raise HTTPException(401, "missing or wrong API key: send it in the X-API-Key header",
-                            headers={"WWW-Authenticate": "X-API-Key"})
+        raise HTTPException(
+            401, "missing or wrong API key: send it in the X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"}
+        )
 
 
 KEY = [Depends(require_key)]
@@ -118,9 +131,11 @@ KEY = [Depends(require_key)]
 # Shared helpers: the store, the instance, uploads
 # ------------------------------------------------------------------------------------------------
 
+
 def _busy(message: str) -> HTTPException:
-    return HTTPException(503, f"{message}; retry in {RETRY_AFTER_SECONDS} s",
-                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return HTTPException(
+        503, f"{message}; retry in {RETRY_AFTER_SECONDS} s", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+    )
 
 
 @contextmanager
@@ -170,10 +185,12 @@ def _instance():
 
 def _field_errors(err: ValidationError, prefix: str = "body") -> RequestValidationError:
     """pydantic's errors as FastAPI's own 422, each naming its field."""
-    return RequestValidationError([
-        {"type": e["type"], "loc": (prefix, *e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
-        for e in err.errors(include_url=False, include_context=False, include_input=False)
-    ])
+    return RequestValidationError(
+        [
+            {"type": e["type"], "loc": (prefix, *e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
+            for e in err.errors(include_url=False, include_context=False, include_input=False)
+        ]
+    )
 
 
 async def _upload_bytes(file: UploadFile) -> bytes:
@@ -213,20 +230,24 @@ def _crop_b64(image, box, margin: float = 0.25) -> str:
     """The face with a margin, as a base64 JPEG."""
     x, y, w, h = box
     pad_x, pad_y = int(w * margin), int(h * margin)
-    crop = image[max(0, y - pad_y):y + h + pad_y, max(0, x - pad_x):x + w + pad_x]
+    crop = image[max(0, y - pad_y) : y + h + pad_y, max(0, x - pad_x) : x + w + pad_x]
     return base64.b64encode(cv2.imencode(".jpg", crop)[1].tobytes()).decode()
 
 
 def _require_daemon(instance) -> None:
     if not daemon_is_running(instance):
-        raise HTTPException(503, "no Dagster daemon is running on this instance, so a queued run would wait: "
-                                 "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`",
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        raise HTTPException(
+            503,
+            "no Dagster daemon is running on this instance, so a queued run would wait: "
+            "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Digests
 # ------------------------------------------------------------------------------------------------
+
 
 class DigestBody(BaseModel):
     """A digest of one source into one group: the seed's JSON, and facepipe's own knobs."""
@@ -272,8 +293,9 @@ class DigestBody(BaseModel):
 
 def _job(summary: dict, run_config: dict | None) -> dict:
     """A digest as the seed's clients know it, then everything else facepipe knows of it."""
-    request = ((run_config or {}).get("ops", {}).get("digest", {}).get("ops", {})
-               .get("list_images", {}).get("config", {}))
+    request = (
+        (run_config or {}).get("ops", {}).get("digest", {}).get("ops", {}).get("list_images", {}).get("config", {})
+    )
     job = {
         "job_id": summary["run_id"],
         "status": summary["status"],
@@ -310,9 +332,18 @@ def post_digest(body: DigestBody) -> dict:
     else:
         path = f"s3://{body.s3_bucket}/{body.s3_prefix or ''}"
     try:
-        request = digest_request(path, body.group_id, s3_endpoint_url=body.s3_endpoint_url, s3_region=body.s3_region,
-                                 confidence=body.confidence, profile=body.profile, redigest=body.redigest,
-                                 chunk_size=body.chunk_size, preset=body.preset, min_face_size=body.min_face_size)
+        request = digest_request(
+            path,
+            body.group_id,
+            s3_endpoint_url=body.s3_endpoint_url,
+            s3_region=body.s3_region,
+            confidence=body.confidence,
+            profile=body.profile,
+            redigest=body.redigest,
+            chunk_size=body.chunk_size,
+            preset=body.preset,
+            min_face_size=body.min_face_size,
+        )
     except ValidationError as err:
         raise _field_errors(err) from None
     except ValueError as err:  # an s3 path the parser refuses
@@ -321,8 +352,10 @@ def post_digest(body: DigestBody) -> dict:
     job_id = start_digest(request, workers=body.threads, instance=instance)
     answer = _job_by_id(instance, job_id)
     if not daemon_is_running(instance):
-        answer["warning"] = ("no Dagster daemon is running on this instance: the digest waits in the queue until "
-                             "one starts (`facepipe ui` or `dagster-daemon run`)")
+        answer["warning"] = (
+            "no Dagster daemon is running on this instance: the digest waits in the queue until "
+            "one starts (`facepipe ui` or `dagster-daemon run`)"
+        )
     return answer
 
 
@@ -330,10 +363,15 @@ Status = Literal["queued", "processing", "completed", "failed", "canceled"]
 
 
 @app.get("/get-digests", dependencies=KEY, tags=["digests"])
-def get_digests(group_id: str | None = None, status: Status | None = None, since: datetime | None = None,
-                until: datetime | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
+def get_digests(
+    group_id: str | None = None,
+    status: Status | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict:
     """Digests, newest first, filtered by group, status and creation time (ISO 8601; UTC unless it says)."""
-    since, until = (t.replace(tzinfo=timezone.utc) if t and t.tzinfo is None else t for t in (since, until))
+    since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (since, until))
     instance = _instance()
     found = list_digests(instance, group_id, status, since, until, limit)
     jobs = [_job(s, instance.get_run_by_id(s["run_id"]).run_config) for s in found]
@@ -347,15 +385,23 @@ def get_digest(job_id: str) -> dict:
 
 
 @app.get("/get-digests/{job_id}/face-ids", dependencies=KEY, tags=["digests"])
-def get_digest_face_ids(job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        offset: str | None = None) -> dict:
+def get_digest_face_ids(
+    job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: str | None = None
+) -> dict:
     """The ids of the faces the digest stored, a page at a time: pass `next_offset` back as `offset`."""
     offset = offset or None
     try:
         offset = offset and str(uuid.UUID(offset))
     except ValueError:
-        raise RequestValidationError([{"type": "value_error", "loc": ("query", "offset"),
-                                       "msg": "offset must be a face id: the next_offset of the page before"}]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "offset"),
+                    "msg": "offset must be a face id: the next_offset of the page before",
+                }
+            ]
+        ) from None
     instance = _instance()
     try:
         summary = digest_summary(instance, job_id)
@@ -398,13 +444,16 @@ def post_retry(job_id: str) -> dict:
 # Search and people
 # ------------------------------------------------------------------------------------------------
 
+
 @app.post("/search-face", dependencies=KEY, tags=["search"])
-async def post_search_face(file: Annotated[UploadFile, File(description="The selfie.")],
-                           group_id: Annotated[str, Form()],
-                           top_k: Annotated[int, Form(ge=1, le=10000)] = 100,
-                           threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-                           profile: Annotated[str | None, Form()] = None,
-                           all_faces: Annotated[bool, Form()] = False) -> dict:
+async def post_search_face(
+    file: Annotated[UploadFile, File(description="The selfie.")],
+    group_id: Annotated[str, Form()],
+    top_k: Annotated[int, Form(ge=1, le=10000)] = 100,
+    threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
+    profile: Annotated[str | None, Form()] = None,
+    all_faces: Annotated[bool, Form()] = False,
+) -> dict:
     """The group's photos showing the selfie's person (its largest face), best first, with scores,
     boxes, face ids and person ids. `threshold` defaults to the profile's calibrated one."""
     data = await _upload_bytes(file)
@@ -417,13 +466,16 @@ async def post_search_face(file: Annotated[UploadFile, File(description="The sel
             selfie.flush()
             with _store() as store:
                 if not group_profiles(store, group_id):
-                    raise HTTPException(404, f"unknown group {group_id!r}: it has no faces; digest photos into it first")
+                    raise HTTPException(
+                        404, f"unknown group {group_id!r}: it has no faces; digest photos into it first"
+                    )
                 try:
                     with _MODEL_LOCK:
                         result = search_faces(store, selfie.name, group_id, profile, top_k, threshold, all_faces)
                 except SearchError as err:
-                    raise HTTPException(404 if "unknown group" in str(err) else 400,
-                                        str(err).replace(selfie.name, repr(file.filename))) from None
+                    raise HTTPException(
+                        404 if "unknown group" in str(err) else 400, str(err).replace(selfie.name, repr(file.filename))
+                    ) from None
                 except MissingWeightsError as err:
                     raise HTTPException(503, str(err)) from None
         return result.to_dict()
@@ -464,11 +516,16 @@ def post_cluster_faces(body: ClusterBody) -> dict | JSONResponse:
     else:
         return JSONResponse({"run_id": run_id, "status": STATUS_NAMES.get(run.status)}, status_code=202)
     if STATUS_NAMES.get(run.status) != "completed":
-        failures = [e.dagster_event.step_failure_data.error.message.strip()
-                    for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
-                    if e.dagster_event.step_failure_data.error]
-        raise HTTPException(500, f"clustering run {run_id} {STATUS_NAMES.get(run.status)}: "
-                                 f"{failures[0] if failures else 'see the run in the Dagster UI'}")
+        failures = [
+            e.dagster_event.step_failure_data.error.message.strip()
+            for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+            if e.dagster_event.step_failure_data.error
+        ]
+        raise HTTPException(
+            500,
+            f"clustering run {run_id} {STATUS_NAMES.get(run.status)}: "
+            f"{failures[0] if failures else 'see the run in the Dagster UI'}",
+        )
     return {"run_id": run_id, **_people_of(body.group_id, body.profile)}
 
 
@@ -482,8 +539,13 @@ def _person_answer(store, group_id: str, person_id: int, profile: str) -> dict:
     person = get_person(store, group_id, person_id, profile)
     faces = person_faces(store, group_id, person_id, profile)
     person["faces"] = [
-        {"face_id": str(f.id), "image_path": f.payload["image_path"], "face_index": f.payload["face_index"],
-         "facial_area": f.payload["facial_area"], "pinned": bool(f.payload.get("person_pinned"))}
+        {
+            "face_id": str(f.id),
+            "image_path": f.payload["image_path"],
+            "face_index": f.payload["face_index"],
+            "facial_area": f.payload["facial_area"],
+            "pinned": bool(f.payload.get("person_pinned")),
+        }
         for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
     ]
     return person
@@ -543,6 +605,7 @@ def post_split(group_id: str, person_id: int, body: SplitBody, profile: str | No
 # One photo: faces, embeddings, features
 # ------------------------------------------------------------------------------------------------
 
+
 async def _photo_faces(file: UploadFile, profile: str, confidence: float, min_face_size: int):
     data = await _upload_bytes(file)
     image = await run_in_threadpool(_decoded, data, file.filename)
@@ -556,31 +619,58 @@ UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...
 
 
 @app.post("/get-faces", dependencies=KEY, tags=["one photo"])
-async def post_get_faces(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-                         confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
-                         crops: Annotated[bool, Form(description="Add each face's crop, a base64 JPEG.")] = False
-                         ) -> dict:
+async def post_get_faces(
+    file: UPLOAD,
+    profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+    confidence: CONFIDENCE = 0.5,
+    min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
+    crops: Annotated[bool, Form(description="Add each face's crop, a base64 JPEG.")] = False,
+) -> dict:
     """The photo's faces, left to right: box, confidence, landmarks (and a crop on request)."""
     image, faces = await _photo_faces(file, profile, confidence, min_face_size)
     answer = []
     for f in faces:
-        face = {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
-                "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks]}
+        face = {
+            "face_index": f.face_index,
+            "facial_area": _area(f.box),
+            "confidence": f.confidence,
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks],
+        }
         if crops:
             face["crop_jpeg_base64"] = _crop_b64(image, f.box)
         answer.append(face)
-    return {"profile": profile, "width": image.shape[1], "height": image.shape[0], "total_faces": len(answer),
-            "faces": answer}
+    return {
+        "profile": profile,
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "total_faces": len(answer),
+        "faces": answer,
+    }
 
 
 @app.post("/get-embedding", dependencies=KEY, tags=["one photo"])
-async def post_get_embedding(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-                             confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE) -> dict:
+async def post_get_embedding(
+    file: UPLOAD,
+    profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+    confidence: CONFIDENCE = 0.5,
+    min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
+) -> dict:
     """Each face's embedding (unit length, as stored and searched), with the profile and model."""
     _, faces = await _photo_faces(file, profile, confidence, min_face_size)
-    return {"profile": profile, "model": PROFILES[profile].model_name, "total_faces": len(faces), "faces": [
-        {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
-         "embedding": [round(float(v), 6) for v in f.embedding]} for f in faces]}
+    return {
+        "profile": profile,
+        "model": PROFILES[profile].model_name,
+        "total_faces": len(faces),
+        "faces": [
+            {
+                "face_index": f.face_index,
+                "facial_area": _area(f.box),
+                "confidence": f.confidence,
+                "embedding": [round(float(v), 6) for v in f.embedding],
+            }
+            for f in faces
+        ],
+    }
 
 
 def _attributes_of(image, box, attributes: list[str]) -> dict:
@@ -588,44 +678,69 @@ def _attributes_of(image, box, attributes: list[str]) -> dict:
 
     x, y, w, h = box
     with _MODEL_LOCK:
-        found = DeepFace.analyze(image[y:y + h, x:x + w], actions=attributes, detector_backend="skip",
-                                 enforce_detection=False, silent=True)[0]
+        found = DeepFace.analyze(
+            image[y : y + h, x : x + w],
+            actions=attributes,
+            detector_backend="skip",
+            enforce_detection=False,
+            silent=True,
+        )[0]
     keep = {"age": ("age",), "gender": ("dominant_gender", "gender"), "emotion": ("dominant_emotion", "emotion")}
     # deepface's numbers are numpy scalars
     return json.loads(json.dumps({k: found[k] for a in attributes for k in keep[a] if k in found}, default=float))
 
 
 @app.post("/get-features", dependencies=KEY, tags=["one photo"])
-async def post_get_features(file: UPLOAD, profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-                            confidence: CONFIDENCE = 0.5, min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
-                            attributes: Annotated[str, Form(description="Comma-separated: age, gender, emotion; "
-                                                            "none for the landmarks only.")] = "age,gender,emotion"
-                            ) -> dict:
+async def post_get_features(
+    file: UPLOAD,
+    profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
+    confidence: CONFIDENCE = 0.5,
+    min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
+    attributes: Annotated[
+        str, Form(description="Comma-separated: age, gender, emotion; none for the landmarks only.")
+    ] = "age,gender,emotion",
+) -> dict:
     """Each face's landmarks (every profile) and deepface's age, gender and emotion. Without their
     weights: 503 naming the missing files and the folder for them."""
     wanted = [a.strip() for a in attributes.split(",") if a.strip() and a.strip() != "none"]
     unknown = [a for a in wanted if a not in ATTRIBUTE_WEIGHTS]
     if unknown:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body", "attributes"),
-                                       "msg": f"unknown attributes {unknown}: choose among {list(ATTRIBUTE_WEIGHTS)}"}])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "attributes"),
+                    "msg": f"unknown attributes {unknown}: choose among {list(ATTRIBUTE_WEIGHTS)}",
+                }
+            ]
+        )
     missing = missing_attribute_weights(wanted)
     if missing:
         raise HTTPException(503, str(missing))
     image, faces = await _photo_faces(file, profile, confidence, min_face_size)
     answer = []
     for f in faces:
-        face = {"face_index": f.face_index, "facial_area": _area(f.box), "confidence": f.confidence,
-                "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks]}
+        face = {
+            "face_index": f.face_index,
+            "facial_area": _area(f.box),
+            "confidence": f.confidence,
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks],
+        }
         if wanted:
             face.update(await run_in_threadpool(_attributes_of, image, f.box, wanted))
         answer.append(face)
-    return {"profile": profile, "landmark_points": len(faces[0].landmarks) if faces else None,
-            "total_faces": len(answer), "faces": answer}
+    return {
+        "profile": profile,
+        "landmark_points": len(faces[0].landmarks) if faces else None,
+        "total_faces": len(answer),
+        "faces": answer,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # Health
 # ------------------------------------------------------------------------------------------------
+
 
 @app.get("/health", tags=["health"])
 def get_health():
@@ -647,8 +762,10 @@ def get_health():
         checks["instance"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
     folder = weights_folder()
     # a weight without a URL ships in a PyPI package (dlib's) and is linked on first use
-    missing = {name: [w.file for w in spec.weights if w.url and not (folder / w.file).is_file()]
-               for name, spec in PROFILES.items()}
+    missing = {
+        name: [w.file for w in spec.weights if w.url and not (folder / w.file).is_file()]
+        for name, spec in PROFILES.items()
+    }
     missing["deepface-attributes"] = [f for _, f in ATTRIBUTE_WEIGHTS.values() if not (folder / f).is_file()]
     checks["models"] = {name: {"up": not files, "missing": files} for name, files in missing.items()}
     up = checks["store"]["up"] and checks["instance"]["up"]

@@ -7,6 +7,7 @@ importing Dagster takes ~1.5 s, which `facepipe --help`, `search` and `people li
 import json
 import os
 import sys
+from datetime import UTC
 
 import click
 from pydantic import ValidationError
@@ -40,33 +41,59 @@ def _digests_api(remote):
         api = RemoteDigests(remote)
         return api.list_digests, api.digest_summary, api.cancel_digest
     instance = runs.instance_for_digests()
-    return (partial(history.list_digests, instance), partial(history.digest_summary, instance),
-            partial(runs.cancel_digest, instance))
+    return (
+        partial(history.list_digests, instance),
+        partial(history.digest_summary, instance),
+        partial(runs.cancel_digest, instance),
+    )
 
 
-REMOTE = click.option("--remote", metavar="URL", help="A Dagster webserver (e.g. http://host:3000) instead of the local instance.")
+REMOTE = click.option(
+    "--remote", metavar="URL", help="A Dagster webserver (e.g. http://host:3000) instead of the local instance."
+)
 
 
 @main.command()
 @click.argument("path")
 @click.option("--group", "group_id", required=True, help="The group (event, album) the faces go into.")
-@click.option("--confidence", type=float, default=DEFAULT_CONFIDENCE, show_default=True,
-              help="Drop faces detected below this.")
+@click.option(
+    "--confidence", type=float, default=DEFAULT_CONFIDENCE, show_default=True, help="Drop faces detected below this."
+)
 @click.option("--workers", type=int, default=default_workers(), show_default=True, help="Parallel worker processes.")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
-@click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True,
-              help="At most this many photos per step.")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
-              help="The smallest faces to find: " + ", ".join(f"{n} {s} px" for n, s in PRESETS.items()) + " wide.")
+@click.option(
+    "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True, help="At most this many photos per step."
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help="The smallest faces to find: " + ", ".join(f"{n} {s} px" for n, s in PRESETS.items()) + " wide.",
+)
 @click.option("--min-face-size", type=int, help="The narrowest face to find, in full-size pixels (overrides --preset).")
 @click.option("--s3-endpoint-url", help="For s3:// paths: an S3-compatible store's endpoint (MinIO, Ceph, R2...).")
 @click.option("--s3-region", help="For s3:// paths: the bucket's region.")
 @click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
 @REMOTE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, preset, min_face_size, s3_endpoint_url,
-           s3_region, detach, remote, as_json):
+def digest(
+    path,
+    group_id,
+    confidence,
+    workers,
+    profile,
+    redigest,
+    chunk_size,
+    preset,
+    min_face_size,
+    s3_endpoint_url,
+    s3_region,
+    detach,
+    remote,
+    as_json,
+):
     """Digest the photos under PATH (a folder, or s3://bucket/prefix) into a group, as a Dagster run.
 
     By default the run executes in this process and the command waits, with a progress bar.
@@ -79,9 +106,19 @@ def digest(path, group_id, confidence, workers, profile, redigest, chunk_size, p
     if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
-        request = digest_request(path, group_id, on_this_machine=not remote, s3_endpoint_url=s3_endpoint_url,
-                                 s3_region=s3_region, confidence=confidence, profile=profile, redigest=redigest,
-                                 chunk_size=chunk_size, preset=preset, min_face_size=min_face_size)
+        request = digest_request(
+            path,
+            group_id,
+            on_this_machine=not remote,
+            s3_endpoint_url=s3_endpoint_url,
+            s3_region=s3_region,
+            confidence=confidence,
+            profile=profile,
+            redigest=redigest,
+            chunk_size=chunk_size,
+            preset=preset,
+            min_face_size=min_face_size,
+        )
         if workers < 1:
             raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
     except ValidationError as err:
@@ -109,8 +146,11 @@ def _start(request, workers, as_json):
     else:
         click.echo(run_id)
     if not daemon_is_running(instance):
-        click.echo("note: no Dagster daemon is running on this instance, so the digest waits in the queue; "
-                   "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`.", err=True)
+        click.echo(
+            "note: no Dagster daemon is running on this instance, so the digest waits in the queue; "
+            "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`.",
+            err=True,
+        )
 
 
 def _start_remote(request, workers, remote, detach, as_json):
@@ -163,7 +203,8 @@ def _print_summary(summary, as_json):
             f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
             f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
             f"{summary['faces_dropped']} dropped below the confidence threshold, "
-            f"{summary['faces_too_small']} narrower than {summary['min_face_size']} px, {summary['faces_stored']} stored "
+            f"{summary['faces_too_small']} narrower than {summary['min_face_size']} px, "
+            f"{summary['faces_stored']} stored "
             f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
             f"run {summary['run_id']}"
         )
@@ -203,10 +244,9 @@ def _not_found(err):
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of digest summaries.")
 def list_command(group_id, status, since, until, limit, remote, as_json):
     """Digests, newest first."""
-    from datetime import timezone
 
     list_digests, _, _ = _digests_api(remote)
-    utc = {key: value.replace(tzinfo=timezone.utc) if value else None for key, value in (("since", since), ("until", until))}
+    utc = {key: value.replace(tzinfo=UTC) if value else None for key, value in (("since", since), ("until", until))}
     found = list_digests(group_id=group_id, status=status, since=utc["since"], until=utc["until"], limit=limit)
     if as_json:
         click.echo(json.dumps(found))
@@ -221,7 +261,9 @@ def list_command(group_id, status, since, until, limit, remote, as_json):
 
 @digests.command("show")
 @click.argument("run_id")
-@click.option("--face-ids", "face_ids", type=int, default=0, help="Also list up to this many ids of the faces it stored.")
+@click.option(
+    "--face-ids", "face_ids", type=int, default=0, help="Also list up to this many ids of the faces it stored."
+)
 @REMOTE
 @click.option("--json", "as_json", is_flag=True)
 def show_command(run_id, face_ids, remote, as_json):
@@ -307,7 +349,9 @@ main.add_command(store)
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: every interface).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: every interface)."
+)
 @click.option("--port", type=int, default=8000, show_default=True)
 def serve(host, port):
     """Serve the HTTP API (FastAPI on uvicorn; OpenAPI docs at /docs) over the local instance and store."""

@@ -15,8 +15,12 @@ from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import StoreBusy, is_local_mode_store, migrate_local_store, open_store_from_settings
 
 GROUP = click.option("--group", "group_id", required=True, help="The group (event, album) to look in.")
-PROFILE = click.option("--profile", type=click.Choice(sorted(PROFILES)), default=None,
-                       help="The model profile (default: the one the group was digested with).")
+PROFILE = click.option(
+    "--profile",
+    type=click.Choice(sorted(PROFILES)),
+    default=None,
+    help="The model profile (default: the one the group was digested with).",
+)
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
@@ -50,10 +54,19 @@ def _area(area: dict) -> str:
 @click.command()
 @click.argument("selfie", type=click.Path(dir_okay=False))
 @GROUP
-@click.option("--top-k", type=click.IntRange(min=1), default=100, show_default=True,
-              help="At most this many matching faces per selfie face.")
-@click.option("--threshold", type=click.FloatRange(-1, 1), default=None,
-              help="Least cosine similarity (default: the profile's calibrated one, 0.94 for dlib).")
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="At most this many matching faces per selfie face.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Least cosine similarity (default: the profile's calibrated one, 0.94 for dlib).",
+)
 @PROFILE
 @click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")
 @AS_JSON
@@ -69,9 +82,11 @@ def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
-    click.echo(f"{len(result.photos)} photos in group {group_id!r} match {Path(selfie).name} "
-               f"(profile {result.profile}, similarity >= {result.threshold}, "
-               f"{len(result.query_faces)} selfie face{'s' if len(result.query_faces) > 1 else ''})")
+    click.echo(
+        f"{len(result.photos)} photos in group {group_id!r} match {Path(selfie).name} "
+        f"(profile {result.profile}, similarity >= {result.threshold}, "
+        f"{len(result.query_faces)} selfie face{'s' if len(result.query_faces) > 1 else ''})"
+    )
     for photo in result.photos:
         click.echo(f"{photo.score:.4f}  {photo.image_path}")
         for m in photo.faces:
@@ -102,8 +117,10 @@ def cluster_command(group_id, profile, full, as_json):
     if as_json:
         click.echo(json.dumps(counts))
     else:
-        click.echo(f"{counts['people']} people, {counts['new_people']} new, from {counts['faces']} faces "
-                   f"({counts['faces_assigned']} placed); run {counts['run_id']}")
+        click.echo(
+            f"{counts['people']} people, {counts['new_people']} new, from {counts['faces']} faces "
+            f"({counts['faces_assigned']} placed); run {counts['run_id']}"
+        )
 
 
 @people.command("list")
@@ -122,8 +139,10 @@ def list_command(group_id, profile, as_json):
     if not found:
         click.echo(f"group {group_id!r} has no people yet: run `facepipe people cluster --group {group_id}`")
     for p in found:
-        click.echo(f"person {p['person_id']:>4}  {p['face_count']:>5} faces  {p['name'] or '-':<20}  "
-                   f"{p['representative_image_path']}")
+        click.echo(
+            f"person {p['person_id']:>4}  {p['face_count']:>5} faces  {p['name'] or '-':<20}  "
+            f"{p['representative_image_path']}"
+        )
 
 
 @people.command("show")
@@ -145,16 +164,23 @@ def show_command(person_id, group_id, profile, as_json):
         faces = person_faces(store, group_id, person_id, profile)
     thumbnails = face_thumbnails(faces)
     person["faces"] = [
-        {"face_id": str(f.id), "image_path": f.payload["image_path"], "face_index": f.payload["face_index"],
-         "facial_area": f.payload["facial_area"], "pinned": bool(f.payload.get("person_pinned")),
-         "thumbnail": str(thumbnails[str(f.id)]) if thumbnails[str(f.id)] else None}
+        {
+            "face_id": str(f.id),
+            "image_path": f.payload["image_path"],
+            "face_index": f.payload["face_index"],
+            "facial_area": f.payload["facial_area"],
+            "pinned": bool(f.payload.get("person_pinned")),
+            "thumbnail": str(thumbnails[str(f.id)]) if thumbnails[str(f.id)] else None,
+        }
         for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
     ]
     if as_json:
         click.echo(json.dumps(person))
         return
-    click.echo(f"person {person_id} ({person['name'] or 'no name'}): {person['face_count']} faces, "
-               f"representative {person['representative_image_path']}")
+    click.echo(
+        f"person {person_id} ({person['name'] or 'no name'}): {person['face_count']} faces, "
+        f"representative {person['representative_image_path']}"
+    )
     for f in person["faces"]:
         click.echo(f"  {f['face_id']}  {f['image_path']} face {f['face_index']}  thumbnail {f['thumbnail']}")
 
@@ -229,5 +255,8 @@ def migrate_command():
         copied = migrate_local_store(path)
     except StoreBusy as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"migrated {path} to Qdrant Edge: " + ", ".join(f"{n} {name}" for name, n in copied.items())
-               + f"; the old files are in {path / 'local-mode-backup'}")
+    click.echo(
+        f"migrated {path} to Qdrant Edge: "
+        + ", ".join(f"{n} {name}" for name, n in copied.items())
+        + f"; the old files are in {path / 'local-mode-backup'}"
+    )

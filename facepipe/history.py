@@ -6,7 +6,7 @@ instance (`digest_summary`) and a remote webserver (facepipe/remote.py) alike.
 """
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
@@ -14,10 +14,14 @@ from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, 
 
 DIGEST_JOB = "digest_job"
 STATUS_NAMES = {
-    DagsterRunStatus.QUEUED: "queued", DagsterRunStatus.NOT_STARTED: "queued",
-    DagsterRunStatus.STARTING: "queued", DagsterRunStatus.STARTED: "processing",
-    DagsterRunStatus.SUCCESS: "completed", DagsterRunStatus.FAILURE: "failed",
-    DagsterRunStatus.CANCELING: "canceled", DagsterRunStatus.CANCELED: "canceled",
+    DagsterRunStatus.QUEUED: "queued",
+    DagsterRunStatus.NOT_STARTED: "queued",
+    DagsterRunStatus.STARTING: "queued",
+    DagsterRunStatus.STARTED: "processing",
+    DagsterRunStatus.SUCCESS: "completed",
+    DagsterRunStatus.FAILURE: "failed",
+    DagsterRunStatus.CANCELING: "canceled",
+    DagsterRunStatus.CANCELED: "canceled",
 }
 
 
@@ -25,8 +29,14 @@ class DigestNotFound(LookupError):
     pass
 
 
-def list_digests(instance: DagsterInstance, group_id: str | None = None, status: str | None = None,
-                 since: datetime | None = None, until: datetime | None = None, limit: int = 20) -> list[dict]:
+def list_digests(
+    instance: DagsterInstance,
+    group_id: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 20,
+) -> list[dict]:
     """Digests, newest first, filtered by group, status and creation time."""
     # the partition, which every digest has, however it was launched (the Launchpad adds no tag of ours)
     tags = {PARTITION_TAG: group_id} if group_id else {}
@@ -47,7 +57,7 @@ def _metadata_values(entry) -> dict:
 
 
 def _iso(timestamp: float | None) -> str | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds") if timestamp else None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp else None
 
 
 def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
@@ -59,8 +69,13 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
     observations: list[dict] = []
     errors: list[str] = []
     events = instance.get_records_for_run(
-        run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION,
-                         DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE},
+        run_id,
+        of_type={
+            DagsterEventType.ASSET_MATERIALIZATION,
+            DagsterEventType.ASSET_OBSERVATION,
+            DagsterEventType.STEP_FAILURE,
+            DagsterEventType.RUN_FAILURE,
+        },
     ).records
     for event_record in events:
         event = event_record.event_log_entry.dagster_event
@@ -82,15 +97,26 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
         else:
             errors.append(event_record.event_log_entry.message or event.message or "")
     run = record.dagster_run
-    return summarise(run_id, run.status, dict(run.tags), record.start_time, record.end_time,
-                     materialized, observations, errors)
+    return summarise(
+        run_id, run.status, dict(run.tags), record.start_time, record.end_time, materialized, observations, errors
+    )
 
 
-def summarise(run_id: str, status: DagsterRunStatus, tags: dict, start_time: float | None, end_time: float | None,
-              materialized: dict[str, dict], observations: list[dict], errors: list[str]) -> dict:
+def summarise(
+    run_id: str,
+    status: DagsterRunStatus,
+    tags: dict,
+    start_time: float | None,
+    end_time: float | None,
+    materialized: dict[str, dict],
+    observations: list[dict],
+    errors: list[str],
+) -> dict:
     """The seed's digest fields, from a run's status, tags, times and asset events (local or remote)."""
-    observed = {key: sum(o.get(key, 0) for o in observations)
-                for key in ("images_done", "images_failed", "faces_detected", "faces_dropped", "faces_too_small")}
+    observed = {
+        key: sum(o.get(key, 0) for o in observations)
+        for key in ("images_done", "images_failed", "faces_detected", "faces_dropped", "faces_too_small")
+    }
     faces = materialized.get("faces", observed)
     # a retry does not list again: its `faces` materialization repeats the listing's counts
     listing = materialized.get("image_list", faces)

@@ -23,8 +23,13 @@ def _session():
     from urllib3.util.retry import Retry
 
     retry = Retry(
-        total=RETRIES, connect=RETRIES, read=RETRIES, status=RETRIES, backoff_factor=BACKOFF_FACTOR,
-        status_forcelist=[500, 502, 503, 504], allowed_methods=frozenset({"POST"}),
+        total=RETRIES,
+        connect=RETRIES,
+        read=RETRIES,
+        status=RETRIES,
+        backoff_factor=BACKOFF_FACTOR,
+        status_forcelist=[500, 502, 503, 504],
+        allowed_methods=frozenset({"POST"}),
         raise_on_status=False,  # the last 5xx response comes back, and is reported below
         respect_retry_after_header=True,
     )
@@ -55,10 +60,15 @@ def post_summary(urls: list[str], payload: dict, log: logging.Logger | None = No
                     outcomes[url] = f"ok {response.status_code}"
                 else:
                     outcomes[url] = f"HTTP {response.status_code}"
-                    log.warning(f"webhook {_redacted(url)} answered HTTP {response.status_code} for run {payload.get('run_id')}")
+                    log.warning(
+                        f"webhook {_redacted(url)} answered HTTP {response.status_code} for run {payload.get('run_id')}"
+                    )
             except requests.RequestException as err:
                 outcomes[url] = f"error: {err.__class__.__name__}"
-                log.warning(f"webhook {_redacted(url)} failed for run {payload.get('run_id')}: {err.__class__.__name__}: {_without_path(str(err), url)}")
+                log.warning(
+                    f"webhook {_redacted(url)} failed for run {payload.get('run_id')}: "
+                    f"{err.__class__.__name__}: {_without_path(str(err), url)}"
+                )
     return outcomes
 
 

@@ -13,7 +13,7 @@ representative_face_id, representative_image_path`, its vector the mean of its f
 
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -46,8 +46,9 @@ def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = D
     return _shown(found[0].payload)
 
 
-def person_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE,
-                 with_vectors: bool = False) -> list[StoredPoint]:
+def person_faces(
+    store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE, with_vectors: bool = False
+) -> list[StoredPoint]:
     return list(store.scroll_faces(profile, group_filter(group_id, person_id=person_id), with_vectors=with_vectors))
 
 
@@ -69,8 +70,13 @@ def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "pers
     return ids, vectors, payloads
 
 
-def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False,
-                  max_distance: float | None = None) -> dict:
+def update_people(
+    store: FaceStore,
+    group_id: str,
+    profile: str = DEFAULT_PROFILE,
+    full: bool = False,
+    max_distance: float | None = None,
+) -> dict:
     """Cluster the group's faces into people and write `person_id` into each face's payload.
 
     Incremental by default: faces already with a person keep it, and only new faces are placed,
@@ -82,8 +88,10 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
     """
     max_distance = PROFILES[profile].cluster_distance if max_distance is None else max_distance
     store.ensure_people_collection(profile)
-    old_people = {r.payload["person_id"]: r.payload
-                  for r in store.people(group_id, profile, payload_keys=("person_id", "name", "stale"))}
+    old_people = {
+        r.payload["person_id"]: r.payload
+        for r in store.people(group_id, profile, payload_keys=("person_id", "name", "stale"))
+    }
     next_id = max([*old_people, 0]) + 1
     unplaced = Where({"group_id": group_id}, missing=("person_id",))
     total = store.count_faces(group_id, profile)
@@ -97,8 +105,9 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
         # pinned faces stay where a person put them, whatever the clustering says
         assigned = [prev if pin else new for prev, new, pin in zip(previous, assigned, pinned)]
         changed = _assign(store, profile, ids, previous, assigned)
-        people = _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned,
-                              old_people)
+        people = _people_from(
+            group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned, old_people
+        )
         store.write_people(group_id, profile, people)
         kept = {payload["person_id"] for payload, _ in people}
         store.delete_people(group_id, profile, [p for p in old_people if p not in kept])
@@ -116,8 +125,15 @@ def update_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFIL
         stale = {p for p, payload in old_people.items() if payload.get("stale")}
         new_ids = sorted(set(assigned) - set(old_people))
         new_idx = [i for i, a in enumerate(assigned) if a in set(new_ids)]
-        fresh_people = _people_from(group_id, profile, [ids[i] for i in new_idx], vectors[new_idx],
-                                    [payloads[i]["image_path"] for i in new_idx], [assigned[i] for i in new_idx], {})
+        fresh_people = _people_from(
+            group_id,
+            profile,
+            [ids[i] for i in new_idx],
+            vectors[new_idx],
+            [payloads[i]["image_path"] for i in new_idx],
+            [assigned[i] for i in new_idx],
+            {},
+        )
         store.write_people(group_id, profile, fresh_people)
         _recount(store, group_id, profile, (grown | stale) & set(old_people))
         new_people = len(new_ids)
@@ -141,12 +157,13 @@ def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
     return sum(len(moved) for moved in changed.values())
 
 
-def _people_from(group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned,
-                 old_people: dict[int, dict]) -> list[tuple[dict, list[float]]]:
+def _people_from(
+    group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned, old_people: dict[int, dict]
+) -> list[tuple[dict, list[float]]]:
     """People from faces in memory, each a payload (count, medoid face) and its mean unit embedding."""
     if not len(ids):
         return []
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
     persons, index = np.unique(np.asarray(assigned), return_inverse=True)
     sums = np.zeros((len(persons), vectors.shape[1]), np.float64)
     np.add.at(sums, index, vectors)
@@ -158,16 +175,33 @@ def _people_from(group_id: str, profile: str, ids, vectors: np.ndarray, image_pa
     points = []
     for k, person in enumerate(persons.tolist()):
         face = int(order[first[k]])
-        points.append(_person_point(group_id, profile, int(person), int(counts[k]), sums[k] / counts[k],
-                                    ids[face], image_paths[face], old_people.get(person, {}).get("name"), now))
+        points.append(
+            _person_point(
+                group_id,
+                profile,
+                int(person),
+                int(counts[k]),
+                sums[k] / counts[k],
+                ids[face],
+                image_paths[face],
+                old_people.get(person, {}).get("name"),
+                now,
+            )
+        )
     return points
 
 
 def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> tuple[dict, list[float]]:
     return {
-        "group_id": group_id, "person_id": person, "name": name, "face_count": count,
-        "representative_face_id": str(face_id), "representative_image_path": image_path,
-        "profile": profile, "updated": now, "stale": False,
+        "group_id": group_id,
+        "person_id": person,
+        "name": name,
+        "face_count": count,
+        "representative_face_id": str(face_id),
+        "representative_image_path": image_path,
+        "profile": profile,
+        "updated": now,
+        "stale": False,
     }, mean.tolist()
 
 
@@ -180,19 +214,30 @@ def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
         if not ids:
             store.delete_people(group_id, profile, [person])
             continue
-        store.write_people(group_id, profile, _people_from(group_id, profile, ids, vectors, [p["image_path"] for p in payloads],
-                                         [person] * len(ids), {person: {"name": names.get(person)}}))
+        store.write_people(
+            group_id,
+            profile,
+            _people_from(
+                group_id,
+                profile,
+                ids,
+                vectors,
+                [p["image_path"] for p in payloads],
+                [person] * len(ids),
+                {person: {"name": names.get(person)}},
+            ),
+        )
 
 
-def name_person(store: FaceStore, group_id: str, person_id: int, name: str | None,
-                profile: str = DEFAULT_PROFILE) -> dict:
+def name_person(
+    store: FaceStore, group_id: str, person_id: int, name: str | None, profile: str = DEFAULT_PROFILE
+) -> dict:
     get_person(store, group_id, person_id, profile)
     store.set_people_payload(group_id, profile, [person_id], {"name": name or None})
     return get_person(store, group_id, person_id, profile)
 
 
-def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int],
-                 profile: str = DEFAULT_PROFILE) -> dict:
+def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], profile: str = DEFAULT_PROFILE) -> dict:
     """Move every face of `others` to `keep`, pinned, so a re-cluster does not pull them apart again.
 
     `keep` keeps its name, or takes the first name among `others` if it has none.
@@ -206,8 +251,9 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int],
     return name_person(store, group_id, keep, name, profile)
 
 
-def split_person(store: FaceStore, group_id: str, person_id: int, face_ids: list[str],
-                 profile: str = DEFAULT_PROFILE) -> dict:
+def split_person(
+    store: FaceStore, group_id: str, person_id: int, face_ids: list[str], profile: str = DEFAULT_PROFILE
+) -> dict:
     """Move some faces of a person out to a new person; both sides are pinned where they are."""
     get_person(store, group_id, person_id, profile)
     faces = {str(f.id) for f in person_faces(store, group_id, person_id, profile)}

@@ -29,15 +29,16 @@ RUN_QUERY = """query Digest($runId: ID!) {
   logsForRun(runId: $runId) {
     __typename
     ... on EventConnection { events { __typename
-      ... on MaterializationEvent { assetKey { path } %s }
-      ... on ObservationEvent { assetKey { path } %s }
+      ... on MaterializationEvent { assetKey { path } METADATA }
+      ... on ObservationEvent { assetKey { path } METADATA }
       ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } }
       ... on RunFailureEvent { message } } }
   }
-}""" % (_METADATA, _METADATA)
+}""".replace("METADATA", _METADATA)
 
 RUNS_QUERY = """query Digests($filter: RunsFilter, $limit: Int) {
-  runsOrError(filter: $filter, limit: $limit) { __typename ... on Runs { results { runId } } ... on PythonError { message } }
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename ... on Runs { results { runId } } ... on PythonError { message } }
 }"""
 
 REPOSITORIES_QUERY = """{ repositoriesOrError { __typename
@@ -95,8 +96,10 @@ class RemoteDigests:
         if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
             raise RuntimeError(f"could not add group {request.group_id!r}: {result.get('message', result)}")
         return self.client.submit_job_execution(
-            DIGEST_JOB, repository_location_name=repository["repositoryLocationName"],
-            repository_name=repository["repositoryName"], run_config=digest_run_config(request, workers),
+            DIGEST_JOB,
+            repository_location_name=repository["repositoryLocationName"],
+            repository_name=repository["repositoryName"],
+            run_config=digest_run_config(request, workers),
             tags=run_tags(request, workers),
         )
 
@@ -118,11 +121,25 @@ class RemoteDigests:
             elif kind == "RunFailureEvent":
                 errors.append(event["message"])
         tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-        return summarise(run_id, DagsterRunStatus(run["status"]), tags, run["startTime"], run["endTime"],
-                         materialized, observations, errors)
+        return summarise(
+            run_id,
+            DagsterRunStatus(run["status"]),
+            tags,
+            run["startTime"],
+            run["endTime"],
+            materialized,
+            observations,
+            errors,
+        )
 
-    def list_digests(self, group_id: str | None = None, status: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None, limit: int = 20) -> list[dict]:
+    def list_digests(
+        self,
+        group_id: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 20,
+    ) -> list[dict]:
         runs_filter: dict = {"pipelineName": DIGEST_JOB}
         if group_id:
             runs_filter["tags"] = [{"key": GROUP_TAG, "value": group_id}]

@@ -83,7 +83,9 @@ class DigestOptions(BaseModel):
         discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
     )
     confidence: float = Field(
-        default=DEFAULT_CONFIDENCE, ge=0.0, le=1.0,
+        default=DEFAULT_CONFIDENCE,
+        ge=0.0,
+        le=1.0,
         description="Faces detected below this confidence are dropped (and counted); between 0 and 1.",
     )
     profile: ProfileName = Field(default=DEFAULT_PROFILE, description="The model profile.")
@@ -91,18 +93,22 @@ class DigestOptions(BaseModel):
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, description="At most this many photos per parallel step.")
     preset: Preset = Field(
         default=DEFAULT_PRESET,
-        description="The smallest faces to find: " + ", ".join(f"{name} {size} px" for name, size in PRESETS.items())
+        description="The smallest faces to find: "
+        + ", ".join(f"{name} {size} px" for name, size in PRESETS.items())
         + " wide, in the photo's full-size pixels. Smaller faces cost more time: see the README's table.",
     )
     min_face_size: int | None = Field(
-        default=None, ge=8,
+        default=None,
+        ge=8,
         description="The narrowest face to find, in full-size pixels; overrides the preset's when set.",
     )
     modified_after_ns: int | None = Field(
-        default=None, description="Only photos modified after this time (ns since the epoch, exclusive); set by sensors."
+        default=None,
+        description="Only photos modified after this time (ns since the epoch, exclusive); set by sensors.",
     )
     modified_until_ns: int | None = Field(
-        default=None, description="Only photos modified until this time (ns since the epoch, inclusive); set by sensors."
+        default=None,
+        description="Only photos modified until this time (ns since the epoch, inclusive); set by sensors.",
     )
 
     @property
@@ -132,19 +138,29 @@ class DigestOptions(BaseModel):
 class DigestRequest(DigestOptions):
     """Digest the photos of one source into one group."""
 
-    group_id: str = Field(description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'.")
+    group_id: str = Field(
+        description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'."
+    )
 
     _group_id_is_a_name = field_validator("group_id")(valid_group_id)
 
 
 def one_line(err: ValidationError) -> str:
     """A validation error as one line that names each bad field: `source.path: Field required`."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg'].removeprefix('Value error, ')}"
-                     for e in err.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
+    )
 
 
-def digest_request(path: str, group_id: str, *, on_this_machine: bool = True, s3_endpoint_url: str | None = None,
-                   s3_region: str | None = None, **options) -> DigestRequest:
+def digest_request(
+    path: str,
+    group_id: str,
+    *,
+    on_this_machine: bool = True,
+    s3_endpoint_url: str | None = None,
+    s3_region: str | None = None,
+    **options,
+) -> DigestRequest:
     """A validated request for the photos at `path`, a folder or `s3://bucket/prefix`; raises
     pydantic's ValidationError naming the bad field. `options` are DigestRequest's other fields.
 

@@ -57,9 +57,11 @@ def workspace_file(instance: DagsterInstance) -> str:
     `dagster dev` (facepipe ui) and `dagster job launch`."""
     path = os.path.join(instance.root_directory, "workspace.yaml")
     with open(path, "w") as f:
-        f.write("# Written by facepipe: the code location, named as in the project's workspace.yaml\n"
-                f"load_from:\n  - python_module:\n      module_name: facepipe.definitions\n"
-                f"      location_name: {LOCATION_NAME}\n")
+        f.write(
+            "# Written by facepipe: the code location, named as in the project's workspace.yaml\n"
+            f"load_from:\n  - python_module:\n      module_name: facepipe.definitions\n"
+            f"      location_name: {LOCATION_NAME}\n"
+        )
     return path
 
 
@@ -70,8 +72,12 @@ def _workers(workers: int | None) -> int:
     return workers
 
 
-def run_digest(request: DigestRequest, workers: int | None = None, instance: DagsterInstance | None = None,
-               on_progress: Callable[[dict], None] | None = None) -> dict:
+def run_digest(
+    request: DigestRequest,
+    workers: int | None = None,
+    instance: DagsterInstance | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
     """Digest now, as a Dagster run executed by this process, and return its summary.
 
     No daemon is needed: the run executes here (its steps in worker processes), while a watcher
@@ -80,23 +86,30 @@ def run_digest(request: DigestRequest, workers: int | None = None, instance: Dag
     workers = _workers(workers)
     instance = instance or instance_for_digests()
     _add_group(instance, request.group_id)
-    return _execute(instance, run_tags(request, workers), on_progress,
-                    run_config=digest_run_config(request, workers))
+    return _execute(instance, run_tags(request, workers), on_progress, run_config=digest_run_config(request, workers))
 
 
-def retry_digest(run_id: str, instance: DagsterInstance | None = None,
-                 on_progress: Callable[[dict], None] | None = None) -> dict:
+def retry_digest(
+    run_id: str, instance: DagsterInstance | None = None, on_progress: Callable[[dict], None] | None = None
+) -> dict:
     """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
-    return _execute(instance, _retry_tags(parent), on_progress, run_config=parent.run_config,
-                    reexecution_options=steps_to_retry(instance, run_id))
+    return _execute(
+        instance,
+        _retry_tags(parent),
+        on_progress,
+        run_config=parent.run_config,
+        reexecution_options=steps_to_retry(instance, run_id),
+    )
 
 
 def _retryable(instance: DagsterInstance, run_id: str):
     parent = _digest_run(instance, run_id)
     if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
-        raise ValueError(f"digest {run_id} is {STATUS_NAMES[parent.status]}: only failed or canceled digests can be retried")
+        raise ValueError(
+            f"digest {run_id} is {STATUS_NAMES[parent.status]}: only failed or canceled digests can be retried"
+        )
     return parent
 
 
@@ -149,16 +162,28 @@ def _submit(instance: DagsterInstance, job_name: str, run_config: dict, tags: di
         location = get_code_location_from_workspace(workspace, LOCATION_NAME)
         repo = get_remote_repository_from_code_location(location, None)
         remote_job = get_remote_job_from_remote_repo(repo, job_name)
-        plan = location.get_execution_plan(remote_job, run_config, step_keys_to_execute=step_keys,
-                                           known_state=known_state, instance=instance)
+        plan = location.get_execution_plan(
+            remote_job, run_config, step_keys_to_execute=step_keys, known_state=known_state, instance=instance
+        )
         run = instance.create_run(
-            job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
-            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute, op_selection=None,
-            status=None, root_run_id=root_run_id, parent_run_id=parent_run.run_id if parent_run else None,
-            tags={**remote_job.tags, **tags}, job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan.execution_plan_snapshot, parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None, asset_check_selection=None, asset_graph=repo.asset_graph,
+            job_name=job_name,
+            run_id=None,
+            run_config=run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=root_run_id,
+            parent_run_id=parent_run.run_id if parent_run else None,
+            tags={**remote_job.tags, **tags},
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repo.asset_graph,
         )
         instance.submit_run(run.run_id, workspace)
     return run.run_id
@@ -174,8 +199,11 @@ def steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions
     succeeded = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     if "digest.list_images" not in succeeded:
         return ReexecutionOptions.from_failure(run_id, instance)
-    outputs = [event.dagster_event for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
-               if event.step_key == "digest.list_images" and event.dagster_event]
+    outputs = [
+        event.dagster_event
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT)
+        if event.step_key == "digest.list_images" and event.dagster_event
+    ]
     chunk_keys = [output.step_output_data.mapping_key for output in outputs if output.step_output_data.mapping_key]
     # each chunk's two steps: its faces, then their write (a chunk written before the stop is not redone)
     chunk_steps = [f"digest.{op}[{key}]" for key in chunk_keys for op in ("extract_faces_in_chunk", "store_chunk")]
@@ -230,9 +258,23 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     _add_group(instance, request.group_id)
     run_id = str(uuid.uuid4())
     command = [
-        sys.executable, "-m", "dagster", "job", "launch", "-w", workspace_file(instance), "-l", LOCATION_NAME,
-        "-j", DIGEST_JOB, "--run-id", run_id, "--tags", json.dumps(run_tags(request, workers)),
-        "--config-json", json.dumps(digest_run_config(request, workers)),
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "launch",
+        "-w",
+        workspace_file(instance),
+        "-l",
+        LOCATION_NAME,
+        "-j",
+        DIGEST_JOB,
+        "--run-id",
+        run_id,
+        "--tags",
+        json.dumps(run_tags(request, workers)),
+        "--config-json",
+        json.dumps(digest_run_config(request, workers)),
     ]
     env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
     launched = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -292,11 +334,15 @@ def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False
     if not instance.has_dynamic_partition(GROUPS, group_id):
         raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
     tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
-    with execute_job(reconstructable(get_people_job), instance, run_config=people_run_config(profile, full),
-                     tags=tags) as result:
+    with execute_job(
+        reconstructable(get_people_job), instance, run_config=people_run_config(profile, full), tags=tags
+    ) as result:
         if not result.success:
-            failures = [e.step_failure_data.error.message.strip() for e in result.get_step_failure_events()
-                        if e.step_failure_data.error]
+            failures = [
+                e.step_failure_data.error.message.strip()
+                for e in result.get_step_failure_events()
+                if e.step_failure_data.error
+            ]
             raise RuntimeError(failures[0] if failures else f"people run {result.run_id} failed")
         materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
         counts = {key: value.value for key, value in materialization.metadata.items()}

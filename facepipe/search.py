@@ -88,8 +88,15 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     return faces
 
 
-def search_faces(store: FaceStore, selfie_path: str, group_id: str, profile: str | None = None,
-                 top_k: int = 100, threshold: float | None = None, all_faces: bool = False) -> SearchResult:
+def search_faces(
+    store: FaceStore,
+    selfie_path: str,
+    group_id: str,
+    profile: str | None = None,
+    top_k: int = 100,
+    threshold: float | None = None,
+    all_faces: bool = False,
+) -> SearchResult:
     """The group's photos with a face like the selfie's, grouped by photo, best first.
 
     `top_k` caps the faces matched per selfie face; `threshold` is the least cosine similarity.
@@ -112,8 +119,14 @@ def search_faces(store: FaceStore, selfie_path: str, group_id: str, profile: str
             score = round(float(point.score or 0.0), 4)  # a query's points all have a score
             if key in best and best[key].score >= score:
                 continue
-            best[key] = Match(str(point.id), score, point.payload["facial_area"],
-                              point.payload["face_index"], point.payload.get("person_id"), query_index)
+            best[key] = Match(
+                str(point.id),
+                score,
+                point.payload["facial_area"],
+                point.payload["face_index"],
+                point.payload.get("person_id"),
+                query_index,
+            )
     by_photo = defaultdict(list)
     for (image_path, _), match in best.items():
         by_photo[image_path].append(match)
@@ -123,4 +136,3 @@ def search_faces(store: FaceStore, selfie_path: str, group_id: str, profile: str
     query_faces = [{"facial_area": dict(zip("xywh", f.box)), "confidence": f.confidence} for f in faces]
     ranked = sorted(photos.values(), key=lambda p: (-p.score, p.image_path))
     return SearchResult(group_id, profile, threshold, query_faces, ranked)
-

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +47,11 @@ PHOTOS_PER_WRITE = 1024
 SCROLL_PAGE = 1024
 
 # Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
-KEYWORD_INDEXES = {"faces": ("group_id", "image_path", "run_id"),
-                   "images": ("group_id", "image_path", "status"), "people": ("group_id",)}
+KEYWORD_INDEXES = {
+    "faces": ("group_id", "image_path", "run_id"),
+    "images": ("group_id", "image_path", "status"),
+    "people": ("group_id",),
+}
 INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
 
@@ -136,6 +139,7 @@ def _busy(path) -> StoreBusy:
 # Backends: the few operations FaceStore needs, on Qdrant Edge and on qdrant-client.
 # --------------------------------------------------------------------------------------------
 
+
 class EdgeBackend:
     """Qdrant Edge: one EdgeShard (folder) per collection, opened on first use, closed with the store."""
 
@@ -167,10 +171,15 @@ class EdgeBackend:
         # Everything memory-mapped and read on demand ("cold"), nothing loaded at open: with the
         # default in-RAM indexes a 100k-face shard took 0.8-1.1 s to open, cold 0.15-0.25 s.
         # A shard needs a vector: the ledger stores a 1-d placeholder (4 bytes a point).
-        params = q.EdgeVectorParams(size=size or 1, distance=q.Distance.Cosine if distance == "cosine" else q.Distance.Dot,
-                                    memory=cold)
-        config = q.EdgeConfig(vectors=params, payload_memory=cold, id_tracker_memory=cold,
-                              hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold))
+        params = q.EdgeVectorParams(
+            size=size or 1, distance=q.Distance.Cosine if distance == "cosine" else q.Distance.Dot, memory=cold
+        )
+        config = q.EdgeConfig(
+            vectors=params,
+            payload_memory=cold,
+            id_tracker_memory=cold,
+            hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
+        )
         shard = self.shards[name] = q.EdgeShard.create(str(self.root / name), config)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
@@ -178,7 +187,9 @@ class EdgeBackend:
             schema = q.KeywordIndexParams(is_tenant=key == "group_id", memory=cold)
             shard.update(q.UpdateOperation.create_field_index(key, schema))
         for key in INTEGER_INDEXES[kind]:
-            shard.update(q.UpdateOperation.create_field_index(key, q.IntegerIndexParams(lookup=True, range=False, memory=cold)))
+            shard.update(
+                q.UpdateOperation.create_field_index(key, q.IntegerIndexParams(lookup=True, range=False, memory=cold))
+            )
 
     def _filter(self, where: Where | None):
         if where is None:
@@ -204,17 +215,26 @@ class EdgeBackend:
         q = self.q
         shard = self._shard(name)
         for start in range(0, len(points), UPSERT_BATCH):
-            batch = points[start:start + UPSERT_BATCH]
-            shard.update(q.UpdateOperation.upsert_points(
-                [q.Point(p.id, p.vector if p.vector is not None else [1.0], p.payload) for p in batch]))
+            batch = points[start : start + UPSERT_BATCH]
+            shard.update(
+                q.UpdateOperation.upsert_points(
+                    [q.Point(p.id, p.vector if p.vector is not None else [1.0], p.payload) for p in batch]
+                )
+            )
 
     def scroll(self, name, where, limit, offset, with_vectors, payload_keys=None):
         shard = self._shard(name)
         if shard is None:
             return [], None
-        records, next_offset = shard.scroll(self.q.ScrollRequest(
-            offset=offset, limit=limit, filter=self._filter(where),
-            with_payload=list(payload_keys) if payload_keys is not None else True, with_vector=with_vectors))
+        records, next_offset = shard.scroll(
+            self.q.ScrollRequest(
+                offset=offset,
+                limit=limit,
+                filter=self._filter(where),
+                with_payload=list(payload_keys) if payload_keys is not None else True,
+                with_vector=with_vectors,
+            )
+        )
         return [self._point(r, with_vectors) for r in records], (str(next_offset) if next_offset is not None else None)
 
     def count(self, name: str, where: Where | None) -> int:
@@ -224,7 +244,9 @@ class EdgeBackend:
     def delete(self, name: str, where: Where | None = None, ids: list[str] | None = None) -> None:
         shard, op = self._shard(name), self.q.UpdateOperation
         if shard is not None:
-            shard.update(op.delete_points(list(ids)) if ids is not None else op.delete_points_by_filter(self._filter(where)))
+            shard.update(
+                op.delete_points(list(ids)) if ids is not None else op.delete_points_by_filter(self._filter(where))
+            )
 
     def set_payload(self, name: str, payload: dict, ids: list[str]) -> None:
         if ids:
@@ -234,16 +256,25 @@ class EdgeBackend:
         shard = self._shard(name)
         if shard is None or not ids:
             return []
-        return [self._point(r, with_vectors) for r in shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)]
+        return [
+            self._point(r, with_vectors) for r in shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
+        ]
 
     def query(self, name, vector, where, limit, min_score=None, with_vectors=False) -> list[StoredPoint]:
         shard = self._shard(name)
         if shard is None:
             return []
         q = self.q
-        found = shard.query(q.QueryRequest(
-            limit=limit, query=q.Query.Nearest([float(x) for x in vector]), filter=self._filter(where),
-            score_threshold=min_score, with_payload=True, with_vector=with_vectors))
+        found = shard.query(
+            q.QueryRequest(
+                limit=limit,
+                query=q.Query.Nearest([float(x) for x in vector]),
+                filter=self._filter(where),
+                score_threshold=min_score,
+                with_payload=True,
+                with_vector=with_vectors,
+            )
+        )
         return [self._point(r, with_vectors) for r in found]
 
     def optimize(self, name: str) -> None:
@@ -271,8 +302,11 @@ class ClientBackend:
 
     def create(self, name: str, size: int | None, distance: str = "cosine") -> None:
         m = self.m
-        vectors = m.VectorParams(size=size, distance=m.Distance.COSINE if distance == "cosine" else m.Distance.DOT) \
-            if size else {}
+        vectors = (
+            m.VectorParams(size=size, distance=m.Distance.COSINE if distance == "cosine" else m.Distance.DOT)
+            if size
+            else {}
+        )
         self.client.create_collection(name, vectors_config=vectors)
         if self.local:  # local mode scans and ignores payload indexes (it warns); a server uses them
             return
@@ -305,16 +339,25 @@ class ClientBackend:
 
     def upsert(self, name: str, points: list[StoredPoint]) -> None:
         for start in range(0, len(points), UPSERT_BATCH):
-            self.client.upsert(name, [self.m.PointStruct(id=p.id, vector=p.vector if p.vector is not None else {},
-                                                         payload=p.payload)
-                                      for p in points[start:start + UPSERT_BATCH]])
+            self.client.upsert(
+                name,
+                [
+                    self.m.PointStruct(id=p.id, vector=p.vector if p.vector is not None else {}, payload=p.payload)
+                    for p in points[start : start + UPSERT_BATCH]
+                ],
+            )
 
     def scroll(self, name, where, limit, offset, with_vectors, payload_keys=None):
         if not self.exists(name):
             return [], None
         records, next_offset = self.client.scroll(
-            name, scroll_filter=self._filter(where), limit=limit, offset=offset,
-            with_payload=list(payload_keys) if payload_keys is not None else True, with_vectors=with_vectors)
+            name,
+            scroll_filter=self._filter(where),
+            limit=limit,
+            offset=offset,
+            with_payload=list(payload_keys) if payload_keys is not None else True,
+            with_vectors=with_vectors,
+        )
         return [self._point(r, with_vectors) for r in records], (str(next_offset) if next_offset is not None else None)
 
     def count(self, name: str, where: Where | None) -> int:
@@ -325,7 +368,11 @@ class ClientBackend:
     def delete(self, name: str, where: Where | None = None, ids: list[str] | None = None) -> None:
         if not self.exists(name):
             return
-        selector = self.m.PointIdsList(points=list(ids)) if ids is not None else self.m.FilterSelector(filter=self._filter(where))
+        selector = (
+            self.m.PointIdsList(points=list(ids))
+            if ids is not None
+            else self.m.FilterSelector(filter=self._filter(where))
+        )
         self.client.delete(name, points_selector=selector)
 
     def set_payload(self, name: str, payload: dict, ids: list[str]) -> None:
@@ -340,9 +387,15 @@ class ClientBackend:
     def query(self, name, vector, where, limit, min_score=None, with_vectors=False) -> list[StoredPoint]:
         if not self.exists(name):
             return []
-        found = self.client.query_points(name, query=[float(x) for x in vector], query_filter=self._filter(where),
-                                         limit=limit, score_threshold=min_score, with_payload=True,
-                                         with_vectors=with_vectors).points
+        found = self.client.query_points(
+            name,
+            query=[float(x) for x in vector],
+            query_filter=self._filter(where),
+            limit=limit,
+            score_threshold=min_score,
+            with_payload=True,
+            with_vectors=with_vectors,
+        ).points
         return [self._point(r, with_vectors) for r in found]
 
     def has_vectors(self, name: str) -> bool:
@@ -360,6 +413,7 @@ class ClientBackend:
 # The store
 # --------------------------------------------------------------------------------------------
 
+
 class FaceStore:
     """facepipe's face store. Which backend holds it is decided in `open` and hidden from callers."""
 
@@ -369,8 +423,14 @@ class FaceStore:
 
     @classmethod
     @contextmanager
-    def open(cls, path: str | os.PathLike | None = None, url: str | None = None, api_key: str | None = None,
-             backend: str = "edge", migrate: bool = True) -> Iterator["FaceStore"]:
+    def open(
+        cls,
+        path: str | os.PathLike | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        backend: str = "edge",
+        migrate: bool = True,
+    ) -> Iterator["FaceStore"]:
         """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit.
 
         `backend="local"` opens `path` with qdrant-client's local mode instead of Qdrant Edge (the
@@ -418,8 +478,14 @@ class FaceStore:
         if not self.backend.exists(collection):
             self.backend.create(collection, size, distance)
 
-    def scroll(self, collection: str, where: Where | None = None, with_vectors: bool = False,
-               payload_keys: Iterable[str] | None = None, page: int = SCROLL_PAGE) -> Iterator[StoredPoint]:
+    def scroll(
+        self,
+        collection: str,
+        where: Where | None = None,
+        with_vectors: bool = False,
+        payload_keys: Iterable[str] | None = None,
+        page: int = SCROLL_PAGE,
+    ) -> Iterator[StoredPoint]:
         """Every point matching `where`, a page at a time (memory holds one page)."""
         offset = None
         while True:
@@ -428,8 +494,9 @@ class FaceStore:
             if offset is None:
                 return
 
-    def scroll_page(self, collection: str, where: Where | None, limit: int, offset: str | None = None,
-                    with_payload: bool = True) -> tuple[list[StoredPoint], str | None]:
+    def scroll_page(
+        self, collection: str, where: Where | None, limit: int, offset: str | None = None, with_payload: bool = True
+    ) -> tuple[list[StoredPoint], str | None]:
         return self.backend.scroll(collection, where, limit, offset, False, None if with_payload else [])
 
     def count(self, collection: str, where: Where | None = None) -> int:
@@ -447,8 +514,15 @@ class FaceStore:
     def retrieve(self, collection: str, ids: list[str], with_vectors: bool = False) -> list[StoredPoint]:
         return self.backend.retrieve(collection, ids, with_vectors)
 
-    def query(self, collection: str, vector, where: Where | None, limit: int, min_score: float | None = None,
-              with_vectors: bool = False) -> list[StoredPoint]:
+    def query(
+        self,
+        collection: str,
+        vector,
+        where: Where | None,
+        limit: int,
+        min_score: float | None = None,
+        with_vectors: bool = False,
+    ) -> list[StoredPoint]:
         return self.backend.query(collection, vector, where, limit, min_score, with_vectors)
 
     # -- faces and the ledger -------------------------------------------------------------------
@@ -472,8 +546,9 @@ class FaceStore:
             return
         self.create(name, PROFILES[profile].dimension, distance="dot")
 
-    def digested_images(self, group_id: str, profile: str, paths: Iterable[str] | None = None
-                        ) -> dict[str, DigestedImage]:
+    def digested_images(
+        self, group_id: str, profile: str, paths: Iterable[str] | None = None
+    ) -> dict[str, DigestedImage]:
         """Image paths of the group digested without error, with what they were when digested.
 
         With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
@@ -481,11 +556,15 @@ class FaceStore:
         """
         keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status")
         if paths is None:
-            points = self.scroll(images_collection(profile), group_filter(group_id, status="done"), page=4096,
-                                 payload_keys=keys)
+            points = self.scroll(
+                images_collection(profile), group_filter(group_id, status="done"), page=4096, payload_keys=keys
+            )
         else:
-            points = (p for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
-                      for p in self.retrieve(images_collection(profile), batch))
+            points = (
+                p
+                for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
+                for p in self.retrieve(images_collection(profile), batch)
+            )
         done = {}
         for point in points:
             p = point.payload
@@ -493,8 +572,9 @@ class FaceStore:
                 done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
         return done
 
-    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str,
-              optimize: bool = True) -> WriteCounts:
+    def write(
+        self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str, optimize: bool = True
+    ) -> WriteCounts:
         """Store the faces of digested photos and record every photo in the ledger.
 
         Idempotent: the same results written again leave the same points (ids are derived from the
@@ -503,7 +583,7 @@ class FaceStore:
         self.ensure_collections(profile)
         results = list(results)
         counts = WriteCounts()
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         faces, images = faces_collection(profile), images_collection(profile)
 
         # photos digested before whose faces are rewritten now: drop their old faces first
@@ -512,17 +592,24 @@ class FaceStore:
             stale = group_filter(group_id, image_path=redone)
             counts.faces_replaced = self.count(faces, stale)
             # their people lose faces: facepipe.people recounts the people marked stale
-            losing = {p.payload["person_id"] for p in self.scroll(faces, stale, payload_keys=("person_id",))
-                      if p.payload.get("person_id") is not None}
+            losing = {
+                p.payload["person_id"]
+                for p in self.scroll(faces, stale, payload_keys=("person_id",))
+                if p.payload.get("person_id") is not None
+            }
             if losing and self.exists(people_collection(profile)):
-                self.set_payload(people_collection(profile), {"stale": True},
-                                 [person_point_id(group_id, person, profile) for person in losing])
+                self.set_payload(
+                    people_collection(profile),
+                    {"stale": True},
+                    [person_point_id(group_id, person, profile) for person in losing],
+                )
             self.delete(faces, stale)
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):
-            face_points, image_points = self._points(group_id, profile, results[start:start + PHOTOS_PER_WRITE],
-                                                     run_id, now)
+            face_points, image_points = self._points(
+                group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now
+            )
             # faces before the ledger: a photo is recorded as digested only once its faces are stored
             self.upsert(faces, face_points)
             self.upsert(images, image_points)
@@ -537,31 +624,56 @@ class FaceStore:
         images = images_collection(profile)
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
-                self.set_payload(images, {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
-                                 [image_point_id(group_id, r.path, profile)])
+                self.set_payload(
+                    images,
+                    {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
+                    [image_point_id(group_id, r.path, profile)],
+                )
                 continue
-            image_points.append(StoredPoint(image_point_id(group_id, r.path, profile), {
-                "group_id": group_id, "image_path": r.path, "status": "failed" if r.error else "done",
-                "error": r.error, "content_hash": r.content_hash, "size": r.size, "mtime_ns": r.mtime_ns, "etag": r.etag,
-                "faces": len(r.faces), "run_id": run_id, "timestamp": now, "model": PROFILES[profile].model_name,
-            }))
+            image_points.append(
+                StoredPoint(
+                    image_point_id(group_id, r.path, profile),
+                    {
+                        "group_id": group_id,
+                        "image_path": r.path,
+                        "status": "failed" if r.error else "done",
+                        "error": r.error,
+                        "content_hash": r.content_hash,
+                        "size": r.size,
+                        "mtime_ns": r.mtime_ns,
+                        "etag": r.etag,
+                        "faces": len(r.faces),
+                        "run_id": run_id,
+                        "timestamp": now,
+                        "model": PROFILES[profile].model_name,
+                    },
+                )
+            )
             if r.error:
                 continue
             for face in r.faces:
                 x, y, w, h = face.box
-                face_points.append(StoredPoint(
-                    face_point_id(group_id, r.content_hash, face.face_index, profile),
-                    {
-                        "group_id": group_id, "image_path": r.path, "face_index": face.face_index,
-                        "detection_confidence": face.confidence,
-                        "facial_area": {"x": x, "y": y, "w": w, "h": h},
-                        "landmarks": [[round(px, 1), round(py, 1)] for px, py in face.landmarks],
-                        "timestamp": now, "model": PROFILES[profile].model_name, "profile": profile,
-                        "content_hash": r.content_hash, "image_width": r.width, "image_height": r.height,
-                        "run_id": run_id,
-                    },
-                    face.embedding.tolist(),
-                ))
+                face_points.append(
+                    StoredPoint(
+                        face_point_id(group_id, r.content_hash, face.face_index, profile),
+                        {
+                            "group_id": group_id,
+                            "image_path": r.path,
+                            "face_index": face.face_index,
+                            "detection_confidence": face.confidence,
+                            "facial_area": {"x": x, "y": y, "w": w, "h": h},
+                            "landmarks": [[round(px, 1), round(py, 1)] for px, py in face.landmarks],
+                            "timestamp": now,
+                            "model": PROFILES[profile].model_name,
+                            "profile": profile,
+                            "content_hash": r.content_hash,
+                            "image_width": r.width,
+                            "image_height": r.height,
+                            "run_id": run_id,
+                        },
+                        face.embedding.tolist(),
+                    )
+                )
         return face_points, image_points
 
     def optimize(self, profile: str) -> None:
@@ -576,11 +688,17 @@ class FaceStore:
     def faces(self, group_id: str, profile: str, with_vectors: bool = False, **match) -> list[StoredPoint]:
         return list(self.scroll(faces_collection(profile), group_filter(group_id, **match), with_vectors))
 
-    def nearest_faces(self, group_id: str, profile: str, embedding, limit: int = 10,
-                      min_score: float | None = None, where: Where | None = None) -> list[StoredPoint]:
+    def nearest_faces(
+        self,
+        group_id: str,
+        profile: str,
+        embedding,
+        limit: int = 10,
+        min_score: float | None = None,
+        where: Where | None = None,
+    ) -> list[StoredPoint]:
         """The group's faces most similar (cosine) to `embedding`, best first."""
         return self.query(faces_collection(profile), embedding, where or group_filter(group_id), limit, min_score)
-
 
     def unsound_faces(self, group_id: str, profile: str, run_id: str) -> list[dict]:
         """The faces a digest run stored whose vector is not a finite unit vector of the profile's
@@ -589,16 +707,23 @@ class FaceStore:
 
         dimension, unsound = PROFILES[profile].dimension, []
         keys = ("image_path", "facial_area", "image_width", "image_height")
-        for face in self.scroll_faces(profile, group_filter(group_id, run_id=run_id), with_vectors=True,
-                                      payload_keys=keys):
+        for face in self.scroll_faces(
+            profile, group_filter(group_id, run_id=run_id), with_vectors=True, payload_keys=keys
+        ):
             vector = np.asarray(face.vector or [], np.float64)
             area, width, height = face.payload["facial_area"], face.payload["image_width"], face.payload["image_height"]
             if vector.shape != (dimension,) or not np.isfinite(vector).all():
                 problem = f"vector of {vector.size} values, not {dimension} finite ones"
             elif abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
                 problem = f"vector of length {float(np.linalg.norm(vector)):.4f}, not 1"
-            elif not (0 <= area["x"] and 0 <= area["y"] and area["w"] > 0 and area["h"] > 0
-                      and area["x"] + area["w"] <= width and area["y"] + area["h"] <= height):
+            elif not (
+                0 <= area["x"]
+                and 0 <= area["y"]
+                and area["w"] > 0
+                and area["h"] > 0
+                and area["x"] + area["w"] <= width
+                and area["y"] + area["h"] <= height
+            ):
                 problem = f"box {area} outside the {width} x {height} photo"
             else:
                 continue
@@ -607,20 +732,32 @@ class FaceStore:
 
     def ledger_face_count(self, group_id: str, profile: str) -> int:
         """The faces the group's ledger says its digested photos have."""
-        return sum(p.payload.get("faces", 0) for p in self.scroll(
-            images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",), page=4096))
+        return sum(
+            p.payload.get("faces", 0)
+            for p in self.scroll(
+                images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",), page=4096
+            )
+        )
 
-    def face_ids_of_run(self, group_id: str, profile: str, run_id: str, limit: int = 100,
-                        offset: str | None = None) -> tuple[list[str], str | None]:
+    def face_ids_of_run(
+        self, group_id: str, profile: str, run_id: str, limit: int = 100, offset: str | None = None
+    ) -> tuple[list[str], str | None]:
         """A page of the ids of the faces a digest run stored, and the next page's offset."""
-        points, next_offset = self.scroll_page(faces_collection(profile), group_filter(group_id, run_id=run_id),
-                                               limit, offset, with_payload=False)
+        points, next_offset = self.scroll_page(
+            faces_collection(profile), group_filter(group_id, run_id=run_id), limit, offset, with_payload=False
+        )
         return [p.id for p in points], next_offset
 
     # -- people: facepipe.people decides who is who; these read and write its records ------------
 
-    def scroll_faces(self, profile: str, where: Where, with_vectors: bool = False,
-                     payload_keys: Iterable[str] | None = None, page: int = SCROLL_PAGE) -> Iterator[StoredPoint]:
+    def scroll_faces(
+        self,
+        profile: str,
+        where: Where,
+        with_vectors: bool = False,
+        payload_keys: Iterable[str] | None = None,
+        page: int = SCROLL_PAGE,
+    ) -> Iterator[StoredPoint]:
         return self.scroll(faces_collection(profile), where, with_vectors, payload_keys, page)
 
     def count_faces_matching(self, profile: str, where: Where) -> int:
@@ -640,9 +777,13 @@ class FaceStore:
 
     def write_people(self, group_id: str, profile: str, people: list[tuple[dict, list[float]]]) -> None:
         """Upsert people, each a payload (with its `person_id`) and its vector (the mean of its faces)."""
-        self.upsert(people_collection(profile), [
-            StoredPoint(person_point_id(group_id, payload["person_id"], profile), payload, vector)
-            for payload, vector in people])
+        self.upsert(
+            people_collection(profile),
+            [
+                StoredPoint(person_point_id(group_id, payload["person_id"], profile), payload, vector)
+                for payload, vector in people
+            ],
+        )
 
     def delete_people(self, group_id: str, profile: str, person_ids: Iterable[int]) -> None:
         ids = [person_point_id(group_id, p, profile) for p in person_ids]
@@ -650,7 +791,9 @@ class FaceStore:
             self.delete(people_collection(profile), ids=ids)
 
     def set_people_payload(self, group_id: str, profile: str, person_ids: Iterable[int], payload: dict) -> None:
-        self.set_payload(people_collection(profile), payload, [person_point_id(group_id, p, profile) for p in person_ids])
+        self.set_payload(
+            people_collection(profile), payload, [person_point_id(group_id, p, profile) for p in person_ids]
+        )
 
     def nearest_person(self, group_id: str, profile: str, vector, min_score: float) -> StoredPoint | None:
         """The group's person whose mean face is nearest to `vector` (dot product), if at least `min_score`."""
@@ -660,7 +803,7 @@ class FaceStore:
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _lock(root: Path):
@@ -677,6 +820,7 @@ def _lock(root: Path):
 # --------------------------------------------------------------------------------------------
 # From qdrant-client's local mode (facepipe's embedded store before Qdrant Edge) to Qdrant Edge
 # --------------------------------------------------------------------------------------------
+
 
 def is_local_mode_store(root: Path) -> bool:
     """A folder written by qdrant-client's local mode: meta.json and collection/<name>/storage.sqlite."""
@@ -727,11 +871,18 @@ def migrate_local_store(root, _locked: bool = False) -> dict[str, int]:
             if (root / item).exists():
                 (root / item).rename(backup / item)
         shutil.rmtree(building, ignore_errors=True)
-        (backup / "MIGRATED.json").write_text(json.dumps({
-            "migrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "points": copied,
-            "note": "qdrant-client local-mode files, as they were before facepipe moved this store to Qdrant Edge "
+        (backup / "MIGRATED.json").write_text(
+            json.dumps(
+                {
+                    "migrated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "points": copied,
+                    "note": "qdrant-client local-mode files, as they were before facepipe moved this store to "
+                    "Qdrant Edge "
                     "(../shards). Delete this folder once the migrated store has served you well.",
-        }, indent=2))
+                },
+                indent=2,
+            )
+        )
         return copied
     finally:
         if lock is not None:
@@ -769,8 +920,9 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
     profile = name.split("_", 1)[1].replace("_", "-")
     sums: dict[tuple, np.ndarray] = {}
     counts: dict[tuple, int] = {}
-    for face in faces_from.scroll(faces_collection(profile), Where(), with_vectors=True,
-                                  payload_keys=("group_id", "person_id")):
+    for face in faces_from.scroll(
+        faces_collection(profile), Where(), with_vectors=True, payload_keys=("group_id", "person_id")
+    ):
         person = face.payload.get("person_id")
         if person is None:
             continue

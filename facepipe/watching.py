@@ -107,12 +107,22 @@ class Watch(BaseModel):
     def worker_count(self) -> int:
         return self.workers or default_workers()
 
-    def digest_request(self, modified_after_ns: int | None = None, modified_until_ns: int | None = None) -> DigestRequest:
+    def digest_request(
+        self, modified_after_ns: int | None = None, modified_until_ns: int | None = None
+    ) -> DigestRequest:
         """The digest of this watch's source, of photos modified in (after, until] if given."""
-        return digest_request(self.source, self.group_id, confidence=self.confidence,
-                              s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region, preset=self.preset,
-                              min_face_size=self.min_face_size, profile=self.profile or DEFAULT_PROFILE,
-                              modified_after_ns=modified_after_ns, modified_until_ns=modified_until_ns)
+        return digest_request(
+            self.source,
+            self.group_id,
+            confidence=self.confidence,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            preset=self.preset,
+            min_face_size=self.min_face_size,
+            profile=self.profile or DEFAULT_PROFILE,
+            modified_after_ns=modified_after_ns,
+            modified_until_ns=modified_until_ns,
+        )
 
 
 class Schedules(BaseModel):
@@ -219,8 +229,10 @@ def load_watches_leniently(path: str | os.PathLike | None = None) -> tuple[Watch
 
 
 def _problems(err: ValidationError, indent: str) -> list[str]:
-    return [f"{indent}{'.'.join(str(part) for part in e['loc']) or '(top level)'}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+    return [
+        f"{indent}{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    ]
 
 
 def parse_watches(data, where: str = "watches") -> WatchesConfig:

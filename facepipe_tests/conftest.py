@@ -134,8 +134,13 @@ def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str
     env.pop("DAGSTER_HOME", None)
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "ui.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120

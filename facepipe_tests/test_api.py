@@ -45,13 +45,24 @@ def service(tmp_path_factory):
         port = free_port()
         (home / "allowed").mkdir()  # a second root, where a test can put a link
         roots = os.pathsep.join([str(SAMPLES), str(home / "allowed")])
-        env = {**os.environ, "FACEPIPE_HOME": str(home), "FACEPIPE_API_KEY": KEY, "FACEPIPE_ALLOWED_ROOTS": roots,
-               "FACEPIPE_MAX_IMAGE_BYTES": str(MAX_BYTES), "FACEPIPE_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
-               "FACEPIPE_STORE_WAIT_SECONDS": "5"}
+        env = {
+            **os.environ,
+            "FACEPIPE_HOME": str(home),
+            "FACEPIPE_API_KEY": KEY,
+            "FACEPIPE_ALLOWED_ROOTS": roots,
+            "FACEPIPE_MAX_IMAGE_BYTES": str(MAX_BYTES),
+            "FACEPIPE_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
+            "FACEPIPE_STORE_WAIT_SECONDS": "5",
+        }
         env.pop("DAGSTER_HOME", None)
         log = open(home / "api.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "serve", "--port", str(port)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "facepipe.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -72,8 +83,9 @@ def service(tmp_path_factory):
             log.close()
 
 
-def wait_for(service: Service, job_id: str, until=lambda job: job["status"] not in ("queued", "processing"),
-             timeout: float = 600) -> tuple[dict, list[str]]:
+def wait_for(
+    service: Service, job_id: str, until=lambda job: job["status"] not in ("queued", "processing"), timeout: float = 600
+) -> tuple[dict, list[str]]:
     seen, deadline = [], time.time() + timeout
     while time.time() < deadline:
         answer = service.http.get(f"/get-digests/{job_id}")
@@ -89,8 +101,9 @@ def wait_for(service: Service, job_id: str, until=lambda job: job["status"] not 
 @pytest.fixture(scope="module")
 def sample_job(service):
     """The 64 sample photos digested into "sample", launched with the old service's JSON."""
-    answer = service.http.post("/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "sample",
-                                                "confidence": 0.5, "threads": 2})
+    answer = service.http.post(
+        "/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "sample", "confidence": 0.5, "threads": 2}
+    )
     assert answer.status_code == 202, answer.text
     started = answer.json()
     job, seen = wait_for(service, started["job_id"])
@@ -103,7 +116,12 @@ def test_a_posted_digest_is_queued_then_completed_by_the_daemon(service, sample_
     assert set(seen) <= {"queued", "processing", "completed"} and job["status"] == "completed"
     assert job["job_id"] == started["job_id"]
     assert (job["progress"], job["group_id"], job["source"], job["confidence"], job["threads"]) == (
-        100.0, "sample", str(SAMPLE_IMAGES), 0.5, 2)
+        100.0,
+        "sample",
+        str(SAMPLE_IMAGES),
+        0.5,
+        2,
+    )
     assert job["images_total"] == job["images_processed"] == 64 and job["images_failed"] == 0
     assert job["total_faces"] == job["faces_in_group"] == 68 and job["faces_processed"] >= 68
     assert job["start_time"] and job["end_time"] and job["error"] is None and job["failed_images"] == []
@@ -118,10 +136,17 @@ def test_digests_are_listed_with_filters_and_their_face_ids_paged(service, sampl
     job_id = sample_job[1]["job_id"]
     everything = service.http.get("/get-digests").json()
     assert everything["total_jobs"] == len(everything["jobs"]) >= 1
-    assert [j["job_id"] for j in service.http.get("/get-digests", params={"group_id": "sample"}).json()["jobs"]] == [job_id]
-    assert service.http.get("/get-digests", params={"group_id": "sample", "status": "completed"}).json()["total_jobs"] == 1
+    assert [j["job_id"] for j in service.http.get("/get-digests", params={"group_id": "sample"}).json()["jobs"]] == [
+        job_id
+    ]
+    assert (
+        service.http.get("/get-digests", params={"group_id": "sample", "status": "completed"}).json()["total_jobs"] == 1
+    )
     assert service.http.get("/get-digests", params={"group_id": "sample", "status": "failed"}).json()["total_jobs"] == 0
-    assert service.http.get("/get-digests", params={"since": "2999-01-01T00:00:00Z"}).json() == {"total_jobs": 0, "jobs": []}
+    assert service.http.get("/get-digests", params={"since": "2999-01-01T00:00:00Z"}).json() == {
+        "total_jobs": 0,
+        "jobs": [],
+    }
     assert service.http.get("/get-digests", params={"until": "2000-01-01"}).json()["total_jobs"] == 0
     assert service.http.get("/get-digests", params={"status": "done"}).status_code == 422
 
@@ -153,25 +178,52 @@ def test_a_photo_that_cannot_be_read_is_listed_with_its_reason(service, sample_j
 
 
 def test_an_unknown_job_is_404(service):
-    for method, path in (("GET", "/get-digests/no-such-run"), ("GET", "/get-digests/no-such-run/face-ids"),
-                         ("POST", "/digest/no-such-run/cancel"), ("POST", "/digest/no-such-run/retry")):
+    for method, path in (
+        ("GET", "/get-digests/no-such-run"),
+        ("GET", "/get-digests/no-such-run/face-ids"),
+        ("POST", "/digest/no-such-run/cancel"),
+        ("POST", "/digest/no-such-run/retry"),
+    ):
         answer = service.http.request(method, path)
         assert answer.status_code == 404 and "no-such-run" in answer.json()["detail"], (path, answer.text)
 
 
-@pytest.mark.parametrize("body, field, words", [
-    ({"group_id": "g"}, None, "exactly one source"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "s3_bucket": "b", "s3_prefix": "p", "group_id": "g"}, None, "exactly one source"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "a group!"}, "group_id", "letters, digits"),
-    ({"local_dir_path": str(SAMPLE_IMAGES)}, "group_id", "Field required"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": 1.5}, "confidence", "less than or equal to 1"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": -0.1}, "confidence", "greater than or equal to 0"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "threads": 0}, "threads", "greater than or equal to 1"),
-    ({"local_dir_path": "/etc", "group_id": "g"}, "local_dir_path", "not under an allowed root"),
-    ({"local_dir_path": f"{SAMPLE_IMAGES}/../../../etc", "group_id": "g"}, "local_dir_path", "not under an allowed root"),
-    ({"local_dir_path": f"{SAMPLES}/no-such-folder", "group_id": "g"}, "local_dir_path", "is not a folder"),
-    ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "profile": "vgg"}, "profile", "Input should be"),
-])
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"group_id": "g"}, None, "exactly one source"),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "s3_bucket": "b", "s3_prefix": "p", "group_id": "g"},
+            None,
+            "exactly one source",
+        ),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "a group!"}, "group_id", "letters, digits"),
+        ({"local_dir_path": str(SAMPLE_IMAGES)}, "group_id", "Field required"),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": 1.5},
+            "confidence",
+            "less than or equal to 1",
+        ),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": -0.1},
+            "confidence",
+            "greater than or equal to 0",
+        ),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "threads": 0},
+            "threads",
+            "greater than or equal to 1",
+        ),
+        ({"local_dir_path": "/etc", "group_id": "g"}, "local_dir_path", "not under an allowed root"),
+        (
+            {"local_dir_path": f"{SAMPLE_IMAGES}/../../../etc", "group_id": "g"},
+            "local_dir_path",
+            "not under an allowed root",
+        ),
+        ({"local_dir_path": f"{SAMPLES}/no-such-folder", "group_id": "g"}, "local_dir_path", "is not a folder"),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "profile": "vgg"}, "profile", "Input should be"),
+    ],
+)
 def test_a_bad_digest_request_is_422_naming_the_field(service, body, field, words):
     answer = service.http.post("/digest", json=body)
     assert answer.status_code == 422, answer.text
@@ -195,20 +247,25 @@ def person01_photos(identities) -> set[str]:
 
 def test_search_with_img1_finds_every_other_person01_photo_and_no_one_else(service, sample_job, identities):
     with open(SAMPLE_IMAGES / "img1.jpg", "rb") as selfie:
-        answer = service.http.post("/search-face", files={"file": ("img1.jpg", selfie, "image/jpeg")},
-                                   data={"group_id": "sample", "top_k": 50})
+        answer = service.http.post(
+            "/search-face", files={"file": ("img1.jpg", selfie, "image/jpeg")}, data={"group_id": "sample", "top_k": 50}
+        )
     assert answer.status_code == 200, answer.text
     result = answer.json()
     found = [Path(p["image_path"]).name for p in result["photos"]]
     assert set(found) == person01_photos(identities)  # img1.jpg itself is in the group, first
     assert found[0] == "img1.jpg" and [p["score"] for p in result["photos"]] == sorted(
-        (p["score"] for p in result["photos"]), reverse=True)
+        (p["score"] for p in result["photos"]), reverse=True
+    )
     assert result["profile"] == "dlib" and result["threshold"] == 0.94
     face = result["photos"][1]["faces"][0]
     assert {"face_id", "score", "facial_area", "person_id"} <= set(face) and set(face["facial_area"]) == set("xywh")
 
-    strict = service.http.post("/search-face", files={"file": ("img1.jpg", (SAMPLE_IMAGES / "img1.jpg").read_bytes())},
-                               data={"group_id": "sample", "top_k": 3}).json()
+    strict = service.http.post(
+        "/search-face",
+        files={"file": ("img1.jpg", (SAMPLE_IMAGES / "img1.jpg").read_bytes())},
+        data={"group_id": "sample", "top_k": 3},
+    ).json()
     assert len(strict["photos"]) == 3
 
 
@@ -222,7 +279,12 @@ def test_search_says_what_is_wrong(service, sample_job):
     selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
     cases = [
         ({"file": ("img1.jpg", selfie)}, {"group_id": "nobody-here"}, 404, "unknown group"),
-        ({"file": ("wall.jpg", no_face_photo())}, {"group_id": "sample"}, 400, "no face found in the selfie 'wall.jpg'"),
+        (
+            {"file": ("wall.jpg", no_face_photo())},
+            {"group_id": "sample"},
+            400,
+            "no face found in the selfie 'wall.jpg'",
+        ),
         ({"file": ("notes.jpg", b"a text file named .jpg")}, {"group_id": "sample"}, 422, "not an image"),
         ({"file": ("img1.jpg", selfie)}, {}, 422, "group_id"),
         ({"file": ("img1.jpg", selfie)}, {"group_id": "sample", "top_k": 0}, 422, "top_k"),
@@ -249,8 +311,11 @@ def test_cluster_the_group_then_name_merge_and_split_people(service, sample_job,
     assert service.http.get("/groups/sample/people").json()["people"] == people
 
     # the person of img1.jpg's face is person01, with her face in the couple and the selfie
-    search = service.http.post("/search-face", files={"file": ("img1.jpg", (SAMPLE_IMAGES / "img1.jpg").read_bytes())},
-                               data={"group_id": "sample"}).json()
+    search = service.http.post(
+        "/search-face",
+        files={"file": ("img1.jpg", (SAMPLE_IMAGES / "img1.jpg").read_bytes())},
+        data={"group_id": "sample"},
+    ).json()
     her = search["photos"][0]["faces"][0]["person_id"]
     person = service.http.get(f"/groups/sample/people/{her}").json()
     assert {Path(f["image_path"]).name for f in person["faces"]} == person01_photos(identities)
@@ -328,11 +393,13 @@ def test_requests_without_the_key_are_refused_health_and_docs_are_open(service):
     selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
     for headers in ({}, {"X-API-Key": "wrong"}):
         with httpx.Client(base_url=service.url, headers=headers, timeout=60) as stranger:
-            for answer in (stranger.post("/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g"}),
-                           stranger.get("/get-digests"),
-                           stranger.post("/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "sample"}),
-                           stranger.post("/cluster-faces", json={"group_id": "sample"}),
-                           stranger.post("/get-faces", files={"file": ("s.jpg", selfie)})):
+            for answer in (
+                stranger.post("/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g"}),
+                stranger.get("/get-digests"),
+                stranger.post("/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "sample"}),
+                stranger.post("/cluster-faces", json={"group_id": "sample"}),
+                stranger.post("/get-faces", files={"file": ("s.jpg", selfie)}),
+            ):
                 assert answer.status_code == 401 and "X-API-Key" in answer.json()["detail"]
     health = httpx.get(f"{service.url}/health", timeout=60)
     assert health.status_code == 200
@@ -341,8 +408,17 @@ def test_requests_without_the_key_are_refused_health_and_docs_are_open(service):
     assert checks["models"]["dlib"]["up"] and not checks["models"]["retinaface-arcface"]["up"]
     assert httpx.get(f"{service.url}/docs", timeout=60).status_code == 200
     paths = httpx.get(f"{service.url}/openapi.json", timeout=60).json()["paths"]
-    assert {"/digest", "/get-digests", "/get-digests/{job_id}", "/search-face", "/cluster-faces", "/get-faces",
-            "/get-embedding", "/get-features", "/health"} <= set(paths)
+    assert {
+        "/digest",
+        "/get-digests",
+        "/get-digests/{job_id}",
+        "/search-face",
+        "/cluster-faces",
+        "/get-faces",
+        "/get-embedding",
+        "/get-features",
+        "/health",
+    } <= set(paths)
 
 
 def test_a_store_held_by_another_process_is_a_503_with_retry_after(service, sample_job):
@@ -359,10 +435,13 @@ def test_a_store_held_by_another_process_is_a_503_with_retry_after(service, samp
 
 
 def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_job):
-    answer = service.http.post("/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "stopped",
-                                                "threads": 1, "chunk_size": 8})
+    answer = service.http.post(
+        "/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "stopped", "threads": 1, "chunk_size": 8}
+    )
     job_id = answer.json()["job_id"]
-    wait_for(service, job_id, until=lambda job: job["images_done"] >= 16 or job["status"] not in ("queued", "processing"))
+    wait_for(
+        service, job_id, until=lambda job: job["images_done"] >= 16 or job["status"] not in ("queued", "processing")
+    )
     canceled = service.http.post(f"/digest/{job_id}/cancel")
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
     # canceling takes the run a moment; a retry waits for it to have stopped

@@ -37,8 +37,13 @@ def materialize_digest(instance: DagsterInstance, folder, store_path, **options)
     request = digest_request(str(folder), "party", chunk_size=1, **options)
     # the in-process executor: the run config without the multiprocess executor's workers
     run_config = {"ops": digest_run_config(request, workers=1)["ops"]}
-    return materialize([digest], instance=instance, partition_key="party", run_config=run_config,
-                       resources={"face_store": FaceStoreResource(path=str(store_path)), "s3": S3Resource()})
+    return materialize(
+        [digest],
+        instance=instance,
+        partition_key="party",
+        run_config=run_config,
+        resources={"face_store": FaceStoreResource(path=str(store_path)), "s3": S3Resource()},
+    )
 
 
 def metadata(result, asset: str) -> dict:
@@ -77,16 +82,23 @@ def test_the_people_asset_clusters_the_digested_group(instance, tmp_path):
         shutil.copy(SAMPLE_IMAGES / name, folder / name)
     assert materialize_digest(instance, folder, tmp_path / "store").success
 
-    result = materialize([people], instance=instance, partition_key="party",
-                         run_config={"ops": people_run_config()["ops"]},
-                         resources={"face_store": FaceStoreResource(path=str(tmp_path / "store"))})
+    result = materialize(
+        [people],
+        instance=instance,
+        partition_key="party",
+        run_config={"ops": people_run_config()["ops"]},
+        resources={"face_store": FaceStoreResource(path=str(tmp_path / "store"))},
+    )
     counts = metadata(result, "people")
     assert (counts["faces"], counts["people"], counts["faces_assigned"]) == (3, 2, 3)
 
 
 def step_failures(result) -> list[str]:
-    return [e.step_failure_data.user_failure_data.description for e in result.get_step_failure_events()
-            if e.step_failure_data.user_failure_data]
+    return [
+        e.step_failure_data.user_failure_data.description
+        for e in result.get_step_failure_events()
+        if e.step_failure_data.user_failure_data
+    ]
 
 
 def test_the_checks_pass_on_a_clean_digest(instance, tmp_path):
@@ -95,29 +107,35 @@ def test_the_checks_pass_on_a_clean_digest(instance, tmp_path):
     shutil.copy(SAMPLE_IMAGES / "couple.jpg", folder / "couple.jpg")
     result = materialize_digest(instance, folder, tmp_path / "store")
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"complete": True, "few_failed_photos": True, "sound_vectors": True,
-                      "count_matches_ledger": True}
+    assert checks == {"complete": True, "few_failed_photos": True, "sound_vectors": True, "count_matches_ledger": True}
 
 
-@pytest.mark.parametrize("partition, options, message", [
-    ("party", {"confidence": 1.5}, "invalid digest request: confidence: Input should be less than or equal to 1"),
-    ("a/b", {}, "invalid digest request: group_id: group_id 'a/b' may only hold letters"),
-    ("party", {"folder": "nowhere"}, "source: cannot list"),
-    (None, {}, "a digest is of one group: launch it with the group as its partition"),
-])
+@pytest.mark.parametrize(
+    "partition, options, message",
+    [
+        ("party", {"confidence": 1.5}, "invalid digest request: confidence: Input should be less than or equal to 1"),
+        ("a/b", {}, "invalid digest request: group_id: group_id 'a/b' may only hold letters"),
+        ("party", {"folder": "nowhere"}, "source: cannot list"),
+        (None, {}, "a digest is of one group: launch it with the group as its partition"),
+    ],
+)
 def test_a_request_only_the_step_can_judge_fails_at_once_in_one_line_without_retries(
-        instance, tmp_path, partition, options, message):
+    instance, tmp_path, partition, options, message
+):
     folder = tmp_path / options.pop("folder", "party")
     (tmp_path / "party").mkdir()
     request = digest_request(str(folder), "party").model_copy(update=options)
     if partition:
         instance.add_dynamic_partitions(GROUPS, [partition])
-    result = materialize([digest], instance=instance, partition_key=partition, raise_on_error=False,
-                         run_config={"ops": {"digest": {"ops": {"list_images": {"config": digest_config(request)}}}}},
-                         resources={"face_store": FaceStoreResource(path=str(tmp_path / "store")), "s3": S3Resource()})
+    result = materialize(
+        [digest],
+        instance=instance,
+        partition_key=partition,
+        raise_on_error=False,
+        run_config={"ops": {"digest": {"ops": {"list_images": {"config": digest_config(request)}}}}},
+        resources={"face_store": FaceStoreResource(path=str(tmp_path / "store")), "s3": S3Resource()},
+    )
     (failure,) = step_failures(result)
     assert failure.startswith(message) and "\n" not in failure
     starts = [e for e in result.all_events if e.event_type_value == "STEP_START"]
     assert [e.step_key for e in starts] == ["digest.list_images"]  # tried once: no retries
-
-

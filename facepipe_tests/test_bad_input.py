@@ -28,16 +28,20 @@ from PIL import Image
 from facepipe import settings
 from facepipe.engine import listing as listing_module
 from facepipe.engine.faces import faces_in_chunk
-from facepipe.engine.planning import ImageTask
 from facepipe.engine.listing import list_images
+from facepipe.engine.planning import ImageTask
 from facepipe_tests.conftest import REPORTS, SAMPLE_IMAGES, faces_by_photo
 
 FACE_PHOTO = SAMPLE_IMAGES / "img1.jpg"  # one face (person01), 1382 x 1868
 GOOD_PHOTOS = ["img2.jpg", "img3.jpg", "couple.jpg", "img47.jpg"]  # img47.jpg is a WebP named .jpg
 # Pillow's transposition that shows a photo stored with each EXIF orientation (its inverse stores it)
 STORE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_270,
 }
 
@@ -69,8 +73,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels of RGB and whose data holds a few bytes."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-            + png_chunk(b"IDAT", zlib.compress(bytes(1000))) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(bytes(1000)))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def black_png(width: int, height: int) -> bytes:
@@ -82,7 +90,12 @@ def black_png(width: int, height: int) -> bytes:
     for _ in range(height):
         parts.append(compressor.compress(row))
     parts.append(compressor.flush())
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", b"".join(parts))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -91,26 +104,46 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     Image.new("RGB", (16, 16), (90, 90, 90)).save(out, "JPEG")
     data = bytearray(out.getvalue())
     sof = data.index(b"\xff\xc0")  # baseline frame: marker, length (2), precision (1), height, width
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 def gif_claiming(width: int, height: int) -> bytes:
     """A GIF whose screen and only frame claim width x height (at most 65,535 each) over one pixel's data."""
     size = struct.pack("<HH", width, height)
-    return (b"GIF89a" + size + b"\x00\x00\x00" + b"\x2c" + struct.pack("<HH", 0, 0) + size + b"\x00"
-            + b"\x02\x02\x4c\x01\x00" + b"\x3b")
+    return (
+        b"GIF89a"
+        + size
+        + b"\x00\x00\x00"
+        + b"\x2c"
+        + struct.pack("<HH", 0, 0)
+        + size
+        + b"\x00"
+        + b"\x02\x02\x4c\x01\x00"
+        + b"\x3b"
+    )
 
 
 def tiff_claiming(width: int, height: int) -> bytes:
     """An uncompressed 8-bit grayscale TIFF whose tags claim width x height over 16 bytes of data."""
-    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0),
-            (277, 3, 1), (278, 4, height), (279, 4, 16)]
+    tags = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 0),
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, 16),
+    ]
     data_offset = 8 + 2 + 12 * len(tags) + 4
     ifd = struct.pack("<H", len(tags))
     for tag, kind, value in tags:
         value = data_offset if tag == 273 else value
-        ifd += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        ifd += struct.pack("<HHI", tag, kind, 1) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + bytes(16)
 
 
@@ -139,29 +172,45 @@ def build_corpus(folder: Path, unreadable: bool) -> list[Kind]:
     data = FACE_PHOTO.read_bytes()
     add("truncated JPEG", "truncated.jpg", "error", "corrupt or truncated").write_bytes(data[: len(data) // 2])
     add("random bytes named .jpg", "random.jpg", "error", "not an image").write_bytes(
-        np.random.default_rng(1).integers(0, 256, 5000, np.uint8).tobytes())
+        np.random.default_rng(1).integers(0, 256, 5000, np.uint8).tobytes()
+    )
     add("text named .png", "text.png", "error", "not an image").write_text("a text file, not a picture\n" * 20)
     # decompression bombs and huge files: refused before decoding or reading, by a stated budget
-    add("PNG header claiming 60,000 x 60,000", "bomb_header.png", "error",
-        "refused: 60,000 x 60,000 pixels").write_bytes(png_claiming(60_000, 60_000))
-    add("JPEG header claiming 65,000 x 65,000", "bomb_header.jpg", "error",
-        "refused: 65,000 x 65,000 pixels").write_bytes(jpeg_claiming(65_000, 65_000))
-    add("GIF header claiming 65,535 x 65,535", "bomb_header.gif", "error",
-        "refused: 65,535 x 65,535 pixels").write_bytes(gif_claiming(65_535, 65_535))
-    add("TIFF header claiming 100,000 x 100,000", "bomb_header.tif", "error",
-        "refused: 100,000 x 100,000 pixels").write_bytes(tiff_claiming(100_000, 100_000))
-    add("124 KB PNG of 32,000 x 32,000 that OpenCV would decode", "bomb_real.png", "error",
-        "refused: 32,000 x 32,000 pixels").write_bytes(black_png(32_000, 32_000))
+    add(
+        "PNG header claiming 60,000 x 60,000", "bomb_header.png", "error", "refused: 60,000 x 60,000 pixels"
+    ).write_bytes(png_claiming(60_000, 60_000))
+    add(
+        "JPEG header claiming 65,000 x 65,000", "bomb_header.jpg", "error", "refused: 65,000 x 65,000 pixels"
+    ).write_bytes(jpeg_claiming(65_000, 65_000))
+    add(
+        "GIF header claiming 65,535 x 65,535", "bomb_header.gif", "error", "refused: 65,535 x 65,535 pixels"
+    ).write_bytes(gif_claiming(65_535, 65_535))
+    add(
+        "TIFF header claiming 100,000 x 100,000", "bomb_header.tif", "error", "refused: 100,000 x 100,000 pixels"
+    ).write_bytes(tiff_claiming(100_000, 100_000))
+    add(
+        "124 KB PNG of 32,000 x 32,000 that OpenCV would decode",
+        "bomb_real.png",
+        "error",
+        "refused: 32,000 x 32,000 pixels",
+    ).write_bytes(black_png(32_000, 32_000))
     with open(add("2 GiB sparse file named .jpg", "huge.jpg", "error", "refused: the file is 2.0 GiB"), "wb") as f:
         f.truncate(2 * 2**30)
     # valid images in every layout and format: digested, their face found
     rgb = np.asarray(face)
-    save(Image.fromarray((rgb.astype(np.uint16) * 257)[..., 0]).convert("I;16"),
-         add("16-bit PNG (grayscale, 16 bits a pixel)", "layouts/gray16.png", "faces", faces=1), "PNG")
+    save(
+        Image.fromarray((rgb.astype(np.uint16) * 257)[..., 0]).convert("I;16"),
+        add("16-bit PNG (grayscale, 16 bits a pixel)", "layouts/gray16.png", "faces", faces=1),
+        "PNG",
+    )
     save(face.convert("L"), add("grayscale JPEG", "layouts/gray.jpg", "faces", faces=1), "JPEG")
     save(face.convert("CMYK"), add("CMYK JPEG", "layouts/cmyk.jpg", "faces", faces=1), "JPEG")
     save(face.convert("RGBA"), add("RGBA PNG", "layouts/rgba.png", "faces", faces=1), "PNG")
-    save(face.convert("P", palette=Image.Palette.ADAPTIVE), add("palette PNG", "layouts/palette.png", "faces", faces=1), "PNG")
+    save(
+        face.convert("P", palette=Image.Palette.ADAPTIVE),
+        add("palette PNG", "layouts/palette.png", "faces", faces=1),
+        "PNG",
+    )
     save(face, add("BMP", "formats/face.bmp", "faces", faces=1), "BMP")
     save(face, add("TIFF", "formats/face.tif", "faces", faces=1), "TIFF")
     save(face, add("WebP", "formats/face.webp", "faces", faces=1), "WEBP")
@@ -172,17 +221,26 @@ def build_corpus(folder: Path, unreadable: bool) -> list[Kind]:
     for orientation, transpose in STORE_FOR_ORIENTATION.items():
         exif = Image.Exif()
         exif[0x0112] = orientation
-        save(face.transpose(transpose), add(f"EXIF orientation {orientation}", f"orientation/o{orientation}.jpg", "faces",
-                                            faces=1), "JPEG", exif=exif.tobytes())
+        save(
+            face.transpose(transpose),
+            add(f"EXIF orientation {orientation}", f"orientation/o{orientation}.jpg", "faces", faces=1),
+            "JPEG",
+            exif=exif.tobytes(),
+        )
     # odd sizes: no face, one pixel, a 30,000 x 200 panorama with a face in its middle
-    save(Image.fromarray(np.random.default_rng(2).integers(0, 256, (480, 640, 3), np.uint8)),
-         add("image with no face", "sizes/noise.png", "faces", faces=0), "PNG")
+    save(
+        Image.fromarray(np.random.default_rng(2).integers(0, 256, (480, 640, 3), np.uint8)),
+        add("image with no face", "sizes/noise.png", "faces", faces=0),
+        "PNG",
+    )
     save(Image.new("RGB", (1, 1), (200, 100, 50)), add("1 x 1 image", "sizes/one_pixel.png", "faces", faces=0), "PNG")
     panorama = Image.new("RGB", (30_000, 200), (120, 120, 120))
     panorama.paste(face.crop((255, 255, 1121, 1121)).resize((200, 200)), (15_000, 0))  # its face: 355..1021
     save(panorama, add("30,000 x 200 panorama", "sizes/panorama.jpg", "faces", faces=1), "JPEG")
     # names and depth
-    shutil.copyfile(SAMPLE_IMAGES / "img5.jpg", add("name with spaces", "names/a photo with spaces.jpg", "faces", faces=1))
+    shutil.copyfile(
+        SAMPLE_IMAGES / "img5.jpg", add("name with spaces", "names/a photo with spaces.jpg", "faces", faces=1)
+    )
     shutil.copyfile(SAMPLE_IMAGES / "img6.jpg", add("unicode name", "names/ünïcødé 照片 😀.jpg", "faces", faces=1))
     deep = "/".join(f"d{i:02d}" for i in range(40))
     shutil.copyfile(SAMPLE_IMAGES / "img7.jpg", add("40-deep folder tree", f"{deep}/deep.jpg", "faces", faces=1))
@@ -190,19 +248,34 @@ def build_corpus(folder: Path, unreadable: bool) -> list[Kind]:
     os.symlink(".", add("symlink loop (ln -s . loop)", "loop", "not listed", "symbolic link, not followed"))
     os.symlink("b.jpg", add("symlink cycle a.jpg -> b.jpg", "links/a.jpg", "not listed", "symbolic link, not followed"))
     os.symlink("a.jpg", add("symlink cycle b.jpg -> a.jpg", "links/b.jpg", "not listed", "symbolic link, not followed"))
-    os.symlink(SAMPLE_IMAGES / "img8.jpg", add("symlink to a photo outside the folder", "links/outside.jpg",
-                                               "not listed", "symbolic link, not followed"))
-    os.symlink(SAMPLE_IMAGES, add("symlink to a folder outside the folder", "links/outside_folder", "not listed",
-                                  "symbolic link, not followed"))
-    os.symlink("../img2.jpg", add("symlink to a photo inside the folder", "links/inside.jpg", "not listed",
-                                  "symbolic link, not followed"))
+    os.symlink(
+        SAMPLE_IMAGES / "img8.jpg",
+        add("symlink to a photo outside the folder", "links/outside.jpg", "not listed", "symbolic link, not followed"),
+    )
+    os.symlink(
+        SAMPLE_IMAGES,
+        add(
+            "symlink to a folder outside the folder",
+            "links/outside_folder",
+            "not listed",
+            "symbolic link, not followed",
+        ),
+    )
+    os.symlink(
+        "../img2.jpg",
+        add("symlink to a photo inside the folder", "links/inside.jpg", "not listed", "symbolic link, not followed"),
+    )
     os.mkfifo(add("named pipe called .jpg", "pipe.jpg", "not listed", "not a regular file"))
     if unreadable:
         secret = add("unreadable file", "private/secret.jpg", "error", "cannot read file: Permission denied")
         shutil.copyfile(SAMPLE_IMAGES / "img9.jpg", secret)
         secret.chmod(0)
-        nameless = add("unreadable file without an extension", "private/no_extension", "not listed",
-                       "file not read to tell whether it is a photo: Permission denied")
+        nameless = add(
+            "unreadable file without an extension",
+            "private/no_extension",
+            "not listed",
+            "file not read to tell whether it is a photo: Permission denied",
+        )
         shutil.copyfile(SAMPLE_IMAGES / "img9.jpg", nameless)
         nameless.chmod(0)
         closed = add("unreadable subfolder", "closed", "not listed", "folder not read: Permission denied")
@@ -218,14 +291,31 @@ def stage_changes_after_listing(folder: Path) -> list[Kind]:
     kinds = []
     for name in ("gone.jpg", "now_a_link.jpg", "now_text.jpg", "now_another_photo.jpg", "now_a_folder.jpg"):
         shutil.copyfile(SAMPLE_IMAGES / "img11.jpg", folder / name)
-    kinds.append(Kind("file deleted between listing and processing", "gone.jpg", "error", "it is gone", in_digest=False))
-    kinds.append(Kind("file replaced by a symlink after listing", "now_a_link.jpg", "error", "symbolic link, not followed",
-                      in_digest=False))
+    kinds.append(
+        Kind("file deleted between listing and processing", "gone.jpg", "error", "it is gone", in_digest=False)
+    )
+    kinds.append(
+        Kind(
+            "file replaced by a symlink after listing",
+            "now_a_link.jpg",
+            "error",
+            "symbolic link, not followed",
+            in_digest=False,
+        )
+    )
     kinds.append(Kind("file replaced by text after listing", "now_text.jpg", "error", "not an image", in_digest=False))
-    kinds.append(Kind("file replaced by another photo after listing", "now_another_photo.jpg", "faces", faces=2,
-                      in_digest=False))
-    kinds.append(Kind("file replaced by a folder after listing", "now_a_folder.jpg", "error", "a folder, not a file",
-                      in_digest=False))
+    kinds.append(
+        Kind("file replaced by another photo after listing", "now_another_photo.jpg", "faces", faces=2, in_digest=False)
+    )
+    kinds.append(
+        Kind(
+            "file replaced by a folder after listing",
+            "now_a_folder.jpg",
+            "error",
+            "a folder, not a file",
+            in_digest=False,
+        )
+    )
     return kinds
 
 
@@ -242,10 +332,12 @@ def change_after_listing(folder: Path) -> None:
 def tally(kinds: list[Kind]) -> str:
     """How many kinds of input were tried, and what happened to them."""
     bad = [k for k in kinds if not k.name.startswith("good photo")]
-    return (f"{len(bad)} kinds of bad input tried, with {len(kinds) - len(bad)} good photos: "
-            f"{sum(k.expect == 'error' for k in bad)} per-photo errors, "
-            f"{sum(k.expect == 'faces' for k in bad)} valid images digested correctly, "
-            f"{sum(k.expect == 'not listed' for k in bad)} entries not listed, each with its reason")
+    return (
+        f"{len(bad)} kinds of bad input tried, with {len(kinds) - len(bad)} good photos: "
+        f"{sum(k.expect == 'error' for k in bad)} per-photo errors, "
+        f"{sum(k.expect == 'faces' for k in bad)} valid images digested correctly, "
+        f"{sum(k.expect == 'not listed' for k in bad)} entries not listed, each with its reason"
+    )
 
 
 def outcome(kind: Kind, result) -> str | None:
@@ -299,8 +391,11 @@ def test_the_engine_lists_and_reads_every_kind_of_bad_input(tmp_path):
     # the panorama's face where it was pasted, in the panorama's pixels
     (panorama_face,) = by_path[str(corpus / "sizes/panorama.jpg")].faces
     assert 15_000 <= panorama_face.box[0] < panorama_face.box[0] + panorama_face.box[2] <= 15_200
-    REPORTS.append("bad input: the engine (list_images + faces_in_chunk)\n"
-                   + tally(kinds) + f"; listing took {listed_seconds * 1000:.0f} ms")
+    REPORTS.append(
+        "bad input: the engine (list_images + faces_in_chunk)\n"
+        + tally(kinds)
+        + f"; listing took {listed_seconds * 1000:.0f} ms"
+    )
 
 
 def test_exif_orientations_give_boxes_in_displayed_coordinates(tmp_path):
@@ -316,9 +411,11 @@ def test_exif_orientations_give_boxes_in_displayed_coordinates(tmp_path):
         paths.append(path)
     results = faces_in_chunk([ImageTask(str(FACE_PHOTO))] + [ImageTask(str(p)) for p in paths], "dlib", 0.5).images
     reference = results[0]
-    (x, y, w, h), = [f.box for f in reference.faces]
+    ((x, y, w, h),) = [f.box for f in reference.faces]
     for orientation, result in zip(STORE_FOR_ORIENTATION, results[1:]):
-        assert result.error is None and (result.width, result.height) == (reference.width, reference.height), orientation
+        assert result.error is None and (result.width, result.height) == (reference.width, reference.height), (
+            orientation
+        )
         assert len(result.faces) == 1, orientation
         fx, fy, fw, fh = result.faces[0].box
         overlap_w = max(0, min(x + w, fx + fw) - max(x, fx))
@@ -367,8 +464,10 @@ def test_entries_deleted_while_listing_are_recorded(tmp_path, monkeypatch):
     listing = list_images(tmp_path)
     assert [Path(f.path).name for f in listing] == ["keep.jpg"]
     reasons = {Path(n.path).name: n.reason for n in listing.not_listed}
-    assert reasons == {"vanishing.jpg": "gone while listing (deleted or moved)",
-                       "sub": "folder not read: gone while listing (deleted or moved)"}
+    assert reasons == {
+        "vanishing.jpg": "gone while listing (deleted or moved)",
+        "sub": "folder not read: gone while listing (deleted or moved)",
+    }
 
 
 # The child's peak RSS is its VmHWM: ru_maxrss would keep the parent's peak across fork and exec.
@@ -404,14 +503,17 @@ def test_bombs_and_huge_files_are_refused_with_memory_bounded_in_the_worker(tmp_
     assert child.returncode == 0, child.stderr[-3000:]
     measured = json.loads(child.stdout)
     pixel_budget, byte_budget = settings.max_image_pixels() / 1e6, settings.max_image_bytes() / 2**20
-    assert measured["errors"][0].startswith("refused: 60,000 x 60,000 pixels (3,600.0 megapixels) is more than the "
-                                            f"{pixel_budget:,.1f} megapixels")
+    assert measured["errors"][0].startswith(
+        f"refused: 60,000 x 60,000 pixels (3,600.0 megapixels) is more than the {pixel_budget:,.1f} megapixels"
+    )
     assert measured["errors"][1].startswith("refused: 65,000 x 65,000 pixels")
     assert measured["errors"][2].startswith("refused: 32,000 x 32,000 pixels (1,024.0 megapixels)")
     assert measured["errors"][3].startswith("refused: 65,535 x 65,535 pixels")
     assert measured["errors"][4].startswith("refused: 100,000 x 100,000 pixels")
-    assert measured["errors"][5] == (f"refused: the file is 2.0 GiB, more than the {byte_budget:,.1f} MiB a photo may "
-                                     "have (FACEPIPE_MAX_IMAGE_BYTES)")
+    assert measured["errors"][5] == (
+        f"refused: the file is 2.0 GiB, more than the {byte_budget:,.1f} MiB a photo may "
+        "have (FACEPIPE_MAX_IMAGE_BYTES)"
+    )
     grew_mb = (measured["peak_kib"] - measured["before_kib"]) / 1024
     assert grew_mb < 100, f"the refusals grew the process by {grew_mb:.0f} MB"
     REPORTS.append(
@@ -468,12 +570,16 @@ seconds = time.perf_counter() - start
 print(json.dumps({{"files": len(listing), "not_listed": len(listing.not_listed), "seconds": seconds,
                   "before_mb": before / 1024, "peak_mb": {PEAK_RSS_KIB} / 1024}}))
 """
-    measured = json.loads(subprocess.run([sys.executable, "-c", script, str(child)], capture_output=True, text=True,
-                                         check=True, timeout=300).stdout)
+    measured = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script, str(child)], capture_output=True, text=True, check=True, timeout=300
+        ).stdout
+    )
     assert measured["files"] == 20_000 and measured["not_listed"] == 0
     REPORTS.append(
         "bad input: listing 20,000 small files\n"
-        f"{measured['seconds']:.2f} s; the process's peak RSS {measured['before_mb']:.0f} MB before (Python, numpy, cv2), "
+        f"{measured['seconds']:.2f} s; the process's peak RSS {measured['before_mb']:.0f} MB before "
+        "(Python, numpy, cv2), "
         f"{measured['peak_mb']:.0f} MB after (+{measured['peak_mb'] - measured['before_mb']:.1f} MB)"
     )
 
@@ -497,8 +603,25 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "FACEPIPE_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
-    run = subprocess.run([*(prefix or []), sys.executable, "-m", "facepipe.cli", "digest", str(corpus), "--group",
-                          "bad-input", "--json", "--workers", "2"], env=env, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(
+        [
+            *(prefix or []),
+            sys.executable,
+            "-m",
+            "facepipe.cli",
+            "digest",
+            str(corpus),
+            "--group",
+            "bad-input",
+            "--json",
+            "--workers",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert run.stdout.strip(), run.stderr[-4000:]
     summary = json.loads(run.stdout)
     assert summary["status"] == "completed", summary["errors"]
@@ -531,12 +654,15 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     from dagster import DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        peaks = [e.asset_observation.metadata["worker_peak_rss_mb"].value
-                 for e in instance.all_logs(summary["run_id"], of_type=DagsterEventType.ASSET_OBSERVATION)]
+        peaks = [
+            e.asset_observation.metadata["worker_peak_rss_mb"].value
+            for e in instance.all_logs(summary["run_id"], of_type=DagsterEventType.ASSET_OBSERVATION)
+        ]
     assert peaks and max(peaks) < 1000, peaks
     REPORTS.append(
         "bad input: one real digest of the corpus\n"
-        + tally(kinds) + ("" if prefix is not None else " (no setpriv: the unreadable file and folder left out)")
+        + tally(kinds)
+        + ("" if prefix is not None else " (no setpriv: the unreadable file and folder left out)")
         + f"; {summary['faces_stored']} faces stored; workers' peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB; "
         f"{summary['duration_seconds']} s"
     )

@@ -50,4 +50,4 @@ def test_clustering_with_the_sample_digest_mixes_no_one_across_the_sets(lfw_slic
     home, _ = sample_digest
     samples = np.array([p.vector for points in faces_by_photo(home).values() for p in points])
     labels = cluster_embeddings(np.concatenate([samples, lfw_slice.vectors]), PROFILES["dlib"].cluster_distance)
-    assert not set(labels[:len(samples)]) & set(labels[len(samples):])
+    assert not set(labels[: len(samples)]) & set(labels[len(samples) :])

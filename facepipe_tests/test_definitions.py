@@ -16,14 +16,27 @@ def test_definitions_load_with_the_digest_assets_job_and_store():
 
 def test_the_lineage_is_the_chain_of_the_digest_stages():
     graph = loaded().resolve_asset_graph()
-    parents = {key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
-               for key in graph.get_all_asset_keys()}
-    assert parents == {"image_list": [], "faces": ["image_list"], "embeddings": ["faces"],
-                       "stored_faces": ["embeddings"], "people": ["stored_faces"]}
+    parents = {
+        key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert parents == {
+        "image_list": [],
+        "faces": ["image_list"],
+        "embeddings": ["faces"],
+        "stored_faces": ["embeddings"],
+        "people": ["stored_faces"],
+    }
     # the digest job runs the checks of its assets
-    checks = {(key.asset_key.to_user_string(), key.name) for key in get_digest_job().asset_layer.asset_graph.asset_check_keys}
-    assert checks == {("stored_faces", "complete"), ("faces", "few_failed_photos"), ("embeddings", "sound_vectors"),
-                      ("stored_faces", "count_matches_ledger")}
+    checks = {
+        (key.asset_key.to_user_string(), key.name) for key in get_digest_job().asset_layer.asset_graph.asset_check_keys
+    }
+    assert checks == {
+        ("stored_faces", "complete"),
+        ("faces", "few_failed_photos"),
+        ("embeddings", "sound_vectors"),
+        ("stored_faces", "count_matches_ledger"),
+    }
 
 
 def test_the_launchpad_form_asks_one_source_and_a_known_profile_and_takes_the_group_from_the_partition():
@@ -46,7 +59,9 @@ def test_the_launchpad_form_asks_one_source_and_a_known_profile_and_takes_the_gr
 
 
 def test_loading_definitions_imports_no_model_library():
-    code = ("import sys, facepipe.definitions; facepipe.definitions.loaded(); "
-            "print(sorted({'cv2', 'deepface', 'dlib', 'onnxruntime', 'scipy'} & set(sys.modules)))")
+    code = (
+        "import sys, facepipe.definitions; facepipe.definitions.loaded(); "
+        "print(sorted({'cv2', 'deepface', 'dlib', 'onnxruntime', 'scipy'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,8 +11,18 @@ from facepipe.store import FaceStore
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo, run_facepipe
 
 PAYLOAD_FIELDS = {
-    "group_id", "image_path", "face_index", "detection_confidence", "facial_area", "landmarks", "timestamp",
-    "model", "content_hash", "image_width", "image_height", "run_id",
+    "group_id",
+    "image_path",
+    "face_index",
+    "detection_confidence",
+    "facial_area",
+    "landmarks",
+    "timestamp",
+    "model",
+    "content_hash",
+    "image_width",
+    "image_height",
+    "run_id",
 }
 
 
@@ -22,8 +32,11 @@ def test_digest_stores_faces_for_every_single_face_photo(sample_digest):
     assert summary["status"] == "completed"
     assert summary["images_listed"] == summary["images_done"] == 64
     assert summary["images_failed"] == 0
-    assert summary["faces_stored"] == summary["faces_in_group"] == (
-        summary["faces_detected"] - summary["faces_dropped"] - summary["faces_too_small"])
+    assert (
+        summary["faces_stored"]
+        == summary["faces_in_group"]
+        == (summary["faces_detected"] - summary["faces_dropped"] - summary["faces_too_small"])
+    )
     assert summary["min_face_size"] == 32  # the default preset's
 
     by_photo = faces_by_photo(home)
@@ -61,9 +74,12 @@ def test_img1_finds_other_person01_photos_before_anyone_else(sample_digest, iden
     names = [p.payload["image_path"].rsplit("/", 1)[-1] for p in ranked]
     assert names[0] == "img1.jpg"
     # the couple and the selfie each show person01 too (../shared/faces/README.md)
-    person01 = {name for name, who in identities.items() if who == "person01"} | {"couple.jpg", "selfie-many-people.jpg"}
+    person01 = {name for name, who in identities.items() if who == "person01"} | {
+        "couple.jpg",
+        "selfie-many-people.jpg",
+    }
     first_other = next(i for i, name in enumerate(names) if identities.get(name, "person01") != "person01")
-    assert person01 - {"img1.jpg"} <= set(names[1:first_other]), names[:first_other + 1]
+    assert person01 - {"img1.jpg"} <= set(names[1:first_other]), names[: first_other + 1]
 
 
 @pytest.mark.e2e
@@ -153,16 +169,36 @@ def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_p
         folder.mkdir()
         for name in names:
             shutil.copy(SAMPLE_IMAGES / name, folder / name)
-        runs.append(subprocess.Popen([sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", group,
-                                      "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True))
+        runs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "facepipe.cli",
+                    "digest",
+                    str(folder),
+                    "--group",
+                    group,
+                    "--workers",
+                    "1",
+                    "--json",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        )
     summaries = [json.loads(run.communicate(timeout=600)[0]) for run in runs]
     assert [(s["status"], s["faces_stored"]) for s in summaries] == [("completed", 3), ("completed", 3)]
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert instance.event_log_storage.get_concurrency_info("facepipe_store").slot_count == 1
-        pooled = [e.step_key.split("[")[0] for s in summaries
-                  for e in instance.all_logs(s["run_id"], of_type=DagsterEventType.STEP_START)
-                  if e.step_key.startswith(("digest.list_images", "digest.store_chunk", "digest.store_faces"))]
+        pooled = [
+            e.step_key.split("[")[0]
+            for s in summaries
+            for e in instance.all_logs(s["run_id"], of_type=DagsterEventType.STEP_START)
+            if e.step_key.startswith(("digest.list_images", "digest.store_chunk", "digest.store_faces"))
+        ]
         # per run: the listing, one chunk's write (3 photos, 1 worker: one chunk), the totals
         assert sorted(pooled) == ["digest.list_images"] * 2 + ["digest.store_chunk"] * 2 + ["digest.store_faces"] * 2
 
@@ -187,15 +223,33 @@ def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
     env = {**os.environ, "FACEPIPE_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     with FaceStore.open(path=home / "qdrant"):  # held, as a search would hold it
-        running = subprocess.Popen([sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "held",
-                                    "--workers", "1", "--json"], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True)
+        running = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "facepipe.cli",
+                "digest",
+                str(folder),
+                "--group",
+                "held",
+                "--workers",
+                "1",
+                "--json",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         deadline, retried = time.time() + 120, []
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             while not retried and time.time() < deadline and running.poll() is None:
                 time.sleep(0.5)
-                retried = [e for r in instance.get_run_records()
-                           for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)]
+                retried = [
+                    e
+                    for r in instance.get_run_records()
+                    for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+                ]
     summary = json.loads(running.communicate(timeout=300)[0])
     assert retried and retried[0].step_key == "digest.list_images"
     assert summary["status"] == "completed" and summary["faces_stored"] == 1

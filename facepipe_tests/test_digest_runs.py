@@ -107,7 +107,9 @@ def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_p
         run_config = {"ops": {"digest": {"ops": {"list_images": {"config": config}}}}}
         return graphql(url, CONFIG_VALID, {"selector": selector, "config": run_config})["isPipelineConfigValid"]
 
-    assert verdict({"source": {"local_folder": {"path": str(tmp_path)}}})["__typename"] == "PipelineConfigValidationValid"
+    assert (
+        verdict({"source": {"local_folder": {"path": str(tmp_path)}}})["__typename"] == "PipelineConfigValidationValid"
+    )
     for bad, says in [
         ({}, 'Missing required config entry "source"'),
         ({"source": {}}, "Must specify a field"),
@@ -129,17 +131,31 @@ def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_
     home, url = dagster_ui
     folder = small_folder(tmp_path / "photos", bad=False)
     port = int(url.rsplit(":", 1)[1])
-    graphql(url, """mutation Add($selector: RepositorySelector!, $key: String!) {
+    graphql(
+        url,
+        """mutation Add($selector: RepositorySelector!, $key: String!) {
       addDynamicPartition(repositorySelector: $selector, partitionsDefName: "digest_groups", partitionKey: $key) {
-        __typename } }""", {"selector": LOCATION, "key": "launchpad"})
-    run_config = {"ops": {"digest": {"ops": {"list_images": {"config": {"source": {"local_folder": {"path": str(folder)}}}}}}}}
+        __typename } }""",
+        {"selector": LOCATION, "key": "launchpad"},
+    )
+    run_config = {
+        "ops": {"digest": {"ops": {"list_images": {"config": {"source": {"local_folder": {"path": str(folder)}}}}}}}
+    }
     run_id = DagsterGraphQLClient("127.0.0.1", port_number=port).submit_job_execution(
-        "digest_job", repository_location_name="facepipe", repository_name="__repository__", run_config=run_config,
-        tags={"dagster/partition": "launchpad"})
+        "digest_job",
+        repository_location_name="facepipe",
+        repository_name="__repository__",
+        run_config=run_config,
+        tags={"dagster/partition": "launchpad"},
+    )
 
     summary, _ = wait_until_finished(home, run_id)
     assert (summary["status"], summary["group_id"], summary["source"], summary["profile"]) == (
-        "completed", "launchpad", str(folder), "dlib")
+        "completed",
+        "launchpad",
+        str(folder),
+        "dlib",
+    )
     listed = json.loads(run_facepipe(home, "digests", "list", "--group", "launchpad", "--json").stdout)
     assert [d["run_id"] for d in listed] == [run_id]
     shown = show(home, run_id, "--face-ids", "3")
@@ -150,14 +166,19 @@ def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_
 def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     home, url = dagster_ui
     # a digest of a folder the server does not have fails before any work
-    failed = json.loads(run_facepipe(home, "digest", str(tmp_path / "nowhere"), "--group", "remote", "--remote", url,
-                                     "--json", check=False).stdout)
+    failed = json.loads(
+        run_facepipe(
+            home, "digest", str(tmp_path / "nowhere"), "--group", "remote", "--remote", url, "--json", check=False
+        ).stdout
+    )
     assert failed["status"] == "failed"
     assert any("source: cannot list" in error for error in failed["errors"])
 
     everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
     assert len(everything) >= 3
-    remote_failed = json.loads(run_facepipe(home, "digests", "list", "--group", "remote", "--status", "failed", "--json").stdout)
+    remote_failed = json.loads(
+        run_facepipe(home, "digests", "list", "--group", "remote", "--status", "failed", "--json").stdout
+    )
     assert [d["run_id"] for d in remote_failed] == [failed["run_id"]]
     completed = json.loads(run_facepipe(home, "digests", "list", "--status", "completed", "--json").stdout)
     assert completed and all(d["status"] == "completed" for d in completed)
@@ -170,8 +191,11 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
 
 @pytest.mark.e2e
 def test_unknown_digest_is_not_found(tmp_path):
-    for command in (["digests", "show", "no-such-run"], ["digests", "cancel", "no-such-run"],
-                    ["digests", "retry", "no-such-run"]):
+    for command in (
+        ["digests", "show", "no-such-run"],
+        ["digests", "cancel", "no-such-run"],
+        ["digests", "retry", "no-such-run"],
+    ):
         result = run_facepipe(tmp_path, *command, check=False)
         assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
@@ -211,8 +235,25 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     env = {**os.environ, "FACEPIPE_HOME": str(home)}
     env.pop("DAGSTER_HOME", None)
     running = subprocess.Popen(
-        [sys.executable, "-m", "facepipe.cli", "digest", str(SAMPLE_IMAGES), "--group", "g", "--workers", "1",
-         "--chunk-size", "8", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "facepipe.cli",
+            "digest",
+            str(SAMPLE_IMAGES),
+            "--group",
+            "g",
+            "--workers",
+            "1",
+            "--chunk-size",
+            "8",
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -230,8 +271,9 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
 
     # Dagster's own "Re-execute from failure" (the UI's button) re-runs the store step but not the
     # chunks that never started: it must fail, saying how many photos are missing, never end green
-    from_failure = subprocess.run([sys.executable, "-c", FROM_FAILURE, run_id], env=env, capture_output=True,
-                                  text=True, timeout=600)
+    from_failure = subprocess.run(
+        [sys.executable, "-c", FROM_FAILURE, run_id], env=env, capture_output=True, text=True, timeout=600
+    )
     outcome = json.loads(from_failure.stdout.strip().splitlines()[-1])
     assert outcome["success"] is False and outcome["complete_check"] is False, (outcome, from_failure.stderr[-3000:])
     assert re.match(r"\d+ of 64 photos were not digested .*facepipe digests retry", outcome["failure"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from facepipe.engine.faces import faces_in_chunk
-from facepipe.engine.planning import ImageTask, plan_images, split_into_chunks
 from facepipe.engine.listing import ImageFile
+from facepipe.engine.planning import ImageTask, plan_images, split_into_chunks
 from facepipe.engine.weights import MissingWeightsError
 from facepipe_tests.conftest import SAMPLE_IMAGES
 
@@ -74,8 +74,12 @@ def test_a_mirrored_photo_has_another_hash_but_the_same_person():
 def test_bad_photos_are_recorded_and_the_chunk_goes_on(tmp_path):
     (tmp_path / "text.jpg").write_text("not a photo")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
-    tasks = [ImageTask(str(tmp_path / "text.jpg")), ImageTask(str(tmp_path / "corrupt.jpg")),
-             ImageTask(str(tmp_path / "missing.jpg")), ImageTask(str(SAMPLE_IMAGES / "img2.jpg"))]
+    tasks = [
+        ImageTask(str(tmp_path / "text.jpg")),
+        ImageTask(str(tmp_path / "corrupt.jpg")),
+        ImageTask(str(tmp_path / "missing.jpg")),
+        ImageTask(str(SAMPLE_IMAGES / "img2.jpg")),
+    ]
     text, corrupt, missing, good = faces_in_chunk(tasks, "dlib", 0.5).images
     assert "not an image" in text.error
     assert "corrupt" in corrupt.error
@@ -120,7 +124,9 @@ def test_dlib_weights_left_as_broken_links_by_a_removed_environment_are_linked_a
     link_bundled_dlib_weights()
     assert all(f.is_file() and f.stat().st_size > 1_000_000 for f in folder.iterdir())
     assert sorted(f.name for f in folder.iterdir()) == [
-        "dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"]
+        "dlib_face_recognition_resnet_model_v1.dat",
+        "shape_predictor_5_face_landmarks.dat",
+    ]
 
 
 def test_a_missing_weight_names_the_file_and_the_folder(tmp_path, monkeypatch):

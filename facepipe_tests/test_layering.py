@@ -14,8 +14,19 @@ LAYERS = [
     ("settings", {"facepipe.settings"}),
     ("engine", {"facepipe.engine"}),
     ("store", {"facepipe.store"}),
-    ("plain modules", {"facepipe.request", "facepipe.watching", "facepipe.people", "facepipe.search",
-                       "facepipe.notify", "facepipe.thumbnails", "facepipe.history", "facepipe.instance"}),
+    (
+        "plain modules",
+        {
+            "facepipe.request",
+            "facepipe.watching",
+            "facepipe.people",
+            "facepipe.search",
+            "facepipe.notify",
+            "facepipe.thumbnails",
+            "facepipe.history",
+            "facepipe.instance",
+        },
+    ),
     ("Dagster layer", {"facepipe.defs"}),
     ("definitions", {"facepipe.definitions", "facepipe.worker_preload"}),
     ("clients", {"facepipe.runs", "facepipe.remote", "facepipe.cli", "facepipe.cli_people", "facepipe.api"}),
@@ -45,8 +56,10 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from facepipe import settings` imports the module facepipe.settings
-                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                         for a in node.names]
+                names = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             else:
                 continue
             imported |= {n for n in names if n in modules and n != name}
@@ -64,7 +77,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for imported in sorted(graph.get(module, ())):
             if state.get(imported) == "open":
-                return path[path.index(imported):] + [imported]
+                return path[path.index(imported) :] + [imported]
             if imported not in state and (circle := visit(imported)):
                 return circle
         state[module] = "done"
@@ -78,9 +91,12 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def against_the_layering(graph: dict[str, set[str]]) -> list[str]:
-    return [f"{module} ({LAYERS[layer_of(module)][0]}) imports {imported} ({LAYERS[layer_of(imported)][0]})"
-            for module, imports in sorted(graph.items()) for imported in sorted(imports)
-            if layer_of(imported) > layer_of(module)]
+    return [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {imported} ({LAYERS[layer_of(imported)][0]})"
+        for module, imports in sorted(graph.items())
+        for imported in sorted(imports)
+        if layer_of(imported) > layer_of(module)
+    ]
 
 
 def test_facepipe_imports_have_no_circle():
@@ -99,15 +115,23 @@ def test_the_engine_and_the_store_import_no_dagster():
         assert not {m for m in imported if m.split(".")[0].startswith("dagster")}, path
 
 
-@pytest.mark.parametrize("source, found", [
-    # the circle of the first version: digests.py was both the vocabulary of the definitions and the
-    # client that launched them (imports inside functions, as it had them)
-    ({"definitions.py": "from facepipe.defs.sensors import build_sensors",
-      "defs/__init__.py": "", "defs/sensors.py": "def f():\n    from facepipe.digests import run_config",
-      "digests.py": "def g():\n    from facepipe.definitions import get_digest_job"},
-     ["facepipe.definitions", "facepipe.defs.sensors", "facepipe.digests", "facepipe.definitions"]),
-    ({"store.py": "from facepipe.engine import faces", "engine/__init__.py": "", "engine/faces.py": "x = 1"}, None),
-])
+@pytest.mark.parametrize(
+    "source, found",
+    [
+        # the circle of the first version: digests.py was both the vocabulary of the definitions and the
+        # client that launched them (imports inside functions, as it had them)
+        (
+            {
+                "definitions.py": "from facepipe.defs.sensors import build_sensors",
+                "defs/__init__.py": "",
+                "defs/sensors.py": "def f():\n    from facepipe.digests import run_config",
+                "digests.py": "def g():\n    from facepipe.definitions import get_digest_job",
+            },
+            ["facepipe.definitions", "facepipe.defs.sensors", "facepipe.digests", "facepipe.definitions"],
+        ),
+        ({"store.py": "from facepipe.engine import faces", "engine/__init__.py": "", "engine/faces.py": "x = 1"}, None),
+    ],
+)
 def test_the_check_finds_a_circle_hidden_in_a_function(tmp_path, source, found):
     for name, text in source.items():
         (tmp_path / "facepipe" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -121,4 +145,5 @@ def test_the_check_finds_an_import_against_the_layering(tmp_path):
     (tmp_path / "facepipe" / "engine" / "faces.py").write_text("def f():\n    from facepipe.store import FaceStore")
     (tmp_path / "facepipe" / "store.py").write_text("")
     assert against_the_layering(import_graph(tmp_path / "facepipe")) == [
-        "facepipe.engine.faces (engine) imports facepipe.store (store)"]
+        "facepipe.engine.faces (engine) imports facepipe.store (store)"
+    ]

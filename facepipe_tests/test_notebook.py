@@ -23,10 +23,14 @@ def test_the_cluster_analysis_notebook_runs_on_the_sample_group(sample_people, t
     shutil.copytree(sample_people[0], home)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
-    parameters.source = f'FACEPIPE_HOME = {str(home)!r}\nGROUP = "sample"\nPROFILE = "dlib"\nMONTAGE_FACES = 8\nMONTAGE_PEOPLE = 20'
+    parameters.source = (
+        f'FACEPIPE_HOME = {str(home)!r}\nGROUP = "sample"\nPROFILE = "dlib"\nMONTAGE_FACES = 8\nMONTAGE_PEOPLE = 20'
+    )
 
     # any cell error raises CellExecutionError and fails the test
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     text = "\n".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
     assert "group 'sample': 68 faces, 16 people, 0 faces without a person" in text

@@ -70,8 +70,13 @@ def test_the_people_table_and_the_dagster_run(sample_people, identities):
 @pytest.mark.e2e
 def test_the_benchmark_prints_the_pairwise_figures(sample_people):
     home, _ = sample_people
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "clustering.py"), "--store", str(home / "qdrant")],
-                            capture_output=True, text=True, timeout=300, check=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "clustering.py"), "--store", str(home / "qdrant")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     line = next(line for line in result.stdout.splitlines() if "(facepipe)" in line)
     f1 = float(re.search(r"F1 ([0-9.]+)", line).group(1))
     assert f1 >= 0.98, result.stdout
@@ -127,9 +132,11 @@ def test_names_merges_and_splits_survive_a_full_recluster(sample_people, tmp_pat
     assert person06 not in by_id
     assert after["img11_reflection.jpg"] == [split_off] and after["img11.jpg"] == [her]  # still split
     # every other face kept its person
-    assert all(after[name] == [ids[name]] for name in ids
-               if name not in ("img11_reflection.jpg", "couple.jpg", "selfie-many-people.jpg")
-               and ids[name] != person06)
+    assert all(
+        after[name] == [ids[name]]
+        for name in ids
+        if name not in ("img11_reflection.jpg", "couple.jpg", "selfie-many-people.jpg") and ids[name] != person06
+    )
 
 
 @pytest.mark.e2e

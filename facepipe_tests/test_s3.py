@@ -12,9 +12,8 @@ import pytest
 from dagster import DagsterInstance
 
 from facepipe.engine.faces import faces_in_chunk
-
-from facepipe.engine.planning import ImageTask
 from facepipe.engine.listing import ImageError
+from facepipe.engine.planning import ImageTask
 from facepipe.engine.sources import S3Reader, SourceError, list_s3_images
 from facepipe_tests.conftest import S3_SECRET as SECRET
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo
@@ -122,6 +121,7 @@ def test_redigest_downloads_nothing_and_a_changed_object_replaces_its_faces(s3_e
     assert changed["images_to_digest"] == 2 and changed["faces_in_group"] == first["faces_in_group"]
     (face,) = faces_by_photo(home, "s3group")["img1.jpg"]
     import hashlib
+
     assert face.payload["content_hash"] == hashlib.sha256((SAMPLE_IMAGES / "img4.jpg").read_bytes()).hexdigest()
 
 

@@ -28,7 +28,10 @@ def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, id
     assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold == 0.94
     found = names(result)
     # her face in the couple and in the selfie is detected by the digest (test_digest), so both must match
-    person01 = {name for name, who in identities.items() if who == "person01"} | {"couple.jpg", "selfie-many-people.jpg"}
+    person01 = {name for name, who in identities.items() if who == "person01"} | {
+        "couple.jpg",
+        "selfie-many-people.jpg",
+    }
     assert set(found) == person01, found
     assert found[0] == "img1.jpg" and result["photos"][0]["score"] > 0.999
 
@@ -102,8 +105,13 @@ def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_p
     from facepipe_tests.conftest import REPO
 
     home, _ = sample_people
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search_threshold.py"), "--store", str(home / "qdrant")],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "search_threshold.py"), "--store", str(home / "qdrant")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     default = next(line for line in out.splitlines() if line.endswith("<- default"))
     # precision first: no wrong hit on the sample photos, and most of each person's photos found
     assert default.strip().startswith(">= 0.9400:") and "different-person matched 0/1743" in default, out

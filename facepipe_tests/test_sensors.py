@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
@@ -29,11 +30,11 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_schedules
 from facepipe.defs.ingestion.sensors import build_watch_sensor
 from facepipe.defs.ingestion.webhooks import build_webhook_sensors
 from facepipe.engine.listing import list_images
-from facepipe.defs.digest.config import request_from_config
 from facepipe.request import DigestRequest, digest_request
 from facepipe.runs import run_digest
 from facepipe.watching import parse_watches
@@ -54,8 +55,9 @@ def tick(sensor, instance, cursor=None):
 
 
 def window_config(run_request) -> DigestRequest:
-    return request_from_config(run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"],
-                               run_request.partition_key)
+    return request_from_config(
+        run_request.run_config["ops"]["digest"]["ops"]["list_images"]["config"], run_request.partition_key
+    )
 
 
 def drop(folder, name, mtime_ns, photo="img1.jpg"):
@@ -74,26 +76,41 @@ def instance():
 
 # -- the definitions -------------------------------------------------------------------------------
 
+
 def test_definitions_load_a_sensor_per_watch_and_the_schedules(tmp_path):
     watches = tmp_path / "watches.yaml"
-    watches.write_text(f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
-                       "  - {name: bucket, source: 's3://photos/event/', group_id: h}\n"
-                       "webhooks: ['${HOOK_URL}']\n")
-    code = ("from facepipe.definitions import loaded; defs = loaded(); "
-            "print(sorted(s.name for s in defs.sensors), sorted(s.name for s in defs.schedules))")
-    env = {**os.environ, "FACEPIPE_WATCHES": str(watches), "FACEPIPE_HOME": str(tmp_path / "home"),
-           "HOOK_URL": "http://127.0.0.1:1/hook"}
+    watches.write_text(
+        f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
+        "  - {name: bucket, source: 's3://photos/event/', group_id: h}\n"
+        "webhooks: ['${HOOK_URL}']\n"
+    )
+    code = (
+        "from facepipe.definitions import loaded; defs = loaded(); "
+        "print(sorted(s.name for s in defs.sensors), sorted(s.name for s in defs.schedules))"
+    )
+    env = {
+        **os.environ,
+        "FACEPIPE_WATCHES": str(watches),
+        "FACEPIPE_HOME": str(tmp_path / "home"),
+        "HOOK_URL": "http://127.0.0.1:1/hook",
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == ("['digest_failed_webhooks', 'digest_succeeded_webhooks', 'watch_bucket', "
-                                  "'watch_inbox'] ['nightly_recluster', 'nightly_watch_recheck']")
+    assert out.split("\n")[0] == (
+        "['digest_failed_webhooks', 'digest_succeeded_webhooks', 'watch_bucket', "
+        "'watch_inbox'] ['nightly_recluster', 'nightly_watch_recheck']"
+    )
 
 
 def test_a_typo_in_one_watch_disables_that_watch_only_and_its_sensor_says_why(tmp_path, instance):
     watches = tmp_path / "watches.yaml"
-    watches.write_text(f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
-                       f"  - {{name: typo, source: {tmp_path}, group_id: 'a/b'}}\n")
-    code = ("from facepipe.definitions import loaded; defs = loaded(); "
-            "print(sorted(s.name for s in defs.sensors), sorted(j.name for j in defs.resolve_all_job_defs()))")
+    watches.write_text(
+        f"watches:\n  - {{name: inbox, source: {tmp_path}, group_id: g}}\n"
+        f"  - {{name: typo, source: {tmp_path}, group_id: 'a/b'}}\n"
+    )
+    code = (
+        "from facepipe.definitions import loaded; defs = loaded(); "
+        "print(sorted(s.name for s in defs.sensors), sorted(j.name for j in defs.resolve_all_job_defs()))"
+    )
     env = {**os.environ, "FACEPIPE_WATCHES": str(watches), "FACEPIPE_HOME": str(tmp_path / "home")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == "['watch_inbox', 'watch_typo'] ['__ASSET_JOB', 'digest_job', 'people_job']"
@@ -107,6 +124,7 @@ def test_a_typo_in_one_watch_disables_that_watch_only_and_its_sensor_says_why(tm
 
 # -- watch sensors ----------------------------------------------------------------------------------
 
+
 def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance, tmp_path):
     inbox = tmp_path / "inbox"
     for i in range(5):
@@ -115,7 +133,10 @@ def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance
 
     first = tick(sensor, instance)
     assert [r.run_key for r in first.run_requests] == [
-        f"inbox:-1:{T0 + SECOND}", f"inbox:{T0 + SECOND}:{T0 + 3 * SECOND}", f"inbox:{T0 + 3 * SECOND}:{T0 + 4 * SECOND}"]
+        f"inbox:-1:{T0 + SECOND}",
+        f"inbox:{T0 + SECOND}:{T0 + 3 * SECOND}",
+        f"inbox:{T0 + 3 * SECOND}:{T0 + 4 * SECOND}",
+    ]
     assert {r.partition_key for r in first.run_requests} == {"wedding"}
     assert first.run_requests[0].tags["facepipe/watch"] == "inbox"
     assert first.run_requests[0].tags["facepipe/group_id"] == "wedding"
@@ -123,8 +144,9 @@ def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance
     assert [r.partition_keys for r in first.dynamic_partitions_requests] == [["wedding"]]
     # each run digests exactly its batch: the digest's listing, cut to the run's window
     listed = list_images(inbox)
-    assert [[os.path.basename(f.path) for f in window_config(r).modified_in_window(listed)]
-            for r in first.run_requests] == [["p0.jpg", "p1.jpg"], ["p2.jpg", "p3.jpg"], ["p4.jpg"]]
+    assert [
+        [os.path.basename(f.path) for f in window_config(r).modified_in_window(listed)] for r in first.run_requests
+    ] == [["p0.jpg", "p1.jpg"], ["p2.jpg", "p3.jpg"], ["p4.jpg"]]
     assert json.loads(first.cursor)["mtime_ns"] == T0 + 4 * SECOND
 
     # the same tick again (a daemon restarted before saving its cursor) asks for the same run keys,
@@ -143,7 +165,9 @@ def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance
     (request,) = third.run_requests
     assert request.run_key == f"inbox:{T0 + 4 * SECOND}:{T0 + 11 * SECOND}"
     assert [os.path.basename(f.path) for f in window_config(request).modified_in_window(list_images(inbox))] == [
-        "new.jpg", "p1.jpg"]
+        "new.jpg",
+        "p1.jpg",
+    ]
     assert third.dynamic_partitions_requests == []  # the group exists now
     assert not tick(sensor, instance, third.cursor).run_requests
 
@@ -178,7 +202,9 @@ def test_a_photo_arriving_late_with_the_time_of_the_last_launch_is_launched_once
     (request,) = second.run_requests
     assert request.run_key == f"late:{T0 - 1}:{T0}:2"  # a.jpg is in the window again, and skipped as unchanged
     assert sorted(os.path.basename(f.path) for f in window_config(request).modified_in_window(list_images(inbox))) == [
-        "a.jpg", "b.jpg"]
+        "a.jpg",
+        "b.jpg",
+    ]
     assert not tick(sensor, instance, second.cursor).run_requests
     drop(inbox, "c.jpg", T0, photo="img3.jpg")
     (third,) = tick(sensor, instance, second.cursor).run_requests
@@ -192,13 +218,18 @@ def test_an_s3_watch_lists_the_prefix_and_picks_up_new_objects(s3_endpoint, inst
         client.put_object(Bucket="watched", Key=f"event/{name}", Body=(SAMPLE_IMAGES / name).read_bytes())
     client.put_object(Bucket="watched", Key="event/readme.txt", Body=b"not a photo")
     client.put_object(Bucket="watched", Key="other/img3.jpg", Body=(SAMPLE_IMAGES / "img3.jpg").read_bytes())
-    sensor = build_watch_sensor(watch(name="bucket", source="s3://watched/event/", group_id="s3g",
-                                      s3_endpoint_url=s3_endpoint))
+    sensor = build_watch_sensor(
+        watch(name="bucket", source="s3://watched/event/", group_id="s3g", s3_endpoint_url=s3_endpoint)
+    )
 
     first = tick(sensor, instance)
     (request,) = first.run_requests
     config = window_config(request)
-    assert (config.source.bucket, config.source.prefix, config.source.endpoint_url) == ("watched", "event/", s3_endpoint)
+    assert (config.source.bucket, config.source.prefix, config.source.endpoint_url) == (
+        "watched",
+        "event/",
+        s3_endpoint,
+    )
     assert request.tags["facepipe/source"] == "s3://watched/event/"
     assert not tick(sensor, instance, first.cursor).run_requests
 
@@ -225,6 +256,7 @@ def test_an_unreadable_source_fails_the_tick_with_a_clear_message(instance, tmp_
 
 
 # -- real digests, shared by the schedule and webhook tests --------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digested(tmp_path_factory):
@@ -276,9 +308,9 @@ def test_the_nightly_recluster_asks_only_for_groups_with_new_faces(digested):
 def test_the_nightly_recheck_digests_every_watch_in_full(tmp_path, instance):
     config = parse_watches({"watches": [{"name": "inbox", "source": str(tmp_path), "group_id": "nightly"}]})
     recheck = {s.name: s for s in build_schedules(config)}["nightly_watch_recheck"]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    night = datetime(2026, 11, 26, 2, tzinfo=timezone.utc)  # the daemon gives the tick's scheduled time
+    night = datetime(2026, 11, 26, 2, tzinfo=UTC)  # the daemon gives the tick's scheduled time
     (request,) = list(recheck(build_schedule_context(instance=instance, scheduled_execution_time=night)))
     assert request.partition_key == "nightly" and request.tags["facepipe/recheck"] == "nightly"
     assert request.run_key == "recheck:inbox:2026-11-26T02:00:00+00:00"
@@ -288,6 +320,7 @@ def test_the_nightly_recheck_digests_every_watch_in_full(tmp_path, instance):
 
 
 # -- webhooks ---------------------------------------------------------------------------------------
+
 
 class WebhookReceiver:
     """An HTTP server on a loopback port that records every JSON POST; paths in `fail_once`
@@ -331,20 +364,29 @@ def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digeste
     home, _, runs = digested
     monkeypatch.setenv("HOOK_PORT", str(receiver.server.server_address[1]))
     nobody = free_port()
-    config = parse_watches({"webhooks": [
-        f"http://127.0.0.1:{nobody}/nobody-listens",  # first, so the others must still be called
-        receiver.url + "/ok",
-        "http://127.0.0.1:${HOOK_PORT}/flaky",  # 503, then 200 on the retry
-    ]})
+    config = parse_watches(
+        {
+            "webhooks": [
+                f"http://127.0.0.1:{nobody}/nobody-listens",  # first, so the others must still be called
+                receiver.url + "/ok",
+                "http://127.0.0.1:${HOOK_PORT}/flaky",  # 503, then 200 on the retry
+            ]
+        }
+    )
     sensors = {s.name: s for s in build_webhook_sensors(config)}
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        for name, key, event_type in (("digest_succeeded_webhooks", "alpha", DagsterEventType.RUN_SUCCESS),
-                                      ("digest_failed_webhooks", "failed", DagsterEventType.RUN_FAILURE)):
+        for name, key, event_type in (
+            ("digest_succeeded_webhooks", "alpha", DagsterEventType.RUN_SUCCESS),
+            ("digest_failed_webhooks", "failed", DagsterEventType.RUN_FAILURE),
+        ):
             run_id = runs[key]["run_id"]
             (record,) = instance.get_records_for_run(run_id, of_type=event_type).records
             context = build_run_status_sensor_context(
-                sensor_name=name, dagster_event=record.event_log_entry.dagster_event, dagster_instance=instance,
-                dagster_run=instance.get_run_by_id(run_id))
+                sensor_name=name,
+                dagster_event=record.event_log_entry.dagster_event,
+                dagster_instance=instance,
+                dagster_run=instance.get_run_by_id(run_id),
+            )
             if event_type == DagsterEventType.RUN_FAILURE:
                 context = context.for_run_failure()
             sensors[name](context)  # the unreachable webhook is logged, not raised
@@ -358,11 +400,14 @@ def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digeste
     # the flaky receiver got the success summary twice (503, then 200), the failure once
     assert [b["event"] for b in receiver.bodies("/flaky")] == ["digest_completed", "digest_completed", "digest_failed"]
     # the webhook nobody listens to is a warning in the sensor's log, without its path (a Slack-style secret)
-    warnings = [line for line in capsys.readouterr().err.splitlines() if f"webhook http://127.0.0.1:{nobody}/..." in line]
+    warnings = [
+        line for line in capsys.readouterr().err.splitlines() if f"webhook http://127.0.0.1:{nobody}/..." in line
+    ]
     assert len(warnings) == 2 and all("ConnectionError" in w and "nobody-listens" not in w for w in warnings)
 
 
 # -- the daemon -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def ui_with_a_watch(tmp_path, receiver):
@@ -370,8 +415,10 @@ def ui_with_a_watch(tmp_path, receiver):
     home, inbox = tmp_path / "home", tmp_path / "inbox"
     inbox.mkdir()
     watches = tmp_path / "watches.yaml"
-    watches.write_text(f"watches:\n  - name: inbox\n    source: {inbox}\n    group_id: dropped\n"
-                       f"    minimum_interval_seconds: 5\n    workers: 1\nwebhooks:\n  - {receiver.url}/hook\n")
+    watches.write_text(
+        f"watches:\n  - name: inbox\n    source: {inbox}\n    group_id: dropped\n"
+        f"    minimum_interval_seconds: 5\n    workers: 1\nwebhooks:\n  - {receiver.url}/hook\n"
+    )
     with facepipe_ui(home, daemons=("SENSOR", "QUEUED_RUN_COORDINATOR"), FACEPIPE_WATCHES=str(watches)):
         yield home, inbox
 

@@ -14,7 +14,13 @@ from facepipe.store import FaceStore, face_point_id, faces_collection
 def result(path, content_hash, faces=1, previously=False) -> ImageResult:
     vectors = np.eye(128, dtype=np.float32)
     return ImageResult(
-        path, size=10, mtime_ns=1, content_hash=content_hash, width=100, height=80, previously_digested=previously,
+        path,
+        size=10,
+        mtime_ns=1,
+        content_hash=content_hash,
+        width=100,
+        height=80,
+        previously_digested=previously,
         faces=[Face(i, (1, 2, 3, 4), [(1.0, 2.0)] * 5, 0.9, vectors[i]) for i in range(faces)],
     )
 
@@ -26,8 +32,16 @@ def open_store(request, tmp_path):
 
 def test_point_ids_are_deterministic_and_distinct():
     assert face_point_id("g", "h", 0, "dlib") == face_point_id("g", "h", 0, "dlib")
-    ids = {face_point_id(*key) for key in [("g", "h", 0, "dlib"), ("g", "h", 1, "dlib"), ("g2", "h", 0, "dlib"),
-                                           ("g", "h2", 0, "dlib"), ("g", "h", 0, "retinaface-arcface")]}
+    ids = {
+        face_point_id(*key)
+        for key in [
+            ("g", "h", 0, "dlib"),
+            ("g", "h", 1, "dlib"),
+            ("g2", "h", 0, "dlib"),
+            ("g", "h2", 0, "dlib"),
+            ("g", "h", 0, "retinaface-arcface"),
+        ]
+    }
     assert len(ids) == 5
 
 

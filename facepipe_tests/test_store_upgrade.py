@@ -24,15 +24,32 @@ def write_as_local_mode(path, faces, people) -> None:
     from qdrant_client import QdrantClient, models
 
     client = QdrantClient(path=str(path))
-    client.create_collection("faces_dlib", vectors_config=models.VectorParams(size=128, distance=models.Distance.COSINE))
+    client.create_collection(
+        "faces_dlib", vectors_config=models.VectorParams(size=128, distance=models.Distance.COSINE)
+    )
     client.create_collection("images_dlib", vectors_config={})
     client.create_collection("people_dlib", vectors_config={})
     client.upsert("faces_dlib", [models.PointStruct(id=f.id, vector=f.vector, payload=f.payload) for f in faces])
     paths = sorted({f.payload["image_path"] for f in faces})
-    client.upsert("images_dlib", [models.PointStruct(
-        id=f"00000000-0000-0000-0000-{i:012d}", vector={},
-        payload={"group_id": "sample", "image_path": p, "status": "done", "content_hash": "h", "size": 1,
-                 "mtime_ns": 1, "faces": 1}) for i, p in enumerate(paths)])
+    client.upsert(
+        "images_dlib",
+        [
+            models.PointStruct(
+                id=f"00000000-0000-0000-0000-{i:012d}",
+                vector={},
+                payload={
+                    "group_id": "sample",
+                    "image_path": p,
+                    "status": "done",
+                    "content_hash": "h",
+                    "size": 1,
+                    "mtime_ns": 1,
+                    "faces": 1,
+                },
+            )
+            for i, p in enumerate(paths)
+        ],
+    )
     client.upsert("people_dlib", [models.PointStruct(id=p.id, vector={}, payload=p.payload) for p in people])
     client.close()
 
@@ -107,14 +124,16 @@ WRITER = textwrap.dedent("""
                     for k in range(2)]))
             store.write("g", "dlib", results, run_id="killed")
             # acknowledged: write() returned
-            print(" ".join(face_point_id("g", r.content_hash, k, "dlib") for r in results for k in range(2)), flush=True)
+            ids = (face_point_id("g", r.content_hash, k, "dlib") for r in results for k in range(2))
+            print(" ".join(ids), flush=True)
 """)
 
 
 def test_faces_acknowledged_before_a_sigkill_are_there_after_it(tmp_path):
     store_path = tmp_path / "qdrant"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store_path)], stdout=subprocess.PIPE, text=True,
-                              cwd=REPO)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(store_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     acknowledged = []
     for line in writer.stdout:
         acknowledged += line.split()
@@ -135,13 +154,22 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
     with FaceStore.open(path=store_path) as store:
         store.ensure_collections("dlib")
     # facepipe's own lock file, held by another facepipe process
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from facepipe.store import FaceStore
         with FaceStore.open(path={str(store_path)!r}) as store:
             print("open", flush=True)
             time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreBusy, match="in use by another process"):
@@ -152,13 +180,22 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
         holder.wait()
     # Qdrant Edge's own lock on a shard's WAL ("failed to open WAL ... WouldBlock"), held by a
     # process that does not go through facepipe's lock file
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from qdrant_edge import EdgeShard
         shard = EdgeShard.load({str(store_path / "shards" / "faces_dlib")!r})
         print("open", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with FaceStore.open(path=store_path) as store:
@@ -170,7 +207,9 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
 
 
 @pytest.mark.e2e
-def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(old_store, sample_people, tmp_path):
+def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(
+    old_store, sample_people, tmp_path
+):
     # qdrant-client's local mode stands in for a server: the same ClientBackend code. The old layout
     # has people without vectors, as a server written by the previous code would: they are rebuilt.
     from facepipe.people import merge_people, name_person, update_people

@@ -25,8 +25,9 @@ def test_the_watches_file_is_validated_with_errors_that_name_the_field(tmp_path,
     assert load_watches().watches == []  # no file: no watches
 
     good = tmp_path / "watches.yaml"
-    good.write_text(f"watches:\n  - name: inbox\n    source: {tmp_path}\n    group_id: g\n"
-                    "webhooks:\n  - http://127.0.0.1:1/hook\n")
+    good.write_text(
+        f"watches:\n  - name: inbox\n    source: {tmp_path}\n    group_id: g\nwebhooks:\n  - http://127.0.0.1:1/hook\n"
+    )
     monkeypatch.setenv("FACEPIPE_WATCHES", str(good))
     config = load_watches()
     (inbox,) = config.watches
@@ -36,7 +37,10 @@ def test_the_watches_file_is_validated_with_errors_that_name_the_field(tmp_path,
         ("watches:\n  - {name: a, source: /x, group_id: 'no spaces'}", "watches.0.group_id"),
         ("watches:\n  - {name: a, source: /x, group_id: g, max_photos_per_run: 0}", "watches.0.max_photos_per_run"),
         ("watches:\n  - {name: a, source: /x, group_id: g, colour: red}", "watches.0.colour"),
-        ("watches:\n  - {name: a, source: /x, group_id: g, profile: nope}", "watches.0.profile: Input should be 'dlib'"),
+        (
+            "watches:\n  - {name: a, source: /x, group_id: g, profile: nope}",
+            "watches.0.profile: Input should be 'dlib'",
+        ),
         ("watches:\n  - {name: a, source: /x, group_id: g}\n  - {name: a, source: /y, group_id: h}", "unique"),
         ("webhooks: [ftp://example.com]", "webhooks"),
         ("watches: [", "cannot read"),
@@ -75,7 +79,9 @@ def test_a_flood_is_cut_into_windows_of_at_most_the_batch_size_each_photo_once()
     assert [len(b.files) for b in batches] == [500, 500, 200]
     assert sorted(f.path for b in batches for f in b.files) == [f.path for f in files]
     assert [(b.after_ns, b.until_ns) for b in batches][1:] == [
-        (batches[0].until_ns, batches[1].until_ns), (batches[1].until_ns, batches[2].until_ns)]
+        (batches[0].until_ns, batches[1].until_ns),
+        (batches[1].until_ns, batches[2].until_ns),
+    ]
     cursor = WatchCursor().after(batches, files)
     assert plan_batches(files, cursor, 500) == []  # nothing launched twice
     assert len({b.run_key("flood") for b in batches}) == 3
@@ -89,10 +95,12 @@ def test_a_source_that_cannot_be_listed_is_one_clear_error(tmp_path):
 
 def test_a_bad_watch_is_left_out_with_its_problem_and_the_others_still_run(tmp_path):
     watches = tmp_path / "watches.yaml"
-    watches.write_text(f"watches:\n  - {{name: good, source: {tmp_path}, group_id: g}}\n"
-                       f"  - {{name: typo, source: {tmp_path}, group_id: 'no spaces'}}\n"
-                       f"  - {{name: good, source: {tmp_path}, group_id: h}}\n"
-                       "webhooks: [ftp://example.com]\n")
+    watches.write_text(
+        f"watches:\n  - {{name: good, source: {tmp_path}, group_id: g}}\n"
+        f"  - {{name: typo, source: {tmp_path}, group_id: 'no spaces'}}\n"
+        f"  - {{name: good, source: {tmp_path}, group_id: h}}\n"
+        "webhooks: [ftp://example.com]\n"
+    )
     config, problems = load_watches_leniently(watches)
     assert [w.name for w in config.watches] == ["good"] and config.webhooks == []
     assert "group_id 'no spaces'" in problems["watch_typo"] and str(watches) in problems["watch_typo"]

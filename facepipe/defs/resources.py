@@ -20,8 +20,10 @@ BUSY_WAIT_SECONDS = 5
 class FaceStoreResource(ConfigurableResource):
     """The face store: embedded at `path` (Qdrant Edge), or a Qdrant server at `url` (with `api_key`)."""
 
-    path: str = Field(default_factory=lambda: str(settings.qdrant_path()),
-                      description="Folder of the embedded face store (Qdrant Edge).")
+    path: str = Field(
+        default_factory=lambda: str(settings.qdrant_path()),
+        description="Folder of the embedded face store (Qdrant Edge).",
+    )
     url: str | None = Field(default=None, description="A Qdrant server; overrides path.")
     api_key: str | None = Field(default=None, description="The Qdrant server's API key.")
 
@@ -59,9 +61,11 @@ def face_store() -> FaceStoreResource:
 
 @definitions
 def resources() -> Definitions:
-    return Definitions(resources={
-        "face_store": face_store(),
-        # credentials from the standard AWS chain (environment, profile, instance role), never from
-        # config; the endpoint and region from the AWS configuration or the digest's s3_* fields
-        "s3": S3Resource(),
-    })
+    return Definitions(
+        resources={
+            "face_store": face_store(),
+            # credentials from the standard AWS chain (environment, profile, instance role), never from
+            # config; the endpoint and region from the AWS configuration or the digest's s3_* fields
+            "s3": S3Resource(),
+        }
+    )

@@ -53,8 +53,9 @@ def cluster_embeddings(vectors: np.ndarray, max_distance: float) -> np.ndarray:
     if n <= DIRECT:
         return _exact_average_linkage(vectors, max_distance)
     rows, cols, _ = neighbour_pairs(vectors, max_distance)
-    n_blocks, block_of = connected_components(coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)),
-                                              directed=False)
+    n_blocks, block_of = connected_components(
+        coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)), directed=False
+    )
     labels = np.empty(n, dtype=int)
     next_label = 0
     order = np.argsort(block_of, kind="stable")
@@ -84,10 +85,10 @@ def _exact_average_linkage(vectors: np.ndarray, max_distance: float) -> np.ndarr
     condensed = np.empty(n * (n - 1) // 2)  # the upper triangle, row by row, without the n x n matrix
     at = 0
     for start in range(0, n, ROWS_PER_BLOCK):
-        block = np.clip(1.0 - x[start:start + ROWS_PER_BLOCK] @ x.T, 0.0, 2.0)
+        block = np.clip(1.0 - x[start : start + ROWS_PER_BLOCK] @ x.T, 0.0, 2.0)
         for k, row in enumerate(block):
             i = start + k
-            condensed[at:at + n - i - 1] = row[i + 1:]
+            condensed[at : at + n - i - 1] = row[i + 1 :]
             at += n - i - 1
     tree = linkage(condensed, method="average")
     del condensed
@@ -102,9 +103,9 @@ def neighbour_pairs(vectors: np.ndarray, radius: float, max_neighbours: int | No
     rows, cols, dists = [], [], []
     least = 1.0 - radius - 1e-5  # float32 products: keep pairs at the edge, linkage decides in float64
     for start in range(0, n, ROWS_PER_BLOCK):
-        similar = x[start:start + ROWS_PER_BLOCK] @ x.T  # the one block-sized array: ROWS_PER_BLOCK x n float32
+        similar = x[start : start + ROWS_PER_BLOCK] @ x.T  # the one block-sized array: ROWS_PER_BLOCK x n float32
         if max_neighbours is not None and max_neighbours + 1 < n:
-            keep = np.argpartition(-similar, max_neighbours, axis=1)[:, :max_neighbours + 1]
+            keep = np.argpartition(-similar, max_neighbours, axis=1)[:, : max_neighbours + 1]
             r = np.repeat(np.arange(len(similar)), keep.shape[1])
             c = keep.ravel()
             near = similar[r, c] >= least

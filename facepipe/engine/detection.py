@@ -78,15 +78,21 @@ def _detect_region(profile, pixels: np.ndarray, scale: float, region) -> list[De
     for face in profile.detect(crop):
         bx0, by0, bx1, by1 = face.box
         landmarks = None if face.landmarks is None else face.landmarks * (fx, fy) + (x0, y0)
-        found.append(Detection((bx0 * fx + x0, by0 * fy + y0, bx1 * fx + x0, by1 * fy + y0), face.confidence, landmarks))
+        found.append(
+            Detection((bx0 * fx + x0, by0 * fy + y0, bx1 * fx + x0, by1 * fy + y0), face.confidence, landmarks)
+        )
     return found
 
 
 def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], edge: float) -> bool:
     x0, y0, x1, y1 = face.box
     left, top, right, bottom = inner
-    return ((left and x0 <= region[0] + edge) or (top and y0 <= region[1] + edge)
-            or (right and x1 >= region[2] - edge) or (bottom and y1 >= region[3] - edge))
+    return (
+        (left and x0 <= region[0] + edge)
+        or (top and y0 <= region[1] + edge)
+        or (right and x1 >= region[2] - edge)
+        or (bottom and y1 >= region[3] - edge)
+    )
 
 
 def merge_duplicates(faces: list[Detection], iou: float = 0.4, inside: float = 0.7) -> list[Detection]:
@@ -106,5 +112,7 @@ def _overlap(a: Detection, b: Detection) -> tuple[float, float]:
     intersection = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
     area_a, area_b = (ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0)
     union = area_a + area_b - intersection
-    return (intersection / union if union > 0 else 0.0,
-            intersection / min(area_a, area_b) if min(area_a, area_b) > 0 else 0.0)
+    return (
+        intersection / union if union > 0 else 0.0,
+        intersection / min(area_a, area_b) if min(area_a, area_b) > 0 else 0.0,
+    )

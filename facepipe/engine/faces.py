@@ -124,8 +124,7 @@ def faces_in_image(
     embeddings = profile.embed([f.chip for f in found.faces])
     seconds["embed"] += time.perf_counter() - start
     faces = [
-        Face(i, f.box, f.landmarks, round(float(f.confidence), 4), embeddings[i])
-        for i, f in enumerate(found.faces)
+        Face(i, f.box, f.landmarks, round(float(f.confidence), 4), embeddings[i]) for i, f in enumerate(found.faces)
     ]
     return faces, found
 

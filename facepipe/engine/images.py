@@ -105,8 +105,9 @@ _PILLOW_FORMATS = {"AVIF"}
 
 def _decode_whole(data: bytes, header: ImageHeader | None) -> np.ndarray:
     if header is None and file_brand(data[:16]) in HEIF_BRANDS:
-        raise ImageError("unsupported format: HEIC/HEIF (neither OpenCV nor Pillow here decodes it): "
-                         "convert it to JPEG to digest it")
+        raise ImageError(
+            "unsupported format: HEIC/HEIF (neither OpenCV nor Pillow here decodes it): convert it to JPEG to digest it"
+        )
     if header and header.format in _PILLOW_FORMATS:
         return _decode_with_pillow(data, header)
     image = _opencv_decode(data, cv2.IMREAD_COLOR)
@@ -115,8 +116,9 @@ def _decode_whole(data: bytes, header: ImageHeader | None) -> np.ndarray:
     if header:  # Pillow knows the format but OpenCV does not decode it (or not this file)
         return _decode_with_pillow(data, header)
     if file_brand(data[:16]) in AVIF_BRANDS:
-        raise ImageError("unsupported format: AVIF (neither OpenCV nor Pillow here decodes it): "
-                         "convert it to JPEG to digest it")
+        raise ImageError(
+            "unsupported format: AVIF (neither OpenCV nor Pillow here decodes it): convert it to JPEG to digest it"
+        )
     kind = "not an image" if not looks_like_image(data[:16]) else "corrupt or truncated image"
     raise ImageError(f"cannot decode: {kind}")
 
@@ -144,7 +146,7 @@ def _decode_with_pillow(data: bytes, header: ImageHeader) -> np.ndarray:
 def one_line(text: str, limit: int = 200) -> str:
     """The first line of a library's message, at most `limit` characters: errors are shown one a line."""
     line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size in its DCT, for a fraction of the cost
@@ -170,8 +172,11 @@ def decode_image_reduced(data: bytes, most_reduction: float) -> tuple[np.ndarray
                 continue
             image = _opencv_decode(data, flag)
             # trust the headers only if the decoder agrees with them (to a rounding)
-            if image is not None and abs(image.shape[1] * factor - width) <= factor \
-                    and abs(image.shape[0] * factor - height) <= factor:
+            if (
+                image is not None
+                and abs(image.shape[1] * factor - width) <= factor
+                and abs(image.shape[0] * factor - height) <= factor
+            ):
                 return image, (width, height)
             break
     image = _decode_whole(data, header)

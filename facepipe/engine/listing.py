@@ -18,9 +18,25 @@ from pathlib import Path
 from facepipe import settings
 
 IMAGE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif",
-    ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras",
-    ".heic", ".heif",  # listed, so that they are counted: refused as an unsupported format when decoded
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".avif",
+    ".jp2",
+    ".pbm",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+    ".sr",
+    ".ras",
+    ".heic",
+    ".heif",  # listed, so that they are counted: refused as an unsupported format when decoded
 }
 
 # Leading bytes of the formats OpenCV decodes, to find images whose name does not say so.
@@ -28,9 +44,11 @@ _MAGIC = (
     b"\xff\xd8\xff",  # JPEG
     b"\x89PNG\r\n\x1a\n",
     b"BM",
-    b"II*\x00", b"MM\x00*",  # TIFF
+    b"II*\x00",
+    b"MM\x00*",  # TIFF
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
-    b"GIF87a", b"GIF89a",
+    b"GIF87a",
+    b"GIF89a",
 )
 # ISO base media files (bytes 4 to 8 are "ftyp") carry their format as a brand in bytes 8 to 12
 AVIF_BRANDS = {b"avif", b"avis"}
@@ -188,8 +206,9 @@ def read_image_bytes(path: str, follow_symlinks: bool = True) -> tuple[bytes, st
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise ImageError("a folder, not a file" if stat.S_ISDIR(info.st_mode) else
-                         "not a regular file (a pipe, socket or device)")
+        raise ImageError(
+            "a folder, not a file" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe, socket or device)"
+        )
     with os.fdopen(fd, "rb") as f:
         budget = settings.max_image_bytes()
         if info.st_size > budget:
@@ -205,8 +224,11 @@ def read_image_bytes(path: str, follow_symlinks: bool = True) -> tuple[bytes, st
 
 def too_large(size: int, budget: int, what: str = "file") -> str:
     """The sentence that refuses a file (or an S3 object) of `size` bytes over the byte budget."""
-    return (f"refused: the {what} is {size_text(size, 'bytes')}, more than the {size_text(budget, 'bytes')} a photo may have "
-            "(FACEPIPE_MAX_IMAGE_BYTES)")
+    return (
+        f"refused: the {what} is {size_text(size, 'bytes')}, "
+        f"more than the {size_text(budget, 'bytes')} a photo may have "
+        "(FACEPIPE_MAX_IMAGE_BYTES)"
+    )
 
 
 def read_listed_image(path: str) -> tuple[bytes, str]:

@@ -26,8 +26,11 @@ def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[Ima
     tasks, skipped = [], 0
     for f in files:
         known = digested.get(f.path)
-        if known and not redigest and known.size == f.size and (
-            known.etag == f.etag if f.etag else known.mtime_ns == f.mtime_ns
+        if (
+            known
+            and not redigest
+            and known.size == f.size
+            and (known.etag == f.etag if f.etag else known.mtime_ns == f.mtime_ns)
         ):
             skipped += 1
             continue
@@ -68,6 +71,6 @@ def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
         remaining -= size * min(workers, remaining // size)
     chunks, start = [], 0
     for size in sizes:
-        chunks.append(tasks[start:start + size])
+        chunks.append(tasks[start : start + size])
         start += size
     return chunks

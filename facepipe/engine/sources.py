@@ -25,7 +25,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/prefix/key` -> (bucket, prefix/key)."""
     if not url.startswith("s3://"):
         raise ValueError(f"not an s3:// url: {url!r}")
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -44,7 +44,9 @@ def check_bucket(client, bucket: str) -> None:
         if code in ("404", "NoSuchBucket"):
             raise SourceError(f"s3_bucket: bucket {bucket!r} does not exist") from err
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise SourceError(f"s3_bucket: access to bucket {bucket!r} denied ({code}): check the AWS credentials") from err
+            raise SourceError(
+                f"s3_bucket: access to bucket {bucket!r} denied ({code}): check the AWS credentials"
+            ) from err
         raise SourceError(f"s3_bucket: cannot reach bucket {bucket!r}: {err}") from err
     except BotoCoreError as err:  # no credentials, endpoint unreachable
         raise SourceError(f"s3_bucket: cannot reach bucket {bucket!r}: {err}") from err
@@ -61,9 +63,14 @@ def list_s3_images(client, bucket: str, prefix: str) -> Listing:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if PurePosixPath(obj["Key"]).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(ImageFile(
-                    s3_url(bucket, obj["Key"]), obj["Size"], _epoch_ns(obj["LastModified"]), obj["ETag"].strip('"'),
-                ))
+                found.append(
+                    ImageFile(
+                        s3_url(bucket, obj["Key"]),
+                        obj["Size"],
+                        _epoch_ns(obj["LastModified"]),
+                        obj["ETag"].strip('"'),
+                    )
+                )
     return Listing(sorted(found, key=lambda f: f.path))
 
 

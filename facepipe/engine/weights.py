@@ -67,11 +67,14 @@ ATTRIBUTE_WEIGHTS_URL = "https://github.com/serengil/deepface_models/releases/do
 def missing_attribute_weights(attributes: list[str]) -> MissingWeightsError | None:
     """What is missing for deepface to tell `attributes` (age, gender, emotion), said as the error
     to raise; None when every weight is there."""
-    missing = [ATTRIBUTE_WEIGHTS[a][1] for a in attributes if not (weights_folder() / ATTRIBUTE_WEIGHTS[a][1]).is_file()]
+    missing = [
+        ATTRIBUTE_WEIGHTS[a][1] for a in attributes if not (weights_folder() / ATTRIBUTE_WEIGHTS[a][1]).is_file()
+    ]
     if not missing:
         return None
     return MissingWeightsError(
         f"deepface's attribute weights {', '.join(missing)} are missing from {weights_folder()} (they are not "
         f"downloaded here). Download them from {ATTRIBUTE_WEIGHTS_URL} and put them in {weights_folder()}, or set "
-        "DEEPFACE_HOME to a folder whose .deepface/weights has them; or ask for attributes=none to get the landmarks only."
+        "DEEPFACE_HOME to a folder whose .deepface/weights has them; "
+        "or ask for attributes=none to get the landmarks only."
     )

@@ -92,8 +92,11 @@ def _errors(images) -> list[dict]:
 def _request(context: OpExecutionContext) -> DigestRequest:
     """The run's request: its config and its partition (the group), or one line that says what is wrong."""
     if not context.has_partition_key:
-        raise Failure("a digest is of one group: launch it with the group as its partition (the Launchpad's "
-                      "partition picker, or `facepipe digest --group`)", allow_retries=False)
+        raise Failure(
+            "a digest is of one group: launch it with the group as its partition (the Launchpad's "
+            "partition picker, or `facepipe digest --group`)",
+            allow_retries=False,
+        )
     try:
         return request_from_config(context.op_config, context.partition_key)
     except ValidationError as err:
@@ -124,11 +127,20 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
     chunks = split_into_chunks(tasks, workers, request.chunk_size)
 
     image_list = ImageList(request.group_id, request.profile, request.source.url, len(files), skipped, tasks)
-    yield Output(image_list, "image_list", metadata={
-        "source": request.source.url, "profile": request.profile, "min_face_size": request.face_size,
-        "images_listed": len(files), "images_to_digest": len(tasks), "images_skipped": skipped, "chunks": len(chunks),
-        **not_listed,
-    })
+    yield Output(
+        image_list,
+        "image_list",
+        metadata={
+            "source": request.source.url,
+            "profile": request.profile,
+            "min_face_size": request.face_size,
+            "images_listed": len(files),
+            "images_to_digest": len(tasks),
+            "images_skipped": skipped,
+            "chunks": len(chunks),
+            **not_listed,
+        },
+    )
     for index, chunk_tasks in enumerate(chunks):
         yield DynamicOutput(Chunk(chunk_tasks, request), mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
@@ -149,19 +161,21 @@ PROGRESS_SECONDS = 5.0
 
 def _observe(context: OpExecutionContext, images: list, **metadata) -> None:
     """An observation of `faces`: the counts of `images`, photos done since the chunk's last one."""
-    context.log_event(AssetObservation(
-        asset_key=AssetKey("faces"),
-        partition=context.partition_key if context.has_partition_key else None,
-        metadata={
-            "images_done": len(images),
-            "images_failed": sum(1 for r in images if r.error),
-            "faces_detected": sum(r.faces_detected for r in images),
-            "faces_dropped": sum(r.faces_dropped for r in images),
-            "faces_too_small": sum(r.faces_too_small for r in images),
-            "failed_images": MetadataValue.json(_errors(images)[:MAX_ERRORS_IN_METADATA]),
-            **metadata,
-        },
-    ))
+    context.log_event(
+        AssetObservation(
+            asset_key=AssetKey("faces"),
+            partition=context.partition_key if context.has_partition_key else None,
+            metadata={
+                "images_done": len(images),
+                "images_failed": sum(1 for r in images if r.error),
+                "faces_detected": sum(r.faces_detected for r in images),
+                "faces_dropped": sum(r.faces_dropped for r in images),
+                "faces_too_small": sum(r.faces_too_small for r in images),
+                "failed_images": MetadataValue.json(_errors(images)[:MAX_ERRORS_IN_METADATA]),
+                **metadata,
+            },
+        )
+    )
 
 
 @op
@@ -181,14 +195,25 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
             context.log.info(f"{len(done)} of {len(chunk.tasks)} photos of this chunk done")
             reported, last_report = len(done), time.monotonic()
 
-    result = faces_in_chunk(chunk.tasks, request.profile, request.confidence, request.face_size,
-                            request.redigest, read=read, on_photo=report_progress)
+    result = faces_in_chunk(
+        chunk.tasks,
+        request.profile,
+        request.confidence,
+        request.face_size,
+        request.redigest,
+        read=read,
+        on_photo=report_progress,
+    )
     for error in _errors(result.images):
         context.log.warning(f"image failed: {error['path']}: {error['error']}")
-    _observe(context, result.images[reported:],
-             # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
-             seconds_per_stage=MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
-             worker_pid=os.getpid(), worker_peak_rss_mb=_peak_rss_mb())
+    _observe(
+        context,
+        result.images[reported:],
+        # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
+        seconds_per_stage=MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
+        worker_pid=os.getpid(),
+        worker_peak_rss_mb=_peak_rss_mb(),
+    )
     return result
 
 
@@ -242,23 +267,39 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
 FAILED_SHARE_WARNING = 0.05
 
 CHECKS = [
-    AssetCheckSpec("complete", asset="stored_faces",
-                   description="Every photo the listing planned was digested or recorded as failed."),
-    AssetCheckSpec("few_failed_photos", asset="faces",
-                   description=f"At most {FAILED_SHARE_WARNING:.0%} of the digested photos failed (a warning)."),
-    AssetCheckSpec("sound_vectors", asset="embeddings",
-                   description="Every face stored by the digest has a finite unit vector of the profile's "
-                   "dimension and a box inside its photo."),
-    AssetCheckSpec("count_matches_ledger", asset="stored_faces",
-                   description="The group's faces in the store are as many as its ledger says its photos have."),
+    AssetCheckSpec(
+        "complete",
+        asset="stored_faces",
+        description="Every photo the listing planned was digested or recorded as failed.",
+    ),
+    AssetCheckSpec(
+        "few_failed_photos",
+        asset="faces",
+        description=f"At most {FAILED_SHARE_WARNING:.0%} of the digested photos failed (a warning).",
+    ),
+    AssetCheckSpec(
+        "sound_vectors",
+        asset="embeddings",
+        description="Every face stored by the digest has a finite unit vector of the profile's "
+        "dimension and a box inside its photo.",
+    ),
+    AssetCheckSpec(
+        "count_matches_ledger",
+        asset="stored_faces",
+        description="The group's faces in the store are as many as its ledger says its photos have.",
+    ),
 ]
 
 
 @op(
     # the totals are the materializations' metadata; nothing reads them as values, so nothing is
     # pickled (the IO manager's `path` would point at a pickle of counts, not at the faces)
-    out={"faces": Out(Nothing), "embeddings": Out(Nothing), "stored_faces": Out(Nothing),
-         **{spec.get_python_identifier(): Out() for spec in CHECKS}},
+    out={
+        "faces": Out(Nothing),
+        "embeddings": Out(Nothing),
+        "stored_faces": Out(Nothing),
+        **{spec.get_python_identifier(): Out() for spec in CHECKS},
+    },
     pool=STORE_POOL,
 )
 def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
@@ -284,8 +325,12 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         "faces_too_small": sum(c.faces_too_small for c in stored_chunks),
     }
     spec = PROFILES[image_list.profile]
-    embeddings = {"faces_embedded": sum(c.faces_embedded for c in stored_chunks), "model": spec.model_name,
-                  "dimension": spec.dimension, "embed_seconds": round(seconds.get("embed", 0.0), 2)}
+    embeddings = {
+        "faces_embedded": sum(c.faces_embedded for c in stored_chunks),
+        "model": spec.model_name,
+        "dimension": spec.dimension,
+        "embed_seconds": round(seconds.get("embed", 0.0), 2),
+    }
     with face_store.open() as store:
         store.optimize(image_list.profile)
         stored = {
@@ -295,48 +340,92 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         }
         unsound = store.unsound_faces(image_list.group_id, image_list.profile, context.run_id)
         in_ledger = store.ledger_face_count(image_list.group_id, image_list.profile)
-    yield Output(None, "faces", metadata={
-        **faces,
-        "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
-        "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
-    })
+    yield Output(
+        None,
+        "faces",
+        metadata={
+            **faces,
+            "failed_images": MetadataValue.json(errors[:MAX_ERRORS_IN_METADATA]),
+            "seconds_per_stage": MetadataValue.json({k: round(v, 2) for k, v in seconds.items()}),
+        },
+    )
     yield Output(None, "embeddings", metadata=embeddings)
-    yield Output(None, "stored_faces", metadata={
-        **stored, "profile": image_list.profile, "store": face_store.describe(),
-        "collection": faces_collection(image_list.profile), "store_peak_rss_mb": _peak_rss_mb(),
-    })
+    yield Output(
+        None,
+        "stored_faces",
+        metadata={
+            **stored,
+            "profile": image_list.profile,
+            "store": face_store.describe(),
+            "collection": faces_collection(image_list.profile),
+            "store_peak_rss_mb": _peak_rss_mb(),
+        },
+    )
     context.log.info("digest of %s: %s", image_list.source, json.dumps({**faces, **embeddings, **stored}))
 
     missing = planned - done
-    finish = ("finish it with `facepipe digests retry RUN_ID`, or re-execute the whole run (Re-execute > All steps): "
-              "photos already stored are not digested again")
-    yield AssetCheckResult(check_name="complete", asset_key="stored_faces", passed=missing == 0,
-                           metadata={"images_to_digest": planned, "images_done": done, "images_missing": missing},
-                           description=f"{missing} of {planned} photos were not digested: {finish}" if missing else None)
+    finish = (
+        "finish it with `facepipe digests retry RUN_ID`, or re-execute the whole run (Re-execute > All steps): "
+        "photos already stored are not digested again"
+    )
+    yield AssetCheckResult(
+        check_name="complete",
+        asset_key="stored_faces",
+        passed=missing == 0,
+        metadata={"images_to_digest": planned, "images_done": done, "images_missing": missing},
+        description=f"{missing} of {planned} photos were not digested: {finish}" if missing else None,
+    )
     failed_share = len(errors) / done if done else 0.0
-    yield AssetCheckResult(check_name="few_failed_photos", asset_key="faces", severity=AssetCheckSeverity.WARN,
-                           passed=failed_share <= FAILED_SHARE_WARNING,
-                           metadata={"failed_share": round(failed_share, 4), "first_failures": MetadataValue.json(errors[:5])},
-                           description=f"{len(errors)} of {done} photos failed, first: "
-                           + "; ".join(f"{e['path']}: {e['error']}" for e in errors[:3]) if errors else None)
-    yield AssetCheckResult(check_name="sound_vectors", asset_key="embeddings", passed=not unsound,
-                           metadata={"faces_unsound": len(unsound), "first": MetadataValue.json(unsound[:5])})
-    yield AssetCheckResult(check_name="count_matches_ledger", asset_key="stored_faces",
-                           passed=in_ledger == stored["faces_in_group"],
-                           metadata={"faces_in_store": stored["faces_in_group"], "faces_in_ledger": in_ledger})
+    yield AssetCheckResult(
+        check_name="few_failed_photos",
+        asset_key="faces",
+        severity=AssetCheckSeverity.WARN,
+        passed=failed_share <= FAILED_SHARE_WARNING,
+        metadata={"failed_share": round(failed_share, 4), "first_failures": MetadataValue.json(errors[:5])},
+        description=f"{len(errors)} of {done} photos failed, first: "
+        + "; ".join(f"{e['path']}: {e['error']}" for e in errors[:3])
+        if errors
+        else None,
+    )
+    yield AssetCheckResult(
+        check_name="sound_vectors",
+        asset_key="embeddings",
+        passed=not unsound,
+        metadata={"faces_unsound": len(unsound), "first": MetadataValue.json(unsound[:5])},
+    )
+    yield AssetCheckResult(
+        check_name="count_matches_ledger",
+        asset_key="stored_faces",
+        passed=in_ledger == stored["faces_in_group"],
+        metadata={"faces_in_store": stored["faces_in_group"], "faces_in_ledger": in_ledger},
+    )
     if missing:
-        raise Failure(f"{missing} of {planned} photos were not digested (their chunks did not run): {finish}",
-                      allow_retries=False)
+        raise Failure(
+            f"{missing} of {planned} photos were not digested (their chunks did not run): {finish}", allow_retries=False
+        )
 
 
-@graph(name="digest", out={"image_list": GraphOut(), "faces": GraphOut(), "embeddings": GraphOut(), "stored_faces": GraphOut(),
-            **{spec.get_python_identifier(): GraphOut() for spec in CHECKS}})
+@graph(
+    name="digest",
+    out={
+        "image_list": GraphOut(),
+        "faces": GraphOut(),
+        "embeddings": GraphOut(),
+        "stored_faces": GraphOut(),
+        **{spec.get_python_identifier(): GraphOut() for spec in CHECKS},
+    },
+)
 def digest_graph():
     image_list, chunks = list_images()
     stored_chunks = chunks.map(lambda chunk: store_chunk(chunk, extract_faces_in_chunk(chunk)))
     faces, embeddings, stored_faces, *checks = store_faces(image_list, stored_chunks.collect())
-    return {"image_list": image_list, "faces": faces, "embeddings": embeddings, "stored_faces": stored_faces,
-            **dict(zip((spec.get_python_identifier() for spec in CHECKS), checks))}
+    return {
+        "image_list": image_list,
+        "faces": faces,
+        "embeddings": embeddings,
+        "stored_faces": stored_faces,
+        **dict(zip((spec.get_python_identifier() for spec in CHECKS), checks)),
+    }
 
 
 # The four stages, a chain in the lineage (one run writes them all; detection and embedding share
@@ -344,8 +433,12 @@ def digest_graph():
 digest = AssetsDefinition.from_graph(
     digest_graph,
     keys_by_output_name={name: AssetKey(name) for name in ("image_list", "faces", "embeddings", "stored_faces")},
-    internal_asset_deps={"image_list": set(), "faces": {AssetKey("image_list")}, "embeddings": {AssetKey("faces")},
-                         "stored_faces": {AssetKey("embeddings")}},
+    internal_asset_deps={
+        "image_list": set(),
+        "faces": {AssetKey("image_list")},
+        "embeddings": {AssetKey("faces")},
+        "stored_faces": {AssetKey("embeddings")},
+    },
     descriptions_by_output_name={
         "image_list": "The photos listed at the digest's source, less those already digested.",
         "faces": "Faces detected and aligned, counted per digest (dropped below the confidence, too small).",

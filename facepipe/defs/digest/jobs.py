@@ -20,8 +20,11 @@ def _multiprocess_config(config: dict) -> dict:
 digest_executor = multiprocess_executor.configured(
     _multiprocess_config,
     config_schema={
-        "workers": Field(int, default_value=default_workers(),
-                         description="Worker processes digesting chunks of photos in parallel (>= 1).")
+        "workers": Field(
+            int,
+            default_value=default_workers(),
+            description="Worker processes digesting chunks of photos in parallel (>= 1).",
+        )
     },
     name="digest_executor",
 )

@@ -41,9 +41,13 @@ def build_recheck_schedule(config: WatchesConfig) -> ScheduleDefinition | None:
         return None
 
     @schedule(
-        name="nightly_watch_recheck", cron_schedule=config.schedules.recheck_cron, job=digest_job,
-        execution_timezone=config.schedules.timezone, default_status=DefaultScheduleStatus.RUNNING,
-        description="A full digest of every watch's source (unchanged photos cost nothing), for what the sensors missed.",
+        name="nightly_watch_recheck",
+        cron_schedule=config.schedules.recheck_cron,
+        job=digest_job,
+        execution_timezone=config.schedules.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="A full digest of every watch's source (unchanged photos cost nothing), "
+        "for what the sensors missed.",
     )
     def nightly_watch_recheck(context: ScheduleEvaluationContext):
         night = context.scheduled_execution_time.isoformat()
@@ -68,15 +72,20 @@ def groups_with_new_faces(instance: DagsterInstance) -> dict[str, tuple[int, set
     changed = {}
     for group in instance.get_dynamic_partitions(GROUPS):
         clustered = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("people"), asset_partitions=[group]), limit=1).records
+            AssetRecordsFilter(asset_key=AssetKey("people"), asset_partitions=[group]), limit=1
+        ).records
         since = clustered[0].storage_id if clustered else None
         newest: int | None = None
         profiles: set[str] = set()
         cursor = None
         while True:
             page = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey("stored_faces"), asset_partitions=[group], after_storage_id=since),
-                limit=PAGE, cursor=cursor)
+                AssetRecordsFilter(
+                    asset_key=AssetKey("stored_faces"), asset_partitions=[group], after_storage_id=since
+                ),
+                limit=PAGE,
+                cursor=cursor,
+            )
             for record in page.records:
                 metadata = record.asset_materialization.metadata if record.asset_materialization else {}
                 if "faces_stored" in metadata and cast(int, metadata["faces_stored"].value) > 0:
@@ -92,9 +101,13 @@ def groups_with_new_faces(instance: DagsterInstance) -> dict[str, tuple[int, set
 
 def build_recluster_schedule(config: WatchesConfig) -> ScheduleDefinition:
     @schedule(
-        name="nightly_recluster", cron_schedule=config.schedules.recluster_cron, job=people_job,
-        execution_timezone=config.schedules.timezone, default_status=DefaultScheduleStatus.RUNNING,
-        description="Clusters into people the groups that got new faces since their last clustering; nothing otherwise.",
+        name="nightly_recluster",
+        cron_schedule=config.schedules.recluster_cron,
+        job=people_job,
+        execution_timezone=config.schedules.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Clusters into people the groups that got new faces since their last clustering; "
+        "nothing otherwise.",
     )
     def nightly_recluster(context: ScheduleEvaluationContext):
         changed = groups_with_new_faces(context.instance)

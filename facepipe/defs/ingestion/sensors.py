@@ -56,11 +56,15 @@ def build_watch_sensor(watch: Watch) -> SensorDefinition:
         files = list_source(watch, s3_client(s3, request))
         batches = plan_batches(files, cursor, watch.max_photos_per_run)
         if not batches:
-            return SensorResult(skip_reason=f"nothing modified in {request.source.url} since the last launch",
-                                cursor=cursor.write(request.source.url))
+            return SensorResult(
+                skip_reason=f"nothing modified in {request.source.url} since the last launch",
+                cursor=cursor.write(request.source.url),
+            )
         new_group = not context.instance.has_dynamic_partition(GROUPS, watch.group_id)
-        context.log.info(f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source.url}: "
-                         f"{len(batches)} digest(s)")
+        context.log.info(
+            f"{sum(len(b.files) for b in batches)} new or changed photos in {request.source.url}: "
+            f"{len(batches)} digest(s)"
+        )
         return SensorResult(
             run_requests=[watch_run_request(watch, batch) for batch in batches],
             cursor=cursor.after(batches, files).write(request.source.url),
@@ -74,8 +78,13 @@ def broken_watch_sensor(name: str, problem: str) -> SensorDefinition:
     """A watch the watches file gets wrong: its sensor fails each tick with what is wrong, on its
     page in the UI, while the other watches run."""
 
-    @sensor(name=name, job=digest_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
-            description=f"Disabled: {problem}")
+    @sensor(
+        name=name,
+        job=digest_job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Disabled: {problem}",
+    )
     def broken_watch(context: SensorEvaluationContext):
         raise WatchesError(f"{problem} (fix the watches file, then reload the code location)")
 
@@ -85,5 +94,7 @@ def broken_watch_sensor(name: str, problem: str) -> SensorDefinition:
 @definitions
 def watch_sensors() -> Definitions:
     config, problems = load_watches_leniently()
-    return Definitions(sensors=[build_watch_sensor(watch) for watch in config.watches]
-                       + [broken_watch_sensor(name, problem) for name, problem in problems.items()])
+    return Definitions(
+        sensors=[build_watch_sensor(watch) for watch in config.watches]
+        + [broken_watch_sensor(name, problem) for name, problem in problems.items()]
+    )

@@ -44,15 +44,20 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
         return []
 
     @run_status_sensor(
-        name="digest_succeeded_webhooks", run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[digest_job],
-        minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS, default_status=DefaultSensorStatus.RUNNING,
+        name="digest_succeeded_webhooks",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[digest_job],
+        minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each completed digest's summary to the webhooks.",
     )
     def digest_succeeded_webhooks(context: RunStatusSensorContext):
         notify(context, config, "digest_completed")
 
     @run_failure_sensor(
-        name="digest_failed_webhooks", monitored_jobs=[digest_job], minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS,
+        name="digest_failed_webhooks",
+        monitored_jobs=[digest_job],
+        minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each failed digest's summary, with its errors, to the webhooks.",
     )

@@ -80,21 +80,47 @@ class ProfileSpec:
     weights: tuple[Weight, ...]
 
 
-PROFILES: dict[str, ProfileSpec] = {spec.name: spec for spec in (
-    # dlib, measured on both labelled sets of ../shared/faces. Search 0.94: the closest
-    # different-person pair is at 0.9344 on images/ and 0.9223 on lfw10/ (see search.py).
-    # Clustering 0.08: precision 1.000 below 0.0924, recall 1.000 on images/ from 0.0577 and on
-    # lfw10/ 0.980 from 0.0724 (see engine/clustering.py).
-    ProfileSpec("dlib", "facepipe.engine.profiles.dlib:DlibProfile", "Dlib", 128,
-                search_threshold=0.94, cluster_distance=0.08,
-                weights=(Weight("shape_predictor_5_face_landmarks.dat"), Weight("dlib_face_recognition_resnet_model_v1.dat"))),
-    # The seed system's models. Not calibrated here (their weights cannot be downloaded where facepipe
-    # was measured): deepface's ArcFace cosine distance of 0.68, as a similarity 0.32 for search.
-    ProfileSpec("retinaface-arcface", "facepipe.engine.profiles.retinaface_arcface:RetinaFaceArcFaceProfile",
-                "ArcFace", 512, search_threshold=0.32, cluster_distance=0.68,
-                weights=(Weight("retinaface.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.onnx"),
-                         Weight("arcface_weights.onnx", "https://github.com/serengil/deepface_models/releases/download/v1.0/arcface_weights.onnx"))),
-)}
+PROFILES: dict[str, ProfileSpec] = {
+    spec.name: spec
+    for spec in (
+        # dlib, measured on both labelled sets of ../shared/faces. Search 0.94: the closest
+        # different-person pair is at 0.9344 on images/ and 0.9223 on lfw10/ (see search.py).
+        # Clustering 0.08: precision 1.000 below 0.0924, recall 1.000 on images/ from 0.0577 and on
+        # lfw10/ 0.980 from 0.0724 (see engine/clustering.py).
+        ProfileSpec(
+            "dlib",
+            "facepipe.engine.profiles.dlib:DlibProfile",
+            "Dlib",
+            128,
+            search_threshold=0.94,
+            cluster_distance=0.08,
+            weights=(
+                Weight("shape_predictor_5_face_landmarks.dat"),
+                Weight("dlib_face_recognition_resnet_model_v1.dat"),
+            ),
+        ),
+        # The seed system's models. Not calibrated here (their weights cannot be downloaded where facepipe
+        # was measured): deepface's ArcFace cosine distance of 0.68, as a similarity 0.32 for search.
+        ProfileSpec(
+            "retinaface-arcface",
+            "facepipe.engine.profiles.retinaface_arcface:RetinaFaceArcFaceProfile",
+            "ArcFace",
+            512,
+            search_threshold=0.32,
+            cluster_distance=0.68,
+            weights=(
+                Weight(
+                    "retinaface.onnx",
+                    "https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.onnx",
+                ),
+                Weight(
+                    "arcface_weights.onnx",
+                    "https://github.com/serengil/deepface_models/releases/download/v1.0/arcface_weights.onnx",
+                ),
+            ),
+        ),
+    )
+}
 DEFAULT_PROFILE = "dlib"
 
 

@@ -53,8 +53,10 @@ class DlibProfile:
 
     def detect(self, pixels: np.ndarray) -> list[Detection]:
         rects, margins, _ = self._hog.run(pixels, 0, HOG_ADJUST_THRESHOLD)
-        return [Detection((r.left(), r.top(), r.right() + 1, r.bottom() + 1), hog_confidence(m))
-                for r, m in zip(rects, margins)]
+        return [
+            Detection((r.left(), r.top(), r.right() + 1, r.bottom() + 1), hog_confidence(m))
+            for r, m in zip(rects, margins)
+        ]
 
     def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
         if not faces:
@@ -65,12 +67,14 @@ class DlibProfile:
         for face in faces:
             x0, y0, x1, y1 = (round(v) for v in face.box)
             shape = self._landmarks(rgb, self._dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
-            found.append(DetectedFace(
-                box=clip_box(x0, y0, x1, y1, width, height),
-                landmarks=[(float(p.x), float(p.y)) for p in shape.parts()],
-                confidence=face.confidence,
-                chip=self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING),
-            ))
+            found.append(
+                DetectedFace(
+                    box=clip_box(x0, y0, x1, y1, width, height),
+                    landmarks=[(float(p.x), float(p.y)) for p in shape.parts()],
+                    confidence=face.confidence,
+                    chip=self._dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING),
+                )
+            )
         return found
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:

@@ -35,8 +35,9 @@ class RetinaFaceArcFaceProfile:
         from deepface import DeepFace
 
         retinaface_weight, arcface_weight = self.spec.weights
-        self._detector = build_or_explain(lambda: DeepFace.build_model("retinaface", task="face_detector"),
-                                          retinaface_weight)
+        self._detector = build_or_explain(
+            lambda: DeepFace.build_model("retinaface", task="face_detector"), retinaface_weight
+        )
         self._arcface = build_or_explain(lambda: DeepFace.build_model("ArcFace"), arcface_weight)
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
@@ -62,13 +63,17 @@ class RetinaFaceArcFaceProfile:
         found = []
         for face in faces:
             assert face.landmarks is not None  # RetinaFace gives every face its 5 points
-            matrix, _ = cv2.estimateAffinePartial2D(face.landmarks.astype(np.float32), ARCFACE_TEMPLATE, method=cv2.LMEDS)
-            found.append(DetectedFace(
-                box=clip_box(*face.box, width, height),
-                landmarks=[(float(x), float(y)) for x, y in face.landmarks],
-                confidence=face.confidence,
-                chip=cv2.warpAffine(image, matrix, (112, 112), borderValue=0.0),
-            ))
+            matrix, _ = cv2.estimateAffinePartial2D(
+                face.landmarks.astype(np.float32), ARCFACE_TEMPLATE, method=cv2.LMEDS
+            )
+            found.append(
+                DetectedFace(
+                    box=clip_box(*face.box, width, height),
+                    landmarks=[(float(x), float(y)) for x, y in face.landmarks],
+                    confidence=face.confidence,
+                    chip=cv2.warpAffine(image, matrix, (112, 112), borderValue=0.0),
+                )
+            )
         return found
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:
