@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import time
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
+from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img5.jpg"]
 
@@ -289,3 +290,33 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     # a later digest of the same source finds everything stored: nothing to do, nothing duplicated
     again = digest(home, SAMPLE_IMAGES, "g")
     assert again["images_skipped"] == 64 and again["faces_in_group"] == 68
+
+
+@pytest.mark.e2e
+def test_a_detached_digest_completes_under_the_standard_daemon_of_workspace_yaml(tmp_path):
+    """`dagster-daemon run -w workspace.yaml` (the standard deployment's daemon, not `facepipe ui`)
+    knows the code location by the name `--detach` launches with."""
+    home = tmp_path / "home"
+    run_facepipe(home, "digests", "list")  # writes the instance's dagster.yaml
+    env = {**os.environ, "FACEPIPE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats():
+                assert time.time() < deadline and daemon.poll() is None, "the daemon did not start"
+                time.sleep(1)
+        folder = small_folder(tmp_path / "photos", bad=False)
+        run_id = run_facepipe(home, "digest", str(folder), "--group", "standard", "--detach").stdout.strip()
+        summary, _ = wait_until_finished(home, run_id)
+        assert (summary["status"], summary["faces_stored"]) == ("completed", 6), summary["errors"]
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(60)
