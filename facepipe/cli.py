@@ -284,9 +284,9 @@ def retry_command(run_id, as_json):
 @click.option("--port", type=int, default=3000, show_default=True)
 def ui(port):
     """Open the Dagster UI (webserver and daemon) on facepipe's instance."""
-    from facepipe import settings
+    from facepipe.instance import prepare_dagster_home
 
-    settings.prepare_dagster_home()
+    prepare_dagster_home()
     # the dagster of this interpreter, whether or not its environment is activated
     os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "facepipe.definitions", "-p", str(port)])
 

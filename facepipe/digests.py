@@ -27,7 +27,7 @@ from dagster import (
     reconstructable,
 )
 
-from facepipe import settings
+from facepipe.instance import prepare_dagster_home
 from facepipe.defs.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.engine.presets import DEFAULT_PRESET
@@ -88,7 +88,7 @@ def run_tags(request: DigestConfig) -> dict[str, str]:
 
 def instance_for_digests() -> DagsterInstance:
     """The local Dagster instance in $FACEPIPE_HOME (or $DAGSTER_HOME)."""
-    settings.prepare_dagster_home()
+    prepare_dagster_home()
     return DagsterInstance.get()
 
 
