@@ -7,7 +7,10 @@ What facepipe needs from the instance, and why:
   neither limit is set and Dagster's defaults apply.
 - a run queue (QueuedRunCoordinator): `facepipe digest --detach` and the sensors queue their runs.
 - run monitoring (RUN_MONITORING): a run whose process died is marked failed, and the pool slot
-  it held is freed, instead of staying "processing" and holding the store pool for ever.
+  it held is freed, instead of staying "processing" and holding the store pool for ever. A run the
+  code server launched (`--detach`, sensors, the UI) is watched by the code server; one that a
+  `facepipe digest` process executes itself has no launcher to watch it, so the run launcher is
+  RunLauncher below: Dagster's default, which also tells the daemon whether that process lives.
 - with FACEPIPE_POSTGRES_URL, run, event-log and schedule storage in PostgreSQL
   (facepipe/postgres_storage.py); the URL is read from the environment, never written here.
 
@@ -20,10 +23,13 @@ contradicts FACEPIPE_POSTGRES_URL.
 
 import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 
 import yaml
+from dagster import DefaultRunLauncher
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 from facepipe import settings
 
@@ -67,6 +73,37 @@ telemetry:
 """
 
 
+# the tags facepipe/digests.py puts on a run that a `facepipe digest` process executes itself
+EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG = "facepipe/host", "facepipe/pid"
+
+
+class RunLauncher(DefaultRunLauncher):
+    """Dagster's default run launcher, which also answers run monitoring's "is its worker alive?".
+
+    The default launcher cannot say (Dagster's run monitoring then only enforces timeouts). For a
+    run executed by a `facepipe digest` process on this machine, the answer is whether that process
+    exists; for any other run, "running": the code server that launched it watches its process and
+    marks the run failed when it dies.
+    """
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        pid, host = run.tags.get(EXECUTOR_PID_TAG), run.tags.get(EXECUTOR_HOST_TAG)
+        # a launched run (it has an origin) may carry a re-executed digest's tags: its launcher watches it
+        if run.remote_job_origin is not None or not pid or host != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not executed by a facepipe process on this host")
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"the facepipe process {pid} that executed it is gone")
+        except PermissionError:
+            pass  # it exists, as another user
+        return CheckRunHealthResult(WorkerStatus.RUNNING, f"the facepipe process {pid} is running")
+
+
 class InstanceConfigError(RuntimeError):
     """The instance's dagster.yaml contradicts facepipe's settings; the message says what to change."""
 
@@ -79,6 +116,7 @@ def instance_config() -> dict:
     if settings.qdrant_url() is None:
         config["concurrency"] = {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 1}}
     config["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
+    config["run_launcher"] = {"module": "facepipe.instance", "class": "RunLauncher"}
     config["run_monitoring"] = dict(RUN_MONITORING)
     config["telemetry"] = {"enabled": False}
     return config
@@ -88,6 +126,7 @@ COMMENTS = {
     "run_storage": "runs, events and schedules in PostgreSQL, at FACEPIPE_POSTGRES_URL (read from the environment)",
     "concurrency": "the embedded face store admits one process at a time: one store step, and one digest, at a time",
     "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs",
+    "run_launcher": "Dagster's default launcher, which also tells run monitoring when a `facepipe digest` process died",
     "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
 }
 
