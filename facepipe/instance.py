@@ -164,6 +164,13 @@ def _check_storage(user: dict, path: Path) -> None:
         )
 
 
+def _write(path: Path, text: str) -> None:
+    """Replace the file at once: a facepipe command starting meanwhile reads the old or the new, never half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def prepare_dagster_home() -> Path:
     """Point DAGSTER_HOME at facepipe's instance folder, with a dagster.yaml that has what facepipe needs."""
     if settings.postgres_url() and importlib.util.find_spec("dagster_postgres") is None:
@@ -177,7 +184,7 @@ def prepare_dagster_home() -> Path:
     text = path.read_text() if path.exists() else None
     if text is None or text.startswith(MANAGED) or text == PREVIOUS_MANAGED:
         if text != render(ours):
-            path.write_text(render(ours))
+            _write(path, render(ours))
     else:
         user = yaml.safe_load(text) or {}
         if settings.postgres_url():
@@ -185,11 +192,12 @@ def prepare_dagster_home() -> Path:
         if "run_queue" in user or "max_concurrent_runs" in (user.get("run_coordinator") or {}).get("config", {}):
             # the user limits runs the older way; Dagster refuses both ways at once
             ours.get("concurrency", {}).pop("runs", None)
+        ours.pop("telemetry")  # facepipe's choice for its own file, not a need
         added = merge_missing(user, ours)
         if added:
             path.with_name(path.name + ".orig").write_text(text)
-            path.write_text(f"# facepipe added {', '.join(added)} (your file as it was: {path.name}.orig)\n"
-                            + yaml.safe_dump(user, sort_keys=False))
+            _write(path, f"# facepipe added {', '.join(added)} (your file as it was: {path.name}.orig)\n"
+                   + yaml.safe_dump(user, sort_keys=False))
             print(f"facepipe: added to {path} what facepipe needs and it lacked: {', '.join(added)}", file=sys.stderr)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
