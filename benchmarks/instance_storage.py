@@ -62,11 +62,11 @@ def main():
                 assert summary["status"] == "completed", summary
                 listed, _ = facepipe(home, env, "digests", "list", "--json")
                 results[storage].append((summary["duration_seconds"], wall, listed))
-                print(f"round {round_ + 1} {storage:>8}: run {summary['duration_seconds']:.1f} s, command {wall:.1f} s, "
-                      f"`digests list` {listed:.2f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+                print(f"round {round_ + 1} {storage:>8}: run {summary['duration_seconds']:.1f} s, "
+                      f"command {wall:.1f} s, `digests list` {listed:.2f} s, load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"\n{len(list(SAMPLES.iterdir()))} photos, 2 workers, {os.cpu_count()} cores; fastest of {args.rounds}:")
     for storage, rows in results.items():
-        run, wall, listed = (min(column) for column in zip(*rows))
+        run, wall, listed = (min(column) for column in zip(*rows, strict=True))
         print(f"  {storage:>8}: run {run:.1f} s, command {wall:.1f} s, `digests list` {listed:.2f} s")
 
 

@@ -27,11 +27,11 @@ from dagster import (
     reconstructable,
 )
 
-from facepipe.instance import prepare_dagster_home
 from facepipe.defs.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.engine.presets import DEFAULT_PRESET
 from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.instance import prepare_dagster_home
 
 TAG_PREFIX = "facepipe/"
 STATUS_NAMES = {

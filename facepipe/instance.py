@@ -155,12 +155,13 @@ def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
 
 
 def _check_storage(user: dict, path: Path) -> None:
-    """With FACEPIPE_POSTGRES_URL set, a storage section of the user's other than facepipe's is a contradiction."""
+    """With FACEPIPE_POSTGRES_URL set, a storage section of the user's other than facepipe's contradicts it."""
     theirs = [key for key in STORAGE_KEYS if key in user and user[key] != POSTGRES_STORAGE.get(key)]
     if theirs:
         raise InstanceConfigError(
             f"{path} sets {', '.join(theirs)}, and FACEPIPE_POSTGRES_URL asks for PostgreSQL storage: "
-            f"remove {' and '.join(theirs)} from {path.name} to use FACEPIPE_POSTGRES_URL, or unset FACEPIPE_POSTGRES_URL"
+            f"remove {' and '.join(theirs)} from {path.name} to use FACEPIPE_POSTGRES_URL, "
+            "or unset FACEPIPE_POSTGRES_URL"
         )
 
 

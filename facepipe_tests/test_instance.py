@@ -9,7 +9,14 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.launcher import WorkerStatus
 
-from facepipe.instance import PREVIOUS_MANAGED, InstanceConfigError, RunLauncher, prepare_dagster_home
+from facepipe.instance import (
+    EXECUTOR_HOST_TAG,
+    EXECUTOR_PID_TAG,
+    PREVIOUS_MANAGED,
+    InstanceConfigError,
+    RunLauncher,
+    prepare_dagster_home,
+)
 from facepipe.postgres_storage import psycopg2_url
 
 
@@ -53,7 +60,8 @@ def test_with_a_qdrant_server_the_store_limits_are_lifted_and_come_back_without_
 
 def test_a_users_file_gets_what_is_missing_and_keeps_every_value_it_set(home, capsys):
     home.mkdir()
-    mine = "# my instance\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\nretention:\n  schedule:\n    purge_after_days: 7\n"
+    mine = ("# my instance\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n"
+            "retention:\n  schedule:\n    purge_after_days: 7\n")
     (home / "dagster.yaml").write_text(mine)
     prepare_dagster_home()
     merged = yaml.safe_load((home / "dagster.yaml").read_text())
@@ -104,8 +112,9 @@ def test_the_run_launcher_says_whether_the_facepipe_process_of_a_run_lives():
     gone = subprocess.Popen(["true"])
     gone.wait()
 
-    def health(pid, host=socket.gethostname(), origin=None):
-        run = SimpleNamespace(tags={"facepipe/pid": str(pid), "facepipe/host": host}, remote_job_origin=origin)
+    def health(pid, host=None, origin=None):
+        tags = {} if pid is None else {EXECUTOR_PID_TAG: str(pid), EXECUTOR_HOST_TAG: host or socket.gethostname()}
+        run = SimpleNamespace(tags=tags, remote_job_origin=origin)
         return RunLauncher().check_run_worker_health(run).status
 
     assert health(gone.pid) == WorkerStatus.FAILED
@@ -113,4 +122,4 @@ def test_the_run_launcher_says_whether_the_facepipe_process_of_a_run_lives():
     # another host's process, or a launched run that carries a digest's tags: its launcher watches it
     assert health(gone.pid, host="elsewhere") == WorkerStatus.RUNNING
     assert health(gone.pid, origin=object()) == WorkerStatus.RUNNING
-    assert RunLauncher().check_run_worker_health(SimpleNamespace(tags={}, remote_job_origin=None)).status == WorkerStatus.RUNNING
+    assert health(None) == WorkerStatus.RUNNING
