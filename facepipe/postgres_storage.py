@@ -11,6 +11,7 @@ Only Dagster imports this module, and only when dagster.yaml names it (it needs 
 extra: `pip install "facepipe[postgres]"`).
 """
 
+from dagster._core.storage.config import PostgresStorageConfig
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 
@@ -24,10 +25,11 @@ def psycopg2_url(url: str) -> str:
     return "postgresql+psycopg2://" + rest
 
 
-def _with_psycopg2(config_value: dict) -> dict:
+def _with_psycopg2(config_value: PostgresStorageConfig) -> PostgresStorageConfig:
+    translated = config_value.copy()
     if config_value.get("postgres_url"):
-        return {**config_value, "postgres_url": psycopg2_url(config_value["postgres_url"])}
-    return config_value
+        translated["postgres_url"] = psycopg2_url(config_value["postgres_url"])
+    return translated
 
 
 class RunStorage(PostgresRunStorage):
