@@ -24,7 +24,20 @@ def _validation_message(err: ValidationError) -> str:
     )
 
 
-@click.group()
+class Commands(click.Group):
+    """The `facepipe` commands: an instance configuration that contradicts facepipe's settings is one
+    line that says what to change, not a traceback."""
+
+    def invoke(self, ctx):
+        from facepipe.instance import InstanceConfigError
+
+        try:
+            return super().invoke(ctx)
+        except InstanceConfigError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@click.group(cls=Commands)
 def main():
     """facepipe: find, embed and store the faces of a photo collection, on Dagster."""
 

@@ -25,21 +25,20 @@ from dagster import (
     reconstructable,
 )
 
-from facepipe import settings
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
+from facepipe.instance import EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG, INTERNAL_TAG_PREFIX, prepare_dagster_home
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
 from facepipe.store import open_store_from_settings
 
-# Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists
-INTERNAL_TAG_PREFIX = ".dagster/facepipe/"
+# Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists; the machine
+# and process executing a `facepipe digest` (to cancel it, and for run monitoring: facepipe.instance)
 LAUNCH_TAG = INTERNAL_TAG_PREFIX + "launch_id"  # finds a run in storage while it executes
-HOST_TAG = INTERNAL_TAG_PREFIX + "host"  # the machine and process executing a `facepipe digest`, to cancel it
-PID_TAG = INTERNAL_TAG_PREFIX + "pid"
+HOST_TAG, PID_TAG = EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG
 
 # The code location's one name: workspace.yaml, `facepipe ui`, `--detach` launches and the UI's
 # re-executions must agree on it, or a run launched under one is "not found" under another.
@@ -48,7 +47,7 @@ LOCATION_NAME = "facepipe"
 
 def instance_for_digests() -> DagsterInstance:
     """The local Dagster instance in $FACEPIPE_HOME (or $DAGSTER_HOME)."""
-    settings.prepare_dagster_home()
+    prepare_dagster_home()
     return DagsterInstance.get()
 
 
@@ -333,7 +332,14 @@ def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False
     instance = instance or instance_for_digests()
     if not instance.has_dynamic_partition(GROUPS, group_id):
         raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
-    tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
+    # executed by this process: its host and pid let run monitoring tell when it was killed
+    tags = {
+        PARTITION_TAG: group_id,
+        GROUP_TAG: group_id,
+        PROFILE_TAG: profile,
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+    }
     with execute_job(
         reconstructable(get_people_job), instance, run_config=people_run_config(profile, full), tags=tags
     ) as result:

@@ -9,30 +9,16 @@
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
 - FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below).
+- FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
+  run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
 """
 
 import os
 from pathlib import Path
 
 # One writer at a time to a store: the digest ops that open it run in this Dagster pool,
-# whose limit is 1 in the instance's dagster.yaml (see INSTANCE_YAML).
+# whose limit is 1 in the instance's dagster.yaml (facepipe/instance.py).
 STORE_POOL = "facepipe_store"
-
-INSTANCE_YAML = """\
-# Written by facepipe on first use; edit freely, facepipe will not overwrite it.
-concurrency:
-  pools:
-    # the embedded face store admits one process at a time: one store step at a time, across runs
-    default_limit: 1
-  runs:
-    # two digests at once would only fight over the cores and the store
-    max_concurrent_runs: 1
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-telemetry:
-  enabled: false
-"""
 
 
 def facepipe_home() -> Path:
@@ -64,15 +50,9 @@ def deepface_home() -> Path:
     return Path(os.environ.get("DEEPFACE_HOME") or os.path.expanduser("~"))
 
 
-def prepare_dagster_home() -> Path:
-    """Point DAGSTER_HOME at facepipe's instance folder and give it a dagster.yaml once."""
-    home = dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
+def postgres_url() -> str | None:
+    """FACEPIPE_POSTGRES_URL: the PostgreSQL database of the Dagster instance, or None for SQLite."""
+    return os.environ.get("FACEPIPE_POSTGRES_URL") or None
 
 
 # What one photo may cost a worker, refused before it is read or decoded (README, "When things go

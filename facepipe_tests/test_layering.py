@@ -25,6 +25,7 @@ LAYERS = [
             "facepipe.thumbnails",
             "facepipe.history",
             "facepipe.instance",
+            "facepipe.postgres_storage",
         },
     ),
     ("Dagster layer", {"facepipe.defs"}),

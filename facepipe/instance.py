@@ -1,0 +1,215 @@
+"""The Dagster instance facepipe runs on: the dagster.yaml in $DAGSTER_HOME, made from its settings.
+
+What facepipe needs from the instance, and why:
+- one store step at a time (pool `facepipe_store`, `concurrency.pools.default_limit: 1`) and one
+  run at a time (`concurrency.runs.max_concurrent_runs: 1`): the embedded face store is a folder
+  that one process at a time may open. A Qdrant server (QDRANT_URL) has no such lock, so with one
+  neither limit is set and Dagster's defaults apply.
+- a run queue (QueuedRunCoordinator): `facepipe digest --detach` and the sensors queue their runs.
+- run monitoring (RUN_MONITORING): a run whose process died is marked failed, and the pool slot
+  it held is freed, instead of staying "processing" and holding the store pool for ever. A run the
+  code server launched (`--detach`, sensors, the UI) is watched by the code server; one that a
+  `facepipe digest` process executes itself has no launcher to watch it, so the run launcher is
+  RunLauncher below: Dagster's default, which also tells the daemon whether that process lives.
+- with FACEPIPE_POSTGRES_URL, run, event-log and schedule storage in PostgreSQL
+  (facepipe/postgres_storage.py); the URL is read from the environment, never written here.
+
+Who owns the file: facepipe writes it when it is missing and, while its first line is MANAGED,
+rewrites it whenever those settings change it. A dagster.yaml without that line is the user's:
+facepipe adds what it needs and is missing (saying so on stderr, the original kept beside it as
+`dagster.yaml.orig`), never changes a value the user set, and refuses a storage section that
+contradicts FACEPIPE_POSTGRES_URL.
+"""
+
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+
+import yaml
+from dagster import DefaultRunLauncher
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+
+from facepipe import settings
+
+MANAGED = "# Written by facepipe from its settings; rewritten when they change. Delete this line to keep your edits."
+
+# The daemon checks running runs every poll; a run that ended with pool slots still claimed (its
+# process was killed before it could free them) has them freed this long after it ended. Neither
+# costs more than one query a poll.
+RUN_MONITORING = {
+    "enabled": True,
+    "poll_interval_seconds": 15,
+    "free_slots_after_run_end_seconds": 10,
+    # the default run launcher cannot resume a run in a new worker; any other value is refused by Dagster
+    "max_resume_run_attempts": 0,
+}
+
+POSTGRES_STORAGE = {
+    key: {
+        "module": "facepipe.postgres_storage",
+        "class": cls,
+        "config": {"postgres_url": {"env": "FACEPIPE_POSTGRES_URL"}},
+    }
+    for key, cls in (
+        ("run_storage", "RunStorage"),
+        ("event_log_storage", "EventLogStorage"),
+        ("schedule_storage", "ScheduleStorage"),
+    )
+}
+STORAGE_KEYS = ("storage", *POSTGRES_STORAGE)
+
+
+# the dagster.yaml facepipe wrote before it kept the file current: facepipe's own, so it takes it over
+PREVIOUS_MANAGED = """\
+# Written by facepipe on first use; edit freely, facepipe will not overwrite it.
+concurrency:
+  pools:
+    # the embedded face store admits one process at a time: one store step at a time, across runs
+    default_limit: 1
+  runs:
+    # two digests at once would only fight over the cores and the store
+    max_concurrent_runs: 1
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+# the tags facepipe/runs.py puts on a run that a `facepipe digest` process executes itself, under the
+# prefix Dagster keeps out of the UI's run lists (they are facepipe's own business)
+INTERNAL_TAG_PREFIX = ".dagster/facepipe/"
+EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG = INTERNAL_TAG_PREFIX + "host", INTERNAL_TAG_PREFIX + "pid"
+
+
+class RunLauncher(DefaultRunLauncher):
+    """Dagster's default run launcher, which also answers run monitoring's "is its worker alive?".
+
+    The default launcher cannot say (Dagster's run monitoring then only enforces timeouts). For a
+    run executed by a `facepipe digest` process on this machine, the answer is whether that process
+    exists; for any other run, "running": the code server that launched it watches its process and
+    marks the run failed when it dies.
+    """
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        pid, host = run.tags.get(EXECUTOR_PID_TAG), run.tags.get(EXECUTOR_HOST_TAG)
+        # a launched run (it has an origin) may carry a re-executed digest's tags: its launcher watches it
+        if run.remote_job_origin is not None or not pid or host != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not executed by a facepipe process on this host")
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"the facepipe process {pid} that executed it is gone")
+        except PermissionError:
+            pass  # it exists, as another user
+        return CheckRunHealthResult(WorkerStatus.RUNNING, f"the facepipe process {pid} is running")
+
+
+class InstanceConfigError(RuntimeError):
+    """The instance's dagster.yaml contradicts facepipe's settings; the message says what to change."""
+
+
+def instance_config() -> dict:
+    """What facepipe needs in dagster.yaml, from FACEPIPE_POSTGRES_URL and QDRANT_URL."""
+    config: dict = {}
+    if settings.postgres_url():
+        config.update(POSTGRES_STORAGE)
+    if settings.qdrant_url() is None:
+        config["concurrency"] = {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 1}}
+    config["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
+    config["run_launcher"] = {"module": "facepipe.instance", "class": "RunLauncher"}
+    config["run_monitoring"] = dict(RUN_MONITORING)
+    config["telemetry"] = {"enabled": False}
+    return config
+
+
+COMMENTS = {
+    "run_storage": "runs, events and schedules in PostgreSQL, at FACEPIPE_POSTGRES_URL (read from the environment)",
+    "concurrency": "the embedded face store admits one process at a time: one store step, and one digest, at a time",
+    "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs",
+    "run_launcher": "Dagster's default launcher, which also tells run monitoring when a `facepipe digest` process died",
+    "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
+}
+
+
+def render(config: dict) -> str:
+    """facepipe's dagster.yaml: the MANAGED line, then each section under a comment saying why."""
+    lines = [MANAGED]
+    for key, value in config.items():
+        if key in COMMENTS:
+            lines.append(f"# {COMMENTS[key]}")
+        lines.append(yaml.safe_dump({key: value}, sort_keys=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
+    """Add to `user` each key of `ours` it lacks, keeping every value it has; return what was added."""
+    added = []
+    for key, value in ours.items():
+        here = f"{path}.{key}" if path else key
+        if key not in user:
+            user[key] = value
+            added.append(here)
+        elif isinstance(value, dict) and isinstance(user[key], dict):
+            added += merge_missing(user[key], value, here)
+    return added
+
+
+def _check_storage(user: dict, path: Path) -> None:
+    """With FACEPIPE_POSTGRES_URL set, a storage section of the user's other than facepipe's contradicts it."""
+    theirs = [key for key in STORAGE_KEYS if key in user and user[key] != POSTGRES_STORAGE.get(key)]
+    if theirs:
+        raise InstanceConfigError(
+            f"{path} sets {', '.join(theirs)}, and FACEPIPE_POSTGRES_URL asks for PostgreSQL storage: "
+            f"remove {' and '.join(theirs)} from {path.name} to use FACEPIPE_POSTGRES_URL, "
+            "or unset FACEPIPE_POSTGRES_URL"
+        )
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the file at once: a facepipe command starting meanwhile reads the old or the new, never half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def prepare_dagster_home() -> Path:
+    """Point DAGSTER_HOME at facepipe's instance folder, with a dagster.yaml that has what facepipe needs."""
+    if settings.postgres_url() and importlib.util.find_spec("dagster_postgres") is None:
+        raise InstanceConfigError(
+            'FACEPIPE_POSTGRES_URL is set, but dagster-postgres is not installed: pip install "facepipe[postgres]"'
+        )
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    ours = instance_config()
+    text = path.read_text() if path.exists() else None
+    if text is None or text.startswith(MANAGED) or text == PREVIOUS_MANAGED:
+        if text != render(ours):
+            _write(path, render(ours))
+    else:
+        user = yaml.safe_load(text) or {}
+        if settings.postgres_url():
+            _check_storage(user, path)
+        if "run_queue" in user or "max_concurrent_runs" in (user.get("run_coordinator") or {}).get("config", {}):
+            # the user limits runs the older way; Dagster refuses both ways at once
+            ours.get("concurrency", {}).pop("runs", None)
+        ours.pop("telemetry")  # facepipe's choice for its own file, not a need
+        added = merge_missing(user, ours)
+        if added:
+            path.with_name(path.name + ".orig").write_text(text)
+            _write(
+                path,
+                f"# facepipe added {', '.join(added)} (your file as it was: {path.name}.orig)\n"
+                + yaml.safe_dump(user, sort_keys=False),
+            )
+            print(f"facepipe: added to {path} what facepipe needs and it lacked: {', '.join(added)}", file=sys.stderr)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home

@@ -1,0 +1,127 @@
+"""The instance's dagster.yaml: what facepipe needs in it, kept current in facepipe's own file,
+merged into a user's file without changing a value the user set, and read by Dagster as meant."""
+
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from dagster import DagsterInstance
+from dagster._core.launcher import WorkerStatus
+
+from facepipe.instance import (
+    EXECUTOR_HOST_TAG,
+    EXECUTOR_PID_TAG,
+    PREVIOUS_MANAGED,
+    InstanceConfigError,
+    RunLauncher,
+    prepare_dagster_home,
+)
+from facepipe.postgres_storage import psycopg2_url
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path))
+    for name in ("DAGSTER_HOME", "QDRANT_URL", "FACEPIPE_POSTGRES_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "dagster"
+
+
+def loaded(dagster_home):
+    return DagsterInstance.from_config(str(dagster_home))
+
+
+def test_facepipes_file_limits_the_embedded_store_and_monitors_runs(home):
+    prepare_dagster_home()
+    with loaded(home) as instance:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.run_queue_config.max_concurrent_runs == 1
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+        assert isinstance(instance.run_launcher, RunLauncher)
+
+
+def test_with_a_qdrant_server_the_store_limits_are_lifted_and_come_back_without_it(home, monkeypatch):
+    prepare_dagster_home()
+    monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:6333")
+    prepare_dagster_home()
+    with loaded(home) as instance:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit is None  # no limit on the store pool
+        assert concurrency.run_queue_config.max_concurrent_runs != 1  # Dagster's default
+        assert instance.run_monitoring_enabled
+    monkeypatch.delenv("QDRANT_URL")
+    prepare_dagster_home()
+    with loaded(home) as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_a_users_file_gets_what_is_missing_and_keeps_every_value_it_set(home, capsys):
+    home.mkdir()
+    mine = (
+        "# my instance\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n"
+        "retention:\n  schedule:\n    purge_after_days: 7\n"
+    )
+    (home / "dagster.yaml").write_text(mine)
+    prepare_dagster_home()
+    merged = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert merged["concurrency"] == {"runs": {"max_concurrent_runs": 3}, "pools": {"default_limit": 1}}
+    assert merged["retention"] == {"schedule": {"purge_after_days": 7}}
+    assert merged["run_monitoring"]["enabled"] is True
+    assert (home / "dagster.yaml.orig").read_text() == mine
+    told = capsys.readouterr().err
+    assert "concurrency.pools" in told and "run_monitoring" in told and "max_concurrent_runs" not in told
+    with loaded(home) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 3
+
+    # once it has everything, it is left alone
+    before = (home / "dagster.yaml").read_text()
+    prepare_dagster_home()
+    assert (home / "dagster.yaml").read_text() == before and capsys.readouterr().err == ""
+
+
+def test_a_users_storage_that_contradicts_the_postgres_url_is_named(home, monkeypatch):
+    home.mkdir()
+    (home / "dagster.yaml").write_text("storage:\n  sqlite:\n    base_dir: /somewhere\n")
+    monkeypatch.setenv("FACEPIPE_POSTGRES_URL", "postgresql://u:pw@127.0.0.1:5432/db")
+    with pytest.raises(InstanceConfigError, match=r"dagster.yaml sets storage, and FACEPIPE_POSTGRES_URL") as raised:
+        prepare_dagster_home()
+    assert "pw" not in str(raised.value)
+
+
+def test_the_file_facepipe_wrote_before_is_taken_over(home):
+    home.mkdir()
+    (home / "dagster.yaml").write_text(PREVIOUS_MANAGED)
+    prepare_dagster_home()
+    assert not (home / "dagster.yaml.orig").exists()
+    assert yaml.safe_load((home / "dagster.yaml").read_text())["run_monitoring"]["enabled"] is True
+
+
+def test_the_plain_url_is_given_to_dagster_postgres_with_its_driver():
+    assert psycopg2_url("postgresql://u:p%40ss@h:5433/db") == "postgresql+psycopg2://u:p%40ss@h:5433/db"
+    assert psycopg2_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
+    with pytest.raises(ValueError, match="not a URL starting mysql://") as raised:
+        psycopg2_url("mysql://u:secret@h/db")
+    assert "secret" not in str(raised.value)
+
+
+def test_the_run_launcher_says_whether_the_facepipe_process_of_a_run_lives():
+    import os
+    import socket
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    def health(pid, host=None, origin=None):
+        tags = {} if pid is None else {EXECUTOR_PID_TAG: str(pid), EXECUTOR_HOST_TAG: host or socket.gethostname()}
+        run = SimpleNamespace(tags=tags, remote_job_origin=origin)
+        return RunLauncher().check_run_worker_health(run).status
+
+    assert health(gone.pid) == WorkerStatus.FAILED
+    assert health(os.getpid()) == WorkerStatus.RUNNING
+    # another host's process, or a launched run that carries a digest's tags: its launcher watches it
+    assert health(gone.pid, host="elsewhere") == WorkerStatus.RUNNING
+    assert health(gone.pid, origin=object()) == WorkerStatus.RUNNING
+    assert health(None) == WorkerStatus.RUNNING

@@ -1,0 +1,147 @@
+"""Stuck runs (#14): a digest whose run process is killed ends as failed, and its store pool slot
+is freed, so the next digest runs.
+
+Under `facepipe ui` (dagster dev: webserver, daemon and a code server) a `--detach` digest runs in a
+process the code server started. SIGKILL that process while a store-pool step holds the slot: the
+code server sees its child gone and marks the run failed; the run still claims the slot (nothing
+else frees it), until the daemon's run monitoring (`free_slots_after_run_end_seconds`, which
+facepipe's dagster.yaml sets) frees it. Without that the pool stays full and every later digest
+waits for ever.
+
+A `facepipe digest` without --detach executes its run in its own process, with no launcher and no
+code server to watch it. facepipe's run launcher tells the daemon's run monitoring whether that
+process still exists (by the pid and host tags the run carries), so a SIGKILLed `facepipe digest`
+ends the same way, within a poll of the daemon.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+
+from facepipe.instance import RUN_MONITORING
+from facepipe.settings import STORE_POOL
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
+
+pytestmark = pytest.mark.e2e  # digests killed under a real daemon
+
+# the longest the daemon may take: the run marked failed, one monitoring poll to see it ended,
+# the grace period, one more poll, and slack for two loaded cores
+BOUND_SECONDS = 2 * RUN_MONITORING["poll_interval_seconds"] + RUN_MONITORING["free_slots_after_run_end_seconds"] + 30
+
+
+def run_process_pid(instance, run_id, timeout=180) -> int:
+    """The pid of the process executing a launched run, from the engine event Dagster records."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for event in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            if event.message.startswith("Started process for run (pid: "):
+                return int(event.message.split("pid: ")[1].split(")")[0])
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} never started a process")
+
+
+def wait_for_claimed_slot(instance, run_id, timeout=180) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [
+            s.step_key
+            for s in instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots
+            if s.run_id == run_id
+        ]
+        if steps:
+            return steps
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} never claimed a {STORE_POOL} slot")
+
+
+def wait_until_failed_and_freed(instance, run_id, killed_at):
+    """(status, slot still held when it was marked failed, seconds to fail, seconds to free the slot)."""
+    status, claimed, held, failed_after = None, [], None, None
+    while time.time() < killed_at + BOUND_SECONDS:
+        run = instance.get_run_by_id(run_id)
+        claimed = [
+            s for s in instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots if s.run_id == run_id
+        ]
+        if run.is_finished and status is None:
+            # at the moment it is marked failed, the dead run still holds the slot: nothing but the
+            # daemon's run monitoring gives it back
+            status, held, failed_after = run.status.value, bool(claimed), time.time() - killed_at
+        if status and not claimed:
+            break
+        time.sleep(1)
+    assert status == "FAILURE", f"the killed run is {instance.get_run_by_id(run_id).status} after {BOUND_SECONDS} s"
+    assert not claimed, f"the killed run still holds {claimed} after {BOUND_SECONDS} s"
+    return held, failed_after, time.time() - killed_at
+
+
+def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(tmp_path):
+    home = tmp_path / "home"
+    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
+        # small chunks and one worker: the run is still listing or storing when it is killed
+        run_id = run_facepipe(
+            home, "digest", str(SAMPLE_IMAGES), "--group", "killed", "--detach", "--workers", "1", "--chunk-size", "8"
+        ).stdout.strip()
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            pid = run_process_pid(instance, run_id)
+            holding = wait_for_claimed_slot(instance, run_id)
+            os.kill(pid, signal.SIGKILL)
+            held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+        assert held
+        print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
+
+        assert json.loads(run_facepipe(home, "digests", "show", run_id, "--json").stdout)["status"] == "failed"
+        # the slot is free: a retry of the killed digest gets it and completes, and a next digest
+        # finds every photo stored
+        retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+        after = digest(home, SAMPLE_IMAGES, "killed")
+        assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
+
+
+def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(tmp_path):
+    home = tmp_path / "home"
+    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
+        env = {**os.environ, "FACEPIPE_HOME": str(home)}
+        env.pop("DAGSTER_HOME", None)
+        running = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "facepipe.cli",
+                "digest",
+                str(SAMPLE_IMAGES),
+                "--group",
+                "killed",
+                "--workers",
+                "1",
+                "--chunk-size",
+                "8",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with DagsterInstance.from_config(str(home / "dagster")) as instance:
+                deadline, records = time.time() + 120, []
+                while not records and time.time() < deadline:
+                    records = instance.get_run_records()
+                    time.sleep(0.2)
+                run_id = records[0].dagster_run.run_id
+                holding = wait_for_claimed_slot(instance, run_id)
+                running.kill()  # SIGKILL, the `facepipe digest` process alone: its step workers are orphaned
+                running.wait()  # reaped, as a shell would (a zombie still has its pid)
+                held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+        finally:
+            running.kill()
+        assert held
+        print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
+
+        retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
