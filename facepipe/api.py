@@ -43,11 +43,10 @@ from facepipe.engine.weights import ATTRIBUTE_WEIGHTS, MissingWeightsError, miss
 from facepipe.history import STATUS_NAMES, DigestNotFound, digest_summary, list_digests
 from facepipe.people import (
     PersonNotFound,
-    get_person,
     list_people,
     merge_people,
     name_person,
-    person_faces,
+    person_with_faces,
     split_person,
 )
 from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, ProfileName, default_workers, digest_request
@@ -220,6 +219,16 @@ def _faces(image, profile_name: str, confidence: float, min_face_size: int):
             return faces_in_image(load_profile(profile_name), image, confidence, min_face_size)[0]
     except MissingWeightsError as err:
         raise HTTPException(503, str(err)) from None
+
+
+def _face_fields(face) -> dict:
+    """What every one-photo endpoint says of a face: index, box, confidence, landmarks."""
+    return {
+        "face_index": face.face_index,
+        "facial_area": _area(face.box),
+        "confidence": face.confidence,
+        "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+    }
 
 
 def _area(box) -> dict:
@@ -536,18 +545,8 @@ def get_people(group_id: str, profile: str | None = None) -> dict:
 
 
 def _person_answer(store, group_id: str, person_id: int, profile: str) -> dict:
-    person = get_person(store, group_id, person_id, profile)
-    faces = person_faces(store, group_id, person_id, profile)
-    person["faces"] = [
-        {
-            "face_id": str(f.id),
-            "image_path": f.payload["image_path"],
-            "face_index": f.payload["face_index"],
-            "facial_area": f.payload["facial_area"],
-            "pinned": bool(f.payload.get("person_pinned")),
-        }
-        for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
-    ]
+    person = person_with_faces(store, group_id, person_id, profile)
+    del person["records"]
     return person
 
 
@@ -630,12 +629,7 @@ async def post_get_faces(
     image, faces = await _photo_faces(file, profile, confidence, min_face_size)
     answer = []
     for f in faces:
-        face = {
-            "face_index": f.face_index,
-            "facial_area": _area(f.box),
-            "confidence": f.confidence,
-            "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks],
-        }
+        face = _face_fields(f)
         if crops:
             face["crop_jpeg_base64"] = _crop_b64(image, f.box)
         answer.append(face)
@@ -720,12 +714,7 @@ async def post_get_features(
     image, faces = await _photo_faces(file, profile, confidence, min_face_size)
     answer = []
     for f in faces:
-        face = {
-            "face_index": f.face_index,
-            "facial_area": _area(f.box),
-            "confidence": f.confidence,
-            "landmarks": [[round(x, 1), round(y, 1)] for x, y in f.landmarks],
-        }
+        face = _face_fields(f)
         if wanted:
             face.update(await run_in_threadpool(_attributes_of, image, f.box, wanted))
         answer.append(face)

@@ -152,28 +152,18 @@ def list_command(group_id, profile, as_json):
 @AS_JSON
 def show_command(person_id, group_id, profile, as_json):
     """One person: name, faces, and a thumbnail file per face."""
-    from facepipe.people import PersonNotFound, get_person, person_faces
+    from facepipe.people import PersonNotFound, person_with_faces
     from facepipe.thumbnails import face_thumbnails
 
     with _store() as store:
         profile = _profile_of(store, group_id, profile)
         try:
-            person = get_person(store, group_id, person_id, profile)
+            person = person_with_faces(store, group_id, person_id, profile)
         except PersonNotFound as err:
             raise click.ClickException(str(err)) from None
-        faces = person_faces(store, group_id, person_id, profile)
-    thumbnails = face_thumbnails(faces)
-    person["faces"] = [
-        {
-            "face_id": str(f.id),
-            "image_path": f.payload["image_path"],
-            "face_index": f.payload["face_index"],
-            "facial_area": f.payload["facial_area"],
-            "pinned": bool(f.payload.get("person_pinned")),
-            "thumbnail": str(thumbnails[str(f.id)]) if thumbnails[str(f.id)] else None,
-        }
-        for f in sorted(faces, key=lambda f: (f.payload["image_path"], f.payload["face_index"]))
-    ]
+    thumbnails = face_thumbnails(person.pop("records"))
+    for face in person["faces"]:
+        face["thumbnail"] = str(thumbnails[face["face_id"]]) if thumbnails[face["face_id"]] else None
     if as_json:
         click.echo(json.dumps(person))
         return

@@ -52,6 +52,27 @@ def person_faces(
     return list(store.scroll_faces(profile, group_filter(group_id, person_id=person_id), with_vectors=with_vectors))
 
 
+def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
+    """A person and each of their faces (id, photo, box, pinned), by photo; the faces' records too,
+    for what a caller adds (thumbnails)."""
+    person = get_person(store, group_id, person_id, profile)
+    records = sorted(
+        person_faces(store, group_id, person_id, profile),
+        key=lambda f: (f.payload["image_path"], f.payload["face_index"]),
+    )
+    person["faces"] = [
+        {
+            "face_id": str(f.id),
+            "image_path": f.payload["image_path"],
+            "face_index": f.payload["face_index"],
+            "facial_area": f.payload["facial_area"],
+            "pinned": bool(f.payload.get("person_pinned")),
+        }
+        for f in records
+    ]
+    return {**person, "records": records}
+
+
 def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "person_pinned", "image_path")):
     """Ids, unit vectors (float32) and a few payload fields of the faces matching `where`, a page at a
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
