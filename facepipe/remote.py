@@ -31,7 +31,7 @@ RUN_QUERY = """query Digest($runId: ID!) {
     ... on EventConnection { events { __typename
       ... on MaterializationEvent { assetKey { path } METADATA }
       ... on ObservationEvent { assetKey { path } METADATA }
-      ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } }
+      ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } failureMetadata { description } }
       ... on RunFailureEvent { message } } }
   }
 }""".replace("METADATA", _METADATA)
@@ -115,9 +115,12 @@ class RemoteDigests:
                 materialized["/".join(event["assetKey"]["path"])] = _metadata(event["metadataEntries"])
             elif kind == "ObservationEvent":
                 observations.append(_metadata(event["metadataEntries"]))
-            elif kind == "ExecutionStepFailureEvent":  # the user's exception is the cause of Dagster's wrapper
+            elif kind == "ExecutionStepFailureEvent":
+                # a Failure's description, as facepipe wrote it; else the user's exception, the cause
+                # of Dagster's wrapper
+                described = (event.get("failureMetadata") or {}).get("description")
                 error = event["error"]["cause"] or event["error"]
-                errors.append(f"{event['stepKey']}: {error['message'].strip()}")
+                errors.append(f"{event['stepKey']}: {(described or error['message']).strip()}")
             elif kind == "RunFailureEvent":
                 errors.append(event["message"])
         tags = {tag["key"]: tag["value"] for tag in run["tags"]}

@@ -654,10 +654,12 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     from dagster import DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        peaks = [
-            e.asset_observation.metadata["worker_peak_rss_mb"].value
+        observed = [
+            e.asset_observation.metadata
             for e in instance.all_logs(summary["run_id"], of_type=DagsterEventType.ASSET_OBSERVATION)
         ]
+    # each chunk's last observation has its worker's peak (the progress ones before it do not)
+    peaks = [metadata["worker_peak_rss_mb"].value for metadata in observed if "worker_peak_rss_mb" in metadata]
     assert peaks and max(peaks) < 1000, peaks
     REPORTS.append(
         "bad input: one real digest of the corpus\n"

@@ -173,7 +173,7 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
         ).stdout
     )
     assert failed["status"] == "failed"
-    assert any("source: cannot list" in error for error in failed["errors"])
+    assert any("source: cannot list" in error for error in failed["errors"]), failed["errors"]
 
     everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
     assert len(everything) >= 3

@@ -129,7 +129,7 @@ def list_images(root: str | os.PathLike) -> Listing:
     """
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"local_dir_path {str(root)!r} is not a folder")
+        raise NotADirectoryError(f"{str(root)!r} is not a folder")
     listing = Listing()
     top = str(root.absolute())
     stack = [top]
