@@ -60,7 +60,7 @@ from facepipe.runs import (
     start_retry,
 )
 from facepipe.search import SearchError, group_profiles, search_faces
-from facepipe.store import StoreBusy, open_store_from_settings
+from facepipe.store import StoreBusy, StoreUnavailable, open_store_from_settings
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
@@ -160,6 +160,8 @@ def _retrying(call):
             if time.monotonic() > deadline:
                 raise _busy(str(err)) from None
             time.sleep(0.25)
+        except StoreUnavailable as err:  # a Qdrant server down: nothing to wait for here
+            raise _busy(str(err)) from None
 
 
 @contextmanager

@@ -128,6 +128,10 @@ class StoreBusy(RuntimeError):
     """The embedded store is held by another process: one process opens it at a time."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The Qdrant server cannot be reached (down, refusing, a wrong URL): the message names the URL."""
+
+
 def _busy(path) -> StoreBusy:
     return StoreBusy(
         f"the face store at {path} is in use by another process (a digest or clustering run?); "
@@ -441,11 +445,19 @@ class FaceStore:
             from qdrant_client import QdrantClient
 
             try:
-                client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+                # qdrant-client's own version check runs in a thread and only warns, also when the
+                # server cannot be reached: _reachable asks the server once and says so in one line
+                client = (
+                    QdrantClient(url=url, api_key=api_key, check_compatibility=False)
+                    if url
+                    else QdrantClient(path=str(path))
+                )
             except RuntimeError as err:
                 if "already accessed" not in str(err):
                     raise
                 raise _busy(path) from None
+            if url:
+                _reachable(client, url)
             store = cls(ClientBackend(client), embedded=not url)
             try:
                 yield store
@@ -799,6 +811,19 @@ class FaceStore:
         """The group's person whose mean face is nearest to `vector` (dot product), if at least `min_score`."""
         found = self.query(people_collection(profile), vector, group_filter(group_id), limit=1, min_score=min_score)
         return found[0] if found else None
+
+
+def _reachable(client, url: str) -> None:
+    """qdrant-client connects lazily: ask the server once now, so that a server that is down says so
+    in one line that names it, before any work."""
+    try:
+        client.get_collections()
+    except Exception as err:  # httpx, grpc and qdrant-client each raise their own
+        client.close()
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StoreUnavailable(
+            f"the Qdrant server at {url} cannot be reached ({reason[:200]}): check QDRANT_URL and that the server runs"
+        ) from None
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

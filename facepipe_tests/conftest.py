@@ -45,8 +45,8 @@ def identities() -> dict[str, str]:
         return {row["image"]: row["identity"] for row in csv.DictReader(f)}
 
 
-def run_facepipe(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FACEPIPE_HOME": str(home), **(env or {})}
     env.pop("DAGSTER_HOME", None)
     result = subprocess.run(
         [sys.executable, "-m", "facepipe.cli", *args], env=env, capture_output=True, text=True, timeout=900

@@ -81,3 +81,22 @@ def test_nearest_faces_stay_within_the_group(open_store):
         assert [p.payload["group_id"] for p in best] == ["g1", "g1"]
         assert best[0].payload["face_index"] == 1 and np.isclose(best[0].score, 1.0)
         assert store.exists(faces_collection("dlib"))
+
+
+def test_a_qdrant_server_that_cannot_be_reached_is_one_line_naming_it_at_once(tmp_path):
+    import time
+
+    from facepipe.store import StoreUnavailable
+    from facepipe_tests.conftest import SAMPLE_IMAGES, free_port, run_facepipe
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connections are refused
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=f"the Qdrant server at {url} cannot be reached"):
+        with FaceStore.open(url=url):
+            pass
+    assert time.monotonic() - started < 10
+    result = run_facepipe(
+        tmp_path, "search", str(SAMPLE_IMAGES / "img1.jpg"), "--group", "g", check=False, env={"QDRANT_URL": url}
+    )
+    assert result.returncode == 1 and f"the Qdrant server at {url} cannot be reached" in result.stderr
+    assert "Traceback" not in result.stderr

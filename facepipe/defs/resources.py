@@ -8,11 +8,12 @@ from pydantic import Field
 
 from facepipe import settings
 from facepipe.request import DigestOptions, S3Prefix
-from facepipe.store import FaceStore, StoreBusy
+from facepipe.store import FaceStore, StoreBusy, StoreUnavailable
 
 # The store pool keeps digests to one writer, but `facepipe search`, `people` or the notebook may
-# hold the embedded store for a moment: a step that finds it busy tries again (up to ~30 s). Any
-# other error fails the step at once, with its own message, instead of being retried.
+# hold the embedded store for a moment: a step that finds it busy tries again (up to ~30 s), as one
+# that cannot reach a Qdrant server (restarting) does. Any other error fails the step at once,
+# with its own message, instead of being retried.
 BUSY_RETRIES = 6
 BUSY_WAIT_SECONDS = 5
 
@@ -37,7 +38,7 @@ class FaceStoreResource(ConfigurableResource):
         with ExitStack() as stack:
             try:
                 store = stack.enter_context(FaceStore.open(path=self.path, url=self.url, api_key=self.api_key))
-            except StoreBusy as err:
+            except (StoreBusy, StoreUnavailable) as err:  # held, or a server restarting: both pass
                 raise RetryRequested(max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_WAIT_SECONDS) from err
             yield store
 
