@@ -5,12 +5,14 @@ SciPy, `people cluster` Dagster, and none of them should slow the others or `fac
 """
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from facepipe import settings
+from facepipe.engine.listing import read_image_bytes
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import (
     StoreBusy,
@@ -167,7 +169,13 @@ def show_command(person_id, group_id, profile, as_json):
             person = person_with_faces(store, group_id, person_id, profile)
         except PersonNotFound as err:
             raise click.ClickException(str(err)) from None
-    thumbnails = face_thumbnails(person.pop("records"))
+    records = person.pop("records")
+    read: Callable[[str], tuple[bytes, str]] = read_image_bytes
+    if any(face.payload["image_path"].startswith("s3://") for face in records):
+        from facepipe.runs import photo_reader  # Dagster's instance: only for photos in S3
+
+        read = photo_reader(records)
+    thumbnails = face_thumbnails(records, read)
     for face in person["faces"]:
         face["thumbnail"] = str(thumbnails[face["face_id"]]) if thumbnails[face["face_id"]] else None
     if as_json:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 from dagster import (
     DagsterEventType,
@@ -24,12 +25,17 @@ from dagster import (
     execute_job,
     reconstructable,
 )
+from dagster_aws.s3 import S3Resource
 
 from facepipe.definitions import get_digest_job, get_people_job
+from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
+from facepipe.defs.resources import s3_client
+from facepipe.engine.listing import ImageError, read_image_bytes
 from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.engine.sources import S3Reader
 from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
 from facepipe.instance import EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG, INTERNAL_TAG_PREFIX, prepare_dagster_home
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
@@ -353,3 +359,25 @@ def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False
         materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
         counts = {key: value.value for key, value in materialization.metadata.items()}
         return {**counts, "run_id": result.run_id}
+
+
+def photo_reader(faces) -> Callable[[str], tuple[bytes, str]]:
+    """How to read the photos of `faces` (store records) as the digests that stored them did: a local
+    file, or an S3 object through the endpoint and region of that digest's request (from its run)."""
+    instance = instance_for_digests()
+    run_of = {face.payload["image_path"]: face.payload.get("run_id") for face in faces}
+    readers: dict[str, S3Reader] = {}
+
+    def read(path: str) -> tuple[bytes, str]:
+        if not path.startswith("s3://"):
+            return read_image_bytes(path)
+        run_id = run_of.get(path) or ""
+        if run_id not in readers:
+            run = instance.get_run_by_id(run_id) if run_id else None
+            if run is None:
+                raise ImageError(f"no digest run {run_id!r} to read {path} as it did")
+            config = cast(dict, run.run_config)["ops"]["digest"]["ops"]["list_images"]["config"]
+            readers[run_id] = S3Reader(s3_client(S3Resource(), request_from_config(config, run.tags[PARTITION_TAG])))
+        return readers[run_id](path)
+
+    return read

@@ -5,6 +5,7 @@ photo's path, so it is as stable as the id and says nothing about where the phot
 already changes when the photo's bytes change, so a stored thumbnail is never stale.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -26,17 +27,18 @@ def thumbnail_path(face_id: str) -> Path:
     return thumbnails_dir() / face_id[:2] / f"{face_id}.jpg"
 
 
-def face_thumbnail(face, image=None) -> Path | None:
+def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = read_image_bytes) -> Path | None:
     """The thumbnail of a face (a Qdrant record with its payload), made now if missing.
 
-    `image`: the photo, already decoded. None if the photo can no longer be read (moved, deleted).
+    `image`: the photo, already decoded; else `read` gets its bytes (a local file by default; an S3
+    photo through the digest's own reader). None if the photo can no longer be read (moved, deleted).
     """
     path = thumbnail_path(face.id)
     if path.exists():
         return path
     if image is None:
         try:
-            image = decode_image(read_image_bytes(face.payload["image_path"])[0])
+            image = decode_image(read(face.payload["image_path"])[0])
         except ImageError:
             return None
     area = face.payload["facial_area"]
@@ -53,8 +55,8 @@ def face_thumbnail(face, image=None) -> Path | None:
     return path
 
 
-def face_thumbnails(faces) -> dict[str, Path | None]:
-    """Thumbnails of many faces, decoding each photo at most once."""
+def face_thumbnails(faces, read: Callable[[str], tuple[bytes, str]] = read_image_bytes) -> dict[str, Path | None]:
+    """Thumbnails of many faces, decoding each photo at most once (read with `read`)."""
     by_photo: dict[str, list] = {}
     for face in faces:
         by_photo.setdefault(face.payload["image_path"], []).append(face)
@@ -64,7 +66,7 @@ def face_thumbnails(faces) -> dict[str, Path | None]:
         image = None
         if missing:
             try:
-                image = decode_image(read_image_bytes(image_path)[0])
+                image = decode_image(read(image_path)[0])
             except ImageError:
                 found.update({str(f.id): None for f in missing})
         for face in photo_faces:

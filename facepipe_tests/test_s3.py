@@ -5,6 +5,7 @@ is patched. The credentials are moto's dummies, given the standard way (environm
 """
 
 import json
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -16,7 +17,7 @@ from facepipe.engine.listing import ImageError
 from facepipe.engine.planning import ImageTask
 from facepipe.engine.sources import S3Reader, SourceError, list_s3_images
 from facepipe_tests.conftest import S3_SECRET as SECRET
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, faces_by_photo, run_facepipe
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img11.jpg", "img11_reflection.jpg"]
 
@@ -130,3 +131,22 @@ def test_a_digest_of_a_missing_bucket_fails_with_a_clear_error(s3_endpoint, tmp_
     summary = digest(tmp_path / "home", "s3://no-such-bucket/x/", "g", "--s3-endpoint-url", s3_endpoint)
     assert summary["status"] == "failed" and summary["images_done"] == 0
     assert any("does not exist" in error for error in summary["errors"])
+
+
+@pytest.mark.e2e
+def test_people_show_makes_thumbnails_of_s3_photos_through_the_digests_reader(s3_endpoint, client, bucket, tmp_path):
+    upload_photos(client, bucket)
+    home = tmp_path / "home"
+    assert s3_digest(home, bucket, s3_endpoint)["status"] == "completed"
+    run_facepipe(home, "people", "cluster", "--group", "s3group")
+    people = json.loads(run_facepipe(home, "people", "list", "--group", "s3group", "--json").stdout)
+    faces = [
+        face
+        for person in people
+        for face in json.loads(
+            run_facepipe(home, "people", "show", str(person["person_id"]), "--group", "s3group", "--json").stdout
+        )["faces"]
+    ]
+    assert len(faces) == 7 and all(f["image_path"].startswith(f"s3://{bucket}/") for f in faces)
+    # each made from the object, read with the digest's own endpoint (moto's, not AWS)
+    assert all(f["thumbnail"] and Path(f["thumbnail"]).stat().st_size > 1000 for f in faces), faces
