@@ -56,6 +56,30 @@ def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
+# a digest of the 64 samples, 8 photos a step on one worker: slow enough to cancel or kill mid-run
+SLOW_SAMPLE_DIGEST = ("digest", str(SAMPLE_IMAGES), "--group", "g", "--workers", "1", "--chunk-size", "8", "--json")
+
+
+def start_facepipe(home: Path, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """`facepipe ARGS` started in the background on `home` (a digest to cancel or kill mid-run)."""
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "facepipe.cli", *args], env=env, stdout=stdout, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+def digest_at(home: Path, images_done: int, timeout: float = 300) -> str:
+    """The run id of the newest digest on `home`, once it has done at least `images_done` photos."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
+        if found and found[0]["images_done"] >= images_done:
+            return found[0]["run_id"]
+        time.sleep(0.5)
+    raise AssertionError(f"no digest on {home} did {images_done} photos within {timeout} s")
+
+
 def digest(home: Path, folder: Path, group: str, *extra: str) -> dict:
     """Run `facepipe digest --json` and return its summary."""
     result = run_facepipe(home, "digest", str(folder), "--group", group, "--json", *extra, check=False)

@@ -16,7 +16,16 @@ import time
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
+from facepipe_tests.conftest import (
+    REPO,
+    SAMPLE_IMAGES,
+    SLOW_SAMPLE_DIGEST,
+    digest,
+    digest_at,
+    facepipe_ui,
+    run_facepipe,
+    start_facepipe,
+)
 
 PHOTOS = ["img1.jpg", "img2.jpg", "img3.jpg", "couple.jpg", "img5.jpg"]
 
@@ -233,36 +242,9 @@ with execute_job(reconstructable(get_digest_job), instance, reexecution_options=
 def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance, so the polling below never races its creation
-    env = {**os.environ, "FACEPIPE_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)
-    running = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "facepipe.cli",
-            "digest",
-            str(SAMPLE_IMAGES),
-            "--group",
-            "g",
-            "--workers",
-            "1",
-            "--chunk-size",
-            "8",
-            "--json",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    running = start_facepipe(home, *SLOW_SAMPLE_DIGEST, stdout=subprocess.PIPE)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            found = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
-            if found and found[0]["images_done"] >= 16:
-                break
-            time.sleep(0.5)
-        run_id = found[0]["run_id"]
+        run_id = digest_at(home, 16)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:
@@ -272,6 +254,8 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
 
     # Dagster's own "Re-execute from failure" (the UI's button) re-runs the store step but not the
     # chunks that never started: it must fail, saying how many photos are missing, never end green
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
     from_failure = subprocess.run(
         [sys.executable, "-c", FROM_FAILURE, run_id], env=env, capture_output=True, text=True, timeout=600
     )

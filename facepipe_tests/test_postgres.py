@@ -7,10 +7,8 @@ FACEPIPE_POSTGRES_URL, and the tests read the database itself to see where the h
 """
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from urllib.parse import quote
@@ -18,7 +16,16 @@ from urllib.parse import quote
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import REPORTS, SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
+from facepipe_tests.conftest import (
+    REPORTS,
+    SAMPLE_IMAGES,
+    SLOW_SAMPLE_DIGEST,
+    digest,
+    digest_at,
+    facepipe_ui,
+    run_facepipe,
+    start_facepipe,
+)
 from facepipe_tests.postgres_server import PASSWORD, postgres_server, why_not_available
 
 pytestmark = pytest.mark.e2e  # a real PostgreSQL server and the `facepipe` command
@@ -89,36 +96,9 @@ def test_digest_list_show_and_people_keep_their_history_in_postgres(server, data
 def test_cancel_then_retry_on_postgres(database, tmp_path):
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance before the polling below
-    env = {**os.environ, "FACEPIPE_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)
-    running = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "facepipe.cli",
-            "digest",
-            str(SAMPLE_IMAGES),
-            "--group",
-            "g",
-            "--workers",
-            "1",
-            "--chunk-size",
-            "8",
-            "--json",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    running = start_facepipe(home, *SLOW_SAMPLE_DIGEST, stdout=subprocess.PIPE)
     try:
-        deadline, found = time.time() + 300, []
-        while time.time() < deadline:
-            found = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
-            if found and found[0]["images_done"] >= 16:
-                break
-            time.sleep(0.5)
-        run_id = found[0]["run_id"]
+        run_id = digest_at(home, 16)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:
