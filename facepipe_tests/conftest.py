@@ -148,18 +148,17 @@ def s3_endpoint():
 
 
 @contextmanager
-def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str):
-    """`facepipe ui` (dagster dev: webserver + daemon) on `home` and a free loopback port; yields its URL
-    once the webserver answers and the daemons named in `daemons` have sent a heartbeat."""
-    from dagster import DagsterInstance
-
+def facepipe_server(home: Path, command: str, ready, **env_vars: str):
+    """`facepipe COMMAND --port P` (ui, serve) on `home` and a free loopback port, its output in
+    `home/COMMAND.log`; yields its URL once `ready(url)` says so, and stops its process group after."""
     port = free_port()
     env = {**os.environ, "FACEPIPE_HOME": str(home), **env_vars}
     env.pop("DAGSTER_HOME", None)
     home.mkdir(parents=True, exist_ok=True)
-    log = open(home / "ui.log", "w")
+    log_path = home / f"{command}.log"
+    log = open(log_path, "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "facepipe.cli", "ui", "--port", str(port)],
+        [sys.executable, "-m", "facepipe.cli", command, "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -168,17 +167,10 @@ def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/server_info", timeout=2)
-                with DagsterInstance.from_config(str(home / "dagster")) as instance:
-                    if set(daemons) <= set(instance.get_daemon_heartbeats()):
-                        break
-            except OSError:
-                pass
+        while not _answers(ready, url):
             if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"facepipe ui did not start:\n{(home / 'ui.log').read_text()[-3000:]}")
-            time.sleep(1)
+                raise RuntimeError(f"facepipe {command} did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -187,3 +179,25 @@ def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def _answers(ready, url: str) -> bool:
+    try:
+        return ready(url)
+    except Exception:  # not listening yet, or not ready to answer (urllib's, httpx's, Dagster's errors)
+        return False
+
+
+@contextmanager
+def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str):
+    """`facepipe ui` (dagster dev: webserver + daemon) on `home`; yields its URL once the webserver
+    answers and the daemons named in `daemons` have sent a heartbeat."""
+    from dagster import DagsterInstance
+
+    def ready(url: str) -> bool:
+        urllib.request.urlopen(f"{url}/server_info", timeout=2)
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            return set(daemons) <= set(instance.get_daemon_heartbeats())
+
+    with facepipe_server(home, "ui", ready, **env_vars) as url:
+        yield url

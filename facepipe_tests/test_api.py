@@ -8,9 +8,6 @@ samples of ../shared/faces, read in place (the server's only allowed root).
 import base64
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ import numpy as np
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_ui, free_port
+from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_server, facepipe_ui
 
 pytestmark = pytest.mark.e2e  # every test runs against `facepipe serve` and `facepipe ui`
 
@@ -42,45 +39,19 @@ class Service:
 def service(tmp_path_factory):
     home = tmp_path_factory.mktemp("api_home")
     with facepipe_ui(home):
-        port = free_port()
         (home / "allowed").mkdir()  # a second root, where a test can put a link
-        roots = os.pathsep.join([str(SAMPLES), str(home / "allowed")])
         env = {
-            **os.environ,
-            "FACEPIPE_HOME": str(home),
             "FACEPIPE_API_KEY": KEY,
-            "FACEPIPE_ALLOWED_ROOTS": roots,
+            "FACEPIPE_ALLOWED_ROOTS": os.pathsep.join([str(SAMPLES), str(home / "allowed")]),
             "FACEPIPE_MAX_IMAGE_BYTES": str(MAX_BYTES),
             "FACEPIPE_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
             "FACEPIPE_STORE_WAIT_SECONDS": "5",
         }
-        env.pop("DAGSTER_HOME", None)
-        log = open(home / "api.log", "w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "facepipe.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=30).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"facepipe serve did not start:\n{(home / 'api.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+        with facepipe_server(
+            home, "serve", lambda url: httpx.get(f"{url}/health", timeout=30).status_code == 200, **env
+        ) as url:
             with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=600) as http:
                 yield Service(home, url, http)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
-            log.close()
 
 
 def wait_for(
