@@ -25,6 +25,7 @@ it, and `StoreBusy` tells a user that another process holds it.
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -59,8 +60,43 @@ def face_point_id(group_id: str, content_hash: str, face_index: int, profile: st
     return str(uuid.uuid5(ID_NAMESPACE, f"face:{group_id}:{content_hash}:{face_index}:{profile}"))
 
 
+def stored_path(path: str) -> str:
+    """A photo's path as the store keeps it (in payloads and ids): the path itself, unless its name
+    holds bytes that are not UTF-8 (Python keeps them as surrogates, which no JSON, payload or id
+    can hold): then each such byte is written `\\xNN` and each backslash `\\\\`, as bash's
+    `$'...'` reads them. `local_path` turns it back into the path that opens the file.
+
+    A name that is UTF-8 is kept as it is, so the ids of every store written before stay the same.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = os.fsencode(path).replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def local_path(text: str) -> str:
+    """The path `stored_path` wrote `text` for: the file's name with its bytes that are not UTF-8.
+
+    Text whose escapes do not spell such bytes is a path of its own (a UTF-8 name may hold
+    backslashes), returned as it is.
+    """
+    if "\\x" not in text or _ESCAPE.sub("", text).count("\\"):
+        return text
+    raw = _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
+    try:
+        path = os.fsdecode(os.fsencode(raw))
+    except UnicodeEncodeError:  # an escape of a byte below 0x80: never written by stored_path
+        return text
+    return path if stored_path(path) == text else text
+
+
 def image_point_id(group_id: str, image_path: str, profile: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"image:{group_id}:{image_path}:{profile}"))
+    return str(uuid.uuid5(ID_NAMESPACE, f"image:{group_id}:{stored_path(image_path)}:{profile}"))
 
 
 def person_point_id(group_id: str, person_id: int, profile: str) -> str:
@@ -569,7 +605,9 @@ class FaceStore:
         for point in points:
             p = point.payload
             if p.get("status") == "done":
-                done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
+                done[local_path(p["image_path"])] = DigestedImage(
+                    p["content_hash"], p["size"], p["mtime_ns"], p.get("etag")
+                )
         return done
 
     def write(
@@ -587,7 +625,7 @@ class FaceStore:
         faces, images = faces_collection(profile), images_collection(profile)
 
         # photos digested before whose faces are rewritten now: drop their old faces first
-        redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
+        redone = [stored_path(r.path) for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
             stale = group_filter(group_id, image_path=redone)
             counts.faces_replaced = self.count(faces, stale)
@@ -635,7 +673,7 @@ class FaceStore:
                     image_point_id(group_id, r.path, profile),
                     {
                         "group_id": group_id,
-                        "image_path": r.path,
+                        "image_path": stored_path(r.path),
                         "status": "failed" if r.error else "done",
                         "error": r.error,
                         "content_hash": r.content_hash,
@@ -658,7 +696,7 @@ class FaceStore:
                         face_point_id(group_id, r.content_hash, face.face_index, profile),
                         {
                             "group_id": group_id,
-                            "image_path": r.path,
+                            "image_path": stored_path(r.path),
                             "face_index": face.face_index,
                             "detection_confidence": face.confidence,
                             "facial_area": {"x": x, "y": y, "w": w, "h": h},

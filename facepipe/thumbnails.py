@@ -12,6 +12,7 @@ import cv2
 from facepipe import settings
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
+from facepipe.store import local_path
 
 THUMBNAIL_SIZE = 160  # pixels, square
 MARGIN = 0.25  # of the face box, added on every side, so the crop shows some hair and chin
@@ -36,7 +37,7 @@ def face_thumbnail(face, image=None) -> Path | None:
         return path
     if image is None:
         try:
-            image = decode_image(read_image_bytes(face.payload["image_path"])[0])
+            image = decode_image(read_image_bytes(local_path(face.payload["image_path"]))[0])
         except ImageError:
             return None
     area = face.payload["facial_area"]
@@ -64,7 +65,7 @@ def face_thumbnails(faces) -> dict[str, Path | None]:
         image = None
         if missing:
             try:
-                image = decode_image(read_image_bytes(image_path)[0])
+                image = decode_image(read_image_bytes(local_path(image_path))[0])
             except ImageError:
                 found.update({str(f.id): None for f in missing})
         for face in photo_faces:

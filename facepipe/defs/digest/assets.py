@@ -51,13 +51,13 @@ from pydantic import ValidationError
 from facepipe.defs.digest.config import DigestConfig, request_from_config
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
-from facepipe.engine.listing import display_path, read_listed_image
+from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
 from facepipe.request import DigestRequest, S3Prefix, default_workers, one_line, run_tags
 from facepipe.settings import STORE_POOL
-from facepipe.store import faces_collection
+from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
 
@@ -86,7 +86,7 @@ def _workers(context: OpExecutionContext) -> int:
 
 
 def _errors(images) -> list[dict]:
-    return [{"path": r.path, "error": r.error} for r in images if r.error]
+    return [{"path": stored_path(r.path), "error": r.error} for r in images if r.error]
 
 
 def _request(context: OpExecutionContext) -> DigestRequest:
@@ -148,7 +148,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
 def _not_listed(context: OpExecutionContext, listing) -> dict:
     """The entries the listing left out (links, unreadable folders...): logged, counted and shown
     in image_list's metadata, like failed photos."""
-    entries = [{"path": display_path(n.path), "reason": n.reason} for n in listing.not_listed]
+    entries = [{"path": stored_path(n.path), "reason": n.reason} for n in listing.not_listed]
     for entry in entries[:MAX_ERRORS_IN_METADATA]:
         context.log.warning(f"not listed: {entry['path']}: {entry['reason']}")
     return {"entries_not_listed": len(entries), "not_listed": MetadataValue.json(entries[:MAX_ERRORS_IN_METADATA])}
