@@ -310,7 +310,7 @@ def cancel_command(run_id, remote):
         _not_found(err)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{run_id}: {summary['status']}")
+    click.echo(f"{run_id}: {summary['status']}" + (f" ({summary['message']})" if summary.get("message") else ""))
 
 
 @digests.command("retry")

@@ -298,11 +298,41 @@ def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
     if run.remote_job_origin is None and executor_pid and run.tags.get(HOST_TAG) == socket.gethostname():
         # executed by a `facepipe digest` process, not by a run launcher: record the request, then
         # interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
-        instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
-        os.kill(int(executor_pid), signal.SIGINT)
+        pid = int(executor_pid)
+        if _digest_process_alive(pid):
+            instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
+            try:
+                os.kill(pid, signal.SIGINT)
+                return digest_summary(instance, run_id)
+            except ProcessLookupError:  # it ended between the check and the signal
+                pass
+        # the process is gone (killed, or its machine restarted): nothing will ever end the run
+        # but this; marked canceled, so that `facepipe digests retry` finishes it
+        gone = (
+            f"the facepipe digest process that executed it (pid {pid}) had ended without finishing it: "
+            f"marked canceled; `facepipe digests retry {run_id}` digests the rest"
+        )
+        instance.report_run_canceled(run, message=f"Canceled with facepipe digests cancel: {gone}")
+        return {**digest_summary(instance, run_id), "message": gone}
     elif not instance.run_coordinator.cancel_run(run_id):
         raise RuntimeError(f"digest {run_id} could not be canceled")
     return digest_summary(instance, run_id)
+
+
+def _digest_process_alive(pid: int) -> bool:
+    """Whether `pid` is still a running facepipe process (not gone, not a zombie, not a pid reused
+    by another program since)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: a pid reused, since a digest runs as its own user
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"facepipe" in f.read()  # a zombie's is empty
+    except OSError:  # no /proc (macOS): trust the signal
+        return True
 
 
 def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) -> tuple[list[str], str | None]:
