@@ -50,7 +50,14 @@ from facepipe.people import (
     person_faces,
     split_person,
 )
-from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, ProfileName, default_workers, digest_request
+from facepipe.request import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONFIDENCE,
+    ProfileName,
+    allowed_folder,
+    default_workers,
+    digest_request,
+)
 from facepipe.runs import (
     cancel_digest,
     daemon_is_running,
@@ -274,15 +281,12 @@ class DigestBody(BaseModel):
         if not value:
             return value
         roots = settings.allowed_roots()
-        if not roots:
+        if not roots:  # a network service: it reads no folder until its deployment names some
             raise ValueError("this server reads no local folder: set FACEPIPE_ALLOWED_ROOTS to the folders it may read")
-        # resolved first: '..' and symbolic links cannot lead out of a root
-        real = Path(value).resolve()
-        if not any(real == root or root in real.parents for root in roots):
-            raise ValueError(f"{value!r} is not under an allowed root ({', '.join(map(str, roots))})")
-        if not real.is_dir():
+        real = allowed_folder(value, roots)  # the digest's first step checks it again, as for any launch
+        if not Path(real).is_dir():
             raise ValueError(f"{value!r} is not a folder")
-        return str(real)
+        return real
 
     @model_validator(mode="after")
     def _one_source(self) -> "DigestBody":

@@ -55,8 +55,16 @@ from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import DigestRequest, S3Prefix, default_workers, one_line, run_tags
-from facepipe.settings import STORE_POOL
+from facepipe.request import (
+    DigestRequest,
+    LocalFolder,
+    S3Prefix,
+    allowed_folder,
+    default_workers,
+    one_line,
+    run_tags,
+)
+from facepipe.settings import STORE_POOL, allowed_roots
 from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
@@ -98,9 +106,20 @@ def _request(context: OpExecutionContext) -> DigestRequest:
             allow_retries=False,
         )
     try:
-        return request_from_config(context.op_config, context.partition_key)
+        request = request_from_config(context.op_config, context.partition_key)
     except ValidationError as err:
         raise Failure(f"invalid digest request: {one_line(err)}", allow_retries=False) from None
+    roots = allowed_roots()
+    if roots and isinstance(request.source, LocalFolder):
+        # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
+        # here is where a deployment's allowed roots hold, before anything is read
+        try:
+            folder = allowed_folder(request.source.path, roots)
+        except ValueError as err:
+            raise Failure(f"invalid digest request: source.path: {err}", allow_retries=False) from None
+        # the folder as it was checked: a link changed after the check leads nowhere new
+        request = request.model_copy(update={"source": LocalFolder(path=folder)})
+    return request
 
 
 # The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
