@@ -68,7 +68,7 @@ from facepipe.runs import (
     start_retry,
 )
 from facepipe.search import SearchError, group_profiles, search_faces
-from facepipe.store import StoreBusy, open_store_from_settings
+from facepipe.store import StoreBusy, StoreDamaged, open_store_from_settings
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
@@ -116,6 +116,12 @@ async def _bad_request(request, err: RequestValidationError):
             ]
         },
     )
+
+
+@app.exception_handler(StoreDamaged)
+async def _damaged_store(request, err: StoreDamaged):
+    """A damaged face store: 500 with the message that names it and what to do, never an empty answer."""
+    return JSONResponse(status_code=500, content={"detail": str(err)})
 
 
 _key_header = APIKeyHeader(

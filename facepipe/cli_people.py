@@ -12,7 +12,7 @@ import click
 
 from facepipe import settings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.store import StoreBusy, is_local_mode_store, migrate_local_store, open_store_from_settings
+from facepipe.store import StoreBusy, StoreDamaged, is_local_mode_store, migrate_local_store, open_store_from_settings
 
 GROUP = click.option("--group", "group_id", required=True, help="The group (event, album) to look in.")
 PROFILE = click.option(
@@ -32,7 +32,7 @@ def _store():
     try:
         with open_store_from_settings() as store:
             yield store
-    except StoreBusy as err:
+    except (StoreBusy, StoreDamaged) as err:
         raise click.ClickException(str(err)) from None
 
 

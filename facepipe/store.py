@@ -164,6 +164,34 @@ class StoreBusy(RuntimeError):
     """The embedded store is held by another process: one process opens it at a time."""
 
 
+class StoreDamaged(RuntimeError):
+    """A file of the embedded store cannot be read (truncated, emptied, overwritten), or the store
+    has lost faces its ledger records: never answered as an empty or smaller group."""
+
+
+# What to do about a damaged store, in every StoreDamaged message
+RECOVER = (
+    "restore the folder from a backup; or move it aside (keep it for a bug report) and digest each "
+    "group again with --redigest, then `facepipe people cluster --full` (names are lost)"
+)
+
+
+def _damaged(root, name: str, err: BaseException) -> StoreDamaged:
+    reason = " ".join(str(err).split())
+    reason = reason if len(reason) <= 300 else reason[:300] + "..."
+    return StoreDamaged(
+        f"the face store at {root} is damaged: its collection {name} ({root}/shards/{name}) cannot be read "
+        f"({reason}); {RECOVER}"
+    )
+
+
+def _is_storage_error(err: BaseException) -> bool:
+    """Qdrant Edge's errors of its files: its storage errors (plain Exception, 'Service runtime
+    error: ...') and the panics of its Rust code on a short file (pyo3's PanicException, a
+    BaseException)."""
+    return type(err).__name__ == "PanicException" or str(err).startswith("Service runtime error")
+
+
 def _busy(path) -> StoreBusy:
     return StoreBusy(
         f"the face store at {path} is in use by another process (a digest or clustering run?); "
@@ -191,10 +219,14 @@ class EdgeBackend:
         shard = self.shards.get(name)
         if shard is None and (self.root / name).is_dir():
             try:
-                shard = self.shards[name] = self.q.EdgeShard.load(str(self.root / name))
-            except Exception as err:  # qdrant_edge raises plain Exception
+                shard = self.shards[name] = _Checked(
+                    self.q.EdgeShard.load(str(self.root / name)), self.root.parent, name
+                )
+            except BaseException as err:  # qdrant_edge raises plain Exception, or panics
                 if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
                     raise _busy(self.root.parent) from None
+                if _is_storage_error(err):
+                    raise _damaged(self.root.parent, name, err) from None
                 raise
         return shard
 
@@ -216,7 +248,7 @@ class EdgeBackend:
             id_tracker_memory=cold,
             hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
         )
-        shard = self.shards[name] = q.EdgeShard.create(str(self.root / name), config)
+        shard = self.shards[name] = _Checked(q.EdgeShard.create(str(self.root / name), config), self.root.parent, name)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
             # group_id is the tenant: the optimizer keeps a group's points together on disk
@@ -322,6 +354,27 @@ class EdgeBackend:
         for shard in self.shards.values():
             shard.close()  # flushes segments: the next open replays no WAL
         self.shards.clear()
+
+
+class _Checked:
+    """An EdgeShard whose storage errors (see _is_storage_error) are StoreDamaged naming the store:
+    a file emptied under a segment fails a scroll or a search, not only the open."""
+
+    def __init__(self, shard, root: Path, name: str):
+        self._shard, self._root, self._name = shard, root, name
+
+    def __getattr__(self, attr):
+        method = getattr(self._shard, attr)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except BaseException as err:
+                if _is_storage_error(err):
+                    raise _damaged(self._root, self._name, err) from None
+                raise
+
+        return call
 
 
 class ClientBackend:
@@ -583,14 +636,20 @@ class FaceStore:
         self.create(name, PROFILES[profile].dimension, distance="dot")
 
     def digested_images(
-        self, group_id: str, profile: str, paths: Iterable[str] | None = None
+        self,
+        group_id: str,
+        profile: str,
+        paths: Iterable[str] | None = None,
+        faces_lost: list[str] | None = None,
     ) -> dict[str, DigestedImage]:
         """Image paths of the group digested without error, with what they were when digested.
 
         With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
-        is the listing's, not the group's.
+        is the listing's, not the group's. A photo whose ledger row counts faces that the faces
+        collection no longer holds (a damaged store) is left out, so that a digest reads it again
+        rather than skip it, and its path is added to `faces_lost`.
         """
-        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status")
+        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status", "faces")
         if paths is None:
             points = self.scroll(
                 images_collection(profile), group_filter(group_id, status="done"), page=4096, payload_keys=keys
@@ -601,14 +660,39 @@ class FaceStore:
                 for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
                 for p in self.retrieve(images_collection(profile), batch)
             )
-        done = {}
+        done: dict[str, tuple[DigestedImage, int]] = {}
         for point in points:
             p = point.payload
             if p.get("status") == "done":
-                done[local_path(p["image_path"])] = DigestedImage(
-                    p["content_hash"], p["size"], p["mtime_ns"], p.get("etag")
-                )
-        return done
+                image = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
+                done[p["image_path"]] = (image, p.get("faces") or 0)
+        # the faces each photo has in the store, by path (whatever their ids), a batch of photos at a time
+        lost: set[str] = set()
+        for batch in _batches([text for text, (_, n) in done.items() if n], 1024):
+            held: dict[str, int] = {}
+            for face in self.scroll(
+                faces_collection(profile), group_filter(group_id, image_path=batch), payload_keys=("image_path",)
+            ):
+                held[face.payload["image_path"]] = held.get(face.payload["image_path"], 0) + 1
+            lost.update(text for text in batch if held.get(text, 0) < done[text][1])
+        if faces_lost is not None:
+            faces_lost.extend(local_path(text) for text in sorted(lost))
+        return {local_path(text): image for text, (image, _) in done.items() if text not in lost}
+
+    def check_group_kept(self, group_id: str, profile: str) -> None:
+        """StoreDamaged if the group has no faces although its ledger records photos digested with
+        faces: a damaged store must never pass for an empty (unknown) group."""
+        if self.count_faces(group_id, profile):
+            return
+        ledger = self.scroll(images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",))
+        if any(p.payload.get("faces") for p in ledger):
+            where = getattr(self.backend, "root", None)
+            where = where.parent if where is not None else "(the Qdrant server)"
+            raise StoreDamaged(
+                f"the face store at {where} has lost the faces of group {group_id!r}: its ledger "
+                f"({images_collection(profile)}) records photos digested with faces, its "
+                f"{faces_collection(profile)} none; {RECOVER}"
+            )
 
     def write(
         self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str, optimize: bool = True

@@ -140,8 +140,15 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
         raise Failure(str(err), allow_retries=False) from err
     files = request.modified_in_window(listing)
     not_listed = _not_listed(context, listing)
+    faces_lost: list[str] = []
     with face_store.open() as store:
-        digested = store.digested_images(request.group_id, request.profile, paths=[f.path for f in files])
+        digested = store.digested_images(request.group_id, request.profile, [f.path for f in files], faces_lost)
+    if faces_lost:  # never skipped as unchanged: digested again, and said
+        context.log.warning(
+            f"{len(faces_lost)} photos the group's ledger records as digested have lost their faces in the "
+            f"face store ({face_store.describe()}), first {stored_path(faces_lost[0])}: the store may be "
+            "damaged; they are digested again"
+        )
     tasks, skipped = plan_images(files, digested, request.redigest)
     chunks = split_into_chunks(tasks, workers, request.chunk_size)
 
@@ -156,6 +163,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
             "images_listed": len(files),
             "images_to_digest": len(tasks),
             "images_skipped": skipped,
+            "images_with_faces_lost": len(faces_lost),
             "chunks": len(chunks),
             **not_listed,
         },
