@@ -56,8 +56,13 @@ KEYWORD_INDEXES = {
 INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
 
-def face_point_id(group_id: str, content_hash: str, face_index: int, profile: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"face:{group_id}:{content_hash}:{face_index}:{profile}"))
+def face_point_id(group_id: str, image_path: str, content_hash: str, face_index: int, profile: str) -> str:
+    """A face's id: its group, its photo's path and bytes, its index in the photo, the profile. The
+    path is part of it, so the same photo under two names has a set of faces each: both paths are
+    found by search, and editing one copy leaves the other's faces alone. (Before, ids had no path:
+    such faces keep their ids until their photo is digested again; see digested_images.)"""
+    key = f"face:{group_id}:{stored_path(image_path)}:{content_hash}:{face_index}:{profile}"
+    return str(uuid.uuid5(ID_NAMESPACE, key))
 
 
 def stored_path(path: str) -> str:
@@ -700,7 +705,7 @@ class FaceStore:
         """Store the faces of digested photos and record every photo in the ledger.
 
         Idempotent: the same results written again leave the same points (ids are derived from the
-        group, the photo's bytes, the face's index and the profile).
+        group, the photo's path and bytes, the face's index and the profile).
         """
         self.ensure_collections(profile)
         results = list(results)
@@ -709,23 +714,9 @@ class FaceStore:
         faces, images = faces_collection(profile), images_collection(profile)
 
         # photos digested before whose faces are rewritten now: drop their old faces first
-        redone = [stored_path(r.path) for r in results if r.previously_digested and not r.unchanged and not r.error]
+        redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
-            stale = group_filter(group_id, image_path=redone)
-            counts.faces_replaced = self.count(faces, stale)
-            # their people lose faces: facepipe.people recounts the people marked stale
-            losing = {
-                p.payload["person_id"]
-                for p in self.scroll(faces, stale, payload_keys=("person_id",))
-                if p.payload.get("person_id") is not None
-            }
-            if losing and self.exists(people_collection(profile)):
-                self.set_payload(
-                    people_collection(profile),
-                    {"stale": True},
-                    [person_point_id(group_id, person, profile) for person in losing],
-                )
-            self.delete(faces, stale)
+            counts.faces_replaced = self.drop_faces(group_id, profile, redone)
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):
@@ -740,6 +731,24 @@ class FaceStore:
         if optimize:
             self.optimize(profile)
         return counts
+
+    def drop_faces(self, group_id: str, profile: str, paths: list[str]) -> int:
+        """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
+        and facepipe.people recounts them."""
+        faces = faces_collection(profile)
+        stale = group_filter(group_id, image_path=[stored_path(path) for path in paths])
+        dropped = self.count(faces, stale)
+        losing = {
+            p.payload["person_id"]
+            for p in self.scroll(faces, stale, payload_keys=("person_id",))
+            if p.payload.get("person_id") is not None
+        }
+        if losing and self.exists(people_collection(profile)):
+            self.set_payload(
+                people_collection(profile), {"stale": True}, [person_point_id(group_id, p, profile) for p in losing]
+            )
+        self.delete(faces, stale)
+        return dropped
 
     def _points(self, group_id: str, profile: str, results, run_id: str, now: str):
         face_points, image_points = [], []
@@ -777,7 +786,7 @@ class FaceStore:
                 x, y, w, h = face.box
                 face_points.append(
                     StoredPoint(
-                        face_point_id(group_id, r.content_hash, face.face_index, profile),
+                        face_point_id(group_id, r.path, r.content_hash, face.face_index, profile),
                         {
                             "group_id": group_id,
                             "image_path": stored_path(r.path),

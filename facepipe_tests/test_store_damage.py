@@ -154,3 +154,63 @@ def test_a_group_whose_faces_are_all_gone_is_damage_not_an_unknown_group(digeste
     assert result.success
     assert metadata(result, "image_list")["images_with_faces_lost"] == len(PHOTOS)
     assert metadata(result, "stored_faces")["faces_in_group"] == 4
+
+
+def test_the_same_photo_under_two_names_has_faces_of_its_own_under_each(tmp_path):
+    """Byte-identical copies in one group: both paths found by search; editing one copy leaves the
+    other's face, and a store written when face ids had no path (one face shared by both names,
+    carried by the last path written) is mended by the next digest, with no face twice."""
+    import uuid
+
+    from facepipe.store import ID_NAMESPACE, image_point_id, images_collection
+
+    folder = tmp_path / "party"
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "a.jpg")
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "copy of a.jpg")
+    store = tmp_path / "store"
+
+    result, _ = digest_again(folder, store)
+    assert result.success and metadata(result, "stored_faces")["faces_in_group"] == 2
+    with FaceStore.open(path=store) as opened:
+        found = search_faces(opened, str(SELFIE), "party")
+    assert sorted(Path(p.image_path).name for p in found.photos) == ["a.jpg", "copy of a.jpg"]
+
+    shutil.copy(SAMPLE_IMAGES / "img2.jpg", folder / "a.jpg")  # one copy edited: another photo of her
+    result, _ = digest_again(folder, store)
+    assert result.success and metadata(result, "image_list")["images_skipped"] == 1
+    with FaceStore.open(path=store) as opened:
+        assert opened.count_faces("party", "dlib") == opened.ledger_face_count("party", "dlib") == 2
+        found = search_faces(opened, str(SELFIE), "party")
+    assert sorted(Path(p.image_path).name for p in found.photos) == ["a.jpg", "copy of a.jpg"]
+
+    # the former ids: one face for both names, under the path written last; the other name's
+    # ledger row says done with one face
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "a.jpg")
+    with FaceStore.open(path=store) as opened:
+        (kept,) = opened.faces("party", "dlib", with_vectors=True, image_path=str(folder / "copy of a.jpg"))
+        ledger = opened.digested_images("party", "dlib")
+        old_id = str(uuid.uuid5(ID_NAMESPACE, f"face:party:{kept.payload['content_hash']}:0:dlib"))
+        opened.delete(faces_collection("dlib"), group_filter("party"))
+        opened.upsert(faces_collection("dlib"), [type(kept)(old_id, kept.payload, kept.vector)])
+        # a.jpg's ledger row: the same bytes as its copy, as they are on disk now (so: unchanged)
+        stat = (folder / "a.jpg").stat()
+        opened.set_payload(
+            images_collection("dlib"),
+            {
+                "content_hash": ledger[str(folder / "copy of a.jpg")].content_hash,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "faces": 1,
+            },
+            [image_point_id("party", str(folder / "a.jpg"), "dlib")],
+        )
+        assert opened.count_faces("party", "dlib") == 1  # as the former code left it
+    result, _ = digest_again(folder, store)
+    assert result.success
+    listing = metadata(result, "image_list")
+    assert (listing["images_with_faces_lost"], listing["images_skipped"]) == (1, 1)
+    with FaceStore.open(path=store) as opened:
+        faces = opened.faces("party", "dlib")
+        assert sorted(Path(f.payload["image_path"]).name for f in faces) == ["a.jpg", "copy of a.jpg"]
+        assert opened.ledger_face_count("party", "dlib") == 2

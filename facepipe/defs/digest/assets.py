@@ -10,7 +10,7 @@ as soon as it finishes, one writer at a time:
 Writing per chunk bounds the writer's memory to one chunk's results (~2.6 KB a photo unpickled:
 a single store step at the end held all of them, ~2.6 GB for a million photos) and keeps what a
 canceled or failed digest finished. A re-run writes the same point ids (derived from the group,
-the photo's bytes and the face's index), so nothing is stored twice.
+the photo's path and bytes and the face's index), so nothing is stored twice.
 
 Detection and embedding run in the same step: the aligned chips are cut from the full-size photo
 while it is decoded in memory, and shipping them to another step would cost a step start and
@@ -143,6 +143,8 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
     faces_lost: list[str] = []
     with face_store.open() as store:
         digested = store.digested_images(request.group_id, request.profile, [f.path for f in files], faces_lost)
+        if faces_lost:  # what is left of their faces goes: they are digested whole again
+            store.drop_faces(request.group_id, request.profile, faces_lost)
     if faces_lost:  # never skipped as unchanged: digested again, and said
         context.log.warning(
             f"{len(faces_lost)} photos the group's ledger records as digested have lost their faces in the "
