@@ -71,7 +71,7 @@ def stored_path(path: str) -> str:
     can hold): then each such byte is written `\\xNN` and each backslash `\\\\`, as bash's
     `$'...'` reads them. `local_path` turns it back into the path that opens the file.
 
-    A name that is UTF-8 is kept as it is, so the ids of every store written before stay the same.
+    A UTF-8 name is kept as it is, so its ledger id and payloads are what stores written before hold.
     """
     try:
         path.encode("utf-8")
