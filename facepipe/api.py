@@ -49,7 +49,14 @@ from facepipe.people import (
     person_with_faces,
     split_person,
 )
-from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, ProfileName, default_workers, digest_request
+from facepipe.request import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONFIDENCE,
+    ProfileName,
+    allowed_folder,
+    default_workers,
+    digest_request,
+)
 from facepipe.runs import (
     cancel_digest,
     daemon_is_running,
@@ -60,7 +67,7 @@ from facepipe.runs import (
     start_retry,
 )
 from facepipe.search import SearchError, group_profiles, search_faces
-from facepipe.store import StoreBusy, StoreUnavailable, open_store_from_settings
+from facepipe.store import StoreBusy, StoreDamaged, StoreUnavailable, open_store_from_settings
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
@@ -108,6 +115,12 @@ async def _bad_request(request, err: RequestValidationError):
             ]
         },
     )
+
+
+@app.exception_handler(StoreDamaged)
+async def _damaged_store(request, err: StoreDamaged):
+    """A damaged face store: 500 with the message that names it and what to do, never an empty answer."""
+    return JSONResponse(status_code=500, content={"detail": str(err)})
 
 
 _key_header = APIKeyHeader(
@@ -285,15 +298,12 @@ class DigestBody(BaseModel):
         if not value:
             return value
         roots = settings.allowed_roots()
-        if not roots:
+        if not roots:  # a network service: it reads no folder until its deployment names some
             raise ValueError("this server reads no local folder: set FACEPIPE_ALLOWED_ROOTS to the folders it may read")
-        # resolved first: '..' and symbolic links cannot lead out of a root
-        real = Path(value).resolve()
-        if not any(real == root or root in real.parents for root in roots):
-            raise ValueError(f"{value!r} is not under an allowed root ({', '.join(map(str, roots))})")
-        if not real.is_dir():
+        real = allowed_folder(value, roots)  # the digest's first step checks it again, as for any launch
+        if not Path(real).is_dir():
             raise ValueError(f"{value!r} is not a folder")
-        return str(real)
+        return real
 
     @model_validator(mode="after")
     def _one_source(self) -> "DigestBody":

@@ -221,6 +221,11 @@ def _print_summary(summary, as_json):
             f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
             f"run {summary['run_id']}"
         )
+        if summary.get("images_with_faces_lost"):
+            click.echo(
+                f"  warning: {summary['images_with_faces_lost']} photos recorded as digested had lost their faces "
+                "in the face store (damaged?): digested again"
+            )
         for entry in summary.get("not_listed", []):
             click.echo(f"  not listed: {entry['path']}: {entry['reason']}")
         _more(summary.get("entries_not_listed") or 0, summary.get("not_listed", []), "  ")
@@ -323,7 +328,7 @@ def cancel_command(run_id, remote):
         _not_found(err)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{run_id}: {summary['status']}")
+    click.echo(f"{run_id}: {summary['status']}" + (f" ({summary['message']})" if summary.get("message") else ""))
 
 
 @digests.command("retry")

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from facepipe import settings
-from facepipe.engine.listing import read_image_bytes
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import (
     StoreBusy,
+    StoreDamaged,
     StoreUnavailable,
     is_local_mode_store,
     migrate_local_store,
@@ -40,7 +40,7 @@ def _store():
     try:
         with open_store_from_settings() as store:
             yield store
-    except (StoreBusy, StoreUnavailable) as err:
+    except (StoreBusy, StoreDamaged, StoreUnavailable) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -161,7 +161,7 @@ def list_command(group_id, profile, as_json):
 def show_command(person_id, group_id, profile, as_json):
     """One person: name, faces, and a thumbnail file per face."""
     from facepipe.people import PersonNotFound, person_with_faces
-    from facepipe.thumbnails import face_thumbnails
+    from facepipe.thumbnails import face_thumbnails, read_stored_photo
 
     with _store() as store:
         profile = _profile_of(store, group_id, profile)
@@ -170,7 +170,7 @@ def show_command(person_id, group_id, profile, as_json):
         except PersonNotFound as err:
             raise click.ClickException(str(err)) from None
     records = person.pop("records")
-    read: Callable[[str], tuple[bytes, str]] = read_image_bytes
+    read: Callable[[str], tuple[bytes, str]] = read_stored_photo
     if any(face.payload["image_path"].startswith("s3://") for face in records):
         from facepipe.runs import photo_reader  # Dagster's instance: only for photos in S3
 

@@ -140,6 +140,7 @@ def summarise(
         "images_listed": listing.get("images_listed"),
         "entries_not_listed": listing.get("entries_not_listed", 0),
         "images_skipped": listing.get("images_skipped"),
+        "images_with_faces_lost": listing.get("images_with_faces_lost", 0),
         "images_to_digest": to_digest,
         "images_done": done,
         "images_failed": faces.get("images_failed", 0),

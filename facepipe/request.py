@@ -145,6 +145,22 @@ class DigestRequest(DigestOptions):
     _group_id_is_a_name = field_validator("group_id")(valid_group_id)
 
 
+def allowed_folder(path: str, roots: list[Path]) -> str:
+    """`path` resolved (every `..` and symbolic link followed), if it is one of `roots` or under one;
+    else ValueError naming the folder and the roots. Resolved first, so neither `..` nor a link
+    inside a root can lead out of it. `roots` are FACEPIPE_ALLOWED_ROOTS (facepipe.settings)."""
+    real = Path(path).resolve()
+    resolved_roots = [Path(root).resolve() for root in roots]
+    if any(real == root or root in real.parents for root in resolved_roots):
+        return str(real)
+    seen_as = "" if str(real) == path else f" (that is {real})"
+    raise ValueError(
+        f"folder {path!r}{seen_as} is not under an allowed root (FACEPIPE_ALLOWED_ROOTS="
+        f"{os.pathsep.join(map(str, resolved_roots))}): digest a folder under one of them, or add the "
+        "folder to FACEPIPE_ALLOWED_ROOTS where the digests run"
+    )
+
+
 def one_line(err: ValidationError) -> str:
     """A validation error as one line that names each bad field: `source.path: Field required`."""
     return "; ".join(

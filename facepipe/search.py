@@ -65,6 +65,9 @@ class SearchResult:
 def group_profiles(store: FaceStore, group_id: str) -> list[str]:
     """The profiles whose face collection holds faces of the group."""
     found = [p for p in PROFILES if store.count_faces(group_id, p)]
+    if not found:  # an empty group: unknown, or a damaged store (StoreDamaged, never "unknown")
+        for profile in PROFILES:
+            store.check_group_kept(group_id, profile)
     return sorted(found, key=lambda p: p != DEFAULT_PROFILE)
 
 

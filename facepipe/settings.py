@@ -79,8 +79,9 @@ def api_key() -> str | None:
 
 
 def allowed_roots() -> list[Path]:
-    """FACEPIPE_ALLOWED_ROOTS: the folders (separated by ':') that digests over HTTP may read, with
-    everything under them. Unset: none, so the service reads no local folder until told which."""
+    """FACEPIPE_ALLOWED_ROOTS: the folders (separated by ':') that digests may read, with everything
+    under them, however they are launched (checked by the digest's first step). Unset: the HTTP
+    service reads no local folder until told which; a digest run reads any (a single-user install)."""
     return [Path(p).resolve() for p in (os.environ.get("FACEPIPE_ALLOWED_ROOTS") or "").split(os.pathsep) if p]
 
 

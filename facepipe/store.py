@@ -25,6 +25,7 @@ it, and `StoreBusy` tells a user that another process holds it.
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -55,12 +56,52 @@ KEYWORD_INDEXES = {
 INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
 
-def face_point_id(group_id: str, content_hash: str, face_index: int, profile: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"face:{group_id}:{content_hash}:{face_index}:{profile}"))
+def face_point_id(group_id: str, image_path: str, content_hash: str, face_index: int, profile: str) -> str:
+    """A face's id: its group, its photo's path and bytes, its index in the photo, the profile. The
+    path is part of it, so the same photo under two names has a set of faces each: both paths are
+    found by search, and editing one copy leaves the other's faces alone. (Before, ids had no path:
+    such faces keep their ids until their photo is digested again; see digested_images.)"""
+    key = f"face:{group_id}:{stored_path(image_path)}:{content_hash}:{face_index}:{profile}"
+    return str(uuid.uuid5(ID_NAMESPACE, key))
+
+
+def stored_path(path: str) -> str:
+    """A photo's path as the store keeps it (in payloads and ids): the path itself, unless its name
+    holds bytes that are not UTF-8 (Python keeps them as surrogates, which no JSON, payload or id
+    can hold): then each such byte is written `\\xNN` and each backslash `\\\\`, as bash's
+    `$'...'` reads them. `local_path` turns it back into the path that opens the file.
+
+    A UTF-8 name is kept as it is, so its ledger id and payloads are what stores written before hold.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = os.fsencode(path).replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def local_path(text: str) -> str:
+    """The path `stored_path` wrote `text` for: the file's name with its bytes that are not UTF-8.
+
+    Text whose escapes do not spell such bytes is a path of its own (a UTF-8 name may hold
+    backslashes), returned as it is.
+    """
+    if "\\x" not in text or _ESCAPE.sub("", text).count("\\"):
+        return text
+    raw = _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
+    try:
+        path = os.fsdecode(os.fsencode(raw))
+    except UnicodeEncodeError:  # an escape of a byte below 0x80: never written by stored_path
+        return text
+    return path if stored_path(path) == text else text
 
 
 def image_point_id(group_id: str, image_path: str, profile: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"image:{group_id}:{image_path}:{profile}"))
+    return str(uuid.uuid5(ID_NAMESPACE, f"image:{group_id}:{stored_path(image_path)}:{profile}"))
 
 
 def person_point_id(group_id: str, person_id: int, profile: str) -> str:
@@ -132,6 +173,34 @@ class StoreUnavailable(RuntimeError):
     """The Qdrant server cannot be reached (down, refusing, a wrong URL): the message names the URL."""
 
 
+class StoreDamaged(RuntimeError):
+    """A file of the embedded store cannot be read (truncated, emptied, overwritten), or the store
+    has lost faces its ledger records: never answered as an empty or smaller group."""
+
+
+# What to do about a damaged store, in every StoreDamaged message
+RECOVER = (
+    "restore the folder from a backup; or move it aside (keep it for a bug report) and digest each "
+    "group again with --redigest, then `facepipe people cluster --full` (names are lost)"
+)
+
+
+def _damaged(root, name: str, err: BaseException) -> StoreDamaged:
+    reason = " ".join(str(err).split())
+    reason = reason if len(reason) <= 300 else reason[:300] + "..."
+    return StoreDamaged(
+        f"the face store at {root} is damaged: its collection {name} ({root}/shards/{name}) cannot be read "
+        f"({reason}); {RECOVER}"
+    )
+
+
+def _is_storage_error(err: BaseException) -> bool:
+    """Qdrant Edge's errors of its files: its storage errors (plain Exception, 'Service runtime
+    error: ...') and the panics of its Rust code on a short file (pyo3's PanicException, a
+    BaseException)."""
+    return type(err).__name__ == "PanicException" or str(err).startswith("Service runtime error")
+
+
 def _busy(path) -> StoreBusy:
     return StoreBusy(
         f"the face store at {path} is in use by another process (a digest or clustering run?); "
@@ -159,10 +228,14 @@ class EdgeBackend:
         shard = self.shards.get(name)
         if shard is None and (self.root / name).is_dir():
             try:
-                shard = self.shards[name] = self.q.EdgeShard.load(str(self.root / name))
-            except Exception as err:  # qdrant_edge raises plain Exception
+                shard = self.shards[name] = _Checked(
+                    self.q.EdgeShard.load(str(self.root / name)), self.root.parent, name
+                )
+            except BaseException as err:  # qdrant_edge raises plain Exception, or panics
                 if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
                     raise _busy(self.root.parent) from None
+                if _is_storage_error(err):
+                    raise _damaged(self.root.parent, name, err) from None
                 raise
         return shard
 
@@ -184,7 +257,7 @@ class EdgeBackend:
             id_tracker_memory=cold,
             hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
         )
-        shard = self.shards[name] = q.EdgeShard.create(str(self.root / name), config)
+        shard = self.shards[name] = _Checked(q.EdgeShard.create(str(self.root / name), config), self.root.parent, name)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
             # group_id is the tenant: the optimizer keeps a group's points together on disk
@@ -290,6 +363,27 @@ class EdgeBackend:
         for shard in self.shards.values():
             shard.close()  # flushes segments: the next open replays no WAL
         self.shards.clear()
+
+
+class _Checked:
+    """An EdgeShard whose storage errors (see _is_storage_error) are StoreDamaged naming the store:
+    a file emptied under a segment fails a scroll or a search, not only the open."""
+
+    def __init__(self, shard, root: Path, name: str):
+        self._shard, self._root, self._name = shard, root, name
+
+    def __getattr__(self, attr):
+        method = getattr(self._shard, attr)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except BaseException as err:
+                if _is_storage_error(err):
+                    raise _damaged(self._root, self._name, err) from None
+                raise
+
+        return call
 
 
 class ClientBackend:
@@ -559,14 +653,20 @@ class FaceStore:
         self.create(name, PROFILES[profile].dimension, distance="dot")
 
     def digested_images(
-        self, group_id: str, profile: str, paths: Iterable[str] | None = None
+        self,
+        group_id: str,
+        profile: str,
+        paths: Iterable[str] | None = None,
+        faces_lost: list[str] | None = None,
     ) -> dict[str, DigestedImage]:
         """Image paths of the group digested without error, with what they were when digested.
 
         With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
-        is the listing's, not the group's.
+        is the listing's, not the group's. A photo whose ledger row counts faces that the faces
+        collection no longer holds (a damaged store) is left out, so that a digest reads it again
+        rather than skip it, and its path is added to `faces_lost`.
         """
-        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status")
+        keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status", "faces")
         if paths is None:
             points = self.scroll(
                 images_collection(profile), group_filter(group_id, status="done"), page=4096, payload_keys=keys
@@ -577,12 +677,39 @@ class FaceStore:
                 for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024)
                 for p in self.retrieve(images_collection(profile), batch)
             )
-        done = {}
+        done: dict[str, tuple[DigestedImage, int]] = {}
         for point in points:
             p = point.payload
             if p.get("status") == "done":
-                done[p["image_path"]] = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
-        return done
+                image = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
+                done[p["image_path"]] = (image, p.get("faces") or 0)
+        # the faces each photo has in the store, by path (whatever their ids), a batch of photos at a time
+        lost: set[str] = set()
+        for batch in _batches([text for text, (_, n) in done.items() if n], 1024):
+            held: dict[str, int] = {}
+            for face in self.scroll(
+                faces_collection(profile), group_filter(group_id, image_path=batch), payload_keys=("image_path",)
+            ):
+                held[face.payload["image_path"]] = held.get(face.payload["image_path"], 0) + 1
+            lost.update(text for text in batch if held.get(text, 0) < done[text][1])
+        if faces_lost is not None:
+            faces_lost.extend(local_path(text) for text in sorted(lost))
+        return {local_path(text): image for text, (image, _) in done.items() if text not in lost}
+
+    def check_group_kept(self, group_id: str, profile: str) -> None:
+        """StoreDamaged if the group has no faces although its ledger records photos digested with
+        faces: a damaged store must never pass for an empty (unknown) group."""
+        if self.count_faces(group_id, profile):
+            return
+        ledger = self.scroll(images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",))
+        if any(p.payload.get("faces") for p in ledger):
+            where = getattr(self.backend, "root", None)
+            where = where.parent if where is not None else "(the Qdrant server)"
+            raise StoreDamaged(
+                f"the face store at {where} has lost the faces of group {group_id!r}: its ledger "
+                f"({images_collection(profile)}) records photos digested with faces, its "
+                f"{faces_collection(profile)} none; {RECOVER}"
+            )
 
     def write(
         self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str, optimize: bool = True
@@ -590,7 +717,7 @@ class FaceStore:
         """Store the faces of digested photos and record every photo in the ledger.
 
         Idempotent: the same results written again leave the same points (ids are derived from the
-        group, the photo's bytes, the face's index and the profile).
+        group, the photo's path and bytes, the face's index and the profile).
         """
         self.ensure_collections(profile)
         results = list(results)
@@ -601,21 +728,7 @@ class FaceStore:
         # photos digested before whose faces are rewritten now: drop their old faces first
         redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
-            stale = group_filter(group_id, image_path=redone)
-            counts.faces_replaced = self.count(faces, stale)
-            # their people lose faces: facepipe.people recounts the people marked stale
-            losing = {
-                p.payload["person_id"]
-                for p in self.scroll(faces, stale, payload_keys=("person_id",))
-                if p.payload.get("person_id") is not None
-            }
-            if losing and self.exists(people_collection(profile)):
-                self.set_payload(
-                    people_collection(profile),
-                    {"stale": True},
-                    [person_point_id(group_id, person, profile) for person in losing],
-                )
-            self.delete(faces, stale)
+            counts.faces_replaced = self.drop_faces(group_id, profile, redone)
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):
@@ -630,6 +743,24 @@ class FaceStore:
         if optimize:
             self.optimize(profile)
         return counts
+
+    def drop_faces(self, group_id: str, profile: str, paths: list[str]) -> int:
+        """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
+        and facepipe.people recounts them."""
+        faces = faces_collection(profile)
+        stale = group_filter(group_id, image_path=[stored_path(path) for path in paths])
+        dropped = self.count(faces, stale)
+        losing = {
+            p.payload["person_id"]
+            for p in self.scroll(faces, stale, payload_keys=("person_id",))
+            if p.payload.get("person_id") is not None
+        }
+        if losing and self.exists(people_collection(profile)):
+            self.set_payload(
+                people_collection(profile), {"stale": True}, [person_point_id(group_id, p, profile) for p in losing]
+            )
+        self.delete(faces, stale)
+        return dropped
 
     def _points(self, group_id: str, profile: str, results, run_id: str, now: str):
         face_points, image_points = [], []
@@ -647,7 +778,7 @@ class FaceStore:
                     image_point_id(group_id, r.path, profile),
                     {
                         "group_id": group_id,
-                        "image_path": r.path,
+                        "image_path": stored_path(r.path),
                         "status": "failed" if r.error else "done",
                         "error": r.error,
                         "content_hash": r.content_hash,
@@ -667,10 +798,10 @@ class FaceStore:
                 x, y, w, h = face.box
                 face_points.append(
                     StoredPoint(
-                        face_point_id(group_id, r.content_hash, face.face_index, profile),
+                        face_point_id(group_id, r.path, r.content_hash, face.face_index, profile),
                         {
                             "group_id": group_id,
-                            "image_path": r.path,
+                            "image_path": stored_path(r.path),
                             "face_index": face.face_index,
                             "detection_confidence": face.confidence,
                             "facial_area": {"x": x, "y": y, "w": w, "h": h},

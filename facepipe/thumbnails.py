@@ -13,6 +13,7 @@ import cv2
 from facepipe import settings
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
+from facepipe.store import local_path
 
 THUMBNAIL_SIZE = 160  # pixels, square
 MARGIN = 0.25  # of the face box, added on every side, so the crop shows some hair and chin
@@ -27,7 +28,12 @@ def thumbnail_path(face_id: str) -> Path:
     return thumbnails_dir() / face_id[:2] / f"{face_id}.jpg"
 
 
-def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = read_image_bytes) -> Path | None:
+def read_stored_photo(stored: str) -> tuple[bytes, str]:
+    """The bytes of a local photo by the path the store keeps for it (facepipe.store.stored_path)."""
+    return read_image_bytes(local_path(stored))
+
+
+def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = read_stored_photo) -> Path | None:
     """The thumbnail of a face (a Qdrant record with its payload), made now if missing.
 
     `image`: the photo, already decoded; else `read` gets its bytes (a local file by default; an S3
@@ -55,7 +61,7 @@ def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = 
     return path
 
 
-def face_thumbnails(faces, read: Callable[[str], tuple[bytes, str]] = read_image_bytes) -> dict[str, Path | None]:
+def face_thumbnails(faces, read: Callable[[str], tuple[bytes, str]] = read_stored_photo) -> dict[str, Path | None]:
     """Thumbnails of many faces, decoding each photo at most once (read with `read`)."""
     by_photo: dict[str, list] = {}
     for face in faces:

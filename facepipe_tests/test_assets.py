@@ -139,3 +139,49 @@ def test_a_request_only_the_step_can_judge_fails_at_once_in_one_line_without_ret
     assert failure.startswith(message) and "\n" not in failure
     starts = [e for e in result.all_events if e.event_type_value == "STEP_START"]
     assert [e.step_key for e in starts] == ["digest.list_images"]  # tried once: no retries
+
+
+def test_a_folder_outside_the_allowed_roots_fails_the_first_step_at_once(instance, tmp_path, monkeypatch):
+    """With FACEPIPE_ALLOWED_ROOTS set, a run of any origin (here in process, with the path as the
+    Launchpad or GraphQL would give it, not resolved) reads only folders under the roots: a folder
+    outside, a `..` out of a root and a link out of a root fail list_images in one line, without
+    retries, before anything is listed; a folder under a root is digested."""
+    root, outside = tmp_path / "allowed", tmp_path / "private"
+    (root / "party").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", root / "party" / "img1.jpg")
+    shutil.copy(SAMPLE_IMAGES / "img2.jpg", outside / "img2.jpg")
+    (root / "link_out").symlink_to(outside)
+    monkeypatch.setenv("FACEPIPE_ALLOWED_ROOTS", f"{tmp_path / 'elsewhere'}:{root}")
+
+    def launch(path: str):
+        request = digest_request(path, "party", on_this_machine=False, chunk_size=1)
+        return materialize(
+            [digest],
+            instance=instance,
+            partition_key="party",
+            run_config={"ops": digest_run_config(request, workers=1)["ops"]},
+            resources={"face_store": FaceStoreResource(path=str(tmp_path / "store")), "s3": S3Resource()},
+            raise_on_error=False,
+        )
+
+    for path in (str(outside), f"{root}/party/../../private", str(root / "link_out")):
+        result = launch(path)
+        assert not result.success
+        (failure,) = result.get_step_failure_events()
+        assert failure.step_key == "digest.list_images"
+        message = failure.step_failure_data.user_failure_data.description
+        assert message.startswith(f"invalid digest request: source.path: folder {path!r}")
+        assert f"is not under an allowed root (FACEPIPE_ALLOWED_ROOTS={tmp_path / 'elsewhere'}:{root})" in message
+        assert "\n" not in message
+        assert not [e for e in result.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_OUTPUT")]
+    if path != str(outside):
+        assert f"(that is {outside})" in message
+    with FaceStore.open(path=tmp_path / "store") as store:
+        assert store.count_faces("party", "dlib") == 0  # the private photo's face was never stored
+
+    # the link before the '..': <root>/link_out/.. is tmp_path (a textual normpath would say <root>)
+    assert not launch(f"{root}/link_out/../party").success
+    allowed = launch(f"{root}/./party")
+    assert allowed.success
+    assert metadata(allowed, "stored_faces")["faces_stored"] == 1

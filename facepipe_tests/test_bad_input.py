@@ -30,6 +30,7 @@ from facepipe.engine import listing as listing_module
 from facepipe.engine.faces import faces_in_chunk
 from facepipe.engine.listing import list_images
 from facepipe.engine.planning import ImageTask
+from facepipe.store import FaceStore, local_path, stored_path
 from facepipe_tests.conftest import REPORTS, SAMPLE_IMAGES, faces_by_photo
 
 FACE_PHOTO = SAMPLE_IMAGES / "img1.jpg"  # one face (person01), 1382 x 1868
@@ -242,6 +243,10 @@ def build_corpus(folder: Path, unreadable: bool) -> list[Kind]:
         SAMPLE_IMAGES / "img5.jpg", add("name with spaces", "names/a photo with spaces.jpg", "faces", faces=1)
     )
     shutil.copyfile(SAMPLE_IMAGES / "img6.jpg", add("unicode name", "names/ünïcødé 照片 😀.jpg", "faces", faces=1))
+    shutil.copyfile(
+        SAMPLE_IMAGES / "img13.jpg",
+        add("name with bytes that are not UTF-8", os.fsdecode(b"names/latin1 caf\xe9.jpg"), "faces", faces=1),
+    )
     deep = "/".join(f"d{i:02d}" for i in range(40))
     shutil.copyfile(SAMPLE_IMAGES / "img7.jpg", add("40-deep folder tree", f"{deep}/deep.jpg", "faces", faces=1))
     # links: never followed, each recorded
@@ -359,11 +364,6 @@ def test_the_engine_lists_and_reads_every_kind_of_bad_input(tmp_path):
     """Every kind through list_images and faces_in_chunk (the digest's chunk step, in process)."""
     corpus = tmp_path / "corpus"
     kinds = build_corpus(corpus, unreadable=False) + stage_changes_after_listing(corpus)
-    # a name whose bytes are not UTF-8: listed and digested by the engine (its ids in the store
-    # are the store's business: facepipe.store.image_point_id)
-    not_utf8 = os.fsdecode(b"latin1 caf\xe9.jpg")
-    shutil.copyfile(SAMPLE_IMAGES / "img13.jpg", corpus / not_utf8)
-    kinds.append(Kind("name with bytes that are not UTF-8", not_utf8, "faces", faces=1, in_digest=False))
 
     start = time.perf_counter()
     listing = list_images(corpus)
@@ -476,6 +476,7 @@ DECODE_IN_CHILD = f"""
 import json, sys
 from facepipe.engine.faces import faces_in_chunk
 from facepipe.engine.planning import ImageTask
+from facepipe.store import FaceStore, local_path, stored_path
 from facepipe.engine.profiles import load_profile
 load_profile("dlib")
 before = {PEAK_RSS_KIB}
@@ -632,7 +633,7 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     stored_paths = {p.payload["image_path"] for faces in stored.values() for p in faces}
     problems = []
     for kind in kinds:
-        path = str(corpus / kind.path)
+        path = stored_path(str(corpus / kind.path))  # as the store and the summary write it
         if kind.expect == "not listed":
             if kind.reason not in not_listed.get(path, ""):
                 problems.append(f"{kind.name}: expected not listed with {kind.reason!r}, got {not_listed.get(path)!r}")
@@ -654,12 +655,11 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
     from dagster import DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
-        observed = [
-            e.asset_observation.metadata
+        peaks = [  # each chunk's last observation (those of its progress on the way have none)
+            e.asset_observation.metadata["worker_peak_rss_mb"].value
             for e in instance.all_logs(summary["run_id"], of_type=DagsterEventType.ASSET_OBSERVATION)
+            if "worker_peak_rss_mb" in e.asset_observation.metadata
         ]
-    # each chunk's last observation has its worker's peak (the progress ones before it do not)
-    peaks = [metadata["worker_peak_rss_mb"].value for metadata in observed if "worker_peak_rss_mb" in metadata]
     assert peaks and max(peaks) < 1000, peaks
     REPORTS.append(
         "bad input: one real digest of the corpus\n"
@@ -668,3 +668,45 @@ def test_a_digest_of_the_corpus_completes_and_stores_every_good_photo(tmp_path):
         + f"; {summary['faces_stored']} faces stored; workers' peak RSS {', '.join(f'{p:.0f}' for p in peaks)} MB; "
         f"{summary['duration_seconds']} s"
     )
+
+
+def test_a_photo_whose_name_is_not_utf8_is_digested_found_and_skipped_when_unchanged(tmp_path, monkeypatch):
+    """A name with a Latin-1 byte (as an old camera or a Windows share writes it), digested by a
+    real in-process run beside a UTF-8 name: stored under a text form that names the byte, found by
+    search, its thumbnail cut from the file, and a second digest skips it as unchanged."""
+    from dagster import instance_for_test
+
+    from facepipe.search import search_faces
+    from facepipe.thumbnails import face_thumbnails
+    from facepipe_tests.test_assets import materialize_digest, metadata
+
+    monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "party"
+    folder.mkdir()
+    latin1 = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9 \\ 1.jpg")  # a backslash too
+    shutil.copyfile(SAMPLE_IMAGES / "img1.jpg", latin1)
+    shutil.copyfile(SAMPLE_IMAGES / "img20.jpg", folder / "café.jpg")
+    text = stored_path(latin1)
+    assert text == str(folder) + "/caf\\xe9 \\\\ 1.jpg" and local_path(text) == latin1
+    assert stored_path(str(folder / "café.jpg")) == str(folder / "café.jpg")  # UTF-8 names as they are
+
+    with instance_for_test() as instance:
+        from facepipe.defs.partitions import GROUPS
+
+        instance.add_dynamic_partitions(GROUPS, ["party"])
+        first = materialize_digest(instance, folder, tmp_path / "store")
+        assert first.success
+        assert metadata(first, "faces")["images_failed"] == 0
+        assert metadata(first, "stored_faces")["faces_stored"] == 2
+        with FaceStore.open(path=tmp_path / "store") as store:
+            faces = store.faces("party", "dlib")
+            assert sorted(f.payload["image_path"] for f in faces) == sorted([text, str(folder / "café.jpg")])
+            found = search_faces(store, str(SAMPLE_IMAGES / "img2.jpg"), "party")  # img2: her, as img1
+        assert [p.image_path for p in found.photos][:1] == [text]
+        thumbnails = face_thumbnails([f for f in faces if f.payload["image_path"] == text])
+        assert all(path is not None and path.is_file() for path in thumbnails.values())
+
+        again = materialize_digest(instance, folder, tmp_path / "store")
+        assert again.success
+        assert metadata(again, "image_list")["images_skipped"] == 2
+        assert metadata(again, "stored_faces")["faces_stored"] == 0

@@ -304,3 +304,68 @@ def test_a_detached_digest_completes_under_the_standard_daemon_of_workspace_yaml
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait(60)
+
+
+@pytest.mark.e2e
+def test_a_killed_digest_process_is_canceled_in_one_line_and_its_retry_completes(tmp_path):
+    """SIGKILL of the `facepipe digest` process while a chunk is being digested leaves its run
+    `processing` with nothing to end it; `facepipe digests cancel` says the process is gone and
+    marks it canceled (it used to crash with ProcessLookupError), and `retry` finishes it."""
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = sorted(p.name for p in SAMPLE_IMAGES.glob("img*.jpg"))[:16]
+    for name in names:
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    home = tmp_path / "home"
+    run_facepipe(home, "digests", "list")  # creates the instance before the polling below
+    env = {**os.environ, "FACEPIPE_HOME": str(home)}
+    env.pop("DAGSTER_HOME", None)
+    running = subprocess.Popen(
+        [sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "g", "--workers", "1"]
+        + ["--chunk-size", "4", "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # kill it once a chunk's faces are found and the next one's are being found (not in a store
+        # step: a store step killed keeps the store pool's slot, which is the instance's business)
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            deadline, run_id = time.time() + 300, None
+            while time.time() < deadline and running.poll() is None:
+                records = instance.get_run_records(limit=1)
+                if records:
+                    run_id = records[0].dagster_run.run_id
+                    started = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)}
+                    ended = {
+                        e.step_key
+                        for e in instance.all_logs(
+                            run_id, of_type={DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+                        )
+                    }
+                    in_flight = started - ended
+                    found = any(str(k).startswith("digest.extract_faces") for k in ended)
+                    if found and in_flight and all(str(k).startswith("digest.extract_faces") for k in in_flight):
+                        os.kill(running.pid, signal.SIGKILL)
+                        break
+                time.sleep(0.1)
+        assert running.wait(30) == -signal.SIGKILL, "the digest ended before it could be killed"
+    finally:
+        running.kill()
+    killed = show(home, run_id)
+    assert killed["status"] == "processing" and killed["images_done"] < len(names)
+
+    canceled = run_facepipe(home, "digests", "cancel", run_id)
+    (line,) = canceled.stdout.strip().splitlines()
+    assert line.startswith(f"{run_id}: canceled (the facepipe digest process that executed it (pid {running.pid})")
+    assert f"facepipe digests retry {run_id}" in line and "Traceback" not in canceled.stderr
+    assert show(home, run_id)["status"] == "canceled"
+
+    retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+    assert retried["status"] == "completed", retried["errors"]
+    assert retried["images_done"] == len(names) and retried["images_failed"] == 0
+    assert retried["faces_in_group"] == retried["faces_stored"] > 0
+    # nothing lost, nothing twice: a new digest of the folder has nothing to do
+    again = digest(home, folder, "g")
+    assert again["images_skipped"] == len(names) and again["faces_in_group"] == retried["faces_in_group"]

@@ -31,18 +31,19 @@ def open_store(request, tmp_path):
 
 
 def test_point_ids_are_deterministic_and_distinct():
-    assert face_point_id("g", "h", 0, "dlib") == face_point_id("g", "h", 0, "dlib")
+    assert face_point_id("g", "/a.jpg", "h", 0, "dlib") == face_point_id("g", "/a.jpg", "h", 0, "dlib")
     ids = {
         face_point_id(*key)
         for key in [
-            ("g", "h", 0, "dlib"),
-            ("g", "h", 1, "dlib"),
-            ("g2", "h", 0, "dlib"),
-            ("g", "h2", 0, "dlib"),
-            ("g", "h", 0, "retinaface-arcface"),
+            ("g", "/a.jpg", "h", 0, "dlib"),
+            ("g", "/a.jpg", "h", 1, "dlib"),
+            ("g2", "/a.jpg", "h", 0, "dlib"),
+            ("g", "/a.jpg", "h2", 0, "dlib"),
+            ("g", "/a.jpg", "h", 0, "retinaface-arcface"),
+            ("g", "/copy of a.jpg", "h", 0, "dlib"),  # the same photo under another name
         ]
     }
-    assert len(ids) == 5
+    assert len(ids) == 6
 
 
 def test_writing_the_same_results_twice_does_not_duplicate(open_store):

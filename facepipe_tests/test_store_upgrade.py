@@ -124,7 +124,7 @@ WRITER = textwrap.dedent("""
                     for k in range(2)]))
             store.write("g", "dlib", results, run_id="killed")
             # acknowledged: write() returned
-            ids = (face_point_id("g", r.content_hash, k, "dlib") for r in results for k in range(2))
+            ids = (face_point_id("g", r.path, r.content_hash, k, "dlib") for r in results for k in range(2))
             print(" ".join(ids), flush=True)
 """)
 

@@ -84,12 +84,6 @@ class Listing(list):
         self.not_listed: list[NotListed] = list(not_listed)
 
 
-def display_path(path: str) -> str:
-    """`path` as text that any log or JSON can hold: bytes of a name that are not UTF-8 (kept by
-    Python as surrogates, so that the file can still be opened) are shown as U+FFFD."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def file_brand(head: bytes) -> bytes | None:
     """An ISO base media file's brand (AVIF, HEIF...), or None."""
     return head[8:12] if head[4:8] == b"ftyp" else None

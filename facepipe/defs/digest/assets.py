@@ -10,7 +10,7 @@ as soon as it finishes, one writer at a time:
 Writing per chunk bounds the writer's memory to one chunk's results (~2.6 KB a photo unpickled:
 a single store step at the end held all of them, ~2.6 GB for a million photos) and keeps what a
 canceled or failed digest finished. A re-run writes the same point ids (derived from the group,
-the photo's bytes and the face's index), so nothing is stored twice.
+the photo's path and bytes and the face's index), so nothing is stored twice.
 
 Detection and embedding run in the same step: the aligned chips are cut from the full-size photo
 while it is decoded in memory, and shipping them to another step would cost a step start and
@@ -51,13 +51,21 @@ from pydantic import ValidationError
 from facepipe.defs.digest.config import DigestConfig, request_from_config
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
-from facepipe.engine.listing import display_path, read_listed_image
+from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import DigestRequest, S3Prefix, default_workers, one_line, run_tags
-from facepipe.settings import STORE_POOL
-from facepipe.store import faces_collection
+from facepipe.request import (
+    DigestRequest,
+    LocalFolder,
+    S3Prefix,
+    allowed_folder,
+    default_workers,
+    one_line,
+    run_tags,
+)
+from facepipe.settings import STORE_POOL, allowed_roots
+from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
 
@@ -86,7 +94,7 @@ def _workers(context: OpExecutionContext) -> int:
 
 
 def _errors(images) -> list[dict]:
-    return [{"path": r.path, "error": r.error} for r in images if r.error]
+    return [{"path": stored_path(r.path), "error": r.error} for r in images if r.error]
 
 
 def _request(context: OpExecutionContext) -> DigestRequest:
@@ -98,9 +106,20 @@ def _request(context: OpExecutionContext) -> DigestRequest:
             allow_retries=False,
         )
     try:
-        return request_from_config(context.op_config, context.partition_key)
+        request = request_from_config(context.op_config, context.partition_key)
     except ValidationError as err:
         raise Failure(f"invalid digest request: {one_line(err)}", allow_retries=False) from None
+    roots = allowed_roots()
+    if roots and isinstance(request.source, LocalFolder):
+        # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
+        # here is where a deployment's allowed roots hold, before anything is read
+        try:
+            folder = allowed_folder(request.source.path, roots)
+        except ValueError as err:
+            raise Failure(f"invalid digest request: source.path: {err}", allow_retries=False) from None
+        # the folder as it was checked: a link changed after the check leads nowhere new
+        request = request.model_copy(update={"source": LocalFolder(path=folder)})
+    return request
 
 
 # The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
@@ -121,8 +140,17 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
         raise Failure(str(err), allow_retries=False) from err
     files = request.modified_in_window(listing)
     not_listed = _not_listed(context, listing)
+    faces_lost: list[str] = []
     with face_store.open() as store:
-        digested = store.digested_images(request.group_id, request.profile, paths=[f.path for f in files])
+        digested = store.digested_images(request.group_id, request.profile, [f.path for f in files], faces_lost)
+        if faces_lost:  # what is left of their faces goes: they are digested whole again
+            store.drop_faces(request.group_id, request.profile, faces_lost)
+    if faces_lost:  # never skipped as unchanged: digested again, and said
+        context.log.warning(
+            f"{len(faces_lost)} photos the group's ledger records as digested have lost their faces in the "
+            f"face store ({face_store.describe()}), first {stored_path(faces_lost[0])}: the store may be "
+            "damaged; they are digested again"
+        )
     tasks, skipped = plan_images(files, digested, request.redigest)
     chunks = split_into_chunks(tasks, workers, request.chunk_size)
 
@@ -137,6 +165,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
             "images_listed": len(files),
             "images_to_digest": len(tasks),
             "images_skipped": skipped,
+            "images_with_faces_lost": len(faces_lost),
             "chunks": len(chunks),
             **not_listed,
         },
@@ -148,7 +177,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
 def _not_listed(context: OpExecutionContext, listing) -> dict:
     """The entries the listing left out (links, unreadable folders...): logged, counted and shown
     in image_list's metadata, like failed photos."""
-    entries = [{"path": display_path(n.path), "reason": n.reason} for n in listing.not_listed]
+    entries = [{"path": stored_path(n.path), "reason": n.reason} for n in listing.not_listed]
     for entry in entries[:MAX_ERRORS_IN_METADATA]:
         context.log.warning(f"not listed: {entry['path']}: {entry['reason']}")
     return {"entries_not_listed": len(entries), "not_listed": MetadataValue.json(entries[:MAX_ERRORS_IN_METADATA])}
