@@ -373,5 +373,30 @@ def serve(host, port):
     serve_api(host, port)
 
 
+@main.command()
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    default=["dagster"],
+    show_default=True,
+    help="A Celery queue to serve (repeat for several). The machine that holds the embedded face store "
+    "also serves facepipe_store: -q dagster -q facepipe_store.",
+)
+@click.option(
+    "--processes", type=int, default=default_workers(), show_default=True, help="Worker processes (one step each)."
+)
+@click.option("--name", help="The worker's name in the run's events (default: facepipe-PID), @ this host.")
+def worker(queues, processes, name):
+    """Run digest steps from the Celery broker at FACEPIPE_CELERY_BROKER, with the models loaded once."""
+    from facepipe.celery_worker import WorkerConfigError, run_worker
+
+    try:
+        run_worker(list(queues), processes, name)
+    except WorkerConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
 if __name__ == "__main__":
     main()
