@@ -29,11 +29,12 @@ class Commands(click.Group):
     line that says what to change, not a traceback."""
 
     def invoke(self, ctx):
+        from facepipe.celery_worker import WorkerConfigError
         from facepipe.instance import InstanceConfigError
 
         try:
             return super().invoke(ctx)
-        except InstanceConfigError as err:
+        except (InstanceConfigError, WorkerConfigError) as err:
             raise click.ClickException(str(err)) from None
 
 
@@ -390,12 +391,9 @@ def serve(host, port):
 @click.option("--name", help="The worker's name in the run's events (default: facepipe-PID), @ this host.")
 def worker(queues, processes, name):
     """Run digest steps from the Celery broker at FACEPIPE_CELERY_BROKER, with the models loaded once."""
-    from facepipe.celery_worker import WorkerConfigError, run_worker
+    from facepipe.celery_worker import run_worker
 
-    try:
-        run_worker(list(queues), processes, name)
-    except WorkerConfigError as err:
-        raise click.ClickException(str(err)) from None
+    run_worker(list(queues), processes, name)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,26 @@ def test_digest_on_two_workers_ends_in_the_launching_machines_store(broker, phot
     assert len(chunk_steps) >= 2 and set(chunk_steps.values()) == {f"here@{host}", f"there@{host}"}, ran
 
 
+def test_a_digest_that_would_split_the_store_is_refused_before_any_work(broker, photos, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    digest = ("digest", str(photos), "--group", "g", "--json")
+    env = {"FACEPIPE_CELERY_BROKER": broker}
+
+    # no worker at all: the run would wait for ever
+    refused = run_facepipe(here, *digest, check=False, env=env)
+    assert refused.returncode != 0 and "no facepipe worker serves the queue 'dagster'" in refused.stderr
+
+    # the store's queue served only by a worker on another store: the faces would land there
+    with workers(broker, [(there, "there", (DEFAULT_QUEUE, STORE_QUEUE))]):
+        refused = run_facepipe(here, *digest, check=False, env=env)
+    assert refused.returncode != 0, refused.stdout
+    assert "the faces would go to another store than this machine's" in refused.stderr
+    assert str(there / "qdrant") in refused.stderr and "QDRANT_URL" in refused.stderr
+    assert not refused.stdout.strip() and not (there / "qdrant").exists() and not (here / "qdrant").exists()
+    listed = run_facepipe(here, "digests", "list", "--json", env=env)
+    assert json.loads(listed.stdout) == [], "a refused digest left a run"
+
+
 def test_worker_without_a_broker_says_what_to_set(tmp_path):
     result = run_facepipe(tmp_path / "home", "worker", check=False, env={"FACEPIPE_CELERY_BROKER": ""})
     assert result.returncode != 0
