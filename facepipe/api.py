@@ -33,6 +33,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
+from facepipe.celery_worker import WorkerConfigError
 from facepipe.defs.partitions import GROUPS
 from facepipe.engine.faces import faces_in_image
 from facepipe.engine.images import decode_image
@@ -370,7 +371,10 @@ def post_digest(body: DigestBody) -> dict:
     except ValueError as err:  # an s3 path the parser refuses
         raise HTTPException(422, str(err)) from None
     instance = _instance()
-    job_id = start_digest(request, workers=body.threads, instance=instance)
+    try:
+        job_id = start_digest(request, workers=body.threads, instance=instance)
+    except WorkerConfigError as err:  # no Celery worker would run it, or one would split the store
+        raise HTTPException(503, str(err)) from None
     answer = _job_by_id(instance, job_id)
     if not daemon_is_running(instance):
         answer["warning"] = (

@@ -29,11 +29,12 @@ class Commands(click.Group):
     line that says what to change, not a traceback."""
 
     def invoke(self, ctx):
+        from facepipe.celery_worker import WorkerConfigError
         from facepipe.instance import InstanceConfigError
 
         try:
             return super().invoke(ctx)
-        except InstanceConfigError as err:
+        except (InstanceConfigError, WorkerConfigError) as err:
             raise click.ClickException(str(err)) from None
 
 
@@ -376,6 +377,28 @@ def serve(host, port):
     from facepipe.api import serve as serve_api
 
     serve_api(host, port)
+
+
+@main.command()
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    default=["dagster"],
+    show_default=True,
+    help="A Celery queue to serve (repeat for several). The machine that holds the embedded face store "
+    "also serves facepipe_store: -q dagster -q facepipe_store.",
+)
+@click.option(
+    "--processes", type=int, default=default_workers(), show_default=True, help="Worker processes (one step each)."
+)
+@click.option("--name", help="The worker's name in the run's events (default: facepipe-PID), @ this host.")
+def worker(queues, processes, name):
+    """Run digest steps from the Celery broker at FACEPIPE_CELERY_BROKER, with the models loaded once."""
+    from facepipe.celery_worker import run_worker
+
+    run_worker(list(queues), processes, name)
 
 
 if __name__ == "__main__":

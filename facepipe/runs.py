@@ -27,6 +27,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from facepipe.celery_worker import check_workers
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.digest.jobs import digest_run_config
@@ -91,6 +92,7 @@ def run_digest(
     """
     workers = _workers(workers)
     instance = instance or instance_for_digests()
+    check_workers()
     _add_group(instance, request.group_id)
     return _execute(instance, run_tags(request, workers), on_progress, run_config=digest_run_config(request, workers))
 
@@ -101,6 +103,7 @@ def retry_digest(
     """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
+    check_workers()
     return _execute(
         instance,
         _retry_tags(parent),
@@ -261,6 +264,7 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     """
     workers = _workers(workers)
     instance = instance or instance_for_digests()
+    check_workers()
     _add_group(instance, request.group_id)
     run_id = str(uuid.uuid4())
     command = [

@@ -11,6 +11,9 @@
 - FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
   run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
+- FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
+  the digest's steps on `facepipe worker` processes, on any machine, instead of this machine's
+  processes; the result backend defaults to the broker.
 """
 
 import os
@@ -19,6 +22,12 @@ from pathlib import Path
 # One writer at a time to a store: the digest ops that open it run in this Dagster pool,
 # whose limit is 1 in the instance's dagster.yaml (facepipe/instance.py).
 STORE_POOL = "facepipe_store"
+
+# On Celery, the steps that open the embedded store go to this queue, which only the workers on the
+# machine holding the store serve (`facepipe worker -q dagster -q facepipe_store`); every other step
+# goes to dagster-celery's default queue, which any worker may serve.
+STORE_QUEUE = "facepipe_store"
+DEFAULT_QUEUE = "dagster"
 
 
 def facepipe_home() -> Path:
@@ -48,6 +57,22 @@ def watches_file_named() -> str | None:
 
 def deepface_home() -> Path:
     return Path(os.environ.get("DEEPFACE_HOME") or os.path.expanduser("~"))
+
+
+def celery_broker() -> str | None:
+    """FACEPIPE_CELERY_BROKER: the Celery broker's URL; set, the digest runs on Celery workers."""
+    return os.environ.get("FACEPIPE_CELERY_BROKER") or None
+
+
+def celery_backend() -> str | None:
+    """FACEPIPE_CELERY_BACKEND: where workers put the steps' results (default: the broker)."""
+    return os.environ.get("FACEPIPE_CELERY_BACKEND") or celery_broker()
+
+
+def store_queue() -> str:
+    """The Celery queue of the steps that open the face store: any worker's with a Qdrant server,
+    the store's machine's with the embedded store."""
+    return DEFAULT_QUEUE if qdrant_url() else STORE_QUEUE
 
 
 def postgres_url() -> str | None:

@@ -1,5 +1,7 @@
 """Every definition loads, light: a broken import or wiring fails here first."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +67,30 @@ def test_loading_definitions_imports_no_model_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _celery_wiring(**env: str) -> dict:
+    """Whether loading the digest job imports dagster-celery, and each op's Celery queue, under `env`."""
+    code = (
+        "import json, facepipe.definitions as d; job = d.get_digest_job(); "
+        "print(json.dumps({'loads_celery': __import__('sys').modules.get('dagster_celery') is not None, "
+        "'queues': {n.name: n.tags.get('dagster-celery/queue') for n in job.graph.node_defs[0].node_defs}}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("QDRANT_URL", "FACEPIPE_CELERY_BROKER")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**clean, **env})
+    return json.loads(out.stdout)
+
+
+def test_the_store_steps_go_to_the_store_queue_and_with_a_qdrant_server_to_any_worker():
+    embedded = _celery_wiring(FACEPIPE_CELERY_BROKER="redis://127.0.0.1:1/0")
+    assert embedded["loads_celery"]
+    assert embedded["queues"] == {
+        "list_images": "facepipe_store",
+        "extract_faces_in_chunk": None,  # dagster-celery's default queue, `dagster`: any worker
+        "store_chunk": "facepipe_store",
+        "store_faces": "facepipe_store",
+    }
+    server = _celery_wiring(FACEPIPE_CELERY_BROKER="redis://127.0.0.1:1/0", QDRANT_URL="http://q:6333")
+    assert set(server["queues"].values()) <= {"dagster", None}
+    # no broker: the multiprocess executor, and dagster-celery is not even imported
+    assert not _celery_wiring()["loads_celery"]

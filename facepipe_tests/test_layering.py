@@ -30,7 +30,17 @@ LAYERS = [
     ),
     ("Dagster layer", {"facepipe.defs"}),
     ("definitions", {"facepipe.definitions", "facepipe.worker_preload"}),
-    ("clients", {"facepipe.runs", "facepipe.remote", "facepipe.cli", "facepipe.cli_people", "facepipe.api"}),
+    (
+        "clients",
+        {
+            "facepipe.celery_worker",
+            "facepipe.runs",
+            "facepipe.remote",
+            "facepipe.cli",
+            "facepipe.cli_people",
+            "facepipe.api",
+        },
+    ),
 ]
 
 

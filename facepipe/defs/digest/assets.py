@@ -64,10 +64,16 @@ from facepipe.request import (
     one_line,
     run_tags,
 )
-from facepipe.settings import STORE_POOL, allowed_roots
+from facepipe.settings import STORE_POOL, allowed_roots, store_queue
 from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
+
+# On Celery (FACEPIPE_CELERY_BROKER), the steps that open the store are sent to the store's queue: with
+# the embedded store, only the workers on the machine that holds it serve it, so the faces land in
+# one store; with a Qdrant server, any worker. (dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG, written
+# out: the definitions load without the `celery` extra.)
+STORE_STEP_TAGS = {"dagster-celery/queue": store_queue()}
 
 
 @dataclass
@@ -125,7 +131,12 @@ def _request(context: OpExecutionContext) -> DigestRequest:
 # The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
 # launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') is checked by
 # _request, and fails this step at once, in one line, without retries.
-@op(out={"image_list": Out(), "chunks": DynamicOut()}, pool=STORE_POOL, config_schema=DigestConfig.to_fields_dict())
+@op(
+    out={"image_list": Out(), "chunks": DynamicOut()},
+    pool=STORE_POOL,
+    tags=STORE_STEP_TAGS,
+    config_schema=DigestConfig.to_fields_dict(),
+)
 def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: S3Resource):
     """List the source's photos and leave out those the group already has unchanged."""
     request = _request(context)
@@ -268,7 +279,7 @@ class StoredChunk:
     seconds: dict  # per stage, summed over the chunk's photos
 
 
-@op(pool=STORE_POOL)
+@op(pool=STORE_POOL, tags=STORE_STEP_TAGS)
 def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: FaceStoreResource) -> StoredChunk:
     """Write one chunk's faces and ledger rows as soon as the chunk is done (one writer at a time)."""
     images = chunk_result.images
@@ -330,6 +341,7 @@ CHECKS = [
         **{spec.get_python_identifier(): Out() for spec in CHECKS},
     },
     pool=STORE_POOL,
+    tags=STORE_STEP_TAGS,
 )
 def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
     """Index what the chunks wrote, write the digest's totals to the event log, and check them.

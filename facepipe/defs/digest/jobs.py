@@ -1,10 +1,21 @@
-"""The digest job: the digest assets of one group, on the multiprocess executor, and the run
-config that launches it (the CLI, the run client, the sensors and schedules all build it here)."""
+"""The digest job: the digest assets of one group, on the multiprocess executor (or on Celery
+workers when FACEPIPE_CELERY_BROKER is set), and the run config that launches it (the CLI, the run
+client, the sensors and schedules all build it here)."""
 
-from dagster import AssetSelection, Field, define_asset_job, multiprocess_executor
+from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job, multiprocess_executor
 
+from facepipe import settings
 from facepipe.defs.digest.config import digest_config
 from facepipe.request import DigestRequest, default_workers
+
+WORKERS_FIELD = {
+    "workers": Field(
+        int,
+        default_value=default_workers(),
+        description="Worker processes digesting chunks of photos in parallel (>= 1): on Celery, "
+        "the processes of all the workers, which the photos are split for.",
+    )
+}
 
 
 def _multiprocess_config(config: dict) -> dict:
@@ -17,22 +28,33 @@ def _multiprocess_config(config: dict) -> dict:
     }
 
 
-digest_executor = multiprocess_executor.configured(
-    _multiprocess_config,
-    config_schema={
-        "workers": Field(
-            int,
-            default_value=default_workers(),
-            description="Worker processes digesting chunks of photos in parallel (>= 1).",
-        )
-    },
-    name="digest_executor",
-)
+def _celery_config(config: dict) -> dict:
+    if config["workers"] < 1:
+        raise ValueError(f"workers must be at least 1, got {config['workers']}")
+    # the URLs are read from the environment by the executor: a password in one stays out of the UI
+    backend = "FACEPIPE_CELERY_BACKEND" if settings.celery_backend() != settings.celery_broker() else None
+    return {
+        "broker": {"env": "FACEPIPE_CELERY_BROKER"},
+        "backend": {"env": backend or "FACEPIPE_CELERY_BROKER"},
+    }
+
+
+def digest_executor() -> ExecutorDefinition:
+    """Celery workers when a broker is configured, this machine's processes otherwise.
+
+    The config is the same on both (`workers`), so every launcher builds one run config."""
+    if settings.celery_broker():
+        # only then: dagster-celery is the `celery` extra, and brings Celery and its broker clients
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(_celery_config, config_schema=WORKERS_FIELD, name="digest_executor")
+    return multiprocess_executor.configured(_multiprocess_config, config_schema=WORKERS_FIELD, name="digest_executor")
+
 
 digest_job = define_asset_job(
     "digest_job",
     selection=AssetSelection.assets("image_list", "faces", "embeddings", "stored_faces"),
-    executor_def=digest_executor,
+    executor_def=digest_executor(),
     description="Digest a folder of photos into a group: list, detect, embed and store faces.",
 )
 
