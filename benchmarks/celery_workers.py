@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.digest_speed import build_workload, machine  # noqa: E402
-from facepipe.settings import DEFAULT_QUEUE, STORE_QUEUE  # noqa: E402
-from facepipe_tests.celery_workers import redis_server, why_no_redis, workers  # noqa: E402
+from benchmarks.digest_speed import build_workload, machine
+from facepipe.settings import DEFAULT_QUEUE, STORE_QUEUE
+from facepipe_tests.celery_workers import redis_server, why_no_redis, workers
 
 STAGES = ("multiprocess2", "celery1", "celery2")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facepipe_tests.postgres_server import postgres_server, why_not_available  # noqa: E402
+from facepipe_tests.postgres_server import postgres_server, why_not_available
 
 SAMPLES = REPO.parent / "shared" / "faces" / "images"
 
