@@ -360,6 +360,7 @@ def outcome(kind: Kind, result) -> str | None:
     return None
 
 
+@pytest.mark.slow  # the whole generated corpus through the engine (about 20 s)
 def test_the_engine_lists_and_reads_every_kind_of_bad_input(tmp_path):
     """Every kind through list_images and faces_in_chunk (the digest's chunk step, in process)."""
     corpus = tmp_path / "corpus"
