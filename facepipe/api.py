@@ -637,7 +637,7 @@ UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...
 async def post_get_faces(
     file: UPLOAD,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-    confidence: CONFIDENCE = 0.5,
+    confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
     crops: Annotated[bool, Form(description="Add each face's crop, a base64 JPEG.")] = False,
 ) -> dict:
@@ -662,7 +662,7 @@ async def post_get_faces(
 async def post_get_embedding(
     file: UPLOAD,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-    confidence: CONFIDENCE = 0.5,
+    confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
 ) -> dict:
     """Each face's embedding (unit length, as stored and searched), with the profile and model."""
@@ -704,7 +704,7 @@ def _attributes_of(image, box, attributes: list[str]) -> dict:
 async def post_get_features(
     file: UPLOAD,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
-    confidence: CONFIDENCE = 0.5,
+    confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
     attributes: Annotated[
         str, Form(description="Comma-separated: age, gender, emotion; none for the landmarks only.")
