@@ -11,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,40 @@ def facepipe_ui(home: Path, daemons=("QUEUED_RUN_COORDINATOR",), **env_vars: str
 
     with facepipe_server(home, "ui", ready, **env_vars) as url:
         yield url
+
+
+class WebhookReceiver:
+    """An HTTP server on a loopback port that records every JSON POST; paths in `fail_once`
+    answer 503 to their first request (a receiver briefly down)."""
+
+    def __init__(self):
+        self.received: list[tuple[str, dict]] = []
+        self.fail_once = {"/flaky"}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.received.append((self.path, body))
+                status = 503 if self.path in receiver.fail_once else 200
+                receiver.fail_once.discard(self.path)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, path):
+        return [body for p, body in self.received if p == path]
+
+
+@pytest.fixture
+def receiver():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()

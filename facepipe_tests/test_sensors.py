@@ -12,10 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -320,43 +318,6 @@ def test_the_nightly_recheck_digests_every_watch_in_full(tmp_path, instance):
 
 
 # -- webhooks ---------------------------------------------------------------------------------------
-
-
-class WebhookReceiver:
-    """An HTTP server on a loopback port that records every JSON POST; paths in `fail_once`
-    answer 503 to their first request (a receiver briefly down)."""
-
-    def __init__(self):
-        self.received: list[tuple[str, dict]] = []
-        self.fail_once = {"/flaky"}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.received.append((self.path, body))
-                status = 503 if self.path in receiver.fail_once else 200
-                receiver.fail_once.discard(self.path)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def bodies(self, path):
-        return [body for p, body in self.received if p == path]
-
-
-@pytest.fixture
-def receiver():
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.server.shutdown()
 
 
 @pytest.mark.e2e

@@ -1,6 +1,10 @@
 """Webhooks: each digest that ends, successful or failed, is POSTed to the watches file's webhooks.
 
 The wiring over facepipe/notify.py; no webhooks in the file, no sensors.
+
+The sensors watch every run of the instance (`monitor_all_code_locations`) and keep the digests:
+a run status sensor that monitors its own location's jobs skips runs without a code location, and
+a `facepipe digest` that executes its run itself (no --detach) has none.
 """
 
 from dagster import (
@@ -15,8 +19,7 @@ from dagster import (
     run_status_sensor,
 )
 
-from facepipe.defs.digest.jobs import digest_job
-from facepipe.history import digest_summary
+from facepipe.history import DIGEST_JOB, digest_summary
 from facepipe.notify import post_summary, webhook_payload
 from facepipe.request import WATCH_TAG
 from facepipe.watching import WatchesConfig, load_watches_leniently
@@ -27,8 +30,10 @@ WEBHOOK_INTERVAL_SECONDS = 10
 
 def notify(context: RunStatusSensorContext, config: WatchesConfig, event: str) -> dict:
     """POST the digest's summary to every webhook; a webhook's failure is logged, never raised."""
+    run = context.dagster_run
+    if run.job_name != DIGEST_JOB:
+        return {}
     try:
-        run = context.dagster_run
         payload = webhook_payload(digest_summary(context.instance, run.run_id), event, run.tags.get(WATCH_TAG))
         outcomes = post_summary(config.webhook_urls(), payload, context.log)
     except Exception as err:  # a notification must never fail the sensor, nor block the next runs'
@@ -46,7 +51,7 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
     @run_status_sensor(
         name="digest_succeeded_webhooks",
         run_status=DagsterRunStatus.SUCCESS,
-        monitored_jobs=[digest_job],
+        monitor_all_code_locations=True,
         minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each completed digest's summary to the webhooks.",
@@ -56,7 +61,7 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
 
     @run_failure_sensor(
         name="digest_failed_webhooks",
-        monitored_jobs=[digest_job],
+        monitor_all_code_locations=True,
         minimum_interval_seconds=WEBHOOK_INTERVAL_SECONDS,
         default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each failed digest's summary, with its errors, to the webhooks.",
