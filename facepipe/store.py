@@ -165,6 +165,15 @@ class WriteCounts:
     images_recorded: int = 0
 
 
+@dataclass
+class DigestTotals:
+    """The group as a digest leaves it, for its summary and its checks."""
+
+    faces_in_group: int
+    faces_in_ledger: int  # what the group's ledger says its digested photos have
+    unsound_faces: list[dict]  # the run's faces with a bad vector or box
+
+
 class StoreBusy(RuntimeError):
     """The embedded store is held by another process: one process opens it at a time."""
 
@@ -824,6 +833,15 @@ class FaceStore:
         a server does it by itself). Free when there is nothing to do: a segment is indexed once it
         passes the optimizer's threshold (~20,000 dlib faces)."""
         self.backend.optimize(faces_collection(profile))
+
+    def finish_digest(self, group_id: str, profile: str, run_id: str) -> DigestTotals:
+        """What a digest's last step does to the store: index what its chunks wrote, then count."""
+        self.optimize(profile)
+        return DigestTotals(
+            faces_in_group=self.count_faces(group_id, profile),
+            faces_in_ledger=self.ledger_face_count(group_id, profile),
+            unsound_faces=self.unsound_faces(group_id, profile, run_id),
+        )
 
     def count_faces(self, group_id: str, profile: str) -> int:
         return self.count(faces_collection(profile), group_filter(group_id))

@@ -373,14 +373,13 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         "embed_seconds": round(seconds.get("embed", 0.0), 2),
     }
     with face_store.open() as store:
-        store.optimize(image_list.profile)
-        stored = {
-            "faces_stored": sum(c.faces_stored for c in stored_chunks),
-            "faces_replaced": sum(c.faces_replaced for c in stored_chunks),
-            "faces_in_group": store.count_faces(image_list.group_id, image_list.profile),
-        }
-        unsound = store.unsound_faces(image_list.group_id, image_list.profile, context.run_id)
-        in_ledger = store.ledger_face_count(image_list.group_id, image_list.profile)
+        totals = store.finish_digest(image_list.group_id, image_list.profile, context.run_id)
+    stored = {
+        "faces_stored": sum(c.faces_stored for c in stored_chunks),
+        "faces_replaced": sum(c.faces_replaced for c in stored_chunks),
+        "faces_in_group": totals.faces_in_group,
+    }
+    unsound = totals.unsound_faces
     yield Output(
         None,
         "faces",
@@ -437,8 +436,8 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
     yield AssetCheckResult(
         check_name="count_matches_ledger",
         asset_key="stored_faces",
-        passed=in_ledger == stored["faces_in_group"],
-        metadata={"faces_in_store": stored["faces_in_group"], "faces_in_ledger": in_ledger},
+        passed=totals.faces_in_ledger == totals.faces_in_group,
+        metadata={"faces_in_store": totals.faces_in_group, "faces_in_ledger": totals.faces_in_ledger},
     )
     if missing:
         raise Failure(
