@@ -25,8 +25,8 @@ def _answer_who_we_are(queues: list[str]) -> None:
     from celery.worker.control import inspect_command
 
     @inspect_command(name=WHO_ARE_YOU)
-    def facepipe_worker(state, token_file=None, token=None, photos=None):
-        return what_this_worker_sees(queues, token_file, token, photos)
+    def facepipe_worker(state, token_file=None, token=None, photos=None, photo_names=None):
+        return what_this_worker_sees(queues, token_file, token, photos, photo_names)
 
 
 def run_worker(queues: list[str], processes: int, name: str | None, loglevel: str = "INFO") -> None:

@@ -6,7 +6,8 @@ however it was launched (the UI, a sensor, a schedule: facepipe/celery_executor.
 worker` answers the inspect command WHO_ARE_YOU (registered by facepipe/celery_worker.py) from
 where it runs: the queues it serves, the store its store steps would open, where it keeps step
 outputs, whether it reads a token file just written in the local step-output folder, and whether
-it can list the digest's local photo folder. A digest that no worker would run, or that would
+it sees the digest's local photo folder (it lists it, and a few of the entries this machine sees
+there are there). A digest that no worker would run, or that would
 split its data between machines, is refused with one line naming the worker and what to set.
 """
 
@@ -45,7 +46,11 @@ def celery_app():
 
 
 def what_this_worker_sees(
-    queues: list[str], token_file: str | None = None, token: str | None = None, photos: str | None = None
+    queues: list[str],
+    token_file: str | None = None,
+    token: str | None = None,
+    photos: str | None = None,
+    photo_names: list[str] | None = None,
 ) -> dict:
     """A worker's answer to WHO_ARE_YOU, from where it runs (its main process)."""
     return {
@@ -53,7 +58,7 @@ def what_this_worker_sees(
         "store": store_opened_here(),
         "step_outputs": settings.step_outputs(),
         "reads_token": _reads(token_file, token) if token_file else None,
-        "photos_unreadable": _why_unlistable(photos) if photos else None,
+        "photos_unseen": _why_not_seen(photos, photo_names or []) if photos else None,
     }
 
 
@@ -64,14 +69,31 @@ def _reads(path: str, token: str | None) -> bool:
         return False
 
 
-def _why_unlistable(folder: str) -> str | None:
-    """None if this process can list `folder`, else why not (the OS's words)."""
+# How many of the photo folder's entries a worker must see too: an empty folder at the same path (a
+# mount point with nothing mounted) lists fine, and is not the photos
+ENTRIES_COMPARED = 5
+
+
+def _some_entries(folder: str | None) -> list[str]:
+    """A few names in `folder` as this machine sees it (none if it cannot list it: the digest says why)."""
+    if folder is None:
+        return []
+    try:
+        with os.scandir(folder) as entries:
+            return [entry.name for _, entry in zip(range(ENTRIES_COMPARED), entries)]
+    except OSError:
+        return []
+
+
+def _why_not_seen(folder: str, names: list[str]) -> str | None:
+    """None if this process lists `folder` and sees `names` in it, else why not."""
     try:
         with os.scandir(folder) as entries:
             next(entries, None)
     except OSError as err:
         return err.strerror or str(err)
-    return None
+    missing = [name for name in names if not os.path.lexists(os.path.join(folder, name))]
+    return f"no {missing[0]} in it" if missing else None
 
 
 @contextmanager
@@ -103,7 +125,12 @@ def check_workers(storage_directory: str, photos: str | None) -> None:
     with _token_in(outputs_folder) as (token_file, token):
         replies = celery_app().control.broadcast(
             WHO_ARE_YOU,
-            arguments={"token_file": token_file, "token": token, "photos": photos},
+            arguments={
+                "token_file": token_file,
+                "token": token,
+                "photos": photos,
+                "photo_names": _some_entries(photos),
+            },
             reply=True,
             timeout=REPLY_SECONDS,
         )
@@ -133,9 +160,9 @@ def check_workers(storage_directory: str, photos: str | None) -> None:
         if not digest_queues & set(worker["queues"]):
             continue
         _check_step_outputs(name, worker, outputs_folder)
-        if worker.get("photos_unreadable"):
+        if worker.get("photos_unseen"):
             raise WorkerConfigError(
-                f"worker {name} cannot list the photos at {photos} ({worker['photos_unreadable']}): share that "
+                f"worker {name} does not see the photos at {photos} ({worker['photos_unseen']}): share that "
                 "folder at the same path on every worker, or digest the photos from S3"
             )
 
