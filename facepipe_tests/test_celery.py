@@ -69,6 +69,8 @@ def test_digest_on_two_workers_ends_in_the_launching_machines_store(broker, phot
             env={"FACEPIPE_CELERY_BROKER": broker},
         )
     summary = json.loads(result.stdout)
+    # dagster-celery registers its task again for every step: Celery's warning about it is silenced
+    assert "DuplicateTaskNameWarning" not in result.stderr, result.stderr
 
     # the same photos on today's multiprocess executor: the reference the summary must match
     reference = json.loads(
@@ -215,18 +217,18 @@ def test_with_step_outputs_in_s3_a_worker_that_cannot_see_this_machines_storage_
     S3: the check passes, the digest completes with chunks on both workers, and its step outputs are
     objects under the prefix, none a pickle in the instance's storage folder."""
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="photos")
-    s3.create_bucket(Bucket="steps")
+    s3.create_bucket(Bucket="celery-photos")
+    s3.create_bucket(Bucket="celery-step-outputs")
     names = sorted(p.name for p in SAMPLE_IMAGES.glob("*.jpg"))[:8]
     for name in names:
-        s3.put_object(Bucket="photos", Key=f"event/{name}", Body=(SAMPLE_IMAGES / name).read_bytes())
+        s3.put_object(Bucket="celery-photos", Key=f"event/{name}", Body=(SAMPLE_IMAGES / name).read_bytes())
     here, there = tmp_path / "here", tmp_path / "there"
     storage = here / "dagster" / "storage"
     storage.mkdir(parents=True)
     # every machine: the same broker, step outputs and S3 endpoint (the AWS configuration's)
     env = {
         "FACEPIPE_CELERY_BROKER": broker,
-        "FACEPIPE_STEP_OUTPUTS": "s3://steps/facepipe",
+        "FACEPIPE_STEP_OUTPUTS": "s3://celery-step-outputs/facepipe",
         "AWS_ENDPOINT_URL": s3_endpoint,
     }
     with ExitStack() as stack:
@@ -234,7 +236,7 @@ def test_with_step_outputs_in_s3_a_worker_that_cannot_see_this_machines_storage_
         stack.enter_context(facepipe_worker(there, broker, "there", (DEFAULT_QUEUE,), env=env, hidden=(storage,)))
         result = run_facepipe(
             here,
-            *("digest", "s3://photos/event/", "--group", "g", "--s3-endpoint-url", s3_endpoint),
+            *("digest", "s3://celery-photos/event/", "--group", "g", "--s3-endpoint-url", s3_endpoint),
             *("--workers", "2", "--chunk-size", "2", "--json"),
             env=env,
         )
@@ -246,7 +248,7 @@ def test_with_step_outputs_in_s3_a_worker_that_cannot_see_this_machines_storage_
     assert {w for key, w in ran.items() if "extract_faces_in_chunk" in key} == {f"here@{host}", f"there@{host}"}, ran
     keys = [
         o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="steps")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="celery-step-outputs")
         for o in page.get("Contents", [])
     ]
     assert keys and all(key.startswith("facepipe/") for key in keys), keys

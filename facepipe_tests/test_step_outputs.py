@@ -12,17 +12,20 @@ import pytest
 from facepipe import settings
 from facepipe_tests.conftest import SAMPLE_IMAGES, run_facepipe
 
+# moto's server keeps its buckets in this process, shared by every test module's server: names of our own
+BUCKET = "multiprocess-step-outputs"
+
 
 @pytest.mark.e2e
 def test_a_digest_keeps_its_step_outputs_in_s3_and_none_in_the_instance(s3_endpoint, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket="steps")
+    s3.create_bucket(Bucket=BUCKET)
     photos = tmp_path / "photos"
     photos.mkdir()
     for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
         shutil.copy(path, photos)
     home = tmp_path / "home"
-    env = {"FACEPIPE_STEP_OUTPUTS": "s3://steps", "AWS_ENDPOINT_URL": s3_endpoint, "FACEPIPE_CELERY_BROKER": ""}
+    env = {"FACEPIPE_STEP_OUTPUTS": f"s3://{BUCKET}", "AWS_ENDPOINT_URL": s3_endpoint, "FACEPIPE_CELERY_BROKER": ""}
 
     result = run_facepipe(
         home, "digest", str(photos), "--group", "g", "--workers", "2", "--chunk-size", "2", "--json", env=env
@@ -30,7 +33,7 @@ def test_a_digest_keeps_its_step_outputs_in_s3_and_none_in_the_instance(s3_endpo
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed" and summary["images_done"] == 4, summary
 
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="steps").get("Contents", [])]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     # no prefix in the setting: the library's default, "dagster"
     assert keys and all(key.startswith("dagster/") for key in keys), keys
     assert any(summary["run_id"] in key and "extract_faces_in_chunk" in key for key in keys), keys
