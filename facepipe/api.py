@@ -33,7 +33,6 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
-from facepipe.celery_worker import WorkerConfigError
 from facepipe.defs.partitions import GROUPS
 from facepipe.engine.faces import faces_in_image
 from facepipe.engine.images import decode_image
@@ -69,6 +68,7 @@ from facepipe.runs import (
 )
 from facepipe.search import SearchError, group_profiles, search_faces
 from facepipe.store import StoreBusy, StoreDamaged, StoreUnavailable, open_store_from_settings
+from facepipe.worker_check import WorkerConfigError
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this

@@ -29,8 +29,8 @@ class Commands(click.Group):
     line that says what to change, not a traceback."""
 
     def invoke(self, ctx):
-        from facepipe.celery_worker import WorkerConfigError
         from facepipe.instance import InstanceConfigError
+        from facepipe.worker_check import WorkerConfigError
 
         try:
             return super().invoke(ctx)

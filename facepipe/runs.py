@@ -27,10 +27,9 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from facepipe.celery_worker import check_workers
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.config import request_from_config
-from facepipe.defs.digest.jobs import digest_run_config
+from facepipe.defs.digest.jobs import digest_run_config, local_photos
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
 from facepipe.defs.resources import s3_client
@@ -42,6 +41,7 @@ from facepipe.instance import EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG, INTERNAL_TAG_
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
 from facepipe.store import open_store_from_settings
 from facepipe.thumbnails import read_stored_photo
+from facepipe.worker_check import check_workers
 
 # Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists; the machine
 # and process executing a `facepipe digest` (to cancel it, and for run monitoring: facepipe.instance)
@@ -92,9 +92,10 @@ def run_digest(
     """
     workers = _workers(workers)
     instance = instance or instance_for_digests()
-    check_workers()
+    run_config = digest_run_config(request, workers)
+    check_workers(instance.storage_directory(), local_photos(run_config))
     _add_group(instance, request.group_id)
-    return _execute(instance, run_tags(request, workers), on_progress, run_config=digest_run_config(request, workers))
+    return _execute(instance, run_tags(request, workers), on_progress, run_config=run_config)
 
 
 def retry_digest(
@@ -103,7 +104,7 @@ def retry_digest(
     """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
-    check_workers()
+    check_workers(instance.storage_directory(), local_photos(parent.run_config))
     return _execute(
         instance,
         _retry_tags(parent),
@@ -264,7 +265,8 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     """
     workers = _workers(workers)
     instance = instance or instance_for_digests()
-    check_workers()
+    run_config = digest_run_config(request, workers)
+    check_workers(instance.storage_directory(), local_photos(run_config))
     _add_group(instance, request.group_id)
     run_id = str(uuid.uuid4())
     command = [
@@ -284,7 +286,7 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
         "--tags",
         json.dumps(run_tags(request, workers)),
         "--config-json",
-        json.dumps(digest_run_config(request, workers)),
+        json.dumps(run_config),
     ]
     env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
     launched = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -14,6 +14,8 @@
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
   the digest's steps on `facepipe worker` processes, on any machine, instead of this machine's
   processes; the result backend defaults to the broker.
+- FACEPIPE_STEP_OUTPUTS: `s3://bucket/prefix`, where runs keep their step outputs (pickles every
+  worker on any machine reads) instead of the instance's storage folder.
 """
 
 import os
@@ -67,6 +69,16 @@ def celery_broker() -> str | None:
 def celery_backend() -> str | None:
     """FACEPIPE_CELERY_BACKEND: where workers put the steps' results (default: the broker)."""
     return os.environ.get("FACEPIPE_CELERY_BACKEND") or celery_broker()
+
+
+def step_outputs() -> str | None:
+    """FACEPIPE_STEP_OUTPUTS: `s3://bucket/prefix` where runs keep their step outputs (dagster-aws's
+    S3PickleIOManager, through the AWS configuration's endpoint and credentials); unset, Dagster's
+    default: pickles in the run's instance's storage folder, which only this machine reads."""
+    url = os.environ.get("FACEPIPE_STEP_OUTPUTS") or None
+    if url and not (url.startswith("s3://") and url.removeprefix("s3://").split("/", 1)[0]):
+        raise ValueError(f"FACEPIPE_STEP_OUTPUTS must be s3://bucket/prefix, got {url!r}")
+    return url
 
 
 def store_queue() -> str:

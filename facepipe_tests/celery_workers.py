@@ -3,10 +3,13 @@
 Redis is Debian's `redis-server` (`.ci/run` installs it), started on a free loopback port without
 persistence and stopped after. Each worker is `facepipe worker` in its own process group, with its
 own FACEPIPE_HOME (a stand-in for another machine), stopped with SIGTERM (Celery's warm shutdown)
-and then killed with its pool processes if it lingers.
+and then killed with its pool processes if it lingers. A worker given `hidden` folders runs in its
+own mount namespace (`unshare --mount`) with an empty tmpfs mounted over each: it really cannot see
+them, as a worker on another machine cannot see this machine's folders.
 """
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -31,6 +34,21 @@ def why_no_redis() -> str | None:
         import dagster_celery  # noqa: F401
     except ImportError:
         return 'dagster-celery is not installed (pip install -e ".[celery]")'
+    return None
+
+
+def why_no_mount_namespace(folder: Path) -> str | None:
+    """Why a worker cannot be started with folders hidden from it here (the reason a test skips
+    with), or None: it takes `unshare --mount` and mounting a tmpfs (root, or CAP_SYS_ADMIN)."""
+    if shutil.which("unshare") is None:
+        return "util-linux's unshare is not installed"
+    tried = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs {shlex.quote(str(folder))}"],
+        capture_output=True,
+        text=True,
+    )
+    if tried.returncode != 0:
+        return f"a mount namespace with a tmpfs is not permitted here: {tried.stderr.strip()}"
     return None
 
 
@@ -80,15 +98,27 @@ def redis_server():
 
 @contextmanager
 def facepipe_worker(
-    home: Path, broker: str, name: str, queues=("dagster",), processes: int = 1, log: Path | None = None
+    home: Path,
+    broker: str,
+    name: str,
+    queues=("dagster",),
+    processes: int = 1,
+    log: Path | None = None,
+    env: dict | None = None,
+    hidden: tuple[Path, ...] = (),
 ):
-    """`facepipe worker` with FACEPIPE_HOME=home, serving `queues`, until it says it is ready."""
+    """`facepipe worker` with FACEPIPE_HOME=home (and `env`), serving `queues`, until it says it is
+    ready; the `hidden` folders (they must exist) are covered by an empty tmpfs in its own mount
+    namespace."""
     log = log or home.with_name(f"{home.name}-{name}.log")
-    env = {**os.environ, "FACEPIPE_HOME": str(home), "FACEPIPE_CELERY_BROKER": broker}
+    env = {**os.environ, "FACEPIPE_HOME": str(home), "FACEPIPE_CELERY_BROKER": broker, **(env or {})}
     env.pop("DAGSTER_HOME", None)
     args = [sys.executable, "-m", "facepipe.cli", "worker", "--name", name, "--processes", str(processes)]
     for queue in queues:
         args += ["--queue", queue]
+    if hidden:
+        mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(folder))}" for folder in hidden)
+        args = ["unshare", "--mount", "sh", "-c", f'{mounts} && exec "$@"', "sh", *args]
     with open(log, "w") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -2,18 +2,24 @@
 real `facepipe worker` processes whose FACEPIPE_HOME folders differ (two machines' stand-ins).
 
 Only the launching machine's worker serves the store queue: every face must end in the launching
-machine's embedded store, and none in the other worker's, while the chunks run on both.
+machine's embedded store, and none in the other worker's, while the chunks run on both. Where the
+other machine must not see this one's folders (step outputs, photos), its worker runs in its own
+mount namespace with an empty tmpfs over them: the namespace stands in for another machine.
 """
 
 import json
 import shutil
 import socket
+import time
+from contextlib import ExitStack
 
+import boto3
 import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from facepipe.settings import DEFAULT_QUEUE, STORE_QUEUE
-from facepipe_tests.celery_workers import redis_server, why_no_redis, workers
-from facepipe_tests.conftest import SAMPLE_IMAGES, faces_by_photo, run_facepipe
+from facepipe_tests.celery_workers import facepipe_worker, redis_server, why_no_mount_namespace, why_no_redis, workers
+from facepipe_tests.conftest import SAMPLE_IMAGES, facepipe_ui, faces_by_photo, run_facepipe
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +69,8 @@ def test_digest_on_two_workers_ends_in_the_launching_machines_store(broker, phot
             env={"FACEPIPE_CELERY_BROKER": broker},
         )
     summary = json.loads(result.stdout)
+    # dagster-celery registers its task again for every step: Celery's warning about it is silenced
+    assert "DuplicateTaskNameWarning" not in result.stderr, result.stderr
 
     # the same photos on today's multiprocess executor: the reference the summary must match
     reference = json.loads(
@@ -114,3 +122,136 @@ def test_worker_without_a_broker_says_what_to_set(tmp_path):
     result = run_facepipe(tmp_path / "home", "worker", check=False, env={"FACEPIPE_CELERY_BROKER": ""})
     assert result.returncode != 0
     assert "set FACEPIPE_CELERY_BROKER" in result.stderr
+
+
+def test_a_run_launched_from_the_ui_that_no_worker_would_run_fails_at_once_with_the_reason(broker, photos, tmp_path):
+    """Not through the `facepipe` command (whose check refuses before a run exists): through the GraphQL
+    mutation the UI's Launchpad uses, with a worker serving only the chunks' queue. The run itself asks
+    the workers before it sends a step, and fails instead of waiting for ever on the store's queue."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    home, there = tmp_path / "here", tmp_path / "there"
+    with ExitStack() as stack:
+        stack.enter_context(facepipe_worker(there, broker, "there", (DEFAULT_QUEUE,)))
+        url = stack.enter_context(facepipe_ui(home, FACEPIPE_CELERY_BROKER=broker))
+        client = DagsterGraphQLClient("127.0.0.1", port_number=int(url.rsplit(":", 1)[1]))
+        instance = stack.enter_context(DagsterInstance.from_config(str(home / "dagster")))
+        instance.add_dynamic_partitions("digest_groups", ["ui"])  # the group, as the Launchpad's picker adds it
+        run_id = client.submit_job_execution(
+            "digest_job",
+            repository_location_name="facepipe",
+            repository_name="__repository__",
+            run_config={
+                "ops": {
+                    "digest": {"ops": {"list_images": {"config": {"source": {"local_folder": {"path": str(photos)}}}}}}
+                }
+            },
+            tags={"dagster/partition": "ui"},
+        )
+        status = wait_for_the_end(instance, run_id)
+        logs = instance.all_logs(run_id)
+    assert status == DagsterRunStatus.FAILURE
+    (failure,) = [e.dagster_event for e in logs if e.dagster_event and e.dagster_event.is_run_failure]
+    error = failure.event_specific_data.error
+    assert error.message.startswith(
+        "facepipe.worker_check.WorkerConfigError: no facepipe worker serves the store's queue 'facepipe_store'"
+    )
+    assert not [e for e in logs if e.dagster_event and e.dagster_event.event_type == DagsterEventType.STEP_START]
+
+
+def wait_for_the_end(instance, run_id, timeout: float = 300):
+    """The run's status once it has ended (a bound on a hang, not on speed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run and run.is_finished:
+            return run.status
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} still {run.status if run else 'missing'} after {timeout} s")
+
+
+@pytest.fixture
+def hidden_ok(tmp_path):
+    reason = why_no_mount_namespace(tmp_path)
+    if reason:
+        pytest.skip(reason)
+
+
+def test_a_worker_that_cannot_see_the_step_outputs_or_the_photos_is_refused_before_any_work(
+    broker, photos, tmp_path, hidden_ok
+):
+    here, there = tmp_path / "here", tmp_path / "there"
+    storage = here / "dagster" / "storage"  # Dagster's default IO manager keeps the step outputs here
+    storage.mkdir(parents=True)
+    env = {"FACEPIPE_CELERY_BROKER": broker}
+    digest_args = ("digest", str(photos), "--group", "g", "--json")
+    host = socket.gethostname()
+    with facepipe_worker(here, broker, "here", (DEFAULT_QUEUE, STORE_QUEUE)):
+        # another machine (its own mount namespace) that sees neither this machine's storage nor its photos
+        with facepipe_worker(there, broker, "there", (DEFAULT_QUEUE,), hidden=(storage, photos)):
+            refused = run_facepipe(here, *digest_args, check=False, env=env)
+        assert refused.returncode != 0, refused.stdout
+        assert (
+            f"worker there@{host} cannot read the step outputs at {storage}: "
+            "set FACEPIPE_STEP_OUTPUTS=s3://bucket/prefix on every machine, or share that folder at the same path"
+        ) in refused.stderr, refused.stderr
+
+        # the storage shared at the same path, the photos not
+        with facepipe_worker(there, broker, "there2", (DEFAULT_QUEUE,), hidden=(photos,)):
+            refused = run_facepipe(here, *digest_args, check=False, env=env)
+        assert refused.returncode != 0, refused.stdout
+        # an empty folder at the same path (the tmpfs) lists fine: it is not the photos
+        assert f"worker there2@{host} does not see the photos at {photos} (no " in refused.stderr, refused.stderr
+        assert (
+            "in it): share that folder at the same path on every worker, or digest the photos from S3"
+        ) in refused.stderr, refused.stderr
+
+    assert json.loads(run_facepipe(here, "digests", "list", "--json", env=env).stdout) == []
+    assert not list(storage.iterdir()), "a refused digest left something in the step-output folder"
+
+
+def test_with_step_outputs_in_s3_a_worker_that_cannot_see_this_machines_storage_runs_chunks(
+    broker, tmp_path, hidden_ok, s3_endpoint
+):
+    """The same other machine as above, with FACEPIPE_STEP_OUTPUTS on the moto server and the photos in
+    S3: the check passes, the digest completes with chunks on both workers, and its step outputs are
+    objects under the prefix, none a pickle in the instance's storage folder."""
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="celery-photos")
+    s3.create_bucket(Bucket="celery-step-outputs")
+    names = sorted(p.name for p in SAMPLE_IMAGES.glob("*.jpg"))[:8]
+    for name in names:
+        s3.put_object(Bucket="celery-photos", Key=f"event/{name}", Body=(SAMPLE_IMAGES / name).read_bytes())
+    here, there = tmp_path / "here", tmp_path / "there"
+    storage = here / "dagster" / "storage"
+    storage.mkdir(parents=True)
+    # every machine: the same broker, step outputs and S3 endpoint (the AWS configuration's)
+    env = {
+        "FACEPIPE_CELERY_BROKER": broker,
+        "FACEPIPE_STEP_OUTPUTS": "s3://celery-step-outputs/facepipe",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }
+    with ExitStack() as stack:
+        stack.enter_context(facepipe_worker(here, broker, "here", (DEFAULT_QUEUE, STORE_QUEUE), env=env))
+        stack.enter_context(facepipe_worker(there, broker, "there", (DEFAULT_QUEUE,), env=env, hidden=(storage,)))
+        result = run_facepipe(
+            here,
+            *("digest", "s3://celery-photos/event/", "--group", "g", "--s3-endpoint-url", s3_endpoint),
+            *("--workers", "2", "--chunk-size", "2", "--json"),
+            env=env,
+        )
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["images_done"] == len(names), summary
+
+    ran = steps_by_worker(here, summary["run_id"])
+    host = socket.gethostname()
+    assert {w for key, w in ran.items() if "extract_faces_in_chunk" in key} == {f"here@{host}", f"there@{host}"}, ran
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="celery-step-outputs")
+        for o in page.get("Contents", [])
+    ]
+    assert keys and all(key.startswith("facepipe/") for key in keys), keys
+    assert any(summary["run_id"] in key and "extract_faces_in_chunk" in key for key in keys), keys
+    pickled = [p for p in storage.rglob("*") if p.is_file() and "compute_logs" not in p.parts]
+    assert pickled == [], pickled

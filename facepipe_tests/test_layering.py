@@ -26,6 +26,8 @@ LAYERS = [
             "facepipe.history",
             "facepipe.instance",
             "facepipe.postgres_storage",
+            "facepipe.worker_check",
+            "facepipe.celery_executor",
         },
     ),
     ("Dagster layer", {"facepipe.defs"}),

@@ -1,9 +1,10 @@
-"""The resources every facepipe job uses: the face store and S3, chosen from the settings here."""
+"""The resources every facepipe job uses: the face store, S3, and where step outputs go, chosen from
+the settings here."""
 
 from contextlib import ExitStack, contextmanager
 
 from dagster import ConfigurableResource, Definitions, EnvVar, RetryRequested, definitions
-from dagster_aws.s3 import S3Resource
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import Field
 
 from facepipe import settings
@@ -60,6 +61,23 @@ def face_store() -> FaceStoreResource:
     return FaceStoreResource(path=str(settings.qdrant_path()))
 
 
+def step_outputs_in_s3() -> dict:
+    """With FACEPIPE_STEP_OUTPUTS, the runs' IO manager: pickles under s3://bucket/prefix, which workers
+    on every machine read (dagster-aws's S3PickleIOManager); otherwise none here, and Dagster's
+    default keeps them in the instance's storage folder, which only this machine reads."""
+    url = settings.step_outputs()
+    if not url:
+        return {}
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    # the endpoint and credentials of the AWS configuration (AWS_ENDPOINT_URL...), as for S3 photos;
+    # no prefix: the library's own default
+    return {
+        "io_manager": S3PickleIOManager(
+            s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix=prefix.strip("/") or "dagster"
+        )
+    }
+
+
 @definitions
 def resources() -> Definitions:
     return Definitions(
@@ -68,5 +86,6 @@ def resources() -> Definitions:
             # credentials from the standard AWS chain (environment, profile, instance role), never from
             # config; the endpoint and region from the AWS configuration or the digest's s3_* fields
             "s3": S3Resource(),
+            **step_outputs_in_s3(),
         }
     )

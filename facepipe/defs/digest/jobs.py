@@ -1,6 +1,9 @@
 """The digest job: the digest assets of one group, on the multiprocess executor (or on Celery
-workers when FACEPIPE_CELERY_BROKER is set), and the run config that launches it (the CLI, the run
-client, the sensors and schedules all build it here)."""
+workers when FACEPIPE_CELERY_BROKER is set, which the run asks first whether they can run it), and
+the run config that launches it (the CLI, the run client, the sensors and schedules all build it
+here)."""
+
+from collections.abc import Mapping
 
 from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job, multiprocess_executor
 
@@ -39,15 +42,23 @@ def _celery_config(config: dict) -> dict:
     }
 
 
+def local_photos(run_config: Mapping) -> str | None:
+    """The local folder a digest_job run reads, from its run config; None for an S3 prefix."""
+    list_images = run_config.get("ops", {}).get("digest", {}).get("ops", {}).get("list_images", {})
+    return list_images.get("config", {}).get("source", {}).get("local_folder", {}).get("path")
+
+
 def digest_executor() -> ExecutorDefinition:
     """Celery workers when a broker is configured, this machine's processes otherwise.
 
     The config is the same on both (`workers`), so every launcher builds one run config."""
     if settings.celery_broker():
         # only then: dagster-celery is the `celery` extra, and brings Celery and its broker clients
-        from dagster_celery import celery_executor
+        from facepipe.celery_executor import worker_checking_celery_executor
 
-        return celery_executor.configured(_celery_config, config_schema=WORKERS_FIELD, name="digest_executor")
+        return worker_checking_celery_executor(local_photos).configured(
+            _celery_config, config_schema=WORKERS_FIELD, name="digest_executor"
+        )
     return multiprocess_executor.configured(_multiprocess_config, config_schema=WORKERS_FIELD, name="digest_executor")
 
 
