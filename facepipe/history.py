@@ -94,12 +94,21 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
             else:
                 reason = "failed"
             errors.append(f"{event.step_key}: {reason.strip()}")
-        else:
-            errors.append(event_record.event_log_entry.message or event.message or "")
+        else:  # the run's failure: the error that failed it before any step (a check), else Dagster's words
+            error = event.job_failure_data.error if event.job_failure_data else None
+            dagsters_words = event_record.event_log_entry.message or event.message or ""
+            errors.append(_without_class(error) if error else dagsters_words)
     run = record.dagster_run
     return summarise(
         run_id, run.status, dict(run.tags), record.start_time, record.end_time, materialized, observations, errors
     )
+
+
+def _without_class(error) -> str:
+    """An exception's message without the `module.ClassName: ` Dagster's error info starts with."""
+    text = error.message.strip()
+    prefix, colon, rest = text.partition(": ")
+    return rest if colon and error.cls_name and prefix.endswith(error.cls_name) else text
 
 
 def summarise(

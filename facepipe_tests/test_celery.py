@@ -150,6 +150,7 @@ def test_a_run_launched_from_the_ui_that_no_worker_would_run_fails_at_once_with_
         )
         status = wait_for_the_end(instance, run_id)
         logs = instance.all_logs(run_id)
+        shown = json.loads(run_facepipe(home, "digests", "show", run_id, "--json").stdout)
     assert status == DagsterRunStatus.FAILURE
     (failure,) = [e.dagster_event for e in logs if e.dagster_event and e.dagster_event.is_run_failure]
     error = failure.event_specific_data.error
@@ -157,6 +158,9 @@ def test_a_run_launched_from_the_ui_that_no_worker_would_run_fails_at_once_with_
         "facepipe.worker_check.WorkerConfigError: no facepipe worker serves the store's queue 'facepipe_store'"
     )
     assert not [e for e in logs if e.dagster_event and e.dagster_event.event_type == DagsterEventType.STEP_START]
+    # and the CLI says why, in the words of the check
+    assert shown["status"] == "failed"
+    assert shown["errors"] == [error.message.strip().removeprefix("facepipe.worker_check.WorkerConfigError: ")]
 
 
 def wait_for_the_end(instance, run_id, timeout: float = 300):
