@@ -25,17 +25,24 @@ def _validation_message(err: ValidationError) -> str:
 
 
 class Commands(click.Group):
-    """The `facepipe` commands: an instance configuration that contradicts facepipe's settings is one
-    line that says what to change, not a traceback."""
+    """The `facepipe` commands: a setting facepipe cannot use, or an instance or workers' configuration
+    that contradicts its settings, is one line that says what to change, not a traceback."""
 
     def invoke(self, ctx):
         from facepipe.instance import InstanceConfigError
+        from facepipe.settings import SettingError
         from facepipe.worker_check import WorkerConfigError
 
         try:
             return super().invoke(ctx)
-        except (InstanceConfigError, WorkerConfigError) as err:
-            raise click.ClickException(str(err)) from None
+        except Exception as err:
+            # Dagster's loader wraps what a definition raised (a setting read as the definitions load)
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, (InstanceConfigError, SettingError, WorkerConfigError)):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise click.ClickException(str(cause)) from None
 
 
 @click.group(cls=Commands)

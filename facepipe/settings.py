@@ -71,13 +71,17 @@ def celery_backend() -> str | None:
     return os.environ.get("FACEPIPE_CELERY_BACKEND") or celery_broker()
 
 
+class SettingError(ValueError):
+    """An environment variable facepipe reads has a value it cannot use; the message names it."""
+
+
 def step_outputs() -> str | None:
     """FACEPIPE_STEP_OUTPUTS: `s3://bucket/prefix` where runs keep their step outputs (dagster-aws's
     S3PickleIOManager, through the AWS configuration's endpoint and credentials); unset, Dagster's
     default: pickles in the run's instance's storage folder, which only this machine reads."""
     url = os.environ.get("FACEPIPE_STEP_OUTPUTS") or None
     if url and not (url.startswith("s3://") and url.removeprefix("s3://").split("/", 1)[0]):
-        raise ValueError(f"FACEPIPE_STEP_OUTPUTS must be s3://bucket/prefix, got {url!r}")
+        raise SettingError(f"FACEPIPE_STEP_OUTPUTS must be s3://bucket/prefix, got {url!r}")
     return url
 
 

@@ -47,3 +47,12 @@ def test_a_step_output_setting_that_is_not_an_s3_url_says_what_to_write(monkeypa
     monkeypatch.setenv("FACEPIPE_STEP_OUTPUTS", value)
     with pytest.raises(ValueError, match=r"^FACEPIPE_STEP_OUTPUTS must be s3://bucket/prefix, got "):
         settings.step_outputs()
+
+
+def test_the_facepipe_command_says_so_in_one_line(tmp_path):
+    # read as the definitions load, inside Dagster's loader, which wraps it: still one line
+    result = run_facepipe(
+        tmp_path / "home", "digest", str(SAMPLE_IMAGES), "--group", "g", check=False, env={"FACEPIPE_STEP_OUTPUTS": "x"}
+    )
+    assert result.returncode == 1
+    assert result.stderr == "Error: FACEPIPE_STEP_OUTPUTS must be s3://bucket/prefix, got 'x'\n"
