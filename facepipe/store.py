@@ -50,7 +50,7 @@ SCROLL_PAGE = 1024
 # Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
 KEYWORD_INDEXES = {
     "faces": ("group_id", "image_path", "run_id"),
-    "images": ("group_id", "image_path", "status"),
+    "images": ("group_id", "image_path", "status", "run_id"),
     "people": ("group_id",),
 }
 INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
@@ -167,10 +167,13 @@ class WriteCounts:
 
 @dataclass
 class DigestTotals:
-    """The group as a digest leaves it, for its summary and its checks."""
+    """The group as a digest leaves it, for its summary and its checks. What is checked is the run's
+    own work (as costly as the digest, not as the group: a watch's digest of ten photos into a group
+    of a million faces must not read the group's whole ledger)."""
 
     faces_in_group: int
-    faces_in_ledger: int  # what the group's ledger says its digested photos have
+    faces_of_run: int  # the faces in the store that the run stored
+    faces_in_ledger_of_run: int  # what the ledger rows the run wrote say their photos have
     unsound_faces: list[dict]  # the run's faces with a bad vector or box
 
 
@@ -839,7 +842,8 @@ class FaceStore:
         self.optimize(profile)
         return DigestTotals(
             faces_in_group=self.count_faces(group_id, profile),
-            faces_in_ledger=self.ledger_face_count(group_id, profile),
+            faces_of_run=self.count(faces_collection(profile), group_filter(group_id, run_id=run_id)),
+            faces_in_ledger_of_run=self.ledger_face_count(group_id, profile, run_id),
             unsound_faces=self.unsound_faces(group_id, profile, run_id),
         )
 
@@ -891,13 +895,12 @@ class FaceStore:
             unsound.append({"face_id": face.id, "image_path": face.payload["image_path"], "problem": problem})
         return unsound
 
-    def ledger_face_count(self, group_id: str, profile: str) -> int:
-        """The faces the group's ledger says its digested photos have."""
+    def ledger_face_count(self, group_id: str, profile: str, run_id: str | None = None) -> int:
+        """The faces the group's ledger says its digested photos have (those a run digested, with `run_id`)."""
+        where = group_filter(group_id, status="done", **({"run_id": run_id} if run_id else {}))
         return sum(
             p.payload.get("faces", 0)
-            for p in self.scroll(
-                images_collection(profile), group_filter(group_id, status="done"), payload_keys=("faces",), page=4096
-            )
+            for p in self.scroll(images_collection(profile), where, payload_keys=("faces",), page=4096)
         )
 
     def face_ids_of_run(

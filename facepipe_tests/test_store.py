@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facepipe.engine.faces import Face, ImageResult
-from facepipe.store import FaceStore, face_point_id, faces_collection
+from facepipe.store import FaceStore, face_point_id, faces_collection, group_filter
 
 
 def result(path, content_hash, faces=1, previously=False) -> ImageResult:
@@ -71,6 +71,19 @@ def test_failed_photos_are_recorded_but_not_counted_as_digested(open_store):
         assert store.digested_images("g", "dlib") == {}
         (record,) = store.scroll("images_dlib")
         assert record.payload["status"] == "failed" and "not an image" in record.payload["error"]
+
+
+def test_a_digests_totals_count_its_own_work_and_see_a_face_gone_missing(open_store):
+    with open_store() as store:
+        store.write("g", "dlib", [result("/old.jpg", "o", faces=3)], run_id="r1")
+        store.write("g", "dlib", [result("/a.jpg", "a", faces=2), result("/b.jpg", "b")], run_id="r2")
+        totals = store.finish_digest("g", "dlib", "r2")
+        assert (totals.faces_in_group, totals.faces_of_run, totals.faces_in_ledger_of_run) == (6, 3, 3)
+        assert totals.unsound_faces == []
+        # a face of the run gone from the store (a damaged store, a write lost): the ledger disagrees
+        store.delete(faces_collection("dlib"), group_filter("g", image_path="/b.jpg"))
+        totals = store.finish_digest("g", "dlib", "r2")
+        assert (totals.faces_of_run, totals.faces_in_ledger_of_run) == (2, 3)
 
 
 def test_nearest_faces_stay_within_the_group(open_store):

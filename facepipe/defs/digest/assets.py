@@ -326,7 +326,7 @@ CHECKS = [
     AssetCheckSpec(
         "count_matches_ledger",
         asset="stored_faces",
-        description="The group's faces in the store are as many as its ledger says its photos have.",
+        description="The faces the digest stored are as many as its ledger rows say its photos have.",
     ),
 ]
 
@@ -436,8 +436,8 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
     yield AssetCheckResult(
         check_name="count_matches_ledger",
         asset_key="stored_faces",
-        passed=totals.faces_in_ledger == totals.faces_in_group,
-        metadata={"faces_in_store": totals.faces_in_group, "faces_in_ledger": totals.faces_in_ledger},
+        passed=totals.faces_of_run == totals.faces_in_ledger_of_run,
+        metadata={"faces_in_store": totals.faces_of_run, "faces_in_ledger": totals.faces_in_ledger_of_run},
     )
     if missing:
         raise Failure(
