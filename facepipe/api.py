@@ -67,7 +67,7 @@ from facepipe.runs import (
     start_retry,
 )
 from facepipe.search import SearchError, group_profiles, search_faces
-from facepipe.store import StoreBusy, StoreDamaged, StoreUnavailable, open_store_from_settings
+from facepipe.store import StoreBusy, StoreDamaged, StoreNotWritable, StoreUnavailable, open_store_from_settings
 from facepipe.worker_check import WorkerConfigError
 
 RETRY_AFTER_SECONDS = 10
@@ -122,6 +122,12 @@ async def _bad_request(request, err: RequestValidationError):
 async def _damaged_store(request, err: StoreDamaged):
     """A damaged face store: 500 with the message that names it and what to do, never an empty answer."""
     return JSONResponse(status_code=500, content={"detail": str(err)})
+
+
+@app.exception_handler(StoreNotWritable)
+async def _unwritable_store(request, err: StoreNotWritable):
+    """A face store on a full or read-only disk: 503 with the message that names it and what to do."""
+    return JSONResponse(status_code=503, content={"detail": str(err)})
 
 
 _key_header = APIKeyHeader(

@@ -16,6 +16,7 @@ from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import (
     StoreBusy,
     StoreDamaged,
+    StoreNotWritable,
     StoreUnavailable,
     is_local_mode_store,
     migrate_local_store,
@@ -40,7 +41,7 @@ def _store():
     try:
         with open_store_from_settings() as store:
             yield store
-    except (StoreBusy, StoreDamaged, StoreUnavailable) as err:
+    except (StoreBusy, StoreDamaged, StoreNotWritable, StoreUnavailable) as err:
         raise click.ClickException(str(err)) from None
 
 

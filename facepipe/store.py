@@ -22,6 +22,7 @@ shard's WAL); the pipeline keeps to that with a Dagster pool of size 1 around th
 it, and `StoreBusy` tells a user that another process holds it.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -190,6 +191,19 @@ class StoreDamaged(RuntimeError):
     has lost faces its ledger records: never answered as an empty or smaller group."""
 
 
+class StoreNotWritable(RuntimeError):
+    """The embedded store's folder cannot be written: its disk is full, its file system read-only,
+    or the folder is not this user's to write. Qdrant Edge writes even to open a store (it cannot
+    open one read-only), so reading fails too. Nothing stored is lost: fix the disk, and it opens."""
+
+
+# Qdrant Edge memory-maps its files and grows them as it writes: a write into a mapped page the
+# disk has no room for kills the process with SIGBUS (no error to catch), and a store opened on a
+# disk with no room at all fails with "No space left on device". So the embedded store is opened
+# only with this much room: measured on tmpfs (qdrant-edge-py 0.9.0), a new store took 15 MB, and
+# one open and write of a 500-face store 34 MB at most (a new segment); 100 faces take ~0.15 MB.
+MIN_FREE_BYTES = 64 * 2**20
+
 # What to do about a damaged store, in every StoreDamaged message
 RECOVER = (
     "restore the folder from a backup; or move it aside (keep it for a bug report) and digest each "
@@ -213,6 +227,71 @@ def _is_storage_error(err: BaseException) -> bool:
     return type(err).__name__ == "PanicException" or str(err).startswith("Service runtime error")
 
 
+# the errors of a disk, not of the store's files: the OS's errno, or the same in Qdrant Edge's
+# messages ("... No space left on device (os error 28)")
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _disk_errno(err: BaseException) -> int | None:
+    """The errno of a disk fault behind `err` (an OSError, or a Qdrant Edge error that quotes one)."""
+    if isinstance(err, OSError) and err.errno in _DISK_ERRNOS:
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found and int(found.group(1)) in _DISK_ERRNOS else None
+
+
+def _not_writable(root, code: int) -> StoreNotWritable:
+    """The one message for each disk fault: the folder, what is wrong, what to do."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(root)
+        room = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+        return StoreNotWritable(
+            f"the face store at {root} cannot be written: no space left on its disk{room}, and facepipe needs "
+            f"{MIN_FREE_BYTES // 2**20} MiB there to open the store. Free space on it (`df -h {root}`) or move "
+            "FACEPIPE_HOME to a larger disk, then digest again (`facepipe digests retry RUN_ID` finishes a "
+            "failed digest); what the store holds is kept"
+        )
+    if code == errno.EROFS:
+        return StoreNotWritable(
+            f"the face store at {root} is on a read-only file system: remount it read-write, or set "
+            "FACEPIPE_HOME to a writable folder (the embedded store cannot be opened read-only, so search "
+            "and people need it writable too); what the store holds is kept"
+        )
+    return StoreNotWritable(
+        f"the face store at {root} cannot be written by this user ({os.strerror(code)}): give it the "
+        f"folder (`chown -R $(id -un) {root}`), or run facepipe as the user who owns it"
+    )
+
+
+def _free_bytes(root) -> int | None:
+    """The room left for an unprivileged user on the file system of `root` (or its nearest existing parent)."""
+    path = Path(root)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+@contextmanager
+def _disk_faults(root: Path) -> Iterator[None]:
+    """The OSErrors of a full, read-only or foreign disk under `root`, as StoreNotWritable."""
+    try:
+        yield
+    except OSError as err:
+        if code := _disk_errno(err):
+            raise _not_writable(root, code) from None
+        raise
+
+
+def _check_room(root: Path) -> None:
+    free = _free_bytes(root)
+    if free is not None and free < MIN_FREE_BYTES:
+        raise _not_writable(root, errno.ENOSPC)
+
+
 def _busy(path) -> StoreBusy:
     return StoreBusy(
         f"the face store at {path} is in use by another process (a digest or clustering run?); "
@@ -233,7 +312,8 @@ class EdgeBackend:
 
         self.q = qdrant_edge
         self.root = root / "shards"
-        self.root.mkdir(parents=True, exist_ok=True)
+        with _disk_faults(root):
+            self.root.mkdir(parents=True, exist_ok=True)
         self.shards: dict[str, Any] = {}
 
     def _shard(self, name: str):
@@ -246,8 +326,8 @@ class EdgeBackend:
             except BaseException as err:  # qdrant_edge raises plain Exception, or panics
                 if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
                     raise _busy(self.root.parent) from None
-                if _is_storage_error(err):
-                    raise _damaged(self.root.parent, name, err) from None
+                if known := _edge_error(self.root.parent, name, err):
+                    raise known from None
                 raise
         return shard
 
@@ -269,7 +349,13 @@ class EdgeBackend:
             id_tracker_memory=cold,
             hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
         )
-        shard = self.shards[name] = _Checked(q.EdgeShard.create(str(self.root / name), config), self.root.parent, name)
+        try:
+            created = q.EdgeShard.create(str(self.root / name), config)
+        except BaseException as err:
+            if known := _edge_error(self.root.parent, name, err):
+                raise known from None
+            raise
+        shard = self.shards[name] = _Checked(created, self.root.parent, name)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
             # group_id is the tenant: the optimizer keeps a group's points together on disk
@@ -379,7 +465,8 @@ class EdgeBackend:
 
 class _Checked:
     """An EdgeShard whose storage errors (see _is_storage_error) are StoreDamaged naming the store:
-    a file emptied under a segment fails a scroll or a search, not only the open."""
+    a file emptied under a segment fails a scroll or a search, not only the open; a disk that
+    fills or turns read-only meanwhile is StoreNotWritable."""
 
     def __init__(self, shard, root: Path, name: str):
         self._shard, self._root, self._name = shard, root, name
@@ -391,11 +478,22 @@ class _Checked:
             try:
                 return method(*args, **kwargs)
             except BaseException as err:
-                if _is_storage_error(err):
-                    raise _damaged(self._root, self._name, err) from None
+                if known := _edge_error(self._root, self._name, err):
+                    raise known from None
                 raise
 
         return call
+
+
+def _edge_error(root: Path, name: str, err: BaseException) -> RuntimeError | None:
+    """What an error of Qdrant Edge on collection `name` means for a user: a full or read-only disk
+    (StoreNotWritable; not a damaged store), or a file of the store it cannot read (StoreDamaged);
+    None for any other error."""
+    if code := _disk_errno(err):
+        return _not_writable(root, code)
+    if _is_storage_error(err):
+        return _damaged(root, name, err)
+    return None
 
 
 class ClientBackend:
@@ -574,8 +672,10 @@ class FaceStore:
         if path is None:
             raise ValueError("an embedded store needs its path")
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        lock = _lock(root)
+        with _disk_faults(root):
+            root.mkdir(parents=True, exist_ok=True)
+            _check_room(root)
+            lock = _lock(root)
         try:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, _locked=True)
