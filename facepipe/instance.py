@@ -7,10 +7,11 @@ What facepipe needs from the instance, and why:
   neither limit is set and Dagster's defaults apply.
 - a run queue (QueuedRunCoordinator): `facepipe digest --detach` and the sensors queue their runs.
 - run monitoring (RUN_MONITORING): a run whose process died is marked failed, and the pool slot
-  it held is freed, instead of staying "processing" and holding the store pool for ever. A run the
-  code server launched (`--detach`, sensors, the UI) is watched by the code server; one that a
-  `facepipe digest` process executes itself has no launcher to watch it, so the run launcher is
-  RunLauncher below: Dagster's default, which also tells the daemon whether that process lives.
+  it held is freed, instead of staying "processing" and holding the store pool for ever. A code
+  server watches the runs it launched only while it lives (a restarted `facepipe ui` has a new
+  one), and a `facepipe digest` process executes its run itself, with no launcher at all; so the
+  run launcher is RunLauncher below: Dagster's default, which also tells the daemon whether the
+  process executing a run lives (`run_process_alive`, which `facepipe digests cancel` asks too).
 - with FACEPIPE_POSTGRES_URL, run, event-log and schedule storage in PostgreSQL
   (facepipe/postgres_storage.py); the URL is read from the environment, never written here.
 
@@ -22,14 +23,16 @@ contradicts FACEPIPE_POSTGRES_URL.
 """
 
 import importlib.util
+import json
 import os
 import socket
 import sys
 from pathlib import Path
 
 import yaml
-from dagster import DefaultRunLauncher
+from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from facepipe import settings
 
@@ -79,37 +82,105 @@ telemetry:
 """
 
 
-# the tags facepipe/runs.py puts on a run that a `facepipe digest` process executes itself, under the
-# prefix Dagster keeps out of the UI's run lists (they are facepipe's own business)
+# Where a run's process executes, under the prefix Dagster keeps out of the UI's run lists (they
+# are facepipe's own business): the host, on every run; the pid, on a run that a `facepipe digest`
+# (or people) process executes itself (facepipe/runs.py). A run a code server launched reports its
+# process's pid in Dagster's own engine event instead (see launched_run_pid).
 INTERNAL_TAG_PREFIX = ".dagster/facepipe/"
 EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG = INTERNAL_TAG_PREFIX + "host", INTERNAL_TAG_PREFIX + "pid"
+STARTED_PROCESS = "Started process for run (pid: "  # the run process's first engine event (dagster/_grpc/impl.py)
+
+
+def launched_run_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The pid of the process a code server started for a launched run, from its engine event; None
+    before it started."""
+    records = instance.event_log_storage.get_records_for_run(
+        run_id, of_type=DagsterEventType.ENGINE_EVENT, limit=100
+    ).records
+    for record in reversed(records):  # a resumed run's last process (facepipe resumes none)
+        if record.event_log_entry.message.startswith(STARTED_PROCESS):
+            return int(record.event_log_entry.message[len(STARTED_PROCESS) :].split(")")[0])
+    return None
+
+
+def run_process(instance: DagsterInstance, run) -> tuple[str | None, int | None]:
+    """The host and pid of the process executing `run` (None where not known)."""
+    host = run.tags.get(EXECUTOR_HOST_TAG) or None
+    if run.remote_job_origin is None:  # executed by the `facepipe` process that created it
+        pid = run.tags.get(EXECUTOR_PID_TAG)
+        return host, int(pid) if pid else None
+    # launched (it has an origin): a UI re-execution may carry its parent's pid tag, never its own
+    return host, launched_run_pid(instance, run.run_id)
+
+
+def run_process_alive(instance: DagsterInstance, run) -> bool | None:
+    """Whether the process executing `run` lives; None when this machine cannot tell (it executes on
+    another host, or has not started)."""
+    host, pid = run_process(instance, run)
+    if pid is None or host != socket.gethostname():
+        return None
+    record = instance.get_run_record_by_id(run.run_id)
+    return process_alive(pid, started_by=record.start_time if record else None)
+
+
+def process_alive(pid: int, started_by: float | None = None) -> bool:
+    """Whether process `pid` lives: not gone, not a zombie, and, when `started_by` (a run's start, epoch
+    seconds) is given, started by then: a process started later has only been given a pid reused
+    since (pids wrap around). Without /proc (macOS), whether the pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's: /proc tells whether it is the run's
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # after "(name)": the state, then ..., the start in clock ticks after boot (field 22)
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except FileNotFoundError:  # gone since the signal
+        return False
+    except OSError:  # no /proc: trust the signal
+        return True
+    if fields[0] in ("Z", "X"):  # a zombie: dead, not yet reaped by its parent
+        return False
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started_by is None or started <= started_by + 1  # boot time is in whole seconds
 
 
 class RunLauncher(DefaultRunLauncher):
     """Dagster's default run launcher, which also answers run monitoring's "is its worker alive?".
 
-    The default launcher cannot say (Dagster's run monitoring then only enforces timeouts). For a
-    run executed by a `facepipe digest` process on this machine, the answer is whether that process
-    exists; for any other run, "running": the code server that launched it watches its process and
-    marks the run failed when it dies.
+    The default launcher cannot say (Dagster's run monitoring then only enforces timeouts), and
+    leaves it to the code server that launched a run, which marks the run failed when its process
+    dies, but only while that code server lives: after `facepipe ui` is stopped and started again,
+    no one would. So for any run whose process executes on this host (a `facepipe digest` process,
+    or a run process started by a code server here), the answer is whether that process lives.
     """
 
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
 
+    def launch_run(self, context) -> None:
+        super().launch_run(context)
+        # a code server on this machine (dagster dev's, the daemon's own) starts the run's process
+        # here: say so, or the process could not be told apart from a pid of another machine
+        run_id = context.dagster_run.run_id
+        launched = self._instance.get_run_by_id(run_id)
+        grpc = json.loads(launched.tags.get(GRPC_INFO_TAG, "{}") if launched else "{}")
+        local = "socket" in grpc or grpc.get("host") in ("localhost", "127.0.0.1", "::1", socket.gethostname())
+        self._instance.add_run_tags(run_id, {EXECUTOR_HOST_TAG: socket.gethostname() if local else ""})
+
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        pid, host = run.tags.get(EXECUTOR_PID_TAG), run.tags.get(EXECUTOR_HOST_TAG)
-        # a launched run (it has an origin) may carry a re-executed digest's tags: its launcher watches it
-        if run.remote_job_origin is not None or not pid or host != socket.gethostname():
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "not executed by a facepipe process on this host")
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return CheckRunHealthResult(WorkerStatus.FAILED, f"the facepipe process {pid} that executed it is gone")
-        except PermissionError:
-            pass  # it exists, as another user
-        return CheckRunHealthResult(WorkerStatus.RUNNING, f"the facepipe process {pid} is running")
+        host, pid = run_process(self._instance, run)
+        alive = run_process_alive(self._instance, run)
+        if alive is None:  # a code server elsewhere watches what it launched; nothing else can
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not executing on this host, or not started")
+        if not alive:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"the process {pid} that executed it on {host} is gone")
+        return CheckRunHealthResult(WorkerStatus.RUNNING, f"the process {pid} is running")
 
 
 class InstanceConfigError(RuntimeError):
@@ -134,7 +205,7 @@ COMMENTS = {
     "run_storage": "runs, events and schedules in PostgreSQL, at FACEPIPE_POSTGRES_URL (read from the environment)",
     "concurrency": "the embedded face store admits one process at a time: one store step, and one digest, at a time",
     "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs",
-    "run_launcher": "Dagster's default launcher, which also tells run monitoring when a `facepipe digest` process died",
+    "run_launcher": "Dagster's default launcher, which also tells run monitoring when the process executing a run died",
     "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
 }
 

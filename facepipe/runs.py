@@ -37,7 +37,14 @@ from facepipe.engine.listing import ImageError
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.sources import S3Reader
 from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
-from facepipe.instance import EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG, INTERNAL_TAG_PREFIX, prepare_dagster_home
+from facepipe.instance import (
+    EXECUTOR_HOST_TAG,
+    EXECUTOR_PID_TAG,
+    INTERNAL_TAG_PREFIX,
+    prepare_dagster_home,
+    run_process,
+    run_process_alive,
+)
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
 from facepipe.store import open_store_from_settings
 from facepipe.thumbnails import read_stored_photo
@@ -306,45 +313,36 @@ def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
     run = _digest_run(instance, run_id)
     if run.is_finished:
         raise ValueError(f"digest {run_id} is already {STATUS_NAMES[run.status]}")
-    executor_pid = run.tags.get(PID_TAG)
-    if run.remote_job_origin is None and executor_pid and run.tags.get(HOST_TAG) == socket.gethostname():
-        # executed by a `facepipe digest` process, not by a run launcher: record the request, then
-        # interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
-        pid = int(executor_pid)
-        if _digest_process_alive(pid):
-            instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
-            try:
-                os.kill(pid, signal.SIGINT)
-                return digest_summary(instance, run_id)
-            except ProcessLookupError:  # it ended between the check and the signal
-                pass
-        # the process is gone (killed, or its machine restarted): nothing will ever end the run
-        # but this; marked canceled, so that `facepipe digests retry` finishes it
+    host, pid = run_process(instance, run)
+    alive = run_process_alive(instance, run)
+    if run.remote_job_origin is None and alive:
+        # executed by a `facepipe digest` process here, not by a run launcher: record the request,
+        # then interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
+        instance.report_run_canceling(run, message="Canceled with facepipe digests cancel")
+        try:
+            os.kill(cast(int, pid), signal.SIGINT)
+            return digest_summary(instance, run_id)
+        except ProcessLookupError:  # it ended between the check and the signal
+            alive = False
+    if alive is False:
+        # the process is gone (killed, its `facepipe ui` or machine restarted): nothing will ever
+        # end the run but this; marked canceled, so that `facepipe digests retry` finishes it
+        executor = "facepipe digest process" if run.remote_job_origin is None else "run process"
         gone = (
-            f"the facepipe digest process that executed it (pid {pid}) had ended without finishing it: "
+            f"the {executor} that executed it (pid {pid}) had ended without finishing it: "
             f"marked canceled; `facepipe digests retry {run_id}` digests the rest"
         )
         instance.report_run_canceled(run, message=f"Canceled with facepipe digests cancel: {gone}")
         return {**digest_summary(instance, run_id), "message": gone}
-    elif not instance.run_coordinator.cancel_run(run_id):
+    if run.remote_job_origin is None:  # its tags name another machine: only a signal there stops it
+        where = f"on {host} (pid {pid})" if host and pid else "that recorded no host and pid"
+        raise ValueError(
+            f"digest {run_id} is executed by a process {where}, not by this machine's: "
+            f"cancel it there (`facepipe digests cancel {run_id}`), or stop that process"
+        )
+    if not instance.run_coordinator.cancel_run(run_id):
         raise RuntimeError(f"digest {run_id} could not be canceled")
     return digest_summary(instance, run_id)
-
-
-def _digest_process_alive(pid: int) -> bool:
-    """Whether `pid` is still a running facepipe process (not gone, not a zombie, not a pid reused
-    by another program since)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: a pid reused, since a digest runs as its own user
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"facepipe" in f.read()  # a zombie's is empty
-    except OSError:  # no /proc (macOS): trust the signal
-        return True
 
 
 def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) -> tuple[list[str], str | None]:

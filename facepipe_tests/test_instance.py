@@ -16,6 +16,7 @@ from facepipe.instance import (
     InstanceConfigError,
     RunLauncher,
     prepare_dagster_home,
+    process_alive,
 )
 from facepipe.postgres_storage import psycopg2_url
 
@@ -107,21 +108,54 @@ def test_the_plain_url_is_given_to_dagster_postgres_with_its_driver():
     assert "secret" not in str(raised.value)
 
 
-def test_the_run_launcher_says_whether_the_facepipe_process_of_a_run_lives():
+def test_the_run_launcher_says_whether_the_process_executing_a_run_lives(home):
     import os
     import socket
+    import uuid
 
     gone = subprocess.Popen(["true"])
     gone.wait()
+    prepare_dagster_home()
+    with loaded(home) as instance:
 
-    def health(pid, host=None, origin=None):
-        tags = {} if pid is None else {EXECUTOR_PID_TAG: str(pid), EXECUTOR_HOST_TAG: host or socket.gethostname()}
-        run = SimpleNamespace(tags=tags, remote_job_origin=origin)
-        return RunLauncher().check_run_worker_health(run).status
+        def health(pid, host=None, launched=False):
+            run_id, tags = str(uuid.uuid4()), {EXECUTOR_HOST_TAG: host or socket.gethostname()}
+            if launched:  # a code server's run process reports its pid in an engine event, not a tag
+                if pid is not None:
+                    instance.report_engine_event(f"Started process for run (pid: {pid}).", run_id=run_id, job_name="j")
+            elif pid is not None:
+                tags[EXECUTOR_PID_TAG] = str(pid)
+            run = SimpleNamespace(run_id=run_id, tags=tags, remote_job_origin=object() if launched else None)
+            return instance.run_launcher.check_run_worker_health(run).status
 
-    assert health(gone.pid) == WorkerStatus.FAILED
-    assert health(os.getpid()) == WorkerStatus.RUNNING
-    # another host's process, or a launched run that carries a digest's tags: its launcher watches it
-    assert health(gone.pid, host="elsewhere") == WorkerStatus.RUNNING
-    assert health(gone.pid, origin=object()) == WorkerStatus.RUNNING
-    assert health(None) == WorkerStatus.RUNNING
+        for launched in (False, True):
+            assert health(gone.pid, launched=launched) == WorkerStatus.FAILED
+            assert health(os.getpid(), launched=launched) == WorkerStatus.RUNNING
+            # another host's process, or one not started: nothing here can tell
+            assert health(gone.pid, host="elsewhere", launched=launched) == WorkerStatus.RUNNING
+            assert health(None, launched=launched) == WorkerStatus.RUNNING
+        # a launched run (a UI re-execution) carrying its parent's pid tag is judged by its own process
+        run = SimpleNamespace(
+            run_id=str(uuid.uuid4()),
+            tags={EXECUTOR_HOST_TAG: socket.gethostname(), EXECUTOR_PID_TAG: str(gone.pid)},
+            remote_job_origin=object(),
+        )
+        assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+
+
+def test_a_process_is_the_runs_only_if_it_started_before_the_run_and_is_not_a_zombie():
+    import time
+
+    started = time.time()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert process_alive(child.pid) and process_alive(child.pid, started_by=time.time())
+        # a run that started before this process did: the pid was reused, the run's process is gone
+        assert not process_alive(child.pid, started_by=started - 60)
+        child.kill()
+        time.sleep(0.5)
+        assert not process_alive(child.pid)  # killed, not yet reaped: a zombie
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)
