@@ -73,13 +73,15 @@ def photos(folder: Path, names: list[str]) -> Path:
 
 
 def one_store_error(summary: dict) -> str:
-    """The digest's error: one line per failed step (each store step after the fault fails alike),
-    the store's message, never a traceback."""
-    assert summary["status"] == "failed" and summary["errors"], summary
+    """The digest's step error: one line per failed step (each store step after the fault fails
+    alike), the store's message, never a traceback; besides it only Dagster's line for the run."""
+    assert summary["status"] == "failed", summary
+    steps = [error for error in summary["errors"] if error.startswith("digest.")]
+    assert steps and len(summary["errors"]) <= len(steps) + 1, summary["errors"]
     for error in summary["errors"]:
         assert "Traceback" not in error and "\n" not in error.strip(), error
-        assert error.split(": ", 1)[1] == summary["errors"][0].split(": ", 1)[1], summary["errors"]
-    return summary["errors"][0]
+    assert {error.split(": ", 1)[1] for error in steps} == {steps[0].split(": ", 1)[1]}, steps
+    return steps[0]
 
 
 def store_steps_retried(home: Path, run_id: str) -> int:
