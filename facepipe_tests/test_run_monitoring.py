@@ -12,19 +12,26 @@ A `facepipe digest` without --detach executes its run in its own process, with n
 code server to watch it. facepipe's run launcher tells the daemon's run monitoring whether that
 process still exists (by the pid and host tags the run carries), so a SIGKILLed `facepipe digest`
 ends the same way, within a poll of the daemon.
+
+Each is killed twice: the process alone, at any store-pool step (often the listing: its step
+workers are orphaned and finish what they do), and the process with its step workers while a store
+step writes (`store_chunk[...]` or `store_faces` holds the slot): the writer dies mid-write, so
+nothing but run monitoring frees the slot, and the retry must still store each face exactly once.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe.instance import RUN_MONITORING
+from facepipe.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
 
@@ -46,18 +53,40 @@ def run_process_pid(instance, run_id, timeout=180) -> int:
     raise AssertionError(f"run {run_id} never started a process")
 
 
-def wait_for_claimed_slot(instance, run_id, timeout=180) -> list[str]:
+# the store steps that write: each chunk's faces, and the digest's last step (indexing, totals)
+STORE_WRITES = ("digest.store_chunk[", "digest.store_faces")
+
+
+def wait_for_claimed_slot(instance, run_id, steps=("",), timeout=300) -> list[str]:
+    """The steps of `run_id` that hold a store-pool slot, once one whose key starts with one of
+    `steps` does (by default, any)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        steps = [
+        claimed = [
             s.step_key
             for s in instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots
             if s.run_id == run_id
         ]
-        if steps:
-            return steps
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_id} never claimed a {STORE_POOL} slot")
+        if any(key.startswith(steps) for key in claimed):
+            return claimed
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} never claimed a {STORE_POOL} slot for {steps}")
+
+
+def kill(pid: int, with_workers: bool) -> None:
+    """SIGKILL `pid`; `with_workers`, its step worker processes too (every descendant, all at once):
+    the store step dies mid-write, as when the machine runs out of memory."""
+    doomed = [pid] + (descendants(pid) if with_workers else [])
+    for each in doomed:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def descendants(pid: int) -> list[int]:
+    children = [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
 def wait_until_failed_and_freed(instance, run_id, killed_at):
@@ -80,7 +109,17 @@ def wait_until_failed_and_freed(instance, run_id, killed_at):
     return held, failed_after, time.time() - killed_at
 
 
-def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(tmp_path):
+# (the store steps to kill at, whether the step workers die too)
+KILLS = {
+    "the process alone, at any store step": (("",), False),
+    "the process and its workers, while a store step writes": (STORE_WRITES, True),
+}
+
+
+@pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
+def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(
+    tmp_path, steps, with_workers
+):
     home = tmp_path / "home"
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
         # small chunks and one worker: the run is still listing or storing when it is killed
@@ -89,8 +128,8 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
         ).stdout.strip()
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             pid = run_process_pid(instance, run_id)
-            holding = wait_for_claimed_slot(instance, run_id)
-            os.kill(pid, signal.SIGKILL)
+            holding = wait_for_claimed_slot(instance, run_id, steps)
+            kill(pid, with_workers)
             held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
         assert held
         print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
@@ -104,7 +143,8 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
         assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
 
 
-def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(tmp_path):
+@pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
+def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(tmp_path, steps, with_workers):
     home = tmp_path / "home"
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
         env = {**os.environ, "FACEPIPE_HOME": str(home)}
@@ -134,8 +174,9 @@ def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(t
                     records = instance.get_run_records()
                     time.sleep(0.2)
                 run_id = records[0].dagster_run.run_id
-                holding = wait_for_claimed_slot(instance, run_id)
-                running.kill()  # SIGKILL, the `facepipe digest` process alone: its step workers are orphaned
+                holding = wait_for_claimed_slot(instance, run_id, steps)
+                # SIGKILL; the `facepipe digest` process alone orphans its step workers
+                kill(running.pid, with_workers)
                 running.wait()  # reaped, as a shell would (a zombie still has its pid)
                 held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
         finally:
@@ -145,3 +186,56 @@ def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(t
 
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
         assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+        after = digest(home, SAMPLE_IMAGES, "killed")
+        assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
+
+
+def digest_status(home, run_id) -> dict:
+    return json.loads(run_facepipe(home, "digests", "show", run_id, "--json").stdout)
+
+
+# how `facepipe ui` stops: SIGTERM to its process group (a terminal closed, a service manager's
+# stop): its code server marks the run it executed failed on the way out; SIGKILL to the group (the
+# out-of-memory killer, `kill -9`, a crash): no one does, and only the restarted daemon's run
+# monitoring, asking facepipe's run launcher whether the run's process lives, can
+UI_STOPS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+
+
+@pytest.mark.parametrize("stop", UI_STOPS.values(), ids=UI_STOPS.keys())
+def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp_path, stop):
+    """`facepipe ui` (webserver, daemon, code server) stopped while a `--detach` digest executes a store
+    step, and started again on the same FACEPIPE_HOME."""
+    home, photos = tmp_path / "home", tmp_path / "photos"
+    photos.mkdir()
+    for name in ("img1.jpg", "img2.jpg", "couple.jpg"):
+        shutil.copy(SAMPLE_IMAGES / name, photos / name)
+    daemons = ("QUEUED_RUN_COORDINATOR", "MONITORING")
+    with facepipe_ui(home, daemons=daemons):
+        done = digest(home, photos, "before")  # a completed digest in the history
+        run_id = run_facepipe(
+            home, "digest", str(SAMPLE_IMAGES), "--group", "g", "--detach", "--workers", "1", "--chunk-size", "8"
+        ).stdout.strip()
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            pid = run_process_pid(instance, run_id)
+            wait_for_claimed_slot(instance, run_id, STORE_WRITES)
+        if stop == signal.SIGKILL:  # the ui's whole process group at once, the run's process with it
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    # (leaving the block stops the ui as facepipe_ui does: SIGTERM to its process group)
+    stopped_at = time.time()
+    status = digest_status(home, run_id)["status"]
+    print(f"after {stop.name}: the run is {status}, its process alive: {process_alive(pid)}")
+    assert not process_alive(pid)
+    # SIGTERM: the code server marked it failed; SIGKILL: nothing was left to, it shows processing
+    assert status == ("failed" if stop == signal.SIGTERM else "processing")
+
+    with facepipe_ui(home, daemons=daemons):
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            _, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+        print(f"after the restart: failed after {failed_after:.0f} s, its slot freed after {freed_after:.0f} s")
+        listed = {d["run_id"]: d for d in json.loads(run_facepipe(home, "digests", "list", "--json").stdout)}
+        assert listed[done["run_id"]]["status"] == "completed"
+        assert listed[done["run_id"]]["faces_stored"] == done["faces_stored"] > 0
+        assert listed[run_id]["status"] == "failed"
+        retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+    print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
