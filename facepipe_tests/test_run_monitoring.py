@@ -89,8 +89,9 @@ def descendants(pid: int) -> list[int]:
     return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
-def wait_until_failed_and_freed(instance, run_id, killed_at):
-    """(status, slot still held when it was marked failed, seconds to fail, seconds to free the slot)."""
+def wait_until_failed_and_freed(instance, run_id, killed_at, ends="FAILURE"):
+    """(slot still held when it was marked failed, seconds to fail, seconds to free the slot); the run
+    must have ended `ends` (or canceled by hand, CANCELED)."""
     status, claimed, held, failed_after = None, [], None, None
     while time.time() < killed_at + BOUND_SECONDS:
         run = instance.get_run_by_id(run_id)
@@ -104,7 +105,7 @@ def wait_until_failed_and_freed(instance, run_id, killed_at):
         if status and not claimed:
             break
         time.sleep(1)
-    assert status == "FAILURE", f"the killed run is {instance.get_run_by_id(run_id).status} after {BOUND_SECONDS} s"
+    assert status == ends, f"the killed run is {instance.get_run_by_id(run_id).status} after {BOUND_SECONDS} s"
     assert not claimed, f"the killed run still holds {claimed} after {BOUND_SECONDS} s"
     return held, failed_after, time.time() - killed_at
 
@@ -198,11 +199,16 @@ def digest_status(home, run_id) -> dict:
 # stop): its code server marks the run it executed failed on the way out; SIGKILL to the group (the
 # out-of-memory killer, `kill -9`, a crash): no one does, and only the restarted daemon's run
 # monitoring, asking facepipe's run launcher whether the run's process lives, can
-UI_STOPS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+# (the signal, whether `facepipe digests cancel` ends the run before the ui starts again)
+UI_STOPS = {
+    "SIGTERM": (signal.SIGTERM, False),
+    "SIGKILL": (signal.SIGKILL, False),
+    "SIGKILL, then cancel": (signal.SIGKILL, True),
+}
 
 
-@pytest.mark.parametrize("stop", UI_STOPS.values(), ids=UI_STOPS.keys())
-def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp_path, stop):
+@pytest.mark.parametrize(("stop", "cancel"), UI_STOPS.values(), ids=UI_STOPS.keys())
+def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp_path, stop, cancel):
     """`facepipe ui` (webserver, daemon, code server) stopped while a `--detach` digest executes a store
     step, and started again on the same FACEPIPE_HOME."""
     home, photos = tmp_path / "home", tmp_path / "photos"
@@ -227,15 +233,19 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp
     assert not process_alive(pid)
     # SIGTERM: the code server marked it failed; SIGKILL: nothing was left to, it shows processing
     assert status == ("failed" if stop == signal.SIGTERM else "processing")
+    if cancel:  # without the ui: cancel finds the run's process gone and ends the run
+        (line,) = run_facepipe(home, "digests", "cancel", run_id).stdout.strip().splitlines()
+        assert line.startswith(f"{run_id}: canceled (the run process that executed it (pid {pid}) had ended")
 
     with facepipe_ui(home, daemons=daemons):
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
-            _, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+            ends = "CANCELED" if cancel else "FAILURE"
+            _, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time(), ends)
         print(f"after the restart: failed after {failed_after:.0f} s, its slot freed after {freed_after:.0f} s")
         listed = {d["run_id"]: d for d in json.loads(run_facepipe(home, "digests", "list", "--json").stdout)}
         assert listed[done["run_id"]]["status"] == "completed"
         assert listed[done["run_id"]]["faces_stored"] == done["faces_stored"] > 0
-        assert listed[run_id]["status"] == "failed"
+        assert listed[run_id]["status"] == ("canceled" if cancel else "failed")
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
         assert retried["status"] == "completed" and retried["faces_in_group"] == 68
     print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
