@@ -90,7 +90,7 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
             if failure.user_failure_data and failure.user_failure_data.description:
                 reason = failure.user_failure_data.description
             elif failure.error:  # the user's exception is the cause of Dagster's wrapper
-                reason = (failure.error.cause or failure.error).message
+                reason = _without_class(failure.error.cause or failure.error)
             else:
                 reason = "failed"
             errors.append(f"{event.step_key}: {reason.strip()}")
