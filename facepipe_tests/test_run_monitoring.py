@@ -249,3 +249,32 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
         assert retried["status"] == "completed" and retried["faces_in_group"] == 68
     print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
+
+
+def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(tmp_path):
+    """Cancel, at once, a digest waiting in the run queue and one as soon as a step of it has claimed
+    the store's slot: neither keeps a slot (read from the instance's claimed slots), and the next
+    digest completes."""
+    home, photos = tmp_path / "home", tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
+        shutil.copy(path, photos)
+    detach = ("--detach", "--workers", "1")
+    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
+        # the 64 samples in small chunks: still running when it is canceled
+        starting = run_facepipe(
+            home, "digest", str(SAMPLE_IMAGES), "--group", "a", *detach, "--chunk-size", "8"
+        ).stdout.strip()
+        # one digest at a time (the embedded store): the second waits in the queue
+        queued = run_facepipe(home, "digest", str(photos), "--group", "b", *detach).stdout.strip()
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            assert instance.get_run_by_id(queued).status.value == "QUEUED"
+            run_facepipe(home, "digests", "cancel", queued)
+            wait_for_claimed_slot(instance, starting)  # its listing, or a store step, holds the slot
+            run_facepipe(home, "digests", "cancel", starting)
+            canceled_at = time.time()
+            for run_id in (queued, starting):
+                wait_until_failed_and_freed(instance, run_id, canceled_at, ends="CANCELED")
+            assert instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots == []
+        after = digest(home, photos, "c")
+        assert after["status"] == "completed" and after["images_done"] == 4
