@@ -11,7 +11,7 @@ What facepipe needs from the instance, and why:
   server watches the runs it launched only while it lives (a restarted `facepipe ui` has a new
   one), and a `facepipe digest` process executes its run itself, with no launcher at all; so the
   run launcher is RunLauncher below: Dagster's default, which also tells the daemon whether the
-  process executing a run lives (`run_process_alive`, which `facepipe digests cancel` asks too).
+  process executing a run lives (`run_process`, which `facepipe digests cancel` asks too).
 - with FACEPIPE_POSTGRES_URL, run, event-log and schedule storage in PostgreSQL
   (facepipe/postgres_storage.py); the URL is read from the environment, never written here.
 
@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
@@ -103,24 +104,27 @@ def launched_run_pid(instance: DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def run_process(instance: DagsterInstance, run) -> tuple[str | None, int | None]:
-    """The host and pid of the process executing `run` (None where not known)."""
+class RunProcess(NamedTuple):
+    """The process executing a run: where, which, and whether it lives (None when this machine cannot
+    tell: it executes on another host, or has not started)."""
+
+    host: str | None
+    pid: int | None
+    alive: bool | None
+
+
+def run_process(instance: DagsterInstance, run) -> RunProcess:
+    """The process executing `run`, and whether it lives."""
     host = run.tags.get(EXECUTOR_HOST_TAG) or None
     if run.remote_job_origin is None:  # executed by the `facepipe` process that created it
-        pid = run.tags.get(EXECUTOR_PID_TAG)
-        return host, int(pid) if pid else None
-    # launched (it has an origin): a UI re-execution may carry its parent's pid tag, never its own
-    return host, launched_run_pid(instance, run.run_id)
-
-
-def run_process_alive(instance: DagsterInstance, run) -> bool | None:
-    """Whether the process executing `run` lives; None when this machine cannot tell (it executes on
-    another host, or has not started)."""
-    host, pid = run_process(instance, run)
+        pid_tag = run.tags.get(EXECUTOR_PID_TAG)
+        pid = int(pid_tag) if pid_tag else None
+    else:  # launched (it has an origin): a UI re-execution may carry its parent's pid tag, never its own
+        pid = launched_run_pid(instance, run.run_id)
     if pid is None or host != socket.gethostname():
-        return None
+        return RunProcess(host, pid, None)
     record = instance.get_run_record_by_id(run.run_id)
-    return process_alive(pid, started_by=record.start_time if record else None)
+    return RunProcess(host, pid, process_alive(pid, started_by=record.start_time if record else None))
 
 
 def process_alive(pid: int, started_by: float | None = None) -> bool:
@@ -174,8 +178,7 @@ class RunLauncher(DefaultRunLauncher):
         self._instance.add_run_tags(run_id, {EXECUTOR_HOST_TAG: socket.gethostname() if local else ""})
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        host, pid = run_process(self._instance, run)
-        alive = run_process_alive(self._instance, run)
+        host, pid, alive = run_process(self._instance, run)
         if alive is None:  # a code server elsewhere watches what it launched; nothing else can
             return CheckRunHealthResult(WorkerStatus.RUNNING, "not executing on this host, or not started")
         if not alive:

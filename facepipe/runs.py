@@ -43,7 +43,6 @@ from facepipe.instance import (
     INTERNAL_TAG_PREFIX,
     prepare_dagster_home,
     run_process,
-    run_process_alive,
 )
 from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
 from facepipe.store import open_store_from_settings
@@ -313,8 +312,7 @@ def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
     run = _digest_run(instance, run_id)
     if run.is_finished:
         raise ValueError(f"digest {run_id} is already {STATUS_NAMES[run.status]}")
-    host, pid = run_process(instance, run)
-    alive = run_process_alive(instance, run)
+    host, pid, alive = run_process(instance, run)
     if run.remote_job_origin is None and alive:
         # executed by a `facepipe digest` process here, not by a run launcher: record the request,
         # then interrupt it; Dagster stops the steps and, seeing the request, marks the run canceled
