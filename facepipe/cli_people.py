@@ -15,9 +15,7 @@ from facepipe import settings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import (
     StoreBusy,
-    StoreDamaged,
-    StoreNotWritable,
-    StoreUnavailable,
+    StoreError,
     is_local_mode_store,
     migrate_local_store,
     open_store_from_settings,
@@ -41,7 +39,7 @@ def _store():
     try:
         with open_store_from_settings() as store:
             yield store
-    except (StoreBusy, StoreDamaged, StoreNotWritable, StoreUnavailable) as err:
+    except StoreError as err:
         raise click.ClickException(str(err)) from None
 
 

@@ -178,20 +178,24 @@ class DigestTotals:
     unsound_faces: list[dict]  # the run's faces with a bad vector or box
 
 
-class StoreBusy(RuntimeError):
+class StoreError(RuntimeError):
+    """The face store cannot answer; the message names it and says what to do (one line for a user)."""
+
+
+class StoreBusy(StoreError):
     """The embedded store is held by another process: one process opens it at a time."""
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(StoreError):
     """The Qdrant server cannot be reached (down, refusing, a wrong URL): the message names the URL."""
 
 
-class StoreDamaged(RuntimeError):
+class StoreDamaged(StoreError):
     """A file of the embedded store cannot be read (truncated, emptied, overwritten), or the store
     has lost faces its ledger records: never answered as an empty or smaller group."""
 
 
-class StoreNotWritable(RuntimeError):
+class StoreNotWritable(StoreError):
     """The embedded store's folder cannot be written: its disk is full, its file system read-only,
     or the folder is not this user's to write. Qdrant Edge writes even to open a store (it cannot
     open one read-only), so reading fails too. Nothing stored is lost: fix the disk, and it opens."""
@@ -276,13 +280,14 @@ def _free_bytes(root) -> int | None:
 
 
 @contextmanager
-def _disk_faults(root: Path) -> Iterator[None]:
-    """The OSErrors of a full, read-only or foreign disk under `root`, as StoreNotWritable."""
+def _store_errors(root: Path, name: str = "") -> Iterator[None]:
+    """The errors of the embedded store at `root` (of its collection `name`) as what they mean to a
+    user (see _edge_error); any other error as it is."""
     try:
         yield
-    except OSError as err:
-        if code := _disk_errno(err):
-            raise _not_writable(root, code) from None
+    except BaseException as err:  # qdrant_edge raises plain Exception, or panics
+        if known := _edge_error(root, name, err):
+            raise known from None
         raise
 
 
@@ -312,23 +317,16 @@ class EdgeBackend:
 
         self.q = qdrant_edge
         self.root = root / "shards"
-        with _disk_faults(root):
+        with _store_errors(root):
             self.root.mkdir(parents=True, exist_ok=True)
         self.shards: dict[str, Any] = {}
 
     def _shard(self, name: str):
         shard = self.shards.get(name)
         if shard is None and (self.root / name).is_dir():
-            try:
-                shard = self.shards[name] = _Checked(
-                    self.q.EdgeShard.load(str(self.root / name)), self.root.parent, name
-                )
-            except BaseException as err:  # qdrant_edge raises plain Exception, or panics
-                if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
-                    raise _busy(self.root.parent) from None
-                if known := _edge_error(self.root.parent, name, err):
-                    raise known from None
-                raise
+            with _store_errors(self.root.parent, name):
+                loaded = self.q.EdgeShard.load(str(self.root / name))
+            shard = self.shards[name] = _Checked(loaded, self.root.parent, name)
         return shard
 
     def exists(self, name: str) -> bool:
@@ -349,12 +347,8 @@ class EdgeBackend:
             id_tracker_memory=cold,
             hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
         )
-        try:
+        with _store_errors(self.root.parent, name):
             created = q.EdgeShard.create(str(self.root / name), config)
-        except BaseException as err:
-            if known := _edge_error(self.root.parent, name, err):
-                raise known from None
-            raise
         shard = self.shards[name] = _Checked(created, self.root.parent, name)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
@@ -475,20 +469,18 @@ class _Checked:
         method = getattr(self._shard, attr)
 
         def call(*args, **kwargs):
-            try:
+            with _store_errors(self._root, self._name):
                 return method(*args, **kwargs)
-            except BaseException as err:
-                if known := _edge_error(self._root, self._name, err):
-                    raise known from None
-                raise
 
         return call
 
 
 def _edge_error(root: Path, name: str, err: BaseException) -> RuntimeError | None:
-    """What an error of Qdrant Edge on collection `name` means for a user: a full or read-only disk
-    (StoreNotWritable; not a damaged store), or a file of the store it cannot read (StoreDamaged);
-    None for any other error."""
+    """What an error of the embedded store (of its collection `name`) means for a user: another
+    process holds it (StoreBusy), a full or read-only disk (StoreNotWritable; not a damaged store),
+    or a file of the store it cannot read (StoreDamaged); None for any other error."""
+    if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
+        return _busy(root)
     if code := _disk_errno(err):
         return _not_writable(root, code)
     if _is_storage_error(err):
@@ -672,7 +664,7 @@ class FaceStore:
         if path is None:
             raise ValueError("an embedded store needs its path")
         root = Path(path)
-        with _disk_faults(root):
+        with _store_errors(root):
             root.mkdir(parents=True, exist_ok=True)
             _check_room(root)
             lock = _lock(root)
