@@ -85,6 +85,11 @@ def _workers(workers: int | None) -> int:
     return workers
 
 
+def _check_workers(instance: DagsterInstance, run_config) -> None:
+    """On Celery, refuse before creating a run a digest the workers cannot run (the run asks again)."""
+    check_workers(instance.storage_directory(), local_photos(run_config))
+
+
 def run_digest(
     request: DigestRequest,
     workers: int | None = None,
@@ -99,7 +104,7 @@ def run_digest(
     workers = _workers(workers)
     instance = instance or instance_for_digests()
     run_config = digest_run_config(request, workers)
-    check_workers(instance.storage_directory(), local_photos(run_config))
+    _check_workers(instance, run_config)
     _add_group(instance, request.group_id)
     return _execute(instance, run_tags(request, workers), on_progress, run_config=run_config)
 
@@ -110,7 +115,7 @@ def retry_digest(
     """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
-    check_workers(instance.storage_directory(), local_photos(parent.run_config))
+    _check_workers(instance, parent.run_config)
     return _execute(
         instance,
         _retry_tags(parent),
@@ -272,7 +277,7 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     workers = _workers(workers)
     instance = instance or instance_for_digests()
     run_config = digest_run_config(request, workers)
-    check_workers(instance.storage_directory(), local_photos(run_config))
+    _check_workers(instance, run_config)
     _add_group(instance, request.group_id)
     run_id = str(uuid.uuid4())
     command = [

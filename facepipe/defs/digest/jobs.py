@@ -35,11 +35,9 @@ def _celery_config(config: dict) -> dict:
     if config["workers"] < 1:
         raise ValueError(f"workers must be at least 1, got {config['workers']}")
     # the URLs are read from the environment by the executor: a password in one stays out of the UI
-    backend = "FACEPIPE_CELERY_BACKEND" if settings.celery_backend() != settings.celery_broker() else None
-    return {
-        "broker": {"env": "FACEPIPE_CELERY_BROKER"},
-        "backend": {"env": backend or "FACEPIPE_CELERY_BROKER"},
-    }
+    own_backend = settings.celery_backend() != settings.celery_broker()
+    backend = "FACEPIPE_CELERY_BACKEND" if own_backend else "FACEPIPE_CELERY_BROKER"
+    return {"broker": {"env": "FACEPIPE_CELERY_BROKER"}, "backend": {"env": backend}}
 
 
 def local_photos(run_config: Mapping) -> str | None:
