@@ -319,14 +319,8 @@ def test_a_killed_digest_process_is_canceled_in_one_line_and_its_retry_completes
         shutil.copy(SAMPLE_IMAGES / name, folder / name)
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance before the polling below
-    env = {**os.environ, "FACEPIPE_HOME": str(home)}
-    env.pop("DAGSTER_HOME", None)
-    running = subprocess.Popen(
-        [sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "g", "--workers", "1"]
-        + ["--chunk-size", "4", "--json"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    running = start_facepipe(
+        home, "digest", str(folder), "--group", "g", "--workers", "1", "--chunk-size", "4", "--json"
     )
     try:
         # kill it once a chunk's faces are found and the next one's are being found (not in a store

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.store import MIN_FREE_BYTES, FaceStore, faces_collection
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, run_facepipe, start_facepipe
 
 pytestmark = pytest.mark.e2e  # real digests through the CLI on a mounted file system
 
@@ -120,20 +119,12 @@ def test_a_full_disk_fails_the_digest_in_one_line_and_once_freed_the_store_has_e
         assert len(before) == first["faces_in_group"] > 0
 
         photos(folder, names[16:])  # the rest of the samples: a digest of 48 new photos, 8 a step
-        env = {**os.environ, "FACEPIPE_HOME": str(home)}
-        env.pop("DAGSTER_HOME", None)
-        running = subprocess.Popen(
-            [sys.executable, "-m", "facepipe.cli", "digest", str(folder), "--group", "g", "--json"]
-            + ["--workers", "1", "--chunk-size", "8"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        digest_args = ("digest", str(folder), "--group", "g", "--json", "--workers", "1", "--chunk-size", "8")
+        running = start_facepipe(home, *digest_args, stdout=subprocess.PIPE)
         try:
             run_id = wait_until_extracting(home, first["run_id"])
             filler = fill(disk)
-            out, err = running.communicate(timeout=900)
+            out, _ = running.communicate(timeout=900)
         finally:
             running.kill()
         assert running.returncode != 0

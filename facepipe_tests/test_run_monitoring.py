@@ -23,8 +23,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe, start_facepipe
 
 pytestmark = pytest.mark.e2e  # digests killed under a real daemon
 
@@ -148,25 +146,8 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
 def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(tmp_path, steps, with_workers):
     home = tmp_path / "home"
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        env = {**os.environ, "FACEPIPE_HOME": str(home)}
-        env.pop("DAGSTER_HOME", None)
-        running = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "facepipe.cli",
-                "digest",
-                str(SAMPLE_IMAGES),
-                "--group",
-                "killed",
-                "--workers",
-                "1",
-                "--chunk-size",
-                "8",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        running = start_facepipe(
+            home, "digest", str(SAMPLE_IMAGES), "--group", "killed", "--workers", "1", "--chunk-size", "8"
         )
         try:
             with DagsterInstance.from_config(str(home / "dagster")) as instance:
