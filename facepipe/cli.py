@@ -381,6 +381,13 @@ main.add_command(store)
 @click.option("--port", type=int, default=8000, show_default=True)
 def serve(host, port):
     """Serve the HTTP API (FastAPI on uvicorn; OpenAPI docs at /docs) over the local instance and store."""
+    from facepipe import settings
+
+    if not settings.api_key() and not settings.is_loopback(host):
+        raise click.ClickException(
+            f"--host {host} lets other machines call the API: set FACEPIPE_API_KEY first "
+            "(or listen on 127.0.0.1, the default)"
+        )
     from facepipe.api import serve as serve_api
 
     serve_api(host, port)

@@ -8,7 +8,8 @@
 - DEEPFACE_HOME: deepface's model weights are in `$DEEPFACE_HOME/.deepface/weights` (default: the
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
-- FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below).
+- FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below); the
+  key is required to listen on anything but loopback (is_loopback).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
   run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
@@ -18,6 +19,7 @@
   worker on any machine reads) instead of the instance's storage folder.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -117,6 +119,17 @@ def max_image_bytes() -> int:
 def api_key() -> str | None:
     """FACEPIPE_API_KEY: when set, every HTTP request but /health and the docs needs it in X-API-Key."""
     return os.environ.get("FACEPIPE_API_KEY") or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is this machine's alone: `localhost` or a loopback IP
+    (127.0.0.0/8, ::1). 0.0.0.0, ::, any other address or name counts as reachable by others."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def allowed_roots() -> list[Path]:
