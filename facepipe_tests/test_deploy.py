@@ -10,6 +10,8 @@ is built and nothing is started (README, "A deployment a team can run", says wha
 - deploy/helm/values.yaml is validated against the Dagster chart's own values.schema.json (a copy,
   deploy/helm/dagster-chart.values.schema.json) with jsonschema, as `helm install` would.
 - every command a service runs is parsed by the command's own click parser, so a wrong flag fails here.
+
+The Compose tests run the Compose program (a process each): they are in the end-to-end tier.
 """
 
 import importlib.metadata
@@ -137,6 +139,7 @@ def mounts(service: dict) -> dict[str, tuple[str, bool]]:
     return out
 
 
+@pytest.mark.e2e
 def test_compose_file_resolves_to_the_deployment_described(compose, tmp_path):
     config = resolved(compose, tmp_path, **SECRETS)
     services = config["services"]
@@ -204,6 +207,7 @@ def test_compose_file_resolves_to_the_deployment_described(compose, tmp_path):
     }
 
 
+@pytest.mark.e2e
 def test_compose_publishes_the_api_elsewhere_only_when_told(compose, tmp_path):
     config = resolved(compose, tmp_path, **SECRETS, FACEPIPE_API_BIND="0.0.0.0")
     assert ports(config["services"]["api"]) == [("0.0.0.0", 8000, 8000)]
@@ -212,6 +216,7 @@ def test_compose_publishes_the_api_elsewhere_only_when_told(compose, tmp_path):
     assert config["services"]["api"]["command"][:4] == ["facepipe", "serve", "--host", "0.0.0.0"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("secret", sorted(SECRETS))
 def test_compose_stops_on_a_missing_secret(compose, tmp_path, secret):
     result = compose_config(compose, tmp_path, **{**SECRETS, secret: ""})
