@@ -29,6 +29,8 @@ SOURCE_TAG = TAG_PREFIX + "source"
 PROFILE_TAG = TAG_PREFIX + "profile"
 WORKERS_TAG = TAG_PREFIX + "workers"
 WATCH_TAG = TAG_PREFIX + "watch"
+# a watch's run: the run it waited behind in the run queue when its sensor launched it
+QUEUED_BEHIND_TAG = TAG_PREFIX + "queued_behind"
 PARTITION_TAG = "dagster/partition"
 
 

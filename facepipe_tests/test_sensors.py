@@ -170,6 +170,23 @@ def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance
     assert not tick(sensor, instance, third.cursor).run_requests
 
 
+def test_a_watch_run_that_will_wait_in_the_run_queue_names_the_run_it_waits_behind(instance, tmp_path):
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    drop(tmp_path / "inbox", "p0.jpg", T0)
+    sensor = build_watch_sensor(watch(name="inbox", source=str(tmp_path / "inbox"), group_id="wedding"))
+    assert "facepipe/queued_behind" not in tick(sensor, instance).run_requests[0].tags  # nothing ahead
+
+    ahead = create_run_for_test(
+        instance, job_name="digest_job", status=DagsterRunStatus.STARTED, tags={"facepipe/group_id": "party"}
+    )
+    create_run_for_test(instance, job_name="digest_job", status=DagsterRunStatus.STARTING)
+    create_run_for_test(instance, job_name="digest_job", status=DagsterRunStatus.SUCCESS)
+    (request,) = tick(sensor, instance).run_requests
+    assert request.tags["facepipe/queued_behind"] == ahead.run_id
+
+
 def test_a_flood_of_photos_becomes_several_bounded_runs(instance, tmp_path):
     inbox = tmp_path / "flood"
     inbox.mkdir()
