@@ -28,12 +28,11 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_schedules
 from facepipe.defs.ingestion.sensors import build_watch_sensor
 from facepipe.defs.ingestion.webhooks import build_webhook_sensors
 from facepipe.engine.listing import list_images
-from facepipe.request import DigestRequest, digest_request
+from facepipe.request import DigestRequest, digest_request, request_from_config
 from facepipe.runs import run_digest
 from facepipe.watching import parse_watches
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe

@@ -47,25 +47,16 @@ from dagster import (
     op,
 )
 from dagster_aws.s3 import S3Resource
-from pydantic import ValidationError
 
-from facepipe.defs.digest.config import DigestConfig, request_from_config
+from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
 from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import (
-    DigestRequest,
-    LocalFolder,
-    S3Prefix,
-    allowed_folder,
-    default_workers,
-    one_line,
-    run_tags,
-)
-from facepipe.settings import STORE_POOL, allowed_roots, store_queue
+from facepipe.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
+from facepipe.settings import STORE_POOL, store_queue
 from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
@@ -110,32 +101,15 @@ def _errors(images) -> list[dict]:
 
 def _request(context: OpExecutionContext) -> DigestRequest:
     """The run's request: its config and its partition (the group), or one line that says what is wrong."""
-    if not context.has_partition_key:
-        raise Failure(
-            "a digest is of one group: launch it with the group as its partition (the Launchpad's "
-            "partition picker, or `facepipe digest --group`)",
-            allow_retries=False,
-        )
     try:
-        request = request_from_config(context.op_config, context.partition_key)
-    except ValidationError as err:
-        raise Failure(f"invalid digest request: {one_line(err)}", allow_retries=False) from None
-    roots = allowed_roots()
-    if roots and isinstance(request.source, LocalFolder):
-        # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
-        # here is where a deployment's allowed roots hold, before anything is read
-        try:
-            folder = allowed_folder(request.source.path, roots)
-        except ValueError as err:
-            raise Failure(f"invalid digest request: source.path: {err}", allow_retries=False) from None
-        # the folder as it was checked: a link changed after the check leads nowhere new
-        request = request.model_copy(update={"source": LocalFolder(path=folder)})
-    return request
+        return request_of_run(context.op_config, context.partition_key if context.has_partition_key else None)
+    except RunRefused as err:
+        raise Failure(str(err), allow_retries=False) from None
 
 
 # The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
-# launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') is checked by
-# _request, and fails this step at once, in one line, without retries.
+# launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') fails the run in
+# facepipe's run launcher before its process starts, and here for a run executed in process.
 @op(
     out={"image_list": Out(), "chunks": DynamicOut()},
     pool=STORE_POOL,
