@@ -7,10 +7,12 @@ READY := $(VENV)/.installed
 .PHONY: demo ui lint format typecheck validate test-fast test
 
 $(READY): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(READY)
+	@echo "Setting up $(VENV) with facepipe and its models (first time: a few minutes)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+	@$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $(READY)
+	@echo "$(VENV) is ready."
 
 # A real digest of the sample photos into the group "sample", on the embedded defaults.
 demo: $(READY)

@@ -366,7 +366,53 @@ def ui(port):
 
     workspace = workspace_file(instance_for_digests())
     # the dagster of this interpreter, whether or not its environment is activated
-    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)])
+    code = supervise([sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)])
+    # at once: a normal exit would first wind down the Dagster instance this process opened to find
+    # the workspace, seconds on a busy machine, and a process manager waits for us to be gone
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# How long `dagster dev` gets to stop its webserver, daemon and code servers before they are killed
+STOP_SECONDS = 7
+
+
+def supervise(command: list[str]) -> int:
+    """Run `command` in a process group of its own until it ends, or until this process is asked to
+    stop (SIGTERM from a process manager, SIGINT from Ctrl-C): then the group is asked with SIGINT,
+    which `dagster dev` handles, and whatever is left of it is killed after STOP_SECONDS. (A shell's
+    background job starts with SIGINT ignored, which `dagster dev` would inherit and so ignore
+    SIGTERM, which it maps to SIGINT.)"""
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(command, start_new_session=True)
+    stop_by: list[float] = []
+
+    def ask_to_stop(signum, frame) -> None:
+        if not stop_by:
+            stop_by.append(time.monotonic() + STOP_SECONDS)
+            _signal_group(child.pid, signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, ask_to_stop)
+    signal.signal(signal.SIGINT, ask_to_stop)
+    code = None
+    while code is None and not (stop_by and time.monotonic() > stop_by[0]):
+        try:
+            code = child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(child.pid, signal.SIGKILL)  # code servers or a daemon that outlived it
+    return 128 + signal.SIGTERM if code is None else code
+
+
+def _signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
 
 
 main.add_command(search)

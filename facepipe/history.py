@@ -10,9 +10,8 @@ from datetime import UTC, datetime
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
+from facepipe.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
 
-DIGEST_JOB = "digest_job"
 STATUS_NAMES = {
     DagsterRunStatus.QUEUED: "queued",
     DagsterRunStatus.NOT_STARTED: "queued",

@@ -36,6 +36,16 @@ from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from facepipe import settings
+from facepipe.request import (
+    DIGEST_JOB,
+    GROUP_ID_PATTERN,
+    GROUPS,
+    PARTITION_TAG,
+    LocalFolder,
+    RunRefused,
+    list_images_config,
+    request_of_run,
+)
 
 MANAGED = "# Written by facepipe from its settings; rewritten when they change. Delete this line to keep your edits."
 
@@ -168,6 +178,15 @@ class RunLauncher(DefaultRunLauncher):
         return True
 
     def launch_run(self, context) -> None:
+        refusal = digest_refusal(context.dagster_run)
+        if refusal:
+            # at once, in one line: the run's own process would tell the same a minute later, after
+            # the run queue and the step's start, followed by a traceback
+            self._instance.report_run_failed(context.dagster_run, refusal)
+            group = context.dagster_run.tags.get(PARTITION_TAG)
+            if group and not GROUP_ID_PATTERN.match(group):  # no group can ever be named so
+                self._instance.delete_dynamic_partition(GROUPS, group)
+            return
         super().launch_run(context)
         # a code server on this machine (dagster dev's, the daemon's own) starts the run's process
         # here: say so, or the process could not be told apart from a pid of another machine
@@ -184,6 +203,24 @@ class RunLauncher(DefaultRunLauncher):
         if not alive:
             return CheckRunHealthResult(WorkerStatus.FAILED, f"the process {pid} that executed it on {host} is gone")
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"the process {pid} is running")
+
+
+def digest_refusal(run) -> str | None:
+    """Why a digest run cannot work, told from its config and partition alone (one line), or None:
+    what the Launchpad's config schema cannot tell (a confidence of 1.5, a partition 'a/b', a folder
+    that is not there)."""
+    if run.job_name != DIGEST_JOB:
+        return None
+    op_config = list_images_config(run.run_config)
+    try:
+        request = request_of_run(op_config, run.tags.get(PARTITION_TAG))
+    except RunRefused as err:
+        return str(err)
+    # on Celery the workers read the folder, not this machine: the workers' check tells
+    if isinstance(request.source, LocalFolder) and not settings.celery_broker():
+        if not os.path.isdir(request.source.path):
+            return f"source: cannot list {request.source.path!r}: no such folder on {socket.gethostname()}"
+    return None
 
 
 class InstanceConfigError(RuntimeError):

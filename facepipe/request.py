@@ -9,6 +9,7 @@ which is how the run history finds a group's digests.
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.engine.sources import parse_s3_url
+from facepipe.settings import allowed_roots
 
 DEFAULT_CONFIDENCE = 0.5
 DEFAULT_CHUNK_SIZE = 200
@@ -29,7 +31,12 @@ SOURCE_TAG = TAG_PREFIX + "source"
 PROFILE_TAG = TAG_PREFIX + "profile"
 WORKERS_TAG = TAG_PREFIX + "workers"
 WATCH_TAG = TAG_PREFIX + "watch"
+# a watch's run: the run it waited behind in the run queue when its sensor launched it
+QUEUED_BEHIND_TAG = TAG_PREFIX + "queued_behind"
 PARTITION_TAG = "dagster/partition"
+# The dynamic partitions that are the groups (facepipe/defs/partitions.py)
+GROUPS = "digest_groups"
+DIGEST_JOB = "digest_job"
 
 
 def default_workers() -> int:
@@ -49,6 +56,13 @@ class LocalFolder(BaseModel):
 
     kind: Literal["local_folder"] = "local_folder"
     path: str = Field(description="The folder, on the machine that runs the digest; read recursively.")
+
+    @field_validator("path")
+    @classmethod
+    def _typed(cls, path: str) -> str:
+        if not path.strip():  # the Launchpad's default (defs/digest/config.py), left as it was
+            raise ValueError("type the path of the folder of photos")
+        return path
 
     @property
     def url(self) -> str:
@@ -190,6 +204,51 @@ def digest_request(
     else:
         source = LocalFolder(path=str(Path(path).resolve()) if on_this_machine else path)
     return DigestRequest(group_id=group_id, source=source, **options)
+
+
+def list_images_config(run_config: Mapping) -> dict:
+    """The digest's own config (list_images' op config) in a digest_job run config ({} if absent)."""
+    digest = run_config.get("ops", {}).get("digest", {})
+    return digest.get("ops", {}).get("list_images", {}).get("config", {})
+
+
+def request_from_config(op_config: Mapping, group_id: str) -> DigestRequest:
+    """The request of a run, from list_images' op config (the source as the Launchpad's selector,
+    {"local_folder": {"path": ...}}) and the run's partition. Raises pydantic's ValidationError
+    naming the bad field."""
+    # a run config without a source takes the Launchpad's default: a folder whose path is to be typed
+    ((kind, source),) = (op_config.get("source") or {"local_folder": {"path": ""}}).items()
+    return DigestRequest.model_validate({**op_config, "source": {**source, "kind": kind}, "group_id": group_id})
+
+
+class RunRefused(ValueError):
+    """A digest run that cannot work, told from its config and partition alone, in one line."""
+
+
+def request_of_run(op_config: Mapping, partition: str | None) -> DigestRequest:
+    """A digest run's request, from list_images' op config and the run's partition (its group), or
+    RunRefused saying what is wrong. The run launcher asks before the run's process starts, the
+    run's first step again (a run executed without the launcher: `facepipe digest`, tests)."""
+    if partition is None:
+        raise RunRefused(
+            "a digest is of one group: launch it with the group as its partition (the Launchpad's "
+            "partition picker, or `facepipe digest --group`)"
+        )
+    try:
+        request = request_from_config(op_config, partition)
+    except ValidationError as err:
+        raise RunRefused(f"invalid digest request: {one_line(err)}") from None
+    roots = allowed_roots()
+    if roots and isinstance(request.source, LocalFolder):
+        # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
+        # here is where a deployment's allowed roots hold, before anything is read
+        try:
+            folder = allowed_folder(request.source.path, roots)
+        except ValueError as err:
+            raise RunRefused(f"invalid digest request: source.path: {err}") from None
+        # the folder as it was checked: a link changed after the check leads nowhere new
+        request = request.model_copy(update={"source": LocalFolder(path=folder)})
+    return request
 
 
 def run_tags(request: DigestRequest, workers: int) -> dict[str, str]:

@@ -28,7 +28,6 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from facepipe.definitions import get_digest_job, get_people_job
-from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.digest.jobs import digest_run_config, local_photos
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
@@ -44,7 +43,16 @@ from facepipe.instance import (
     prepare_dagster_home,
     run_process,
 )
-from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
+from facepipe.request import (
+    GROUP_TAG,
+    PARTITION_TAG,
+    PROFILE_TAG,
+    TAG_PREFIX,
+    DigestRequest,
+    default_workers,
+    request_from_config,
+    run_tags,
+)
 from facepipe.store import open_store_from_settings
 from facepipe.thumbnails import read_stored_photo
 from facepipe.worker_check import check_workers

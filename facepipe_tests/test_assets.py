@@ -69,6 +69,20 @@ def test_the_digest_assets_store_each_face_once_and_a_second_digest_skips_every_
         by_photo = Counter(Path(face.payload["image_path"]).name for face in store.faces("party", "dlib"))
     assert by_photo == PHOTOS
 
+    # each chunk's faces are stored before the next chunk starts, so a canceled digest keeps them
+    started = [e.step_key for e in first.all_events if e.event_type_value == "STEP_START"]
+    chunks = [key.removeprefix("digest.extract_faces_in_chunk") for key in started if "extract_faces" in key]
+    assert len(chunks) == 4
+    for this, following in zip(chunks, chunks[1:]):
+        assert started.index(f"digest.store_chunk{this}") < started.index(f"digest.extract_faces_in_chunk{following}")
+    # the running total, over all chunks, in the last observation of the run's faces
+    observations = [
+        e.asset_observation_data.asset_observation.metadata for e in first.all_events if e.is_asset_observation
+    ]
+    last = {key: value.value for key, value in observations[-1].items()}
+    total = {"digest_images_done": 4, "digest_images_to_digest": 4, "digest_faces_found": sum(PHOTOS.values())}
+    assert {key: last[key] for key in total} == total
+
     again = materialize_digest(instance, folder, tmp_path / "store")
     # the failed photo is tried again; the three digested ones are skipped unread
     assert metadata(again, "image_list")["images_skipped"] == 3

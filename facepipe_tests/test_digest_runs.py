@@ -121,7 +121,6 @@ def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_p
         verdict({"source": {"local_folder": {"path": str(tmp_path)}}})["__typename"] == "PipelineConfigValidationValid"
     )
     for bad, says in [
-        ({}, 'Missing required config entry "source"'),
         ({"source": {}}, "Must specify a field"),
         ({"source": {"local_folder": {"path": "/x"}, "s3": {"bucket": "b"}}}, "You can only specify a single field"),
         ({"source": {"local_folder": {"path": "/x"}}, "profile": "nope"}, "not in enum"),
@@ -131,6 +130,57 @@ def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_p
         answer = verdict(bad)
         assert answer["__typename"] == "RunConfigValidationInvalid", bad
         assert any(says in error["message"] for error in answer["errors"]), (bad, answer)
+
+
+ADD_PARTITION = """mutation Add($selector: RepositorySelector!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: "digest_groups", partitionKey: $key) {
+    __typename } }"""
+LAUNCHPAD = """query Launchpad($selector: PipelineSelector!) {
+  runConfigSchemaOrError(selector: $selector) { ... on RunConfigSchema { rootDefaultYaml } }
+  pipelineOrError(params: $selector) {
+    ... on Pipeline { partitionKeysOrError { ... on PartitionKeys { partitionKeys } } } }
+}"""
+
+
+@pytest.mark.e2e
+def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fails_before_any_step(dagster_ui, tmp_path):
+    """As the UI does: the Launchpad's initial config (rootDefaultYaml), its partition picker, and
+    launches through the mutation it uses; a run its values doom fails at its launch, in one line."""
+    import yaml
+    from dagster_graphql import DagsterGraphQLClient
+
+    home, url = dagster_ui
+    for key in ("refused", "a/b"):  # the "Add a partition" dialog takes any name
+        graphql(url, ADD_PARTITION, {"selector": LOCATION, "key": key})
+    launchpad = graphql(url, LAUNCHPAD, {"selector": {**LOCATION, "pipelineName": "digest_job"}})
+    initial = yaml.safe_load(launchpad["runConfigSchemaOrError"]["rootDefaultYaml"])
+    assert initial["ops"]["digest"]["ops"]["list_images"]["config"]["source"] == {"local_folder": {"path": ""}}
+    assert {"refused", "a/b"} <= set(launchpad["pipelineOrError"]["partitionKeysOrError"]["partitionKeys"])
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=int(url.rsplit(":", 1)[1]))
+    folder = small_folder(tmp_path / "photos", bad=False)
+    for config, group, says in [
+        ({}, "refused", "source.local_folder.path: type the path of the folder of photos"),  # launched as it opens
+        ({"source": {"local_folder": {"path": str(folder)}}, "confidence": 1.5}, "refused", "confidence: Input should"),
+        ({"source": {"local_folder": {"path": str(tmp_path / "nowhere")}}}, "refused", "source: cannot list"),
+        ({"source": {"local_folder": {"path": str(folder)}}}, "a/b", "group_id 'a/b' may only hold"),
+    ]:
+        run_id = client.submit_job_execution(
+            "digest_job",
+            repository_location_name="facepipe",
+            repository_name="__repository__",
+            run_config={"ops": {"digest": {"ops": {"list_images": {"config": config}}}}},
+            tags={"dagster/partition": group},
+        )
+        summary, _ = wait_until_finished(home, run_id)
+        assert summary["status"] == "failed"
+        (error,) = summary["errors"]
+        assert says in error and "\n" not in error and "Traceback" not in error, error
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            # refused by the run launcher: no process, no step
+            assert not instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_START).records
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert not instance.has_dynamic_partition("digest_groups", "a/b")  # a name no group can have
 
 
 @pytest.mark.e2e

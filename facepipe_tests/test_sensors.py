@@ -28,12 +28,11 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from facepipe.defs.digest.config import request_from_config
 from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_schedules
 from facepipe.defs.ingestion.sensors import build_watch_sensor
 from facepipe.defs.ingestion.webhooks import build_webhook_sensors
 from facepipe.engine.listing import list_images
-from facepipe.request import DigestRequest, digest_request
+from facepipe.request import DigestRequest, digest_request, request_from_config
 from facepipe.runs import run_digest
 from facepipe.watching import parse_watches
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe
@@ -168,6 +167,23 @@ def test_new_photos_become_runs_of_their_window_and_the_cursor_advances(instance
     ]
     assert third.dynamic_partitions_requests == []  # the group exists now
     assert not tick(sensor, instance, third.cursor).run_requests
+
+
+def test_a_watch_run_that_will_wait_in_the_run_queue_names_the_run_it_waits_behind(instance, tmp_path):
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    drop(tmp_path / "inbox", "p0.jpg", T0)
+    sensor = build_watch_sensor(watch(name="inbox", source=str(tmp_path / "inbox"), group_id="wedding"))
+    assert "facepipe/queued_behind" not in tick(sensor, instance).run_requests[0].tags  # nothing ahead
+
+    ahead = create_run_for_test(
+        instance, job_name="digest_job", status=DagsterRunStatus.STARTED, tags={"facepipe/group_id": "party"}
+    )
+    create_run_for_test(instance, job_name="digest_job", status=DagsterRunStatus.STARTING)
+    create_run_for_test(instance, job_name="digest_job", status=DagsterRunStatus.SUCCESS)
+    (request,) = tick(sensor, instance).run_requests
+    assert request.tags["facepipe/queued_behind"] == ahead.run_id
 
 
 def test_a_flood_of_photos_becomes_several_bounded_runs(instance, tmp_path):

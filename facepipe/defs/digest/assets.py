@@ -33,6 +33,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetsDefinition,
+    DagsterEventType,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -46,25 +47,16 @@ from dagster import (
     op,
 )
 from dagster_aws.s3 import S3Resource
-from pydantic import ValidationError
 
-from facepipe.defs.digest.config import DigestConfig, request_from_config
+from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
 from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import (
-    DigestRequest,
-    LocalFolder,
-    S3Prefix,
-    allowed_folder,
-    default_workers,
-    one_line,
-    run_tags,
-)
-from facepipe.settings import STORE_POOL, allowed_roots, store_queue
+from facepipe.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
+from facepipe.settings import STORE_POOL, store_queue
 from facepipe.store import faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
@@ -74,6 +66,9 @@ MAX_ERRORS_IN_METADATA = 1000
 # one store; with a Qdrant server, any worker. (dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG, written
 # out: the definitions load without the `celery` extra.)
 STORE_STEP_TAGS = {"dagster-celery/queue": store_queue()}
+# A chunk's faces are stored before another chunk starts, whatever the workers: what a canceled
+# digest finished is kept. (Dagster's executors start the ready step of highest priority first.)
+STORED_FIRST = {**STORE_STEP_TAGS, "dagster/priority": "1"}
 
 
 @dataclass
@@ -92,6 +87,7 @@ class ImageList:
 class Chunk:
     tasks: list  # ImageTask
     request: DigestRequest  # the digest's settings: profile, confidence, source...
+    images_to_digest: int = 0  # in the whole digest, for its running total
 
 
 def _workers(context: OpExecutionContext) -> int:
@@ -105,32 +101,15 @@ def _errors(images) -> list[dict]:
 
 def _request(context: OpExecutionContext) -> DigestRequest:
     """The run's request: its config and its partition (the group), or one line that says what is wrong."""
-    if not context.has_partition_key:
-        raise Failure(
-            "a digest is of one group: launch it with the group as its partition (the Launchpad's "
-            "partition picker, or `facepipe digest --group`)",
-            allow_retries=False,
-        )
     try:
-        request = request_from_config(context.op_config, context.partition_key)
-    except ValidationError as err:
-        raise Failure(f"invalid digest request: {one_line(err)}", allow_retries=False) from None
-    roots = allowed_roots()
-    if roots and isinstance(request.source, LocalFolder):
-        # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
-        # here is where a deployment's allowed roots hold, before anything is read
-        try:
-            folder = allowed_folder(request.source.path, roots)
-        except ValueError as err:
-            raise Failure(f"invalid digest request: source.path: {err}", allow_retries=False) from None
-        # the folder as it was checked: a link changed after the check leads nowhere new
-        request = request.model_copy(update={"source": LocalFolder(path=folder)})
-    return request
+        return request_of_run(context.op_config, context.partition_key if context.has_partition_key else None)
+    except RunRefused as err:
+        raise Failure(str(err), allow_retries=False) from None
 
 
 # The Launchpad's form is DigestConfig's schema (the source and profile as choices, refused before
-# launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') is checked by
-# _request, and fails this step at once, in one line, without retries.
+# launch); what only the values can tell (a confidence of 1.5, a partition 'a/b') fails the run in
+# facepipe's run launcher before its process starts, and here for a run executed in process.
 @op(
     out={"image_list": Out(), "chunks": DynamicOut()},
     pool=STORE_POOL,
@@ -182,7 +161,8 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
         },
     )
     for index, chunk_tasks in enumerate(chunks):
-        yield DynamicOutput(Chunk(chunk_tasks, request), mapping_key=f"chunk_{index:04d}", output_name="chunks")
+        chunk = Chunk(chunk_tasks, request, len(tasks))
+        yield DynamicOutput(chunk, mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
 
 def _not_listed(context: OpExecutionContext, listing) -> dict:
@@ -199,8 +179,12 @@ def _not_listed(context: OpExecutionContext, listing) -> dict:
 PROGRESS_SECONDS = 5.0
 
 
-def _observe(context: OpExecutionContext, images: list, **metadata) -> None:
-    """An observation of `faces`: the counts of `images`, photos done since the chunk's last one."""
+def _observe(context: OpExecutionContext, chunk: Chunk, images: list, **metadata) -> None:
+    """An observation of `faces`: the counts of `images`, photos done since the chunk's last one,
+    with the digest's running total over all its chunks (on the run page and the asset page)."""
+    done, faces = _digest_so_far(context)
+    done, faces = done + len(images), faces + sum(len(r.faces) for r in images)
+    context.log.info(f"digest: {done} of {chunk.images_to_digest} photos done, {faces} faces found so far")
     context.log_event(
         AssetObservation(
             asset_key=AssetKey("faces"),
@@ -212,10 +196,28 @@ def _observe(context: OpExecutionContext, images: list, **metadata) -> None:
                 "faces_dropped": sum(r.faces_dropped for r in images),
                 "faces_too_small": sum(r.faces_too_small for r in images),
                 "failed_images": MetadataValue.json(_errors(images)[:MAX_ERRORS_IN_METADATA]),
+                "digest_images_done": done,
+                "digest_images_to_digest": chunk.images_to_digest,
+                "digest_faces_found": faces,
                 **metadata,
             },
         )
     )
+
+
+def _digest_so_far(context: OpExecutionContext) -> tuple[int, int]:
+    """Photos done and faces found by the run's chunks so far, from their observations."""
+    done = faces = 0
+    records = context.instance.get_records_for_run(context.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+    for record in records.records:
+        event = record.event_log_entry.dagster_event
+        assert event is not None  # the records asked for are all Dagster events
+        metadata = event.asset_observation_data.asset_observation.metadata
+        if "digest_images_done" in metadata:
+            done += cast(int, metadata["images_done"].value)
+            faces += cast(int, metadata["faces_detected"].value) - cast(int, metadata["faces_dropped"].value)
+            faces -= cast(int, metadata["faces_too_small"].value)
+    return done, faces
 
 
 @op
@@ -231,8 +233,7 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
     def report_progress(done: list) -> None:
         nonlocal reported, last_report
         if time.monotonic() - last_report >= PROGRESS_SECONDS and len(done) < len(chunk.tasks):
-            _observe(context, done[reported:])
-            context.log.info(f"{len(done)} of {len(chunk.tasks)} photos of this chunk done")
+            _observe(context, chunk, done[reported:])
             reported, last_report = len(done), time.monotonic()
 
     result = faces_in_chunk(
@@ -248,6 +249,7 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
         context.log.warning(f"image failed: {error['path']}: {error['error']}")
     _observe(
         context,
+        chunk,
         result.images[reported:],
         # for benchmarks/digest_speed.py: where a chunk's time went, and the worker's memory
         seconds_per_stage=MetadataValue.json({k: round(v, 3) for k, v in result.seconds.items()}),
@@ -279,7 +281,7 @@ class StoredChunk:
     seconds: dict  # per stage, summed over the chunk's photos
 
 
-@op(pool=STORE_POOL, tags=STORE_STEP_TAGS)
+@op(pool=STORE_POOL, tags=STORED_FIRST)
 def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: FaceStoreResource) -> StoredChunk:
     """Write one chunk's faces and ledger rows as soon as the chunk is done (one writer at a time)."""
     images = chunk_result.images

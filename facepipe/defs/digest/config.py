@@ -20,9 +20,14 @@ class S3PrefixConfig(Config, S3Prefix):
 class DigestConfig(Config, DigestOptions):
     """Digest the photos of one source into the run's group (its partition)."""
 
-    # Dagster renders a union of Config classes as a selector: exactly one, refused before launch
+    # Dagster renders a union of Config classes as a selector: exactly one, refused before launch.
+    # Its default is what the Launchpad opens with: a local folder whose path is to be typed (built
+    # unvalidated; an empty path is refused at launch). Without one, Dagster's default would be the
+    # S3 branch's own defaults, a prefix without a bucket: an error before the user typed anything.
     source: LocalFolderConfig | S3PrefixConfig = Field(
-        discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
+        default=LocalFolderConfig.model_construct(path=""),
+        discriminator="kind",
+        description="Where the photos are: a local folder, or an S3 prefix.",
     )
 
 
@@ -32,10 +37,3 @@ def digest_config(request: DigestRequest) -> dict:
     options = request.model_dump(exclude={"group_id"})
     source = options.pop("source")
     return {**options, "source": {source.pop("kind"): source}}
-
-
-def request_from_config(op_config: dict, group_id: str) -> DigestRequest:
-    """The request of a run, from list_images' run config and the run's partition: the inverse of
-    digest_config. Raises pydantic's ValidationError naming the bad field."""
-    ((kind, source),) = op_config["source"].items()
-    return DigestRequest.model_validate({**op_config, "source": {**source, "kind": kind}, "group_id": group_id})

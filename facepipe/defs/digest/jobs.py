@@ -9,7 +9,7 @@ from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job,
 
 from facepipe import settings
 from facepipe.defs.digest.config import digest_config
-from facepipe.request import DigestRequest, default_workers
+from facepipe.request import DigestRequest, default_workers, list_images_config
 
 WORKERS_FIELD = {
     "workers": Field(
@@ -42,8 +42,7 @@ def _celery_config(config: dict) -> dict:
 
 def local_photos(run_config: Mapping) -> str | None:
     """The local folder a digest_job run reads, from its run config; None for an S3 prefix."""
-    list_images = run_config.get("ops", {}).get("digest", {}).get("ops", {}).get("list_images", {})
-    return list_images.get("config", {}).get("source", {}).get("local_folder", {}).get("path")
+    return list_images_config(run_config).get("source", {}).get("local_folder", {}).get("path")
 
 
 def digest_executor() -> ExecutorDefinition:
