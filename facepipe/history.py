@@ -107,10 +107,8 @@ def _summary_of(instance: DagsterInstance, record: RunRecord) -> dict:
     """The run's summary: from its SUMMARY_TAG when it has one, else from its events (then kept in
     the tag if the run has finished)."""
     run = record.dagster_run
-    kept = run.tags.get(SUMMARY_TAG)
-    parts = json.loads(kept) if kept else None
-    # a re-execution copies its parent's tags: a summary is the run's own only with its run id
-    if not parts or (parts.get("version"), parts.get("run_id")) != (SUMMARY_VERSION, run.run_id):
+    parts = kept_summary_parts(run.run_id, run.tags)
+    if parts is None:
         parts = {"version": SUMMARY_VERSION, "run_id": run.run_id, **_from_events(instance, run.run_id)}
         text = json.dumps(parts, separators=(",", ":"))
         if run.is_finished and len(text) <= SUMMARY_TAG_MAX_CHARS:
@@ -125,6 +123,16 @@ def _summary_of(instance: DagsterInstance, record: RunRecord) -> dict:
         parts["observations"],
         parts["errors"],
     )
+
+
+def kept_summary_parts(run_id: str, tags) -> dict | None:
+    """What summarise needs of the run's events, as its SUMMARY_TAG keeps it; None without one.
+    A re-execution copies its parent's tags: a summary is the run's own only with its run id."""
+    kept = tags.get(SUMMARY_TAG)
+    parts = json.loads(kept) if kept else None
+    if not parts or (parts.get("version"), parts.get("run_id")) != (SUMMARY_VERSION, run_id):
+        return None
+    return parts
 
 
 def _from_events(instance: DagsterInstance, run_id: str) -> dict:
