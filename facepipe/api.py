@@ -4,21 +4,28 @@ Every digest is a Dagster run submitted to the instance's run queue (the daemon 
 or of the deployment executes it; this process never runs one), every status is read from
 Dagster's run storage and event log, every search and person from the face store.
 
-Two things are shared by every request of this process, and each is serialised:
-- the embedded face store admits one process at a time: a request opens it, answers and closes it
-  (one request at a time here, `_STORE_LOCK`); while a digest step holds it, the request waits and
-  retries, and answers 503 with Retry-After when it cannot within FACEPIPE_STORE_WAIT_SECONDS;
-- dlib's models are not thread-safe: every detection and embedding holds `_MODEL_LOCK`.
+Many clients share this process (README, "Many clients at once"):
+- the embedded face store admits one process at a time: this one keeps it open between requests
+  (store.StoreLease), one store operation at a time, and hands it over as soon as a digest step or
+  `facepipe search` waits for it; a request waits for it up to FACEPIPE_STORE_WAIT_SECONDS, then
+  answers 503 with Retry-After. No request holds it while a model runs;
+- a search's selfie is embedded in a pool of worker processes (FACEPIPE_SEARCH_WORKERS; dlib's
+  models are not thread-safe), at most FACEPIPE_SEARCH_QUEUE searches at once, one more is a 503;
+- the other one-photo endpoints run the models in this process, holding `_MODEL_LOCK`;
+- `/health` is answered from a check made at most every HEALTH_CACHE_SECONDS, that opens no store file.
 """
 
+import asyncio
 import base64
 import json
+import multiprocessing
 import secrets
-import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,7 +47,7 @@ from facepipe.engine.listing import ImageError, too_large
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, DEFAULT_PRESET, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from facepipe.engine.weights import ATTRIBUTE_WEIGHTS, MissingWeightsError, missing_attribute_weights, weights_folder
-from facepipe.history import STATUS_NAMES, DigestNotFound, digest_summary, list_digests
+from facepipe.history import STATUS_NAMES, DigestNotFound, count_digests, digest_runs, digest_summary
 from facepipe.people import (
     PersonNotFound,
     list_people,
@@ -60,21 +67,31 @@ from facepipe.request import (
 from facepipe.runs import (
     cancel_digest,
     daemon_is_running,
-    digest_face_ids,
     instance_for_digests,
     start_digest,
     start_people,
     start_retry,
 )
-from facepipe.search import SearchError, group_profiles, search_faces
-from facepipe.store import StoreBusy, StoreDamaged, StoreNotWritable, StoreUnavailable, open_store_from_settings
+from facepipe.search import SearchError, group_profile, group_profiles, matching_photos, selfie_faces_in
+from facepipe.store import (
+    MIN_FREE_BYTES,
+    StoreBusy,
+    StoreDamaged,
+    StoreLease,
+    StoreNotWritable,
+    StoreUnavailable,
+    _free_bytes,
+    lease_from_settings,
+    open_store_from_settings,
+)
 from facepipe.worker_check import WorkerConfigError
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this
 UPLOAD_CHUNK = 1 << 20
 
-_STORE_LOCK = threading.Lock()
+HEALTH_CACHE_SECONDS = 5.0
+
 _MODEL_LOCK = threading.Lock()  # dlib's detector, shape predictor and ResNet are not thread-safe
 
 
@@ -157,38 +174,24 @@ def _busy(message: str) -> HTTPException:
     )
 
 
-@contextmanager
-def _store_turn():
-    """This process's turn at the face store: one request at a time (the embedded store admits one
-    process, and an open store is not shared between threads here)."""
-    if not _STORE_LOCK.acquire(timeout=settings.store_wait_seconds()):
-        raise _busy("the face store is busy with other requests")
-    try:
-        yield
-    finally:
-        _STORE_LOCK.release()
-
-
-def _retrying(call):
-    """`call()`, which opens the face store, again every 0.25 s while another process (a digest step)
-    holds it; 503 with Retry-After past FACEPIPE_STORE_WAIT_SECONDS."""
-    deadline = time.monotonic() + settings.store_wait_seconds()
-    while True:
-        try:
-            return call()
-        except StoreBusy as err:
-            if time.monotonic() > deadline:
-                raise _busy(str(err)) from None
-            time.sleep(0.25)
-        except StoreUnavailable as err:  # a Qdrant server down: nothing to wait for here
-            raise _busy(str(err)) from None
+_lease: StoreLease | None = None
+_lease_made = threading.Lock()
 
 
 @contextmanager
 def _store():
-    """The face store, opened for one request and closed after it."""
-    with _store_turn(), ExitStack() as stack:
-        yield _retrying(lambda: stack.enter_context(open_store_from_settings()))
+    """The face store, for one store operation of a request (this process keeps it open between
+    them, see store.StoreLease); 503 with Retry-After when another process holds it past
+    FACEPIPE_STORE_WAIT_SECONDS, or a Qdrant server cannot be reached."""
+    global _lease
+    with _lease_made:
+        if _lease is None:
+            _lease = lease_from_settings()
+    try:
+        with _lease.use(settings.store_wait_seconds()) as store:
+            yield store
+    except (StoreBusy, StoreUnavailable) as err:
+        raise _busy(str(err)) from None
 
 
 def _profile_of(store, group_id: str, profile: str | None) -> str:
@@ -200,8 +203,17 @@ def _profile_of(store, group_id: str, profile: str | None) -> str:
     return profile or profiles[0]
 
 
+_instance_made = threading.Lock()
+_the_instance = None
+
+
 def _instance():
-    return instance_for_digests()
+    """The Dagster instance, made once per process (making one reads its folder and its yaml)."""
+    global _the_instance
+    with _instance_made:
+        if _the_instance is None:
+            _the_instance = instance_for_digests()
+    return _the_instance
 
 
 def _field_errors(err: ValidationError, prefix: str = "body") -> RequestValidationError:
@@ -404,9 +416,10 @@ def get_digests(
     """Digests, newest first, filtered by group, status and creation time (ISO 8601; UTC unless it says)."""
     since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (since, until))
     instance = _instance()
-    found = list_digests(instance, group_id, status, since, until, limit)
-    jobs = [_job(s, instance.get_run_by_id(s["run_id"]).run_config) for s in found]
-    return {"total_jobs": len(jobs), "jobs": jobs}
+    # a page costs the page: each finished run's summary is kept in its tags (history.digest_runs)
+    runs = digest_runs(instance, group_id, status, since, until, limit)
+    jobs = [_job(summary, dict(run.run_config)) for summary, run in runs]
+    return {"total_jobs": count_digests(instance, group_id, status, since, until), "jobs": jobs}
 
 
 @app.get("/get-digests/{job_id}", dependencies=KEY, tags=["digests"])
@@ -438,10 +451,10 @@ def get_digest_face_ids(
         summary = digest_summary(instance, job_id)
     except DigestNotFound as err:
         raise HTTPException(404, str(err)) from None
-    if not summary["profile"]:
+    if not summary["profile"] or not summary["group_id"]:
         return {"job_id": job_id, "face_ids": [], "next_offset": None}
-    with _store_turn():  # digest_face_ids opens the store itself
-        ids, next_offset = _retrying(lambda: digest_face_ids(summary, limit, offset))
+    with _store() as store:
+        ids, next_offset = store.face_ids_of_run(summary["group_id"], summary["profile"], job_id, limit, offset)
     return {"job_id": job_id, "face_ids": ids, "next_offset": next_offset}
 
 
@@ -489,29 +502,78 @@ async def post_search_face(
     boxes, face ids and person ids. `threshold` defaults to the profile's calibrated one."""
     data = await _upload_bytes(file)
     await run_in_threadpool(_decoded, data, file.filename)  # a bad upload is told apart from a photo with no face
+    name = repr(file.filename)
+    # embedded before the store is touched, with the profile asked for, else the default: a group
+    # digested with another profile is embedded again
+    guessed = profile or DEFAULT_PROFILE
+    try:
+        with _search_slot():
+            faces = await _embedded(data, name, guessed, all_faces)
 
-    def search() -> dict:
-        # search_faces reads a file: the upload goes to a private temporary one, removed after
-        with tempfile.NamedTemporaryFile(suffix=Path(file.filename or "").suffix) as selfie:
-            selfie.write(data)
-            selfie.flush()
-            with _store() as store:
-                if not group_profiles(store, group_id):
-                    raise HTTPException(
-                        404, f"unknown group {group_id!r}: it has no faces; digest photos into it first"
-                    )
-                try:
-                    with _MODEL_LOCK:
-                        result = search_faces(store, selfie.name, group_id, profile, top_k, threshold, all_faces)
-                except SearchError as err:
-                    raise HTTPException(
-                        404 if "unknown group" in str(err) else 400, str(err).replace(selfie.name, repr(file.filename))
-                    ) from None
-                except MissingWeightsError as err:
-                    raise HTTPException(503, str(err)) from None
-        return result.to_dict()
+            def match():
+                with _store() as store:
+                    chosen = group_profile(store, group_id, profile)
+                    if chosen != guessed:
+                        return chosen, None
+                    return chosen, matching_photos(store, group_id, chosen, faces, top_k, threshold)
 
-    return await run_in_threadpool(search)
+            chosen, result = await run_in_threadpool(match)
+            if result is None:
+                faces = await _embedded(data, name, chosen, all_faces)
+                result = await run_in_threadpool(_matching, group_id, chosen, faces, top_k, threshold)
+    except SearchError as err:
+        raise HTTPException(404 if "unknown group" in str(err) else 400, str(err)) from None
+    except MissingWeightsError as err:
+        raise HTTPException(503, str(err)) from None
+    return result.to_dict()
+
+
+def _matching(group_id: str, profile: str, faces: list, top_k: int, threshold: float | None):
+    with _store() as store:
+        return matching_photos(store, group_id, profile, faces, top_k, threshold)
+
+
+_search_pool: ProcessPoolExecutor | None = None
+_search_slots: threading.BoundedSemaphore | None = None
+_search_made = threading.Lock()
+
+
+@contextmanager
+def _search_slot():
+    """One of FACEPIPE_SEARCH_QUEUE places for a search; 503 with Retry-After when none is free."""
+    global _search_slots
+    with _search_made:
+        if _search_slots is None:
+            _search_slots = threading.BoundedSemaphore(settings.search_queue())
+    if not _search_slots.acquire(blocking=False):
+        raise _busy(f"{settings.search_queue()} searches are being answered (FACEPIPE_SEARCH_QUEUE)")
+    try:
+        yield
+    finally:
+        _search_slots.release()
+
+
+async def _embedded(data: bytes, name: str, profile: str, all_faces: bool) -> list:
+    """The selfie's faces, found and embedded by a worker process of the search pool."""
+    global _search_pool
+    with _search_made:
+        if _search_pool is None:
+            # spawned, not forked from this threaded process; each worker loads the default
+            # profile's models once, before its first selfie
+            _search_pool = ProcessPoolExecutor(
+                settings.search_workers(),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=load_profile,
+                initargs=(DEFAULT_PROFILE,),
+            )
+        pool = _search_pool
+    try:
+        return await asyncio.wrap_future(pool.submit(selfie_faces_in, data, name, profile, all_faces))
+    except BrokenProcessPool:  # a worker died (out of memory?): a new pool for the next search
+        with _search_made:
+            if _search_pool is pool:
+                _search_pool = None
+        raise _busy("a search worker process died") from None
 
 
 class ClusterBody(BaseModel):
@@ -753,19 +815,43 @@ async def post_get_features(
 # ------------------------------------------------------------------------------------------------
 
 
+_health: tuple[float, dict] | None = None
+_health_made = threading.Lock()
+
+
 @app.get("/health", tags=["health"])
-def get_health():
-    """The store, the instance (and its daemon) and the models, each up or not; 503 if the store or
-    the instance is down."""
+def get_health(given: Annotated[str | None, Depends(_key_header)]):
+    """ "ok" or "degraded" (503): the store and the instance are up. With the API key (when the
+    server has one): each check, the store, the instance (and its daemon) and the models. Checked
+    at most every HEALTH_CACHE_SECONDS, without opening the store: answered from memory meanwhile."""
+    global _health
+    with _health_made:
+        if _health is None or time.monotonic() - _health[0] > HEALTH_CACHE_SECONDS:
+            _health = (time.monotonic(), _health_checks())
+        checks = _health[1]
+    expected = settings.api_key()
+    keyed = not expected or (given and secrets.compare_digest(given.encode(), expected.encode()))
+    answer = checks if keyed else {"status": checks["status"]}
+    return JSONResponse(answer, status_code=200 if checks["status"] == "ok" else 503)
+
+
+def _health_checks() -> dict:
     checks: dict = {}
-    try:
-        with _store() as store:
-            store.count_faces("-", DEFAULT_PROFILE)
-        checks["store"] = {"up": True, "kind": "server" if settings.qdrant_url() else "embedded"}
-    except HTTPException as err:  # held by a digest: there, but not answering now
-        checks["store"] = {"up": False, "error": err.detail}
-    except Exception as err:
-        checks["store"] = {"up": False, "error": f"{type(err).__name__}: {err}"}
+    if settings.qdrant_url():  # a server: asked once per check
+        try:
+            with open_store_from_settings():
+                pass
+            checks["store"] = {"up": True, "kind": "server"}
+        except Exception as err:
+            checks["store"] = {"up": False, "kind": "server", "error": str(err)}
+    else:  # embedded: its folder and its disk's room, no file of it opened (a digest may hold it)
+        root = settings.qdrant_path()
+        free = _free_bytes(root)
+        if free is not None and free < MIN_FREE_BYTES:
+            error = f"{free / 2**20:.1f} MiB free on the disk of {root}, under the {MIN_FREE_BYTES // 2**20} MiB needed"
+            checks["store"] = {"up": False, "kind": "embedded", "error": error}
+        else:
+            checks["store"] = {"up": True, "kind": "embedded", "path": str(root), "exists": root.is_dir()}
     try:
         instance = _instance()
         checks["instance"] = {"up": True, "daemon": daemon_is_running(instance)}
@@ -780,11 +866,12 @@ def get_health():
     missing["deepface-attributes"] = [f for _, f in ATTRIBUTE_WEIGHTS.values() if not (folder / f).is_file()]
     checks["models"] = {name: {"up": not files, "missing": files} for name, files in missing.items()}
     up = checks["store"]["up"] and checks["instance"]["up"]
-    return JSONResponse({"status": "up" if up else "down", **checks}, status_code=200 if up else 503)
+    return {"status": "ok" if up else "degraded", **checks}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    # one process: the embedded store admits one, and _MODEL_LOCK serialises the models within it
+    # one process: the embedded store admits one (held by its StoreLease); searches' models run in
+    # its pool of worker processes
     uvicorn.run(app, host=host, port=port, workers=1)

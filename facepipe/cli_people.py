@@ -79,13 +79,24 @@ def _area(area: dict) -> str:
 @AS_JSON
 def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
     """Find the group's photos showing the person in SELFIE, grouped by photo, best first."""
-    from facepipe.search import SearchError, search_faces
+    from facepipe.search import SearchError, group_profile, matching_photos, selfie_faces
 
-    with _store() as store:
-        try:
-            result = search_faces(store, selfie, group_id, profile, top_k, threshold, all_faces)
-        except SearchError as err:
-            raise click.ClickException(str(err)) from None
+    try:
+        # embedded before the store is opened (a digest may want it meanwhile), with the profile
+        # asked for, else the default: a group digested with another is embedded again
+        if not Path(selfie).is_file():
+            raise SearchError(f"no such selfie file: {selfie}")
+        guessed = profile or DEFAULT_PROFILE
+        faces = selfie_faces(selfie, guessed, all_faces)
+        with _store() as store:
+            chosen = group_profile(store, group_id, profile)
+            result = matching_photos(store, group_id, chosen, faces, top_k, threshold) if chosen == guessed else None
+        if result is None:
+            faces = selfie_faces(selfie, chosen, all_faces)
+            with _store() as store:
+                result = matching_photos(store, group_id, chosen, faces, top_k, threshold)
+    except SearchError as err:
+        raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

@@ -2,13 +2,15 @@
 
 Never from a side store: a digest's status and counts survive restarts and are the ones the Dagster
 UI shows. `summarise` turns a run's events into the seed service's digest fields, for the local
-instance (`digest_summary`) and a remote webserver (facepipe/remote.py) alike.
+instance (`digest_summary`) and a remote webserver (facepipe/remote.py) alike. A finished run's
+summary is kept in its run tags (SUMMARY_TAG), so that listing a page of runs reads the page only.
 """
 
+import json
 import time
 from datetime import UTC, datetime
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 
 from facepipe.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
 
@@ -28,6 +30,39 @@ class DigestNotFound(LookupError):
     pass
 
 
+# A finished digest's summary, kept in its run's tags the first time it is read, so that a page of
+# the history is one query of the run storage (SQLite or PostgreSQL), not one read of each run's
+# event log. Written only once the run has finished: nothing it is made of changes after. A summary
+# too large for a tag (a digest with thousands of failed photos) is read from the events each time.
+SUMMARY_TAG = "facepipe/summary"
+SUMMARY_VERSION = 1
+SUMMARY_TAG_MAX_CHARS = 64_000
+
+
+def _runs_filter(group_id: str | None, status: str | None, since: datetime | None, until: datetime | None):
+    # the partition, which every digest has, however it was launched (the Launchpad adds no tag of ours)
+    tags = {PARTITION_TAG: group_id} if group_id else {}
+    statuses = None
+    if status:
+        statuses = [s for s, name in STATUS_NAMES.items() if name == status]
+        if not statuses:
+            raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
+    return RunsFilter(job_name=DIGEST_JOB, tags=tags, statuses=statuses, created_after=since, created_before=until)
+
+
+def digest_runs(
+    instance: DagsterInstance,
+    group_id: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 20,
+) -> list[tuple[dict, DagsterRun]]:
+    """Digests, newest first, filtered by group, status and creation time: each summary with its run."""
+    records = instance.get_run_records(_runs_filter(group_id, status, since, until), limit=limit)
+    return [(_summary_of(instance, record), record.dagster_run) for record in records]
+
+
 def list_digests(
     instance: DagsterInstance,
     group_id: str | None = None,
@@ -37,18 +72,18 @@ def list_digests(
     limit: int = 20,
 ) -> list[dict]:
     """Digests, newest first, filtered by group, status and creation time."""
-    # the partition, which every digest has, however it was launched (the Launchpad adds no tag of ours)
-    tags = {PARTITION_TAG: group_id} if group_id else {}
-    statuses = None
-    if status:
-        statuses = [s for s, name in STATUS_NAMES.items() if name == status]
-        if not statuses:
-            raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
-    records = instance.get_run_records(
-        RunsFilter(job_name=DIGEST_JOB, tags=tags, statuses=statuses, created_after=since, created_before=until),
-        limit=limit,
-    )
-    return [digest_summary(instance, record.dagster_run.run_id) for record in records]
+    return [summary for summary, _ in digest_runs(instance, group_id, status, since, until, limit)]
+
+
+def count_digests(
+    instance: DagsterInstance,
+    group_id: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """How many digests the history holds for the filter (one count query)."""
+    return instance.get_runs_count(_runs_filter(group_id, status, since, until))
 
 
 def _metadata_values(entry) -> dict:
@@ -64,6 +99,44 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
     record = instance.get_run_record_by_id(run_id)
     if record is None or record.dagster_run.job_name != DIGEST_JOB:
         raise DigestNotFound(f"no digest with run id {run_id!r}")
+    return _summary_of(instance, record)
+
+
+def _summary_of(instance: DagsterInstance, record: RunRecord) -> dict:
+    """The run's summary: from its SUMMARY_TAG when it has one, else from its events (then kept in
+    the tag if the run has finished)."""
+    run = record.dagster_run
+    parts = kept_summary_parts(run.run_id, run.tags)
+    if parts is None:
+        parts = {"version": SUMMARY_VERSION, "run_id": run.run_id, **_from_events(instance, run.run_id)}
+        text = json.dumps(parts, separators=(",", ":"))
+        if run.is_finished and len(text) <= SUMMARY_TAG_MAX_CHARS:
+            instance.add_run_tags(run.run_id, {SUMMARY_TAG: text})
+    return summarise(
+        run.run_id,
+        run.status,
+        dict(run.tags),
+        record.start_time,
+        record.end_time,
+        parts["materialized"],
+        parts["observations"],
+        parts["errors"],
+    )
+
+
+def kept_summary_parts(run_id: str, tags) -> dict | None:
+    """What summarise needs of the run's events, as its SUMMARY_TAG keeps it; None without one.
+    A re-execution copies its parent's tags: a summary is the run's own only with its run id."""
+    kept = tags.get(SUMMARY_TAG)
+    parts = json.loads(kept) if kept else None
+    if not parts or (parts.get("version"), parts.get("run_id")) != (SUMMARY_VERSION, run_id):
+        return None
+    return parts
+
+
+def _from_events(instance: DagsterInstance, run_id: str) -> dict:
+    """What a summary needs of a run's events: its materializations' metadata, its observations
+    (summed into one, as summarise reads them), its errors."""
     materialized: dict[str, dict] = {}
     observations: list[dict] = []
     errors: list[str] = []
@@ -97,10 +170,20 @@ def digest_summary(instance: DagsterInstance, run_id: str) -> dict:
             error = event.job_failure_data.error if event.job_failure_data else None
             dagsters_words = event_record.event_log_entry.message or event.message or ""
             errors.append(_without_class(error) if error else dagsters_words)
-    run = record.dagster_run
-    return summarise(
-        run_id, run.status, dict(run.tags), record.start_time, record.end_time, materialized, observations, errors
-    )
+    return {
+        "materialized": materialized,
+        "observations": [_observed(observations)] if observations else [],
+        "errors": errors,
+    }
+
+
+def _observed(observations: list[dict]) -> dict:
+    """The chunks' observations as one: what summarise reads of them, summed."""
+    keys = ("images_done", "images_failed", "faces_detected", "faces_dropped", "faces_too_small")
+    return {
+        **{key: sum(o.get(key, 0) for o in observations) for key in keys},
+        "failed_images": [e for o in observations for e in o.get("failed_images", [])],
+    }
 
 
 def _without_class(error) -> str:

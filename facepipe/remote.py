@@ -14,7 +14,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
-from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, summarise
+from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, kept_summary_parts, summarise
 from facepipe.request import GROUP_TAG, DigestRequest, run_tags
 
 _METADATA = """metadataEntries { label __typename
@@ -38,7 +38,8 @@ RUN_QUERY = """query Digest($runId: ID!) {
 
 RUNS_QUERY = """query Digests($filter: RunsFilter, $limit: Int) {
   runsOrError(filter: $filter, limit: $limit) {
-    __typename ... on Runs { results { runId } } ... on PythonError { message } }
+    __typename ... on Runs { results { runId status startTime endTime tags { key value } } }
+    ... on PythonError { message } }
 }"""
 
 REPOSITORIES_QUERY = """{ repositoriesOrError { __typename
@@ -155,7 +156,26 @@ class RemoteDigests:
         runs = self._query(RUNS_QUERY, {"filter": runs_filter, "limit": limit})["runsOrError"]
         if runs["__typename"] != "Runs":
             raise RuntimeError(f"could not list runs at {self.url}: {runs.get('message', runs)}")
-        return [self.digest_summary(run["runId"]) for run in runs["results"]]
+        return [self._listed(run) for run in runs["results"]]
+
+    def _listed(self, run: dict) -> dict:
+        """A listed run's summary: from the summary a local reader kept in its tags (history.SUMMARY_TAG),
+        else from its events."""
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        parts = kept_summary_parts(run["runId"], tags)
+        if parts is None:
+            return self.digest_summary(run["runId"])
+        status = DagsterRunStatus(run["status"])
+        return summarise(
+            run["runId"],
+            status,
+            tags,
+            run["startTime"],
+            run["endTime"],
+            parts["materialized"],
+            parts["observations"],
+            parts["errors"],
+        )
 
     def cancel_digest(self, run_id: str) -> dict:
         self.digest_summary(run_id)  # not found is an error of its own

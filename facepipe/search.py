@@ -1,7 +1,8 @@
 """Search a group with a selfie: the group's photos showing the same person, best first.
 
 The selfie goes through the same engine as a digest (decode, detect, align, embed with the
-group's profile); its face is then a cosine query to Qdrant, filtered to the group.
+group's profile); its face is then a cosine query to Qdrant, filtered to the group. The embedding
+(~0.3 CPU-s with dlib) is done before the store is opened, which is held for the query only (ms).
 
 Default thresholds (cosine similarity of L2-normalised embeddings), each profile's
 `search_threshold` (engine/profiles):
@@ -75,9 +76,19 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     """The selfie's faces (engine Face objects), the largest only unless `all_faces`; the selfie's
     faces are found as a digest with the default confidence finds the group's."""
     try:
-        image = decode_image(read_image_bytes(selfie_path)[0])
+        data = read_image_bytes(selfie_path)[0]
     except ImageError as err:
         raise SearchError(f"cannot read the selfie {selfie_path}: {err}") from None
+    return selfie_faces_in(data, selfie_path, profile_name, all_faces)
+
+
+def selfie_faces_in(data: bytes, name: str, profile_name: str, all_faces: bool = False):
+    """The faces of a selfie's bytes (`name` for the messages), as selfie_faces finds them. Runs in
+    the HTTP service's search workers: no store, only the profile's models."""
+    try:
+        image = decode_image(data)
+    except ImageError as err:
+        raise SearchError(f"cannot read the selfie {name}: {err}") from None
     profile = load_profile(profile_name)
     # a selfie's face is large: faces of 1/8 of the photo are looked for first, which is fast
     large = max(DEFAULT_MIN_FACE_SIZE, max(image.shape[:2]) // 8)
@@ -85,10 +96,19 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     if not faces:  # every face (--all-faces), or a small one: as a digest finds them
         faces, _ = faces_in_image(profile, image, DEFAULT_CONFIDENCE, DEFAULT_MIN_FACE_SIZE)
     if not faces:
-        raise SearchError(f"no face found in the selfie {selfie_path}")
+        raise SearchError(f"no face found in the selfie {name}")
     if not all_faces:
         faces = [max(faces, key=lambda f: f.box[2] * f.box[3])]
     return faces
+
+
+def group_profile(store: FaceStore, group_id: str, profile: str | None = None) -> str:
+    """The profile to search the group with: `profile`, or the one its faces have (the default first)."""
+    profiles = group_profiles(store, group_id)
+    if not profiles or (profile and profile not in profiles):
+        with_profile = f" with profile {profile!r}" if profile else ""
+        raise SearchError(f"unknown group {group_id!r}: it has no faces{with_profile}; digest photos into it first")
+    return profile or profiles[0]
 
 
 def search_faces(
@@ -103,17 +123,22 @@ def search_faces(
     """The group's photos with a face like the selfie's, grouped by photo, best first.
 
     `top_k` caps the faces matched per selfie face; `threshold` is the least cosine similarity.
+    The store stays open while the selfie is embedded: for a process that holds it anyway (tests,
+    the notebook); the CLI and the HTTP service embed first (selfie_faces, then matching_photos).
     """
-    profiles = group_profiles(store, group_id)
-    if not profiles or (profile and profile not in profiles):
-        with_profile = f" with profile {profile!r}" if profile else ""
-        raise SearchError(f"unknown group {group_id!r}: it has no faces{with_profile}; digest photos into it first")
-    profile = profile or profiles[0]
-    threshold = PROFILES[profile].search_threshold if threshold is None else threshold
+    profile = group_profile(store, group_id, profile)
     if not Path(selfie_path).is_file():
         raise SearchError(f"no such selfie file: {selfie_path}")
     faces = selfie_faces(selfie_path, profile, all_faces)
+    return matching_photos(store, group_id, profile, faces, top_k, threshold)
 
+
+def matching_photos(
+    store: FaceStore, group_id: str, profile: str, faces: list, top_k: int = 100, threshold: float | None = None
+) -> SearchResult:
+    """The group's photos with a face like one of `faces` (the selfie's, embedded with `profile`):
+    a query of the store per face, milliseconds each."""
+    threshold = PROFILES[profile].search_threshold if threshold is None else threshold
     photos: dict[str, PhotoMatch] = {}
     best: dict[tuple[str, str], Match] = {}  # one match per stored face: its best query face
     for query_index, face in enumerate(faces):

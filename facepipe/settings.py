@@ -10,6 +10,8 @@
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
 - FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below); the
   key is required to listen on anything but loopback (is_loopback).
+- FACEPIPE_STORE_STEP_WAIT_SECONDS, FACEPIPE_SEARCH_WORKERS, FACEPIPE_SEARCH_QUEUE: many clients
+  sharing one store (below).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
   run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
@@ -141,5 +143,28 @@ def allowed_roots() -> list[Path]:
 
 def store_wait_seconds() -> float:
     """FACEPIPE_STORE_WAIT_SECONDS: how long an HTTP request waits for the embedded store while another
-    process holds it (a digest's store step holds it for seconds), before a 503 with Retry-After."""
+    process holds it (a digest's store step holds it for seconds), before a 503 with Retry-After; also
+    how long `facepipe search`, `people` and the notebook wait for it."""
     return float(os.environ.get("FACEPIPE_STORE_WAIT_SECONDS") or 30)
+
+
+# Many clients sharing one store (README, "Many clients at once").
+
+
+def store_step_wait_seconds() -> float:
+    """FACEPIPE_STORE_STEP_WAIT_SECONDS: how long a digest's store step waits for the embedded store
+    while another process holds it (searches hold it for milliseconds at a time; a notebook may
+    hold it for as long as it likes), before it is retried by Dagster (6 times, 5 s apart)."""
+    return float(os.environ.get("FACEPIPE_STORE_STEP_WAIT_SECONDS") or 600)
+
+
+def search_workers() -> int:
+    """FACEPIPE_SEARCH_WORKERS: the HTTP service's processes that find and embed selfies' faces
+    (dlib's models are not thread-safe), default one per core."""
+    return int(os.environ.get("FACEPIPE_SEARCH_WORKERS") or os.cpu_count() or 1)
+
+
+def search_queue() -> int:
+    """FACEPIPE_SEARCH_QUEUE: searches the HTTP service takes at once (being embedded or waiting for
+    a worker); one more is answered 503 with Retry-After."""
+    return int(os.environ.get("FACEPIPE_SEARCH_QUEUE") or 64)

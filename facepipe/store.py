@@ -19,7 +19,9 @@ Two backends behind one interface (`FaceStore`), chosen in `FaceStore.open`:
 
 One process opens an embedded store at a time (a lock file, and Qdrant Edge's own lock on each
 shard's WAL); the pipeline keeps to that with a Dagster pool of size 1 around the steps that open
-it, and `StoreBusy` tells a user that another process holds it.
+it. A process that finds the store held waits for it by time (`wait=`, marked as waiting), and
+`StoreBusy` tells a user that another process held it all that time. A service keeps the store
+open between its requests (`StoreLease`) and hands it over as soon as another process waits.
 """
 
 import errno
@@ -28,8 +30,10 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -630,8 +634,10 @@ class FaceStore:
         api_key: str | None = None,
         backend: str = "edge",
         migrate: bool = True,
+        wait: float = 0.0,
     ) -> Iterator["FaceStore"]:
-        """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit.
+        """A store on a Qdrant server (`url`) or embedded at `path`; closed on exit. An embedded store
+        held by another process is waited for up to `wait` seconds (StoreBusy past them).
 
         `backend="local"` opens `path` with qdrant-client's local mode instead of Qdrant Edge (the
         tests' stand-in for a server; the old default). An embedded folder still in that old
@@ -667,7 +673,7 @@ class FaceStore:
         with _store_errors(root):
             root.mkdir(parents=True, exist_ok=True)
             _check_room(root)
-            lock = _lock(root)
+            lock = _lock(root, wait)
         try:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, _locked=True)
@@ -1075,15 +1081,119 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _lock(root: Path):
-    """Hold `<root>/facepipe.lock` for as long as the store is open; StoreBusy if another process does."""
+# How often a process waiting for the store tries its lock: a store operation takes milliseconds.
+LOCK_POLL_SECONDS = 0.01
+
+
+def _lock(root: Path, wait: float = 0.0):
+    """Hold `<root>/facepipe.lock` for as long as the store is open. While another process holds it,
+    try again for up to `wait` seconds, holding a shared lock on `<root>/facepipe.waiting` meanwhile:
+    a process that keeps the store open between operations (StoreLease) sees it and lets go.
+    StoreBusy past `wait`."""
     handle = open(root / "facepipe.lock", "a+")
+    deadline, waiting = time.monotonic() + wait, None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _busy(root) from None
+            if waiting is None:
+                waiting = open(root / "facepipe.waiting", "a+")
+                fcntl.flock(waiting, fcntl.LOCK_SH)
+            time.sleep(LOCK_POLL_SECONDS)
+    except BaseException:
         handle.close()
-        raise _busy(root) from None
-    return handle
+        raise
+    finally:
+        if waiting is not None:
+            waiting.close()
+
+
+def _others_wait(root: Path) -> bool:
+    """Whether a process waits for the store at `root` (holds `facepipe.waiting` shared, see _lock)."""
+    with open(root / "facepipe.waiting", "a+") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False  # closing the probe releases it
+
+
+class StoreLease:
+    """The face store kept open by a long-lived process (the HTTP service) between its operations.
+
+    Opening the embedded store costs more as it grows (its shards' files are mapped and read again:
+    benchmarks/service_load.py), so a service that opened it per request would spend its time
+    opening. A lease keeps it open, one thread using it at a time (`use`), and closes it when idle
+    for `idle_seconds`, and as soon as another process waits for it (a digest step, `facepipe
+    search`): that process gets it after at most the one operation in progress. The next `use`
+    opens it again, waiting for it as any process does; so the store's open handle always sees
+    what the other processes wrote. With a Qdrant server, the client is kept open the same way.
+    """
+
+    def __init__(self, opener: Callable[[float], Any], root: Path | None, idle_seconds: float = 2.0):
+        self._opener = opener  # opener(wait) -> the context manager of an open FaceStore
+        self._root = root  # the embedded store's folder; None for a server (no other process waits)
+        self._idle_seconds = idle_seconds
+        self._turn = threading.Lock()
+        self._open: tuple[Any, FaceStore] | None = None
+        self._last_used = 0.0
+        self._watcher: threading.Thread | None = None
+
+    @contextmanager
+    def use(self, wait: float) -> Iterator[FaceStore]:
+        """The open store, for one operation of this thread; StoreBusy when it cannot be had within `wait` s."""
+        deadline = time.monotonic() + wait
+        if not self._turn.acquire(timeout=wait):
+            raise _busy(self._root or "the server")
+        try:
+            if self._open is None:
+                manager = self._opener(max(0.0, deadline - time.monotonic()))
+                self._open = (manager, manager.__enter__())
+                self._watch()
+            try:
+                yield self._open[1]
+            except StoreError:
+                self._close()  # damaged, not writable, a server gone: opened afresh next time
+                raise
+            finally:
+                self._last_used = time.monotonic()
+            if self._root is not None and _others_wait(self._root):
+                self._close()
+        finally:
+            self._turn.release()
+
+    def close(self) -> None:
+        with self._turn:
+            self._close()
+
+    def _close(self) -> None:
+        if self._open is not None:
+            manager, self._open = self._open[0], None
+            manager.__exit__(None, None, None)
+
+    def _watch(self) -> None:
+        """A thread that closes the store while no request uses it, when it has been idle or is waited for."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+
+        def watch() -> None:
+            while True:
+                time.sleep(LOCK_POLL_SECONDS * 5)
+                if self._open is None or not self._turn.acquire(blocking=False):
+                    continue
+                try:
+                    idle = time.monotonic() - self._last_used > self._idle_seconds
+                    if self._open is not None and (idle or (self._root is not None and _others_wait(self._root))):
+                        self._close()
+                finally:
+                    self._turn.release()
+
+        self._watcher = threading.Thread(target=watch, name="store-lease", daemon=True)
+        self._watcher.start()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1208,6 +1318,19 @@ def _copy_people(faces_from: FaceStore, to: FaceStore, name: str, people: Iterab
     return _upsert_in_batches(to, name, map(with_mean, people))
 
 
-def open_store_from_settings():
-    """The store this deployment uses: a Qdrant server when QDRANT_URL is set, else the embedded one."""
-    return FaceStore.open(path=settings.qdrant_path(), url=settings.qdrant_url(), api_key=settings.qdrant_api_key())
+def open_store_from_settings(wait: float | None = None):
+    """The store this deployment uses: a Qdrant server when QDRANT_URL is set, else the embedded one,
+    waited for up to `wait` seconds (default FACEPIPE_STORE_WAIT_SECONDS) while another process holds it."""
+    return FaceStore.open(
+        path=settings.qdrant_path(),
+        url=settings.qdrant_url(),
+        api_key=settings.qdrant_api_key(),
+        wait=settings.store_wait_seconds() if wait is None else wait,
+    )
+
+
+def lease_from_settings() -> StoreLease:
+    """A StoreLease of the store this deployment uses."""
+    return StoreLease(
+        lambda wait: open_store_from_settings(wait), None if settings.qdrant_url() else settings.qdrant_path()
+    )

@@ -113,7 +113,7 @@ def faces_by_photo(home: Path, group: str = "sample", profile: str = "dlib") -> 
     """The group's stored faces (with vectors), by photo file name."""
     from facepipe.store import FaceStore
 
-    with FaceStore.open(path=home / "qdrant") as store:
+    with FaceStore.open(path=home / "qdrant", wait=60) as store:  # a service may hold it: it hands it over
         points = store.faces(group, profile, with_vectors=True)
     by_photo: dict[str, list] = {}
     for point in points:

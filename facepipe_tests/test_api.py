@@ -6,8 +6,10 @@ samples of ../shared/faces, read in place (the server's only allowed root).
 """
 
 import base64
+import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_server, facepipe_ui
+from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_server, facepipe_ui, faces_by_photo, run_facepipe
 
 pytestmark = pytest.mark.e2e  # every test runs against `facepipe serve` and `facepipe ui`
 
@@ -372,10 +374,12 @@ def test_requests_without_the_key_are_refused_health_and_docs_are_open(service):
                 stranger.post("/get-faces", files={"file": ("s.jpg", selfie)}),
             ):
                 assert answer.status_code == 401 and "X-API-Key" in answer.json()["detail"]
-    health = httpx.get(f"{service.url}/health", timeout=60)
+    for headers in ({}, {"X-API-Key": "wrong"}):  # up or not, and nothing more
+        assert httpx.get(f"{service.url}/health", headers=headers, timeout=60).json() == {"status": "ok"}
+    health = service.http.get("/health")
     assert health.status_code == 200
     checks = health.json()
-    assert checks["status"] == "up" and checks["store"]["up"] and checks["instance"]["daemon"] is True
+    assert checks["status"] == "ok" and checks["store"]["up"] and checks["instance"]["daemon"] is True
     assert checks["models"]["dlib"]["up"] and not checks["models"]["retinaface-arcface"]["up"]
     assert httpx.get(f"{service.url}/docs", timeout=60).status_code == 200
     paths = httpx.get(f"{service.url}/openapi.json", timeout=60).json()["paths"]
@@ -395,8 +399,9 @@ def test_requests_without_the_key_are_refused_health_and_docs_are_open(service):
 def test_a_store_held_by_another_process_is_a_503_with_retry_after(service, sample_job):
     from facepipe.store import FaceStore
 
-    # this test process holds the embedded store, as a digest's store step does
-    with FaceStore.open(path=service.home / "qdrant"):
+    # this test process holds the embedded store, as a digest's store step does (waiting for the
+    # service to hand it over, as a step does)
+    with FaceStore.open(path=service.home / "qdrant", wait=60):
         started = time.time()
         answer = service.http.get("/groups/sample/people")
         waited = time.time() - started
@@ -435,3 +440,62 @@ def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_j
         done_before = {e.step_key for e in instance.all_logs(job_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert "digest.list_images" not in redone and not (redone & done_before)
     assert service.http.post(f"/digest/{job['job_id']}/retry").status_code == 409  # completed: nothing to retry
+
+
+def test_a_digest_queued_over_http_stores_every_face_while_20_clients_search(service, sample_job):
+    names = [f"img{i}.jpg" for i in range(1, 9)]
+    folder = service.home / "allowed" / "crowd"  # under the server's second allowed root
+    folder.mkdir()
+    for name in names:
+        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+    selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
+    answers: list[int] = []
+    digest_done = threading.Event()
+
+    def search_until_the_digest_is_done():
+        with httpx.Client(base_url=service.url, headers={"X-API-Key": KEY}, timeout=600) as http:
+            while not digest_done.is_set():
+                found = http.post("/search-face", files={"file": ("me.jpg", selfie)}, data={"group_id": "sample"})
+                answers.append(found.status_code)
+                assert found.status_code != 200 or found.json()["photos"], found.text
+
+    clients = [threading.Thread(target=search_until_the_digest_is_done) for _ in range(20)]
+    for client in clients:
+        client.start()
+    try:
+        started = service.http.post(
+            "/digest", json={"local_dir_path": str(folder), "group_id": "crowd", "threads": 1, "chunk_size": 2}
+        )
+        assert started.status_code == 202, started.text
+        job, _ = wait_for(service, started.json()["job_id"])
+    finally:
+        digest_done.set()
+        for client in clients:
+            client.join()
+    assert job["status"] == "completed", job["error"]
+    assert job["images_processed"] == 8 and job["images_failed"] == 0
+    expected = sum(len(faces) for name, faces in faces_by_photo(service.home).items() if name in names)
+    assert job["total_faces"] == job["faces_in_group"] == expected > 0
+    assert len(answers) >= 20 and set(answers) == {200}, answers  # no search failed, none was refused
+
+
+def test_health_flooded_without_a_key_leaves_facepipe_search_working(service, sample_job):
+    answers: list[tuple[int, dict]] = []
+
+    def flood():
+        with httpx.Client(base_url=service.url, timeout=60) as stranger:
+            for _ in range(125):
+                health = stranger.get("/health")
+                answers.append((health.status_code, health.json()))
+
+    flooders = [threading.Thread(target=flood) for _ in range(8)]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        # the service holds the store between its requests: the command waits for it to let go
+        found = run_facepipe(service.home, "search", str(SAMPLE_IMAGES / "img1.jpg"), "--group", "sample", "--json")
+    finally:
+        for flooder in flooders:
+            flooder.join()
+    assert json.loads(found.stdout)["photos"]
+    assert len(answers) == 1000 and set(map(str, answers)) == {str((200, {"status": "ok"}))}

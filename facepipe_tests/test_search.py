@@ -92,7 +92,15 @@ def test_a_selfie_without_a_face_an_unreadable_one_or_an_unknown_group_is_a_clea
 def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_people):
     home, _ = sample_people
     with FaceStore.open(path=home / "qdrant"):  # as a running digest would hold it
-        result = run_facepipe(home, "search", str(SAMPLE_IMAGES / "img1.jpg"), "--group", "sample", check=False)
+        result = run_facepipe(
+            home,
+            "search",
+            str(SAMPLE_IMAGES / "img1.jpg"),
+            "--group",
+            "sample",
+            check=False,
+            env={"FACEPIPE_STORE_WAIT_SECONDS": "1"},  # it waits for the store that long, then says who holds it
+        )
     assert result.returncode == 1
     assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
 

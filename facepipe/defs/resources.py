@@ -11,10 +11,11 @@ from facepipe import settings
 from facepipe.request import DigestOptions, S3Prefix
 from facepipe.store import FaceStore, StoreBusy, StoreUnavailable
 
-# The store pool keeps digests to one writer, but `facepipe search`, `people` or the notebook may
-# hold the embedded store for a moment: a step that finds it busy tries again (up to ~30 s), as one
-# that cannot reach a Qdrant server (restarting) does. Any other error fails the step at once,
-# with its own message, instead of being retried.
+# The store pool keeps digests to one writer, but the HTTP service, `facepipe search`, `people` or
+# the notebook may hold the embedded store: a step waits for it by time (FACEPIPE_STORE_STEP_WAIT_SECONDS;
+# the service hands it over after the operation in progress, see store.StoreLease). Held past that
+# (a notebook that keeps it open), or a Qdrant server that cannot be reached (restarting), the step
+# is retried a few times. Any other error fails the step at once, with its own message.
 BUSY_RETRIES = 6
 BUSY_WAIT_SECONDS = 5
 
@@ -38,7 +39,11 @@ class FaceStoreResource(ConfigurableResource):
         """The open store; in a Dagster step, a store held by another process retries the step."""
         with ExitStack() as stack:
             try:
-                store = stack.enter_context(FaceStore.open(path=self.path, url=self.url, api_key=self.api_key))
+                store = stack.enter_context(
+                    FaceStore.open(
+                        path=self.path, url=self.url, api_key=self.api_key, wait=settings.store_step_wait_seconds()
+                    )
+                )
             except (StoreBusy, StoreUnavailable) as err:  # held, or a server restarting: both pass
                 raise RetryRequested(max_retries=BUSY_RETRIES, seconds_to_wait=BUSY_WAIT_SECONDS) from err
             yield store
