@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from facepipe.cli_people import people, search, store
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request
+from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request, valid_workers
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -140,8 +140,10 @@ def digest(
             preset=preset,
             min_face_size=min_face_size,
         )
-        if workers < 1:
-            raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
+        try:
+            valid_workers(workers)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--workers") from None
     except ValidationError as err:
         raise click.UsageError(_validation_message(err)) from None
 
@@ -158,10 +160,13 @@ def digest(
 
 
 def _start(request, workers, as_json):
-    from facepipe.runs import daemon_is_running, instance_for_digests, start_digest
+    from facepipe.runs import LaunchError, daemon_is_running, instance_for_digests, start_digest
 
     instance = instance_for_digests()
-    run_id = start_digest(request, workers=workers, instance=instance)
+    try:
+        run_id = start_digest(request, workers=workers, instance=instance)
+    except LaunchError as err:
+        raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "status": "queued"}))
     else:

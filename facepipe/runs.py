@@ -6,6 +6,7 @@ cancel one, cluster a group (`run_people`). What a run did is read by facepipe/h
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,7 +45,16 @@ from facepipe.instance import (
     prepare_dagster_home,
     run_process,
 )
-from facepipe.request import GROUP_TAG, PARTITION_TAG, PROFILE_TAG, TAG_PREFIX, DigestRequest, default_workers, run_tags
+from facepipe.request import (
+    GROUP_TAG,
+    PARTITION_TAG,
+    PROFILE_TAG,
+    TAG_PREFIX,
+    DigestRequest,
+    default_workers,
+    run_tags,
+    valid_workers,
+)
 from facepipe.store import open_store_from_settings
 from facepipe.thumbnails import read_stored_photo
 from facepipe.worker_check import check_workers
@@ -79,10 +89,7 @@ def workspace_file(instance: DagsterInstance) -> str:
 
 
 def _workers(workers: int | None) -> int:
-    workers = workers or default_workers()
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    return workers
+    return valid_workers(workers or default_workers())
 
 
 def _check_workers(instance: DagsterInstance, run_config) -> None:
@@ -299,11 +306,41 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
         "--config-json",
         json.dumps(run_config),
     ]
-    env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
+    # Dagster's 60 s for each call to the code server is short on a busy machine (it loads the
+    # definitions and plans the run), and waiting costs nothing here; an operator's value is kept
+    env = {"DAGSTER_GRPC_TIMEOUT_SECONDS": str(LAUNCH_GRPC_TIMEOUT_SECONDS), **os.environ}
+    env["DAGSTER_HOME"] = instance.root_directory
     launched = subprocess.run(command, env=env, capture_output=True, text=True)
     if launched.returncode != 0 or instance.get_run_by_id(run_id) is None:
-        raise RuntimeError(f"dagster job launch failed:\n{launched.stderr[-3000:]}")
+        if not instance.get_runs(RunsFilter(tags={PARTITION_TAG: request.group_id}), limit=1):
+            instance.delete_dynamic_partition(GROUPS, request.group_id)  # a run never queued leaves no group
+        raise LaunchError(_launch_failure(launched.stderr, env["DAGSTER_GRPC_TIMEOUT_SECONDS"]))
     return run_id
+
+
+LAUNCH_GRPC_TIMEOUT_SECONDS = 300
+
+
+class LaunchError(RuntimeError):
+    """A digest could not be queued; the message is one line that says why."""
+
+
+EXCEPTION_LINE = re.compile(r"(?:\w+\.)*(\w+(?:Error|Exception)): (.+)")
+
+
+def _launch_failure(stderr: str, grpc_timeout: str) -> str:
+    """`dagster job launch`'s traceback as one line: Dagster's error (the first it names; else the
+    last error), without its module, and what to do."""
+    errors = [found.groups() for found in EXCEPTION_LINE.finditer(stderr)]
+    dagsters = [error for error in errors if error[0].startswith("Dagster")]
+    name, message = (dagsters or errors[-1:] or [("", stderr.strip()[-300:] or "no output")])[0]
+    last = f"{name}: {message.strip()}" if name else message
+    if "DEADLINE_EXCEEDED" in stderr or "timed out" in stderr:
+        last += (
+            f" (the code server did not answer within DAGSTER_GRPC_TIMEOUT_SECONDS={grpc_timeout}: the machine "
+            "is busy; try again, or raise DAGSTER_GRPC_TIMEOUT_SECONDS)"
+        )
+    return f"the digest could not be queued: `dagster job launch` failed: {last[:1000]}"
 
 
 def daemon_is_running(instance: DagsterInstance, within_seconds: float = 120) -> bool:

@@ -9,6 +9,7 @@
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
 - FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below).
+- FACEPIPE_MAX_WORKERS, FACEPIPE_S3_ENDPOINTS: what a digest request may ask for (below).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
   run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
@@ -130,3 +131,28 @@ def store_wait_seconds() -> float:
     """FACEPIPE_STORE_WAIT_SECONDS: how long an HTTP request waits for the embedded store while another
     process holds it (a digest's store step holds it for seconds), before a 503 with Retry-After."""
     return float(os.environ.get("FACEPIPE_STORE_WAIT_SECONDS") or 30)
+
+
+def max_workers() -> int:
+    """FACEPIPE_MAX_WORKERS: the most worker processes a digest may ask for (default: the cores); more
+    would only fight over them, and each holds a model in memory."""
+    value = os.environ.get("FACEPIPE_MAX_WORKERS")
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise SettingError(f"FACEPIPE_MAX_WORKERS must be a whole number of at least 1, got {value!r}")
+    return int(value) if value else os.cpu_count() or 1
+
+
+# AWS's own S3 endpoints (https://docs.aws.amazon.com/general/latest/gr/s3.html), China's included
+AWS_S3_ENDPOINTS = "https://*.amazonaws.com,https://*.amazonaws.com.cn"
+
+
+def s3_endpoints() -> list[str]:
+    """FACEPIPE_S3_ENDPOINTS: the S3 endpoints a digest request may name, separated by ','
+    (default: AWS's own): each `scheme://host[:port]`, the host exact or `*.domain` for any host
+    under that domain. Nothing else is reached with the request's credentials: an endpoint naming
+    this machine, the cloud's metadata address or a file is refused unless listed here exactly."""
+    return [
+        e.strip().rstrip("/")
+        for e in (os.environ.get("FACEPIPE_S3_ENDPOINTS") or AWS_S3_ENDPOINTS).split(",")
+        if e.strip()
+    ]
