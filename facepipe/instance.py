@@ -22,6 +22,7 @@ facepipe adds what it needs and is missing (saying so on stderr, the original ke
 contradicts FACEPIPE_POSTGRES_URL.
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -310,3 +311,16 @@ def prepare_dagster_home() -> Path:
             print(f"facepipe: added to {path} what facepipe needs and it lacked: {', '.join(added)}", file=sys.stderr)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def open_instance() -> DagsterInstance:
+    """The instance in $FACEPIPE_HOME (or $DAGSTER_HOME), its dagster.yaml prepared, opened by one
+    facepipe process at a time: the first to open a new home creates its storage's tables and stamps
+    their schema version, and two doing it at once (two `facepipe digest` started together) collide
+    ("table run_tags already exists", a duplicate alembic version) and leave a home no command opens."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".facepipe-open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        prepare_dagster_home()
+        return DagsterInstance.get()

@@ -208,3 +208,38 @@ def test_a_process_is_the_runs_only_if_it_started_before_the_run_and_is_not_a_zo
         child.kill()
         child.wait()
     assert not process_alive(child.pid)
+
+
+# a facepipe command's first use of the instance, in a process of its own, held until `go` exists
+FIRST_USE = """
+import os, sys, time
+from facepipe import runs
+from facepipe.history import list_digests
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+list_digests(runs.instance_for_digests())
+"""
+
+
+@pytest.mark.e2e
+def test_commands_started_at_once_on_a_new_home_all_work_and_leave_it_usable(tmp_path):
+    """Four commands open a home no command has opened before at the same moment (each has imported
+    everything first, so only the instance's first use races): each works, and so does the next."""
+    import os
+    import sys
+    import time
+
+    from facepipe_tests.conftest import run_facepipe
+
+    go = tmp_path / "go"
+    env = {**os.environ, "FACEPIPE_HOME": str(tmp_path)}
+    env.pop("DAGSTER_HOME", None)
+    started = [
+        subprocess.Popen([sys.executable, "-c", FIRST_USE, str(go)], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(10)  # every process has imported facepipe and Dagster (a few seconds each on a busy machine)
+    go.touch()
+    errors = [process.communicate(timeout=300)[1] for process in started]
+    assert [process.returncode for process in started] == [0] * 4, "\n".join(e[-2000:] for e in errors)
+    run_facepipe(tmp_path, "digests", "list")
