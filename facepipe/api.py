@@ -109,12 +109,12 @@ class BoundedBody:
         budget = settings.max_image_bytes() + FORM_OVERHEAD if upload else MAX_JSON_BYTES
         what = "a photo upload (FACEPIPE_MAX_IMAGE_BYTES)" if upload else "a request that is not a photo upload"
 
-        def refused(size: str) -> str:
-            return f"refused: the request is {size} bytes, more than the {budget:,} {what} may take"
+        def refused(size: str = "") -> str:
+            return f"refused: the request is {size}more than the {budget:,} bytes {what} may take"
 
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > budget:
-            await JSONResponse({"detail": refused(f"{int(length):,}")}, status_code=413)(scope, receive, send)
+            await JSONResponse({"detail": refused(f"{int(length):,} bytes, ")}, status_code=413)(scope, receive, send)
             return None
         received = 0
 
@@ -123,7 +123,7 @@ class BoundedBody:
             message = await receive()
             received += len(message.get("body", b""))
             if received > budget:  # FastAPI answers an HTTPException raised while it reads the body
-                raise HTTPException(413, refused(f"over {budget:,}"))
+                raise HTTPException(413, refused())
             return message
 
         return await self.app(scope, counted, send)
