@@ -64,8 +64,8 @@ def _digests_api(remote):
     instance = runs.instance_for_digests()
     return (
         partial(history.list_digests, instance),
-        partial(history.digest_summary, instance),
-        partial(runs.cancel_digest, instance),
+        lambda run_id: history.digest_summary(instance, runs.full_run_id(instance, run_id)),
+        lambda run_id: runs.cancel_digest(instance, runs.full_run_id(instance, run_id)),
     )
 
 
@@ -223,16 +223,18 @@ def _print_summary(summary, as_json):
     if as_json:
         click.echo(json.dumps(summary))
     else:
+        # a count the run never reached (it failed before listing, or storing) is none of them
+        n = {key: value or 0 for key, value in summary.items() if key.startswith(("images_", "faces_", "entries_"))}
+        narrower = f"narrower than {summary['min_face_size']} px" if summary["min_face_size"] else "too small"
+        in_group = f" ({n['faces_in_group']} in group {summary['group_id']!r})" if summary["group_id"] else ""
         click.echo(
-            f"digest {summary['status']}: {summary['images_listed']} images listed, "
-            f"{summary.get('entries_not_listed') or 0} entries not listed, "
-            f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
-            f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
-            f"{summary['faces_dropped']} dropped below the confidence threshold, "
-            f"{summary['faces_too_small']} narrower than {summary['min_face_size']} px, "
-            f"{summary['faces_stored']} stored "
-            f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
-            f"run {summary['run_id']}"
+            f"digest {summary['status']}: {n['images_listed']} images listed, "
+            f"{n['entries_not_listed']} entries not listed, "
+            f"{n['images_skipped']} skipped as unchanged, {n['images_done']} digested, "
+            f"{n['images_failed']} failed; {n['faces_detected']} faces detected, "
+            f"{n['faces_dropped']} dropped below the confidence threshold, "
+            f"{n['faces_too_small']} {narrower}, {n['faces_stored']} stored{in_group}; "
+            f"{summary['duration_seconds'] or 0} s; run {summary['run_id']}"
         )
         if summary.get("images_with_faces_lost"):
             click.echo(
@@ -350,10 +352,12 @@ def cancel_command(run_id, remote):
 def retry_command(run_id, as_json):
     """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
     from facepipe.history import DigestNotFound
-    from facepipe.runs import instance_for_digests, retry_digest
+    from facepipe.runs import full_run_id, instance_for_digests, retry_digest
 
     try:
-        summary = retry_digest(run_id, instance_for_digests(), on_progress=_progress_bar(f"retry {run_id[:8]}"))
+        instance = instance_for_digests()
+        run_id = full_run_id(instance, run_id)
+        summary = retry_digest(run_id, instance, on_progress=_progress_bar(f"retry {run_id[:8]}"))
     except DigestNotFound as err:
         _not_found(err)
     except ValueError as err:
