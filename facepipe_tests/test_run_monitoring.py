@@ -19,6 +19,7 @@ step writes (`store_chunk[...]` or `store_faces` holds the slot): the writer die
 nothing but run monitoring frees the slot, and the retry must still store each face exactly once.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -321,3 +322,38 @@ def test_without_a_daemon_the_cli_frees_the_store_slot_its_stopped_digest_held(t
         assert digest_status(home, run_id)["status"] == "failed"  # as run monitoring would have marked it
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert held_by(instance, run_id) == []
+
+
+def test_a_killed_digests_forkserver_ends_with_it(tmp_path):
+    """The forkserver holds the models (~240 MB); Python ends it only when its last client is gone,
+    and a killed digest's orphaned step process keeps it for as long as its step runs (minutes).
+    SIGKILL the `facepipe digest` process alone while a step runs: its forkserver ends within seconds."""
+    home, photos = tmp_path / "home", tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:6]:
+        shutil.copy(path, photos)
+    running = start_facepipe(home, "digest", str(photos), "--group", "g", "--workers", "1", "--chunk-size", "6")
+    forkserver, steps = None, []
+    try:
+        deadline = time.time() + 300
+        while not steps and time.time() < deadline:  # the forkserver, once it has forked a step
+            with contextlib.suppress(OSError):  # a process of the digest ended while it was read
+                servers = [
+                    p for p in descendants(running.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+                ]
+                forkserver = servers[0] if servers else None
+                steps = descendants(forkserver) if forkserver else []
+            time.sleep(0.5)
+        assert forkserver and steps, "the digest never forked a step"
+        running.kill()
+        running.wait()
+        deadline = time.time() + 30
+        while process_alive(forkserver) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not process_alive(forkserver), "the killed digest's forkserver outlived it by 30 s"
+    finally:
+        running.kill()
+        for orphan in [forkserver, *steps]:
+            if orphan:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)
