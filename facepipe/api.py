@@ -59,12 +59,16 @@ from facepipe.people import (
 from facepipe.request import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONFIDENCE,
+    MAX_PATH_LENGTH,
+    GroupId,
     ProfileName,
     allowed_folder,
     default_workers,
     digest_request,
+    valid_workers,
 )
 from facepipe.runs import (
+    LaunchError,
     cancel_digest,
     daemon_is_running,
     instance_for_digests,
@@ -102,23 +106,47 @@ app = FastAPI(
 )
 
 FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, beside the photo
+MAX_JSON_BYTES = 1 << 20  # a JSON body: a digest request is under 10 kB, a split's face ids a few 100 kB
 
 
-@app.middleware("http")
-async def _bounded_body(request, call_next):
-    """Refuse a body larger than a photo may be by its Content-Length, before it is received and
-    parsed (the multipart parser would spool it whole first); each upload is bounded again as read."""
-    length = request.headers.get("content-length")
-    budget = settings.max_image_bytes() + FORM_OVERHEAD
-    if length and length.isdigit() and int(length) > budget:
-        return JSONResponse(
-            status_code=413,
-            content={
-                "detail": f"refused: the request is {int(length):,} bytes, more "
-                f"than the {budget:,} a photo upload may take (FACEPIPE_MAX_IMAGE_BYTES)"
-            },
-        )
-    return await call_next(request)
+class BoundedBody:
+    """Refuse a request body larger than it may be (a photo upload: FACEPIPE_MAX_IMAGE_BYTES and its
+    form; anything else: MAX_JSON_BYTES) before it is read: at once by its Content-Length, and else
+    (chunked, or a length that lies) by counting the bytes as they arrive, stopping at the budget, so
+    no body is ever held or parsed past it. Each upload is bounded again as it is read."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        budget = settings.max_image_bytes() + FORM_OVERHEAD if upload else MAX_JSON_BYTES
+        what = "a photo upload (FACEPIPE_MAX_IMAGE_BYTES)" if upload else "a request that is not a photo upload"
+
+        def refused(size: str = "") -> str:
+            return f"refused: the request is {size}more than the {budget:,} bytes {what} may take"
+
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > budget:
+            await JSONResponse({"detail": refused(f"{int(length):,} bytes, ")}, status_code=413)(scope, receive, send)
+            return None
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > budget:  # FastAPI answers an HTTPException raised while it reads the body
+                raise HTTPException(413, refused())
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+app.add_middleware(BoundedBody)
 
 
 @app.exception_handler(RequestValidationError)
@@ -297,19 +325,25 @@ class DigestBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    local_dir_path: str | None = Field(None, description="A folder on the server, under FACEPIPE_ALLOWED_ROOTS.")
+    local_dir_path: str | None = Field(
+        None, max_length=MAX_PATH_LENGTH, description="A folder on the server, under FACEPIPE_ALLOWED_ROOTS."
+    )
     s3_bucket: str | None = Field(None, description="An S3 bucket, with s3_prefix.")
     s3_prefix: str | None = Field(None, description="The key prefix within s3_bucket ('' for all of it).")
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    group_id: str = Field(description="The group (event, album): letters, digits, '-', '_', '.'.")
+    group_id: GroupId = Field(description="The group (event, album): letters, digits, '-', '_', '.'.")
     confidence: float = Field(DEFAULT_CONFIDENCE, ge=0.0, le=1.0, description="Faces detected below this are dropped.")
-    threads: int = Field(default_factory=default_workers, ge=1, description="Parallel worker processes.")
+    threads: int = Field(
+        default_factory=default_workers, description="Parallel worker processes (1 to FACEPIPE_MAX_WORKERS)."
+    )
     profile: ProfileName = DEFAULT_PROFILE
     preset: Preset = DEFAULT_PRESET
     min_face_size: int | None = Field(None, ge=8)
     redigest: bool = False
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1)
+
+    _threads_bounded = field_validator("threads")(valid_workers)
 
     @field_validator("local_dir_path")
     @classmethod
@@ -329,6 +363,22 @@ class DigestBody(BaseModel):
         if bool(self.local_dir_path) == bool(self.s3_bucket):
             raise ValueError("give exactly one source: local_dir_path, or s3_bucket with s3_prefix")
         return self
+
+
+# the request's source fields by the names this body gives them
+BODY_NAMES = {
+    "path": "local_dir_path",
+    "bucket": "s3_bucket",
+    "prefix": "s3_prefix",
+    "endpoint_url": "s3_endpoint_url",
+    "region": "s3_region",
+}
+
+
+def _renamed(err: RequestValidationError) -> RequestValidationError:
+    return RequestValidationError(
+        [{**e, "loc": tuple(BODY_NAMES.get(part, part) for part in e["loc"])} for e in err.errors()]
+    )
 
 
 def _job(summary: dict, run_config: dict | None) -> dict:
@@ -385,7 +435,7 @@ def post_digest(body: DigestBody) -> dict:
             min_face_size=body.min_face_size,
         )
     except ValidationError as err:
-        raise _field_errors(err) from None
+        raise _renamed(_field_errors(err)) from None
     except ValueError as err:  # an s3 path the parser refuses
         raise HTTPException(422, str(err)) from None
     instance = _instance()
@@ -393,6 +443,8 @@ def post_digest(body: DigestBody) -> dict:
         job_id = start_digest(request, workers=body.threads, instance=instance)
     except WorkerConfigError as err:  # no Celery worker would run it, or one would split the store
         raise HTTPException(503, str(err)) from None
+    except LaunchError as err:  # the code server did not answer in time: a busy machine
+        raise _busy(str(err)) from None
     answer = _job_by_id(instance, job_id)
     if not daemon_is_running(instance):
         answer["warning"] = (
@@ -578,7 +630,7 @@ async def _embedded(data: bytes, name: str, profile: str, all_faces: bool) -> li
 
 class ClusterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    group_id: str
+    group_id: GroupId
     profile: ProfileName = DEFAULT_PROFILE
     full: bool = Field(False, description="Re-cluster every face (names, merges and splits are kept).")
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from facepipe.cli_people import people, search, store
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request
+from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request, valid_workers
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -64,8 +64,8 @@ def _digests_api(remote):
     instance = runs.instance_for_digests()
     return (
         partial(history.list_digests, instance),
-        partial(history.digest_summary, instance),
-        partial(runs.cancel_digest, instance),
+        lambda run_id: history.digest_summary(instance, runs.full_run_id(instance, run_id)),
+        lambda run_id: runs.cancel_digest(instance, runs.full_run_id(instance, run_id)),
     )
 
 
@@ -140,8 +140,10 @@ def digest(
             preset=preset,
             min_face_size=min_face_size,
         )
-        if workers < 1:
-            raise click.BadParameter(f"must be at least 1, got {workers}", param_hint="--workers")
+        try:
+            valid_workers(workers)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--workers") from None
     except ValidationError as err:
         raise click.UsageError(_validation_message(err)) from None
 
@@ -158,10 +160,13 @@ def digest(
 
 
 def _start(request, workers, as_json):
-    from facepipe.runs import daemon_is_running, instance_for_digests, start_digest
+    from facepipe.runs import LaunchError, daemon_is_running, instance_for_digests, start_digest
 
     instance = instance_for_digests()
-    run_id = start_digest(request, workers=workers, instance=instance)
+    try:
+        run_id = start_digest(request, workers=workers, instance=instance)
+    except LaunchError as err:
+        raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps({"run_id": run_id, "status": "queued"}))
     else:
@@ -218,16 +223,18 @@ def _print_summary(summary, as_json):
     if as_json:
         click.echo(json.dumps(summary))
     else:
+        # a count the run never reached (it failed before listing, or storing) is none of them
+        n = {key: value or 0 for key, value in summary.items() if key.startswith(("images_", "faces_", "entries_"))}
+        narrower = f"narrower than {summary['min_face_size']} px" if summary["min_face_size"] else "too small"
+        in_group = f" ({n['faces_in_group']} in group {summary['group_id']!r})" if summary["group_id"] else ""
         click.echo(
-            f"digest {summary['status']}: {summary['images_listed']} images listed, "
-            f"{summary.get('entries_not_listed') or 0} entries not listed, "
-            f"{summary['images_skipped']} skipped as unchanged, {summary['images_done']} digested, "
-            f"{summary['images_failed']} failed; {summary['faces_detected']} faces detected, "
-            f"{summary['faces_dropped']} dropped below the confidence threshold, "
-            f"{summary['faces_too_small']} narrower than {summary['min_face_size']} px, "
-            f"{summary['faces_stored']} stored "
-            f"({summary['faces_in_group']} in group {summary['group_id']!r}); {summary['duration_seconds']} s; "
-            f"run {summary['run_id']}"
+            f"digest {summary['status']}: {n['images_listed']} images listed, "
+            f"{n['entries_not_listed']} entries not listed, "
+            f"{n['images_skipped']} skipped as unchanged, {n['images_done']} digested, "
+            f"{n['images_failed']} failed; {n['faces_detected']} faces detected, "
+            f"{n['faces_dropped']} dropped below the confidence threshold, "
+            f"{n['faces_too_small']} {narrower}, {n['faces_stored']} stored{in_group}; "
+            f"{summary['duration_seconds'] or 0} s; run {summary['run_id']}"
         )
         if summary.get("images_with_faces_lost"):
             click.echo(
@@ -345,10 +352,12 @@ def cancel_command(run_id, remote):
 def retry_command(run_id, as_json):
     """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
     from facepipe.history import DigestNotFound
-    from facepipe.runs import instance_for_digests, retry_digest
+    from facepipe.runs import full_run_id, instance_for_digests, retry_digest
 
     try:
-        summary = retry_digest(run_id, instance_for_digests(), on_progress=_progress_bar(f"retry {run_id[:8]}"))
+        instance = instance_for_digests()
+        run_id = full_run_id(instance, run_id)
+        summary = retry_digest(run_id, instance, on_progress=_progress_bar(f"retry {run_id[:8]}"))
     except DigestNotFound as err:
         _not_found(err)
     except ValueError as err:

@@ -22,6 +22,7 @@ facepipe adds what it needs and is missing (saying so on stderr, the original ke
 contradicts FACEPIPE_POSTGRES_URL.
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -284,6 +285,31 @@ def _check_storage(user: dict, path: Path) -> None:
         )
 
 
+# What Dagster refuses beside `concurrency.runs` or `concurrency.pools` in the older places runs
+# were limited (dagster/_core/instance/config.py, validate_concurrency_config)
+RUN_QUEUE_FIELDS = ("max_concurrent_runs", "tag_concurrency_limits", "block_op_concurrency_limited_runs")
+
+
+def _limits_the_users_way(user: dict, ours: dict) -> None:
+    """Say facepipe's limits in the form of the user's file, as Dagster documents each (it refuses a
+    file that mixes them): runs limited in `run_queue` or the QueuedRunCoordinator's config rule out
+    `concurrency.runs` and `.pools`, so the store's limit goes in the older
+    `concurrency.default_op_concurrency_limit`; a pool limit of theirs in that key rules out `.pools`."""
+    if "run_queue" in user:  # the default coordinator then is the run queue; Dagster refuses both sections
+        ours.pop("run_coordinator")
+    wanted = ours.get("concurrency")
+    if not wanted:
+        return
+    coordinator = user.get("run_coordinator") or {}
+    older_places = [user.get("run_queue") or {}]
+    if coordinator.get("class") == "QueuedRunCoordinator":
+        older_places.append(coordinator.get("config") or {})
+    if any(field in place for place in older_places for field in RUN_QUEUE_FIELDS):
+        ours["concurrency"] = {"default_op_concurrency_limit": wanted["pools"]["default_limit"]}
+    elif "default_op_concurrency_limit" in (user.get("concurrency") or {}):  # their pool limit, the older key
+        wanted.pop("pools")
+
+
 def _write(path: Path, text: str) -> None:
     """Replace the file at once: a facepipe command starting meanwhile reads the old or the new, never half."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
@@ -309,9 +335,7 @@ def prepare_dagster_home() -> Path:
         user = yaml.safe_load(text) or {}
         if settings.postgres_url():
             _check_storage(user, path)
-        if "run_queue" in user or "max_concurrent_runs" in (user.get("run_coordinator") or {}).get("config", {}):
-            # the user limits runs the older way; Dagster refuses both ways at once
-            ours.get("concurrency", {}).pop("runs", None)
+        _limits_the_users_way(user, ours)
         ours.pop("telemetry")  # facepipe's choice for its own file, not a need
         added = merge_missing(user, ours)
         if added:
@@ -324,3 +348,16 @@ def prepare_dagster_home() -> Path:
             print(f"facepipe: added to {path} what facepipe needs and it lacked: {', '.join(added)}", file=sys.stderr)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def open_instance() -> DagsterInstance:
+    """The instance in $FACEPIPE_HOME (or $DAGSTER_HOME), its dagster.yaml prepared, opened by one
+    facepipe process at a time: the first to open a new home creates its storage's tables and stamps
+    their schema version, and two doing it at once (two `facepipe digest` started together) collide
+    ("table run_tags already exists", a duplicate alembic version) and leave a home no command opens."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".facepipe-open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        prepare_dagster_home()
+        return DagsterInstance.get()

@@ -7,14 +7,17 @@ partition); a DigestRequest is the options and the group. A request is recorded 
 which is how the run history finds a group's digests.
 """
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
+from facepipe import settings
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.engine.sources import parse_s3_url
@@ -22,7 +25,18 @@ from facepipe.settings import allowed_roots
 
 DEFAULT_CONFIDENCE = 0.5
 DEFAULT_CHUNK_SIZE = 200
+
+# What a request may ask for, checked before a run exists by everything that makes one (the CLI,
+# the HTTP API, the watches) and again by the run's first step (the Launchpad, GraphQL):
+# a group is a partition's name, a run tag and a store payload value, so a short name
+MAX_GROUP_ID_LENGTH = 128
 GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_PATH_LENGTH = 4096  # PATH_MAX on Linux: a longer folder cannot be opened
+MAX_S3_KEY_LENGTH = 1024  # S3's own limit on a key, so on a prefix
+S3_BUCKET_PATTERN = re.compile(r"^[A-Za-z0-9._-]{3,255}$")  # S3's legacy rule, the loosest any store uses
+S3_REGION_PATTERN = re.compile(r"^[a-z0-9-]{1,64}$")
+MAX_CHUNK_SIZE = 100_000  # photos per step: one listing's worth
+MAX_FACE_SIZE = 100_000  # pixels: wider than any photo's decoding budget allows
 
 # How a digest run is tagged (the CLI, the history and the UI's filters read these)
 TAG_PREFIX = "facepipe/"
@@ -40,15 +54,88 @@ DIGEST_JOB = "digest_job"
 
 
 def default_workers() -> int:
-    """Worker processes of a digest when none is asked for: one per core."""
-    return os.cpu_count() or 1
+    """Worker processes of a digest when none is asked for: one per core, at most FACEPIPE_MAX_WORKERS."""
+    return min(os.cpu_count() or 1, settings.max_workers())
+
+
+def valid_workers(value: int) -> int:
+    """Worker processes a digest may ask for: from 1 to FACEPIPE_MAX_WORKERS (default: the cores)."""
+    limit = settings.max_workers()
+    if not 1 <= value <= limit:
+        raise ValueError(f"workers must be from 1 to {limit} (FACEPIPE_MAX_WORKERS), got {value}")
+    return value
 
 
 def valid_group_id(value: str) -> str:
-    """A pydantic validator for `group_id` fields (digest request, watches)."""
+    """A pydantic validator for `group_id` fields (digest request, watches, the HTTP API)."""
+    if len(value) > MAX_GROUP_ID_LENGTH:
+        raise ValueError(f"group_id is {len(value):,} characters long: at most {MAX_GROUP_ID_LENGTH}")
     if not GROUP_ID_PATTERN.match(value):
         raise ValueError(f"group_id {value!r} may only hold letters, digits, '-', '_' and '.'")
     return value
+
+
+GroupId = Annotated[str, AfterValidator(valid_group_id)]
+
+
+def valid_path(value: str) -> str:
+    """A folder's path of a length a system can open (checked before it is resolved)."""
+    if len(value) > MAX_PATH_LENGTH:
+        raise ValueError(f"the path is {len(value):,} characters long: at most {MAX_PATH_LENGTH}")
+    if "\0" in value:
+        raise ValueError("the path holds a NUL character")
+    return value
+
+
+def allowed_s3_endpoint(value: str | None) -> str | None:
+    """An S3 endpoint the operator allows (FACEPIPE_S3_ENDPOINTS, default AWS's own), else ValueError:
+    the run would send its signed requests there, and say in its errors what came back."""
+    if value is None:
+        return None
+    allowed = settings.s3_endpoints()
+    url = value.rstrip("/")
+    refused = ValueError(
+        f"s3_endpoint_url {value[:200]!r} is not an allowed S3 endpoint (FACEPIPE_S3_ENDPOINTS="
+        f"{','.join(allowed)}): name one of those, or have the operator add it there"
+    )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise refused
+    if parts.path or parts.query or parts.fragment:
+        raise refused
+    if url in allowed:  # listed exactly: the operator's own, wherever it is
+        return value
+    if _internal_address(parts.hostname):
+        raise refused
+    for entry in allowed:
+        scheme, _, host = entry.partition("://")
+        wanted_port = None
+        if ":" in host:
+            host, _, port_text = host.rpartition(":")
+            wanted_port = int(port_text) if port_text.isdigit() else -1
+        if (
+            scheme == parts.scheme
+            and host.startswith("*.")
+            and parts.hostname.endswith(host[1:].lower())
+            and (wanted_port is None or wanted_port == port)
+        ):
+            return value
+    raise refused
+
+
+def _internal_address(host: str) -> bool:
+    """A literal address of this machine, its network or the cloud's metadata service (or 'localhost')."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return not address.is_global
 
 
 class LocalFolder(BaseModel):
@@ -63,6 +150,8 @@ class LocalFolder(BaseModel):
         if not path.strip():  # the Launchpad's default (defs/digest/config.py), left as it was
             raise ValueError("type the path of the folder of photos")
         return path
+
+    _path_length = field_validator("path")(valid_path)
 
     @property
     def url(self) -> str:
@@ -79,6 +168,31 @@ class S3Prefix(BaseModel):
         default=None, description="An S3-compatible store's endpoint (MinIO, Ceph, R2...); default: AWS."
     )
     region: str | None = Field(default=None, description="The bucket's region; default: the AWS configuration's.")
+
+    _endpoint_allowed = field_validator("endpoint_url")(allowed_s3_endpoint)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not S3_BUCKET_PATTERN.match(value):
+            raise ValueError(
+                f"bucket {value[:300]!r} is not an S3 bucket name (3 to 255 letters, digits, '.', '-', '_')"
+            )
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_length(cls, value: str) -> str:
+        if len(value) > MAX_S3_KEY_LENGTH:
+            raise ValueError(f"prefix is {len(value):,} characters long: an S3 key has at most {MAX_S3_KEY_LENGTH}")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str | None) -> str | None:
+        if value is not None and not S3_REGION_PATTERN.match(value):
+            raise ValueError(f"region {value[:100]!r} is not a region name (lowercase letters, digits and '-')")
+        return value
 
     @property
     def url(self) -> str:
@@ -104,7 +218,9 @@ class DigestOptions(BaseModel):
     )
     profile: ProfileName = Field(default=DEFAULT_PROFILE, description="The model profile.")
     redigest: bool = Field(default=False, description="Digest photos again even if the group has them already.")
-    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1, description="At most this many photos per parallel step.")
+    chunk_size: int = Field(
+        default=DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_SIZE, description="At most this many photos per parallel step."
+    )
     preset: Preset = Field(
         default=DEFAULT_PRESET,
         description="The smallest faces to find: "
@@ -114,6 +230,7 @@ class DigestOptions(BaseModel):
     min_face_size: int | None = Field(
         default=None,
         ge=8,
+        le=MAX_FACE_SIZE,
         description="The narrowest face to find, in full-size pixels; overrides the preset's when set.",
     )
     modified_after_ns: int | None = Field(
@@ -152,11 +269,9 @@ class DigestOptions(BaseModel):
 class DigestRequest(DigestOptions):
     """Digest the photos of one source into one group."""
 
-    group_id: str = Field(
+    group_id: GroupId = Field(
         description="The group the faces belong to (an event, an album): letters, digits, '-', '_', '.'."
     )
-
-    _group_id_is_a_name = field_validator("group_id")(valid_group_id)
 
 
 def allowed_folder(path: str, roots: list[Path]) -> str:
@@ -202,7 +317,9 @@ def digest_request(
         bucket, prefix = parse_s3_url(path)
         source = S3Prefix(bucket=bucket, prefix=prefix, endpoint_url=s3_endpoint_url, region=s3_region)
     else:
-        source = LocalFolder(path=str(Path(path).resolve()) if on_this_machine else path)
+        # resolved only if it may be opened (resolving a longer one is an OSError): else refused as it is
+        resolve = on_this_machine and len(path) <= MAX_PATH_LENGTH and "\0" not in path
+        source = LocalFolder(path=str(Path(path).resolve()) if resolve else path)
     return DigestRequest(group_id=group_id, source=source, **options)
 
 

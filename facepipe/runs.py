@@ -6,6 +6,7 @@ cancel one, cluster a group (`run_people`). What a run did is read by facepipe/h
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,7 +41,7 @@ from facepipe.instance import (
     EXECUTOR_HOST_TAG,
     EXECUTOR_PID_TAG,
     INTERNAL_TAG_PREFIX,
-    prepare_dagster_home,
+    open_instance,
     run_process,
 )
 from facepipe.request import (
@@ -52,7 +53,9 @@ from facepipe.request import (
     default_workers,
     request_from_config,
     run_tags,
+    valid_workers,
 )
+from facepipe.settings import STORE_POOL
 from facepipe.store import open_store_from_settings
 from facepipe.thumbnails import read_stored_photo
 from facepipe.worker_check import check_workers
@@ -69,8 +72,7 @@ LOCATION_NAME = "facepipe"
 
 def instance_for_digests() -> DagsterInstance:
     """The local Dagster instance in $FACEPIPE_HOME (or $DAGSTER_HOME)."""
-    prepare_dagster_home()
-    return DagsterInstance.get()
+    return open_instance()
 
 
 def workspace_file(instance: DagsterInstance) -> str:
@@ -87,10 +89,28 @@ def workspace_file(instance: DagsterInstance) -> str:
 
 
 def _workers(workers: int | None) -> int:
-    workers = workers or default_workers()
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    return workers
+    return valid_workers(workers or default_workers())
+
+
+def free_store_slots(instance: DagsterInstance) -> list[str]:
+    """Give back the store pool's slots that runs which will never free them still claim, without a
+    daemon (its run monitoring does the same, a poll or two later, when one runs): those of runs that
+    ended, and those of runs whose process on this machine is gone (marked failed first, as run
+    monitoring would). Every digest, retry and cancel of this client calls it first, so a killed or
+    canceled digest never leaves the next one waiting for ever. The run ids freed."""
+    info = instance.event_log_storage.get_concurrency_info(STORE_POOL)
+    holders = {slot.run_id for slot in info.claimed_slots} | {step.run_id for step in info.pending_steps}
+    freed = []
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            host, pid, alive = run_process(instance, run)
+            if alive is not False:  # running, or on another machine: its own business
+                continue
+            instance.report_run_failed(run, f"the process {pid} that executed it on {host} is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        freed.append(run_id)
+    return freed
 
 
 def _check_workers(instance: DagsterInstance, run_config) -> None:
@@ -113,6 +133,7 @@ def run_digest(
     instance = instance or instance_for_digests()
     run_config = digest_run_config(request, workers)
     _check_workers(instance, run_config)
+    free_store_slots(instance)
     _add_group(instance, request.group_id)
     return _execute(instance, run_tags(request, workers), on_progress, run_config=run_config)
 
@@ -124,13 +145,20 @@ def retry_digest(
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
     _check_workers(instance, parent.run_config)
-    return _execute(
+    free_store_slots(instance)  # the parent's first: a canceled or killed run may still claim the slot
+    summary = _execute(
         instance,
         _retry_tags(parent),
         on_progress,
         run_config=parent.run_config,
         reexecution_options=steps_to_retry(instance, run_id),
     )
+    # a retry does not list again: what the listing said is the first run's
+    listed = digest_summary(instance, parent.root_run_id or parent.run_id)
+    return {**summary, **{key: listed[key] for key in LISTING_FIELDS if summary[key] is None}}
+
+
+LISTING_FIELDS = ("images_listed", "images_skipped", "images_to_digest", "min_face_size")
 
 
 def _retryable(instance: DagsterInstance, run_id: str):
@@ -150,6 +178,7 @@ def start_retry(run_id: str, instance: DagsterInstance) -> str:
     """Submit a re-execution of a failed or canceled digest to the run queue (the steps retry_digest
     would redo) and return its run id without waiting for it."""
     parent = _retryable(instance, run_id)
+    free_store_slots(instance)
     return _submit(instance, DIGEST_JOB, parent.run_config, _retry_tags(parent), parent)
 
 
@@ -286,6 +315,7 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     instance = instance or instance_for_digests()
     run_config = digest_run_config(request, workers)
     _check_workers(instance, run_config)
+    free_store_slots(instance)
     _add_group(instance, request.group_id)
     run_id = str(uuid.uuid4())
     command = [
@@ -307,11 +337,41 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
         "--config-json",
         json.dumps(run_config),
     ]
-    env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
+    # Dagster's 60 s for each call to the code server is short on a busy machine (it loads the
+    # definitions and plans the run), and waiting costs nothing here; an operator's value is kept
+    env = {"DAGSTER_GRPC_TIMEOUT_SECONDS": str(LAUNCH_GRPC_TIMEOUT_SECONDS), **os.environ}
+    env["DAGSTER_HOME"] = instance.root_directory
     launched = subprocess.run(command, env=env, capture_output=True, text=True)
     if launched.returncode != 0 or instance.get_run_by_id(run_id) is None:
-        raise RuntimeError(f"dagster job launch failed:\n{launched.stderr[-3000:]}")
+        if not instance.get_runs(RunsFilter(tags={PARTITION_TAG: request.group_id}), limit=1):
+            instance.delete_dynamic_partition(GROUPS, request.group_id)  # a run never queued leaves no group
+        raise LaunchError(_launch_failure(launched.stderr, env["DAGSTER_GRPC_TIMEOUT_SECONDS"]))
     return run_id
+
+
+LAUNCH_GRPC_TIMEOUT_SECONDS = 300
+
+
+class LaunchError(RuntimeError):
+    """A digest could not be queued; the message is one line that says why."""
+
+
+EXCEPTION_LINE = re.compile(r"(?:\w+\.)*(\w+(?:Error|Exception)): (.+)")
+
+
+def _launch_failure(stderr: str, grpc_timeout: str) -> str:
+    """`dagster job launch`'s traceback as one line: Dagster's error (the first it names; else the
+    last error), without its module, and what to do."""
+    errors = [found.groups() for found in EXCEPTION_LINE.finditer(stderr)]
+    dagsters = [error for error in errors if error[0].startswith("Dagster")]
+    name, message = (dagsters or errors[-1:] or [("", stderr.strip()[-300:] or "no output")])[0]
+    last = f"{name}: {message.strip()}" if name else message
+    if "DEADLINE_EXCEEDED" in stderr or "timed out" in stderr:
+        last += (
+            f" (the code server did not answer within DAGSTER_GRPC_TIMEOUT_SECONDS={grpc_timeout}: the machine "
+            "is busy; try again, or raise DAGSTER_GRPC_TIMEOUT_SECONDS)"
+        )
+    return f"the digest could not be queued: `dagster job launch` failed: {last[:1000]}"
 
 
 def daemon_is_running(instance: DagsterInstance, within_seconds: float = 120) -> bool:
@@ -344,6 +404,7 @@ def cancel_digest(instance: DagsterInstance, run_id: str) -> dict:
             f"marked canceled; `facepipe digests retry {run_id}` digests the rest"
         )
         instance.report_run_canceled(run, message=f"Canceled with facepipe digests cancel: {gone}")
+        free_store_slots(instance)  # what it held, now that it ended
         return {**digest_summary(instance, run_id), "message": gone}
     if run.remote_job_origin is None:  # its tags name another machine: only a signal there stops it
         where = f"on {host} (pid {pid})" if host and pid else "that recorded no host and pid"
@@ -362,6 +423,17 @@ def digest_face_ids(summary: dict, limit: int = 100, offset: str | None = None) 
         return [], None
     with open_store_from_settings() as store:
         return store.face_ids_of_run(summary["group_id"], summary["profile"], summary["run_id"], limit, offset)
+
+
+def full_run_id(instance: DagsterInstance, run_id: str) -> str:
+    """The digest's run id from its first characters (8 are what the progress bar and the UI show),
+    if one digest's id starts with them; else the id as given (then "not found" names it)."""
+    if len(run_id) >= 36 or len(run_id) < 4:
+        return run_id
+    found = [i for i in instance.get_run_ids(RunsFilter(job_name=DIGEST_JOB)) if i.startswith(run_id.lower())]
+    if len(found) > 1:
+        raise DigestNotFound(f"{len(found)} digests have run ids starting {run_id!r}: give more of the id")
+    return found[0] if found else run_id
 
 
 def _digest_run(instance: DagsterInstance, run_id: str):

@@ -12,6 +12,7 @@
   key is required to listen on anything but loopback (is_loopback).
 - FACEPIPE_STORE_STEP_WAIT_SECONDS, FACEPIPE_SEARCH_WORKERS, FACEPIPE_SEARCH_QUEUE: many clients
   sharing one store (below).
+- FACEPIPE_MAX_WORKERS, FACEPIPE_S3_ENDPOINTS: what a digest request may ask for (below).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
   run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
@@ -168,3 +169,28 @@ def search_queue() -> int:
     """FACEPIPE_SEARCH_QUEUE: searches the HTTP service takes at once (being embedded or waiting for
     a worker); one more is answered 503 with Retry-After."""
     return int(os.environ.get("FACEPIPE_SEARCH_QUEUE") or 64)
+
+
+def max_workers() -> int:
+    """FACEPIPE_MAX_WORKERS: the most worker processes a digest may ask for (default: the cores); more
+    would only fight over them, and each holds a model in memory."""
+    value = os.environ.get("FACEPIPE_MAX_WORKERS")
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise SettingError(f"FACEPIPE_MAX_WORKERS must be a whole number of at least 1, got {value!r}")
+    return int(value) if value else os.cpu_count() or 1
+
+
+# AWS's own S3 endpoints (https://docs.aws.amazon.com/general/latest/gr/s3.html), China's included
+AWS_S3_ENDPOINTS = "https://*.amazonaws.com,https://*.amazonaws.com.cn"
+
+
+def s3_endpoints() -> list[str]:
+    """FACEPIPE_S3_ENDPOINTS: the S3 endpoints a digest request may name, separated by ','
+    (default: AWS's own): each `scheme://host[:port]`, the host exact or `*.domain` for any host
+    under that domain. Nothing else is reached with the request's credentials: an endpoint naming
+    this machine, the cloud's metadata address or a file is refused unless listed here exactly."""
+    return [
+        e.strip().rstrip("/")
+        for e in (os.environ.get("FACEPIPE_S3_ENDPOINTS") or AWS_S3_ENDPOINTS).split(",")
+        if e.strip()
+    ]

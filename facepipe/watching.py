@@ -57,6 +57,7 @@ from facepipe.request import (
     default_workers,
     digest_request,
     valid_group_id,
+    valid_workers,
 )
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
@@ -93,6 +94,7 @@ class Watch(BaseModel):
         return value
 
     _group_id_is_a_name = field_validator("group_id")(valid_group_id)
+    _workers_bounded = field_validator("workers")(lambda value: value if value is None else valid_workers(value))
 
     @model_validator(mode="after")
     def _is_a_valid_digest(self) -> "Watch":

@@ -30,6 +30,19 @@ class WorkerConfigError(RuntimeError):
     """The workers cannot run a digest as configured; the message says what to set."""
 
 
+def runs_read_here() -> str | None:
+    """The PostgreSQL database this process reads runs from (FACEPIPE_POSTGRES_URL, without its user
+    and password), or None: SQLite, in the run's own instance folder. A step on a worker loads its run
+    from there (the run's instance names the database by that variable, read where the step runs)."""
+    from urllib.parse import urlsplit
+
+    url = settings.postgres_url()
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
 def store_opened_here() -> str:
     """The store this process's store steps would open: the Qdrant server, or host:folder."""
     return settings.qdrant_url() or f"{socket.gethostname()}:{settings.qdrant_path()}"
@@ -56,6 +69,7 @@ def what_this_worker_sees(
     return {
         "queues": queues,
         "store": store_opened_here(),
+        "runs": runs_read_here(),
         "step_outputs": settings.step_outputs(),
         "reads_token": _reads(token_file, token) if token_file else None,
         "photos_unseen": _why_not_seen(photos, photo_names or []) if photos else None,
@@ -160,11 +174,24 @@ def check_workers(storage_directory: str, photos: str | None) -> None:
         if not digest_queues & set(worker["queues"]):
             continue
         _check_step_outputs(name, worker, outputs_folder)
+        _check_runs(name, worker)
         if worker.get("photos_unseen"):
             raise WorkerConfigError(
                 f"worker {name} does not see the photos at {photos} ({worker['photos_unseen']}): share that "
                 "folder at the same path on every worker, or digest the photos from S3"
             )
+
+
+def _check_runs(name: str, worker: dict) -> None:
+    """A worker reading runs from another database than this machine writes them to could not load
+    the run of any step it is sent ("Could not load run"): refused before the run exists."""
+    ours = runs_read_here()
+    if ours is not None and worker.get("runs", ours) != ours:
+        theirs = f"the PostgreSQL database {worker['runs']}" if worker["runs"] else "no PostgreSQL database"
+        raise WorkerConfigError(
+            f"worker {name} reads runs from {theirs}, this machine writes them to {ours}: "
+            "set the same FACEPIPE_POSTGRES_URL on every machine"
+        )
 
 
 def _check_step_outputs(name: str, worker: dict, outputs_folder: Path | None) -> None:

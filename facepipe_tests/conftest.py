@@ -130,14 +130,21 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A real S3 HTTP endpoint on loopback (moto's server mode), with moto's dummy credentials in the
-    environment the standard way."""
+    environment the standard way, and the endpoint allowed to digest requests (FACEPIPE_S3_ENDPOINTS:
+    a loopback endpoint is refused unless an operator lists it)."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_DEFAULT_REGION="us-east-1")
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "FACEPIPE_S3_ENDPOINTS")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY=S3_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        FACEPIPE_S3_ENDPOINTS=f"http://127.0.0.1:{port}",
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

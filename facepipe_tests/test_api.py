@@ -185,7 +185,7 @@ def test_an_unknown_job_is_404(service):
         (
             {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "threads": 0},
             "threads",
-            "greater than or equal to 1",
+            "workers must be from 1 to",
         ),
         ({"local_dir_path": "/etc", "group_id": "g"}, "local_dir_path", "not under an allowed root"),
         (

@@ -259,3 +259,25 @@ def test_with_step_outputs_in_s3_a_worker_that_cannot_see_this_machines_storage_
     assert any(summary["run_id"] in key and "extract_faces_in_chunk" in key for key in keys), keys
     pickled = [p for p in storage.rglob("*") if p.is_file() and "compute_logs" not in p.parts]
     assert pickled == [], pickled
+
+
+def test_a_worker_reading_runs_from_another_database_is_refused_before_any_work(broker, photos, tmp_path):
+    """A worker whose FACEPIPE_POSTGRES_URL names another database would not find the run of any step
+    it is sent ("Could not load run", and a summary of Nones): refused, naming the setting."""
+    from facepipe_tests.postgres_server import postgres_server, why_not_available
+
+    reason = why_not_available()
+    if reason:
+        pytest.skip(reason)
+    here, there = tmp_path / "here", tmp_path / "there"
+    with postgres_server() as server:
+        ours, theirs = server.create_database("launcher"), server.create_database("elsewhere")
+        env = {"FACEPIPE_CELERY_BROKER": broker, "FACEPIPE_POSTGRES_URL": ours}
+        worker_env = {"FACEPIPE_POSTGRES_URL": theirs, "FACEPIPE_HOME": str(here)}  # same store: only the runs differ
+        queues = (DEFAULT_QUEUE, STORE_QUEUE)
+        with facepipe_worker(there, broker, "there", queues, env=worker_env):
+            refused = run_facepipe(here, "digest", str(photos), "--group", "g", "--json", check=False, env=env)
+        assert refused.returncode != 0, refused.stdout
+        assert "worker there@" in refused.stderr and "reads runs from the PostgreSQL database" in refused.stderr
+        assert "/elsewhere" in refused.stderr and "set the same FACEPIPE_POSTGRES_URL" in refused.stderr
+        assert "Traceback" not in refused.stderr and server.query("launcher", "select count(*) from runs") == [(0,)]

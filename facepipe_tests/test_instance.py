@@ -83,6 +83,55 @@ def test_a_users_file_gets_what_is_missing_and_keeps_every_value_it_set(home, ca
     assert (home / "dagster.yaml").read_text() == before and capsys.readouterr().err == ""
 
 
+QUEUED = "  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+
+
+# an operator's own file, in each form Dagster documents for limiting runs (and its older pool limit)
+@pytest.mark.parametrize(
+    "mine, runs_limit",
+    [
+        ("concurrency:\n  runs:\n    max_concurrent_runs: 4\n", 4),
+        ("run_coordinator:\n" + QUEUED + "  config:\n    max_concurrent_runs: 4\n", 4),
+        ("run_queue:\n  max_concurrent_runs: 4\n", 4),
+        (
+            "run_coordinator:\n"
+            + QUEUED
+            + "  config:\n    tag_concurrency_limits:\n      - key: team\n        limit: 2\n",
+            10,  # Dagster's default
+        ),
+        ("concurrency:\n  default_op_concurrency_limit: 1\n", 1),
+    ],
+)
+def test_a_users_file_in_each_documented_form_loads_with_the_store_limited(home, mine, runs_limit):
+    home.mkdir()
+    (home / "dagster.yaml").write_text(mine)
+    prepare_dagster_home()
+    with loaded(home) as instance:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.run_queue_config.max_concurrent_runs == runs_limit
+    assert prepare_dagster_home() == home  # once merged, the file loads again as it is
+
+
+@pytest.mark.e2e
+def test_every_command_works_on_a_users_file_that_limits_runs_in_the_run_coordinator(tmp_path):
+    from facepipe_tests.conftest import SAMPLE_IMAGES, run_facepipe
+
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text(
+        "run_coordinator:\n" + QUEUED + "  config:\n    max_concurrent_runs: 4\n"
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(sorted(SAMPLE_IMAGES.glob("*.jpg"))[0].read_bytes())
+    import json
+
+    summary = json.loads(run_facepipe(tmp_path, "digest", str(photos), "--group", "g", "--json").stdout)
+    assert summary["status"] == "completed", summary
+    assert json.loads(run_facepipe(tmp_path, "digests", "list", "--json").stdout)[0]["run_id"] == summary["run_id"]
+    run_facepipe(tmp_path, "digests", "show", summary["run_id"])
+
+
 def test_a_users_storage_that_contradicts_the_postgres_url_is_named(home, monkeypatch):
     home.mkdir()
     (home / "dagster.yaml").write_text("storage:\n  sqlite:\n    base_dir: /somewhere\n")
@@ -159,3 +208,38 @@ def test_a_process_is_the_runs_only_if_it_started_before_the_run_and_is_not_a_zo
         child.kill()
         child.wait()
     assert not process_alive(child.pid)
+
+
+# a facepipe command's first use of the instance, in a process of its own, held until `go` exists
+FIRST_USE = """
+import os, sys, time
+from facepipe import runs
+from facepipe.history import list_digests
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.001)
+list_digests(runs.instance_for_digests())
+"""
+
+
+@pytest.mark.e2e
+def test_commands_started_at_once_on_a_new_home_all_work_and_leave_it_usable(tmp_path):
+    """Four commands open a home no command has opened before at the same moment (each has imported
+    everything first, so only the instance's first use races): each works, and so does the next."""
+    import os
+    import sys
+    import time
+
+    from facepipe_tests.conftest import run_facepipe
+
+    go = tmp_path / "go"
+    env = {**os.environ, "FACEPIPE_HOME": str(tmp_path)}
+    env.pop("DAGSTER_HOME", None)
+    started = [
+        subprocess.Popen([sys.executable, "-c", FIRST_USE, str(go)], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    time.sleep(10)  # every process has imported facepipe and Dagster (a few seconds each on a busy machine)
+    go.touch()
+    errors = [process.communicate(timeout=300)[1] for process in started]
+    assert [process.returncode for process in started] == [0] * 4, "\n".join(e[-2000:] for e in errors)
+    run_facepipe(tmp_path, "digests", "list")

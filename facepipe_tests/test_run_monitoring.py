@@ -19,6 +19,7 @@ step writes (`store_chunk[...]` or `store_faces` holds the slot): the writer die
 nothing but run monitoring frees the slot, and the retry must still store each face exactly once.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, run_facepipe, start_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, digest, digest_at, facepipe_ui, run_facepipe, start_facepipe
 
 pytestmark = pytest.mark.e2e  # digests killed under a real daemon
 
@@ -259,3 +260,101 @@ def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(t
             assert instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots == []
         after = digest(home, photos, "c")
         assert after["status"] == "completed" and after["images_done"] == 4
+
+
+def held_by(instance, run_id) -> list[str]:
+    return [
+        s.step_key
+        for s in instance.event_log_storage.get_concurrency_info(STORE_POOL).claimed_slots
+        if s.run_id == run_id
+    ]
+
+
+# how a store slot left by a `facepipe digest` that stopped mid-write is given back with no daemon
+# running at all: (how the digest stops, what frees the slot)
+NO_DAEMON = {
+    "killed, then canceled": ("SIGKILL", "cancel"),
+    "canceled while it writes, then retried": ("cancel", "retry"),
+    "killed, then another digest": ("SIGKILL", "digest"),
+}
+
+
+@pytest.mark.parametrize(("stop", "then"), NO_DAEMON.values(), ids=NO_DAEMON.keys())
+def test_without_a_daemon_the_cli_frees_the_store_slot_its_stopped_digest_held(tmp_path, stop, then):
+    """No `facepipe ui`, no daemon: a digest stopped while a store step holds the store's one slot
+    (its process and step workers SIGKILLed, or `facepipe digests cancel`) would leave that slot
+    claimed for ever, and every later digest "blocked by limit for pool facepipe_store". The CLI
+    gives it back: cancel (of the dead run), retry and the next digest each free what ended runs hold."""
+    home, photos, few = tmp_path / "home", tmp_path / "photos", tmp_path / "few"
+    few.mkdir()
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:8]:
+        shutil.copy(path, few)
+    # one worker, two photos a step: five store steps (the listing, four writes) to be stopped in
+    running = start_facepipe(home, "digest", str(few), "--group", "g", "--workers", "1", "--chunk-size", "2")
+    try:
+        # the instance is opened by facepipe commands (which take turns at a new home's first use)
+        # until the run exists; only then directly
+        run_id = digest_at(home, 0)
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            wait_for_claimed_slot(instance, run_id)
+        if stop == "SIGKILL":
+            kill(running.pid, with_workers=True)
+        else:
+            run_facepipe(home, "digests", "cancel", run_id)
+        running.wait(120)
+    finally:
+        running.kill()
+    if then == "cancel":
+        (line,) = run_facepipe(home, "digests", "cancel", run_id).stdout.strip().splitlines()
+        assert line.startswith(f"{run_id}: canceled (the facepipe digest process")
+        with DagsterInstance.from_config(str(home / "dagster")) as instance:
+            assert held_by(instance, run_id) == []
+    elif then == "retry":
+        # by the 8 characters of its id the retry's progress bar shows
+        assert digest_status(home, run_id[:8])["status"] == "canceled"
+        retried = run_facepipe(home, "digests", "retry", run_id[:8]).stdout
+        assert retried.startswith("digest completed: 8 images listed") and "None" not in retried, retried
+    else:
+        photos.mkdir()
+        for name in ("img1.jpg", "couple.jpg"):
+            shutil.copy(SAMPLE_IMAGES / name, photos / name)
+        assert digest(home, photos, "next")["status"] == "completed"
+        assert digest_status(home, run_id)["status"] == "failed"  # as run monitoring would have marked it
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert held_by(instance, run_id) == []
+
+
+def test_a_killed_digests_forkserver_ends_with_it(tmp_path):
+    """The forkserver holds the models (~240 MB); Python ends it only when its last client is gone,
+    and a killed digest's orphaned step process keeps it for as long as its step runs (minutes).
+    SIGKILL the `facepipe digest` process alone while a step runs: its forkserver ends within 5 s."""
+    home, photos = tmp_path / "home", tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:32]:
+        shutil.copy(path, photos)
+    # one step of 32 photos: its orphan, and a forkserver that waits for it, would run for 15 s or more
+    running = start_facepipe(home, "digest", str(photos), "--group", "g", "--workers", "1", "--chunk-size", "32")
+    forkserver, steps = None, []
+    try:
+        deadline = time.time() + 300
+        while not steps and time.time() < deadline:  # the forkserver, once it has forked a step
+            with contextlib.suppress(OSError):  # a process of the digest ended while it was read
+                servers = [
+                    p for p in descendants(running.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+                ]
+                forkserver = servers[0] if servers else None
+                steps = descendants(forkserver) if forkserver else []
+            time.sleep(0.5)
+        assert forkserver and steps, "the digest never forked a step"
+        running.kill()
+        running.wait()
+        deadline = time.time() + 5
+        while process_alive(forkserver) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not process_alive(forkserver), "the killed digest's forkserver outlived it by 5 s"
+    finally:
+        running.kill()
+        for orphan in [forkserver, *steps]:
+            if orphan:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)

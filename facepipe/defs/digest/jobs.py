@@ -9,21 +9,20 @@ from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job,
 
 from facepipe import settings
 from facepipe.defs.digest.config import digest_config
-from facepipe.request import DigestRequest, default_workers, list_images_config
+from facepipe.request import DigestRequest, default_workers, list_images_config, valid_workers
 
 WORKERS_FIELD = {
     "workers": Field(
         int,
         default_value=default_workers(),
-        description="Worker processes digesting chunks of photos in parallel (>= 1): on Celery, "
+        description="Worker processes digesting chunks of photos in parallel (1 to FACEPIPE_MAX_WORKERS): on Celery, "
         "the processes of all the workers, which the photos are split for.",
     )
 }
 
 
 def _multiprocess_config(config: dict) -> dict:
-    if config["workers"] < 1:
-        raise ValueError(f"workers must be at least 1, got {config['workers']}")
+    valid_workers(config["workers"])  # a launch from the Launchpad or GraphQL is bounded here
     return {
         "max_concurrent": config["workers"],
         # forkserver: steps fork from one process that has imported the engine and its models
@@ -32,8 +31,7 @@ def _multiprocess_config(config: dict) -> dict:
 
 
 def _celery_config(config: dict) -> dict:
-    if config["workers"] < 1:
-        raise ValueError(f"workers must be at least 1, got {config['workers']}")
+    valid_workers(config["workers"])
     # the URLs are read from the environment by the executor: a password in one stays out of the UI
     own_backend = settings.celery_backend() != settings.celery_broker()
     backend = "FACEPIPE_CELERY_BACKEND" if own_backend else "FACEPIPE_CELERY_BROKER"
