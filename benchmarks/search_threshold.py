@@ -170,6 +170,9 @@ def main() -> None:
     if len(sets) > 1:
         report(together, args.profile)
     user_searches(together, args.profile)
+    if len(sets) > 1:  # and each set alone as a group
+        for faces in sets:
+            user_searches(faces, args.profile)
     for faces in sets:
         if faces.name == "images":
             img1_margin(faces)
