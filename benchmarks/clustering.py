@@ -1,6 +1,6 @@
 """Pairwise precision, recall and F1 of face clustering on the labelled sets, each alone and together.
 
-    .venv/bin/python benchmarks/clustering.py                       # embed ../shared/faces/{images,lfw10} now
+    .venv/bin/python benchmarks/clustering.py                       # embed every labelled set now (~3 CPU min)
     .venv/bin/python benchmarks/clustering.py --sets lfw10          # one set
     .venv/bin/python benchmarks/clustering.py --store HOME/qdrant --group sample   # a digested group
 
@@ -54,6 +54,10 @@ def algorithms(profile: str) -> dict:
         found[f"average linkage, cosine distance {t}"] = linkage_cut("average", t)
     for t in (0.07, 0.09):
         found[f"complete linkage, cosine distance {t}"] = linkage_cut("complete", t)
+    for t in (0.60, 0.65):  # Ward's heights grow with the clusters' sizes: a cut is not a distance
+        found[f"Ward linkage, euclidean {t} on unit vectors"] = lambda x, t=t: fcluster(
+            linkage(x, method="ward"), t, criterion="distance"
+        )
     for t in (0.06, 0.07):
         found[f"single linkage, cosine distance {t}"] = linkage_cut("single", t)
     for e in (0.30, 0.35, 0.40):

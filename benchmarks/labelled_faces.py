@@ -6,6 +6,8 @@
 - `lfw10`: ../shared/faces/lfw10, 100 LFW photos of 10 people (lfw10/identities.csv), one centred
   face each, a few with other people in the background. Every face found is kept; the one scored
   in each photo is the face nearest the photo's centre (the labelled person's).
+- `lfw150`: benchmarks/identities/lfw150, 900 LFW photos (deep-funneled, 250 x 250) of 150 more
+  people, 6 each, none of lfw10's (benchmarks/identities/SOURCES.md); scored as lfw10.
 
 Faces come from `faces_in_chunk` at the digest's defaults (the code path of a digest), or from a
 store into which the folders were digested. `combined` joins sets, prefixing identities with the
@@ -26,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SAMPLES = ROOT.parent / "shared" / "faces"
+IDENTITIES = ROOT / "benchmarks" / "identities"
 # set name -> (folder, identities file, how a labelled photo's face is chosen)
 SETS = {
     "images": (SAMPLES / "images", SAMPLES / "identities.csv", "only face"),
     "lfw10": (SAMPLES / "lfw10", SAMPLES / "lfw10" / "identities.csv", "face nearest the centre"),
+    "lfw150": (IDENTITIES / "lfw150", IDENTITIES / "lfw150" / "identities.csv", "face nearest the centre"),
 }
 
 

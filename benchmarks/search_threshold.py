@@ -1,6 +1,6 @@
 """How the search threshold separates same-person from different-person faces, per labelled set and together.
 
-    .venv/bin/python benchmarks/search_threshold.py                 # embed ../shared/faces/{images,lfw10} now
+    .venv/bin/python benchmarks/search_threshold.py                 # embed every labelled set now (~3 CPU min)
     .venv/bin/python benchmarks/search_threshold.py --sets images   # one set
     .venv/bin/python benchmarks/search_threshold.py --store HOME/qdrant --group sample
 
@@ -9,8 +9,11 @@ together (people of different sets are different people): how many same-person p
 threshold matches and how many different-person pairs it lets through, pairwise precision, recall
 and F1; the raw dlib descriptors' norms and what dlib's own rule (euclidean distance < 0.6 between
 raw descriptors) converts to in cosine similarity on each set, and how that rule itself scores; and
-how far img1.jpg's person stands from everyone else. Each profile's search_threshold
-(facepipe/engine/profiles) holds the chosen value.
+how far img1.jpg's person stands from everyone else. Then search as a user runs it, on the sets
+together as one group: each labelled photo in turn is the selfie, a photo is returned when its best
+face reaches the threshold (search.py ranks photos so), and per threshold: the share of the
+person's other photos returned (search recall), and the photos of other people returned (false
+matches per query). Each profile's search_threshold (facepipe/engine/profiles) holds the chosen value.
 """
 
 import sys
@@ -24,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.labelled_faces import FaceSet, combined, identities_of, labelled_sets
 from facepipe.engine.profiles import PROFILES
 
-THRESHOLDS = np.round(np.arange(0.890, 0.9601, 0.005), 4)
+THRESHOLDS = np.round(np.arange(0.900, 0.9601, 0.005), 4)
+# the unlabelled photos of `images` in which person01 is one of several faces
+PERSON01_ALSO = ("couple.jpg", "selfie-many-people.jpg")
 DLIB_RULE = 0.6  # dlib's same-person rule: euclidean distance between raw descriptors
 
 
@@ -108,12 +113,66 @@ def img1_margin(faces: FaceSet) -> None:
     )
 
 
+def user_searches(faces: FaceSet, profile: str) -> None:
+    """Each labelled photo's face in turn is the selfie; the group is every face of `faces`.
+
+    A returned photo is a stranger's when its best face is another person's scored face; a photo
+    returned on a face nobody labelled (LFW's background faces, the couple's other face) is counted
+    apart: it may be the selfie's person.
+    """
+    photos = np.array(faces.photos)
+    starts = np.flatnonzero(np.r_[True, photos[1:] != photos[:-1]])  # a photo's faces are consecutive
+    assert len(starts) == len(set(faces.photos)), "a photo's faces are not consecutive"
+    person = {faces.photos[row]: who for row, who in zip(faces.labelled, faces.truth)}
+    for photo in PERSON01_ALSO:  # person01's photos among others, in `images` alone or with other sets
+        for name, who in ((photo, "person01"), (f"images/{photo}", "images:person01")):
+            if name in person or name in faces.photos:
+                person[name] = who
+    photo_person = np.array([person.get(p, "") for p in photos[starts]])
+    query_person = np.array(faces.truth)
+    query_photo = np.searchsorted(starts, faces.labelled, side="right") - 1
+    similarity = faces.vectors[faces.labelled] @ faces.vectors.T
+    best = np.maximum.reduceat(similarity, starts, axis=1)  # each selfie against each photo's best face
+    ends = np.r_[starts[1:], len(photos)]
+    best_row = np.stack([s + np.argmax(similarity[:, s:e], axis=1) for s, e in zip(starts, ends)], axis=1)
+    own = query_photo[:, None] == np.arange(len(starts))[None, :]
+    target = (photo_person[None, :] == query_person[:, None]) & ~own
+    other = (photo_person[None, :] != "") & (photo_person[None, :] != query_person[:, None])
+    on_scored = np.isin(best_row, faces.labelled)
+    print(
+        f"\n## Search as a user runs it: {faces.name}, {len(query_person)} selfies (each labelled photo's face) "
+        f"against {len(starts)} photos; {int(target.sum())} photos of the selfie's person to find"
+    )
+    chosen = PROFILES[profile].search_threshold
+    print(
+        "| cosine ≥ | search recall | selfies finding all their photos | selfies with a stranger | "
+        "stranger photos per selfie | photos matched on an unlabelled face |"
+    )
+    print("|---|---|---|---|---|---|")
+    for threshold in sorted({*THRESHOLDS, chosen}):
+        returned = (best >= threshold) & ~own
+        found = (returned & target).sum(axis=1)
+        stranger = returned & other & on_scored
+        unlabelled = returned & ~target & ~stranger
+        mark = "  <- default" if threshold == chosen else ""
+        print(
+            f"| {threshold:.3f}{mark} | {found.sum() / target.sum():.3f} ({found.sum()}/{target.sum()}) "
+            f"| {(found == target.sum(axis=1)).sum()}/{len(found)} | {(stranger.sum(axis=1) > 0).sum()} "
+            f"| {stranger.sum() / len(found):.4f} ({stranger.sum()}) | {unlabelled.sum()} |"
+        )
+
+
 def main() -> None:
     args, sets = labelled_sets(__doc__.split("\n")[0])
     for faces in sets:
         report(faces, args.profile)
+    together = combined(sets) if len(sets) > 1 else sets[0]
     if len(sets) > 1:
-        report(combined(sets), args.profile)
+        report(together, args.profile)
+    user_searches(together, args.profile)
+    if len(sets) > 1:  # and each set alone as a group
+        for faces in sets:
+            user_searches(faces, args.profile)
     for faces in sets:
         if faces.name == "images":
             img1_margin(faces)

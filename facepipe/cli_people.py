@@ -72,7 +72,7 @@ def _area(area: dict) -> str:
     "--threshold",
     type=click.FloatRange(-1, 1),
     default=None,
-    help="Least cosine similarity (default: the profile's calibrated one, 0.94 for dlib).",
+    help="Least cosine similarity (default: the profile's calibrated one, 0.93 for dlib).",
 )
 @PROFILE
 @click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
+from facepipe.engine.profiles import PROFILES
 from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_server, facepipe_ui, faces_by_photo, run_facepipe
 
 pytestmark = pytest.mark.e2e  # every test runs against `facepipe serve` and `facepipe ui`
@@ -230,7 +231,7 @@ def test_search_with_img1_finds_every_other_person01_photo_and_no_one_else(servi
     assert found[0] == "img1.jpg" and [p["score"] for p in result["photos"]] == sorted(
         (p["score"] for p in result["photos"]), reverse=True
     )
-    assert result["profile"] == "dlib" and result["threshold"] == 0.94
+    assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold
     face = result["photos"][1]["faces"][0]
     assert {"face_id", "score", "facial_area", "person_id"} <= set(face) and set(face["facial_area"]) == set("xywh")
 
@@ -326,7 +327,7 @@ def test_faces_embedding_and_features_of_the_couple(service, tmp_path):
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     # her face in the couple is as close to img1.jpg's as the search threshold says
     img1 = np.array(service.http.post("/get-embedding", files=photo("img1.jpg")).json()["faces"][0]["embedding"])
-    assert max(vectors @ img1) >= 0.94 > min(vectors @ img1)
+    assert max(vectors @ img1) >= PROFILES["dlib"].search_threshold > min(vectors @ img1)
 
     # deepface's attribute weights are a download, which this machine cannot make: a 503 that names them
     features = service.http.post("/get-features", files=photo("couple.jpg"))

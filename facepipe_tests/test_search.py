@@ -25,7 +25,7 @@ def names(result):
 def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, identities):
     home, _ = sample_people
     result = search(home, SAMPLE_IMAGES / "img1.jpg")
-    assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold == 0.94
+    assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold == 0.93
     found = names(result)
     # her face in the couple and in the selfie is detected by the digest (test_digest), so both must match
     person01 = {name for name, who in identities.items() if who == "person01"} | {
@@ -36,7 +36,7 @@ def test_img1_finds_every_other_person01_photo_and_no_one_else(sample_people, id
     assert found[0] == "img1.jpg" and result["photos"][0]["score"] > 0.999
 
     scores = [p["score"] for p in result["photos"]]
-    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.94
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.93
     # one face per photo matches: in the couple and the selfie, hers, not her neighbours'
     assert all(len(p["faces"]) == 1 for p in result["photos"])
     match = result["photos"][0]["faces"][0]
@@ -106,7 +106,7 @@ def test_a_store_held_by_another_process_is_reported_not_a_traceback(sample_peop
 
 
 @pytest.mark.e2e
-def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_pair(sample_people):
+def test_the_threshold_benchmark_shows_what_the_default_matches_on_the_sample_photos(sample_people):
     import subprocess
     import sys
 
@@ -121,7 +121,8 @@ def test_the_threshold_benchmark_shows_the_default_matches_no_different_person_p
         check=True,
     ).stdout
     default = next(line for line in out.splitlines() if line.endswith("<- default"))
-    # precision first: no wrong hit on the sample photos, and most of each person's photos found
-    assert default.strip().startswith(">= 0.9400:") and "different-person matched 0/1743" in default, out
+    # the sample photos' one look-alike pair of people (person05 and person06, 0.9344) matches at
+    # 0.93: 2 different-person pairs; nearly every same-person pair is found (147 of 148)
+    assert default.strip().startswith(">= 0.9300:") and "different-person matched 2/1743" in default, out
     kept = int(default.split("same-person matched ")[1].split("/")[0])
-    assert kept >= 140, out  # measured: 143 of 148
+    assert kept >= 146, out  # measured: 147 of 148 (143 at 0.94)

@@ -2,7 +2,7 @@
 
 The algorithm is average-linkage agglomerative clustering on cosine distance, cut at a
 per-profile distance (benchmarks/clustering.py measures it against Chinese whispers, DBSCAN,
-HDBSCAN, single and complete linkage on the two labelled sets of ../shared/faces). Average linkage joins two groups of
+HDBSCAN, single and complete linkage on the labelled sets of benchmarks/labelled_faces.py). Average linkage joins two groups of
 faces when they are close *on average*, so one look-alike pair does not chain two people
 together (single linkage, DBSCAN), and one odd photo does not split a person (complete linkage).
 """
@@ -16,11 +16,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 # The cut, a cosine distance at which average linkage stops merging, is each profile's
-# `cluster_distance` (engine/profiles). dlib's, measured on both labelled sets of ../shared/faces
-# (benchmarks/clustering.py): precision is 1.000 on each, and on the two clustered together, below
-# 0.0924 (the first wrong merge, two look-alikes of images/); recall is 1.000 on images/ from
-# 0.0577, and on lfw10/ 0.980 from 0.0724 (one photo apart) and 1.000 from 0.0894. 0.08 is near
-# the middle of 0.0724-0.0924, on its lower side: a wrong merge is worse than a missed one.
+# `cluster_distance` (engine/profiles), where dlib's is measured on three labelled sets
+# (benchmarks/clustering.py; README, People): a wrong merge is worse than a missed one.
 
 # Average linkage needs every pairwise distance of what it clusters (n² / 2 float64, and scipy
 # copies them: 8 n² bytes). Up to DIRECT faces it runs on them all at once; beyond, on blocks that
