@@ -368,14 +368,27 @@ def _add_group(instance: DagsterInstance, group_id: str) -> None:
         instance.add_dynamic_partitions(GROUPS, [group_id])
 
 
+def known_group(instance: DagsterInstance, group_id: str, profile: str) -> bool:
+    """Whether the group has faces to cluster: a partition of the instance, or faces in the store
+    that this instance never saw digested (a store copied or restored, an instance reset, digests
+    run elsewhere): the group's partition is then added, so its people runs have one."""
+    if instance.has_dynamic_partition(GROUPS, group_id):
+        return True
+    with open_store_from_settings() as store:
+        if not store.count_faces(group_id, profile):
+            return False
+    _add_group(instance, group_id)
+    return True
+
+
 def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
     """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
 
-    Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
+    Raises LookupError for a group with no faces, RuntimeError (with the step's message) if the run fails.
     """
     instance = instance or instance_for_digests()
-    if not instance.has_dynamic_partition(GROUPS, group_id):
-        raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
+    if not known_group(instance, group_id, profile):
+        raise LookupError(f"unknown group {group_id!r}: it has no faces; digest photos into it first")
     # executed by this process: its host and pid let run monitoring tell when it was killed
     tags = {
         PARTITION_TAG: group_id,
