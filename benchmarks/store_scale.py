@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -97,9 +96,8 @@ class Faces:
 
     def face_vectors(self, rng, group: str, k: int) -> np.ndarray:
         centres = self.centres(group)
-        v = centres[rng.integers(0, len(centres), k)] + 0.2 * rng.standard_normal((k, DIM)).astype(np.float32) / np.sqrt(
-            DIM
-        )
+        noise = rng.standard_normal((k, DIM)).astype(np.float32) / np.sqrt(DIM)
+        v = centres[rng.integers(0, len(centres), k)] + 0.2 * noise
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def digests(self) -> list[tuple[str, int, int]]:
@@ -304,7 +302,8 @@ PROBES = {
 def run_probe(kind: str, **args) -> dict:
     out = subprocess.run([sys.executable, __file__, "_probe", kind, json.dumps(args)], capture_output=True, text=True)
     if out.returncode != 0:
-        return {f"{kind}_error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+        error = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        return {f"{kind}_error": error}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

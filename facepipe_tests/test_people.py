@@ -166,9 +166,7 @@ def test_unknown_groups_and_people_are_clear_errors(sample_people):
 
 
 @pytest.mark.e2e
-def test_a_group_whose_faces_are_in_the_store_is_clustered_though_this_instance_never_saw_it(
-    sample_digest, tmp_path
-):
+def test_a_group_whose_faces_are_in_the_store_is_clustered_though_this_instance_never_saw_it(sample_digest, tmp_path):
     """The face store restored onto a new machine (or the Dagster instance reset): `people cluster`
     finds the group's faces in the store and clusters them, rather than ask for a digest first."""
     home = tmp_path / "home"

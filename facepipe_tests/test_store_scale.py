@@ -71,7 +71,8 @@ with FaceStore.open(path=sys.argv[1]) as store:
     for start in range(0, {faces}, 2000):
         vectors = rng.standard_normal((2000, 128)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        points = [StoredPoint(str(uuid.UUID(int=start + i + 1)), {{"group_id": "g"}}, v.tolist()) for i, v in enumerate(vectors)]
+        ids = [str(uuid.UUID(int=start + i + 1)) for i in range(2000)]
+        points = [StoredPoint(id, {{"group_id": "g"}}, v.tolist()) for id, v in zip(ids, vectors)]
         store.backend.upsert(faces_collection("dlib"), points)
     print("written", flush=True)
     store.optimize("dlib")
