@@ -300,11 +300,15 @@ PROBES = {
 
 
 def run_probe(kind: str, **args) -> dict:
+    """One probe in a new process; its figures, also printed at once (a long run read as it goes)."""
     out = subprocess.run([sys.executable, __file__, "_probe", kind, json.dumps(args)], capture_output=True, text=True)
     if out.returncode != 0:
         error = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-        return {f"{kind}_error": error}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        found = {f"{kind}_error": error}
+    else:
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps({"probe": kind, "faces": args.get("n"), "layout": args.get("layout"), **found}), flush=True)
+    return found
 
 
 # ---------------------------------------------------------------- the run
@@ -329,18 +333,18 @@ def measure(work: Path, n: int, layout: str, samples: Path | None, full_limit: i
     row: dict = {"faces": n, "layout": layout, "load_before": os.getloadavg()[0]}
     row.update(run_probe("write", **args))
     row.update(run_probe("open", **args))
-    big = groups_of(layout, n)[largest_group(layout)]
-    if big <= full_limit:
-        full = run_probe("cluster", **args, full=True)
-        row.update({f"full_{k}": v for k, v in full.items()})
-        row.update(run_probe("grow", **args))
-        inc = run_probe("cluster", **args, full=False)
-        row.update({f"incremental_{k}": v for k, v in inc.items()})
     if samples:
         fresh = run_probe("digest", **args, samples=str(samples), group="fresh")
         row.update({f"new_group_{k}": v for k, v in fresh.items()})
         row.update(run_probe("digest", **args, samples=str(samples), group=largest_group(layout)))
         row.update(run_probe("search_after", **args))
+    big = groups_of(layout, n)[largest_group(layout)]
+    if big <= full_limit:  # last: the longest, and it rewrites the group's faces
+        full = run_probe("cluster", **args, full=True)
+        row.update({f"full_{k}": v for k, v in full.items()})
+        row.update(run_probe("grow", **args))
+        inc = run_probe("cluster", **args, full=False)
+        row.update({f"incremental_{k}": v for k, v in inc.items()})
     row["load_after"] = os.getloadavg()[0]
     print(json.dumps(row), flush=True)
     return row
@@ -421,7 +425,6 @@ def main() -> None:
     empty = None
     if samples:
         empty = run_probe("digest", path=str(work / "empty"), n=0, layout="one", samples=str(samples), group="sample")
-        print(json.dumps({"empty_store_digest": empty}), flush=True)
     rows = [
         measure(work, int(n), layout, samples, args.full_limit)
         for n in args.sizes.split(",")
