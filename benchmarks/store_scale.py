@@ -2,8 +2,8 @@
 cost as the store grows, each in CPU seconds beside wall time (CPU time is what a busy machine
 does not distort; it includes Qdrant Edge's own threads).
 
-    .venv/bin/python benchmarks/store_scale.py --sizes 100000                  # ~10 min on 2 quiet cores
-    .venv/bin/python benchmarks/store_scale.py --sizes 1100000 --layouts mixed  # the 1M store, ~1-2 h
+    .venv/bin/python benchmarks/store_scale.py --sizes 100000 --layouts one     # writing it: ~110 CPU-s
+    .venv/bin/python benchmarks/store_scale.py --sizes 1100000 --layouts mixed  # the 1M store
     .venv/bin/python benchmarks/store_scale.py --sizes 200000 --no-digest       # no detection pass at all
 
 Faces are synthetic but shaped like facepipe's: identity-clustered unit vectors (128-d, same person
