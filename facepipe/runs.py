@@ -28,6 +28,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from facepipe import settings
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.jobs import digest_run_config, local_photos
 from facepipe.defs.partitions import GROUPS
@@ -448,14 +449,31 @@ def _add_group(instance: DagsterInstance, group_id: str) -> None:
         instance.add_dynamic_partitions(GROUPS, [group_id])
 
 
+def adopt_group(instance: DagsterInstance, store, group_id: str, profile: str) -> bool:
+    """Whether the group has faces to cluster: a partition of the instance, or faces in the store
+    (open) that this instance never saw digested (a store copied or restored, an instance reset,
+    digests run elsewhere), whose partition is then added so that its people runs have one."""
+    if instance.has_dynamic_partition(GROUPS, group_id):
+        return True
+    if not store.count_faces(group_id, profile):
+        return False
+    _add_group(instance, group_id)
+    return True
+
+
 def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
     """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
 
-    Raises LookupError for a group never digested, RuntimeError (with the step's message) if the run fails.
+    Raises LookupError for a group with no faces, RuntimeError (with the step's message) if the run fails.
     """
     instance = instance or instance_for_digests()
     if not instance.has_dynamic_partition(GROUPS, group_id):
-        raise LookupError(f"unknown group {group_id!r}: digest photos into it first")
+        known = False
+        if settings.qdrant_url() or settings.qdrant_path().exists():  # no store made to be asked
+            with open_store_from_settings() as store:
+                known = adopt_group(instance, store, group_id, profile)
+        if not known:
+            raise LookupError(f"unknown group {group_id!r}: it has no faces; digest photos into it first")
     # executed by this process: its host and pid let run monitoring tell when it was killed
     tags = {
         PARTITION_TAG: group_id,

@@ -52,6 +52,21 @@ UPSERT_BATCH = 512
 PHOTOS_PER_WRITE = 1024
 SCROLL_PAGE = 1024
 
+# How the embedded store lays out and indexes faces, so that a write, a digest or a search costs
+# what its own faces cost, never what else the store holds (README "The face store", "Indexing"):
+# - group_id is the tenant: no HNSW graph of the whole store (m=0), one graph per group per
+#   segment (payload_m), built only where a group has more faces in a segment than a search would
+#   scan (FULL_SCAN_KB); below that a group's faces in a segment are scanned exactly.
+# - a segment is indexed once its vectors pass INDEXING_THRESHOLD_KB, by the write that took it
+#   there (every write ends with optimize()), so the unindexed tail a search scans stays below it;
+# - no optimisation builds a segment larger than MAX_SEGMENT_KB: that bounds what any one
+#   optimize() can cost, whatever the store holds (the default let merges rebuild the whole store).
+# Sizes are of the vectors, in KiB: a dlib face (128 floats) takes 0.5 KiB, a 512-d one 2 KiB.
+INDEXING_THRESHOLD_KB = 10_000  # 20,000 dlib faces
+FULL_SCAN_KB = 10_000
+MAX_SEGMENT_KB = 40_000  # 80,000 dlib faces
+TENANT_GRAPH_M = 16
+
 # Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
 KEYWORD_INDEXES = {
     "faces": ("group_id", "image_path", "run_id"),
@@ -330,6 +345,9 @@ class EdgeBackend:
         if shard is None and (self.root / name).is_dir():
             with _store_errors(self.root.parent, name):
                 loaded = self.q.EdgeShard.load(str(self.root / name))
+            # what an optimisation killed midway was building (Qdrant Edge never removes it); the
+            # shard is ours now (its WAL lock), so no other process is building there
+            shutil.rmtree(self.root / name / "temp_segments", ignore_errors=True)
             shard = self.shards[name] = _Checked(loaded, self.root.parent, name)
         return shard
 
@@ -349,20 +367,27 @@ class EdgeBackend:
             vectors=params,
             payload_memory=cold,
             id_tracker_memory=cold,
-            hnsw_config=q.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000, memory=cold),
+            hnsw_config=q.HnswIndexConfig(
+                m=0, payload_m=TENANT_GRAPH_M, ef_construct=100, full_scan_threshold=FULL_SCAN_KB, memory=cold
+            ),
+            optimizers=self._optimizers(),
         )
         with _store_errors(self.root.parent, name):
             created = q.EdgeShard.create(str(self.root / name), config)
         shard = self.shards[name] = _Checked(created, self.root.parent, name)
         kind = _kind(name)
         for key in KEYWORD_INDEXES[kind]:
-            # group_id is the tenant: the optimizer keeps a group's points together on disk
-            schema = q.KeywordIndexParams(is_tenant=key == "group_id", memory=cold)
+            # group_id is the tenant: the optimizer keeps a group's points together on disk and gives
+            # each group its own graph; no graph for the other fields (filters, never searched by)
+            tenant = key == "group_id"
+            schema = q.KeywordIndexParams(is_tenant=tenant, enable_hnsw=tenant, memory=cold)
             shard.update(q.UpdateOperation.create_field_index(key, schema))
         for key in INTEGER_INDEXES[kind]:
-            shard.update(
-                q.UpdateOperation.create_field_index(key, q.IntegerIndexParams(lookup=True, range=False, memory=cold))
-            )
+            schema = q.IntegerIndexParams(lookup=True, range=False, enable_hnsw=False, memory=cold)
+            shard.update(q.UpdateOperation.create_field_index(key, schema))
+
+    def _optimizers(self):
+        return self.q.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB, max_segment_size=MAX_SEGMENT_KB)
 
     def _filter(self, where: Where | None):
         if where is None:
@@ -720,9 +745,19 @@ class FaceStore:
 
     def upsert(self, collection: str, points: list[StoredPoint]) -> None:
         self.backend.upsert(collection, points)
+        self._index_as_it_fills(collection)
 
     def set_payload(self, collection: str, payload: dict, ids: list[str]) -> None:
         self.backend.set_payload(collection, payload, ids)
+        self._index_as_it_fills(collection)  # Qdrant moves an indexed face it updates into the unindexed tail
+
+    def _index_as_it_fills(self, collection: str) -> None:
+        """Index the faces segment a write took past the indexing threshold, in that write: the
+        unindexed tail (scanned by every search, held by every writer) never grows past the
+        threshold and one write's batch. Free (~50 µs) when no segment is due; when one is, bounded
+        by MAX_SEGMENT_KB, whatever the store holds."""
+        if _kind(collection) == "faces":
+            self.backend.optimize(collection)
 
     def delete(self, collection: str, where: Where | None = None, ids: list[str] | None = None) -> None:
         self.backend.delete(collection, where, ids)
@@ -821,9 +856,7 @@ class FaceStore:
                 f"{faces_collection(profile)} none; {RECOVER}"
             )
 
-    def write(
-        self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str, optimize: bool = True
-    ) -> WriteCounts:
+    def write(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str) -> WriteCounts:
         """Store the faces of digested photos and record every photo in the ledger.
 
         Idempotent: the same results written again leave the same points (ids are derived from the
@@ -850,8 +883,6 @@ class FaceStore:
             self.upsert(images, image_points)
             counts.faces_stored += len(face_points)
             counts.images_recorded += len(image_points)
-        if optimize:
-            self.optimize(profile)
         return counts
 
     def drop_faces(self, group_id: str, profile: str, paths: list[str]) -> int:
@@ -930,14 +961,14 @@ class FaceStore:
         return face_points, image_points
 
     def optimize(self, profile: str) -> None:
-        """Index the faces written since the last time (Qdrant Edge builds HNSW graphs only when asked;
-        a server does it by itself). Free when there is nothing to do: a segment is indexed once it
-        passes the optimizer's threshold (~20,000 dlib faces)."""
+        """Index what is due (Qdrant Edge builds HNSW graphs only when asked; a server does it by
+        itself). Every write to the faces already does (see _index_as_it_fills): this is for a
+        store written by an older facepipe, or by hand."""
         self.backend.optimize(faces_collection(profile))
 
     def finish_digest(self, group_id: str, profile: str, run_id: str) -> DigestTotals:
-        """What a digest's last step does to the store: index what its chunks wrote, then count."""
-        self.optimize(profile)
+        """What a digest's last step does to the store: count and check what its chunks wrote (they
+        indexed it as they wrote)."""
         return DigestTotals(
             faces_in_group=self.count_faces(group_id, profile),
             faces_of_run=self.count(faces_collection(profile), group_filter(group_id, run_id=run_id)),

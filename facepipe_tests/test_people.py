@@ -165,6 +165,20 @@ def test_unknown_groups_and_people_are_clear_errors(sample_people):
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.e2e
+def test_a_group_whose_faces_are_in_the_store_is_clustered_though_this_instance_never_saw_it(sample_digest, tmp_path):
+    """The face store restored onto a new machine (or the Dagster instance reset): `people cluster`
+    finds the group's faces in the store and clusters them, rather than ask for a digest first."""
+    home = tmp_path / "home"
+    shutil.copytree(sample_digest[0] / "qdrant", home / "qdrant")
+    counts = people_json(home, "cluster")
+    assert counts["faces"] == 68 and counts["faces_assigned"] == 68
+    assert all(None not in ids for ids in people_of(home).values())
+    # still no other group: one with no faces is unknown
+    result = run_facepipe(home, "people", "cluster", "--group", "nobody", check=False)
+    assert result.returncode == 1 and "unknown group 'nobody'" in result.stderr
+
+
 def test_the_people_asset_follows_the_digest_per_group_in_the_store_pool():
     from facepipe.definitions import get_people_job, loaded
     from facepipe.settings import STORE_POOL

@@ -289,8 +289,7 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
     if images:
         request = chunk.request
         with face_store.open() as store:
-            # indexing waits for store_faces: once per digest, not once per chunk
-            counts = store.write(request.group_id, request.profile, images, context.run_id, optimize=False)
+            counts = store.write(request.group_id, request.profile, images, context.run_id)
     return StoredChunk(
         images_done=len(images),
         images_unchanged=sum(1 for r in images if r.unchanged),
