@@ -2,9 +2,10 @@
 
 The algorithm is average-linkage agglomerative clustering on cosine distance, cut at a
 per-profile distance (benchmarks/clustering.py measures it against Chinese whispers, DBSCAN,
-HDBSCAN, single and complete linkage on the labelled sets of benchmarks/labelled_faces.py). Average linkage joins two groups of
-faces when they are close *on average*, so one look-alike pair does not chain two people
-together (single linkage, DBSCAN), and one odd photo does not split a person (complete linkage).
+HDBSCAN, single and complete linkage on the labelled sets of benchmarks/labelled_faces.py).
+Average linkage joins two groups of faces when they are close *on average*, so one look-alike
+pair does not chain two people together (single linkage, DBSCAN), and one odd photo does not
+split a person (complete linkage).
 """
 
 import heapq
