@@ -11,6 +11,12 @@ tiles as cover it, each scaled on its own so that the enlarged photo never exist
 face smaller than the overlap lies wholly inside a tile; the photo is also seen whole at a third
 of the scale, where the faces too large for the overlap are found. Detections cut by a tile's
 inner edge are dropped and duplicates merged.
+
+A detector that sees faces only up to a size (`profile.largest_face`: YuNet's anchors end at 256
+px) is given a pyramid instead: the photo at the scale, then each view `largest_face /
+smallest_face` times smaller, down to the one where the whole photo is no wider than its largest
+face. Each view keeps the faces of its own band (a face too large for a view is cut into
+fragments there, and found whole in a coarser one); its tiles overlap by more than that band.
 """
 
 import math
@@ -36,6 +42,8 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
     pixels = profile.detector_input(image)
     height, width = pixels.shape[:2]
     tile = profile.tile_size
+    if profile.largest_face is not None:
+        return merge_duplicates(_detect_pyramid(profile, pixels, scale))
     if max(width, height) * scale <= tile:
         return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
 
@@ -51,6 +59,24 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
             if not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
                 found.append(face)
     return merge_duplicates(found)
+
+
+def _detect_pyramid(profile, pixels: np.ndarray, scale: float) -> list[Detection]:
+    height, width = pixels.shape[:2]
+    largest, tile = profile.largest_face, profile.tile_size
+    overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * largest))
+    found: list[Detection] = []
+    while True:
+        coarsest = max(width, height) * scale <= largest
+        for x0, y0, x1, y1 in tiles(width, height, scale, tile, overlap):
+            inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
+            for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
+                in_band = coarsest or face.width * scale <= largest
+                if in_band and not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
+                    found.append(face)
+        if coarsest:
+            return found
+        scale /= largest / profile.smallest_face
 
 
 def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -39,6 +39,8 @@ class Profile(Protocol):
     spec: "ProfileSpec"
     smallest_face: int  # the narrowest face (box width, px) the detector finds in the pixels it is given
     tile_size: int  # the longest side it is given whole; larger views are tiled (engine/detection.py)
+    # the widest face it finds whole, None if any: larger faces are found in smaller views of the photo
+    largest_face: int | None
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
         """What the detector scans, from a decoded BGR photo (dlib: gray), before any scaling."""
