@@ -26,8 +26,8 @@ Sizes are the true box's width at full resolution. Settings:
 
   portraits, default, crowd   facepipe's presets (min_face_size 160, 40, 24): detection and
                               alignment as a digest does them, decode included
-  default, colour HOG         levers: the default with HOG on the colour photo (as the seed ran it),
-  default, untiled            and with the scaled photo seen whole, however large, instead of tiles
+  default, untiled            a lever: the default with the scaled photo seen whole, however
+                              large, instead of tiles
   detection-1024              the old way: every photo shrunk to 1,024 px on its long side
   bare-dlib                   dlib as the face_recognition library and the seed's detector run
                               it: HOG on the full-size colour photo, upsampled once
@@ -232,12 +232,10 @@ def settings(profile_name: str) -> dict:
     profile = load_profile(profile_name)
     found = {name: facepipe_setting(profile, size) for name, size in PRESETS.items()}
     if profile_name == "dlib":
-        # levers, each the default with one thing undone: HOG on the colour photo (as the seed ran it),
-        # and the scaled photo seen whole however large (memory grows with it: ~9 bytes a pixel)
-        colour, untiled = copy.copy(profile), copy.copy(profile)
-        colour.detector_input = lambda image: cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        # a lever: the default with the scaled photo seen whole however large (memory grows with it:
+        # ~60 bytes a pixel for YuNet)
+        untiled = copy.copy(profile)
         untiled.tile_size = 10**6
-        found["default, colour HOG"] = facepipe_setting(colour, PRESETS["default"])
         found["default, untiled"] = facepipe_setting(untiled, PRESETS["default"])
         # the old default: the detector saw a copy 1,024 px on its long side, so faces of 80 px there
         found["detection-1024"] = facepipe_setting(profile, lambda size: 80 * max(size) / 1024)

@@ -159,7 +159,8 @@ def test_tiles_cover_the_photo_and_overlap_as_asked():
 
 def test_a_tiled_photo_gives_each_face_once_as_the_whole_photo_does():
     # the canvas of group photos from the recall benchmark, seen whole and in tiles of 1,024 px
-    # (at min_face_size 32 the dlib profile scans it at twice its size, 3,000 px)
+    # (at min_face_size 32 the dlib profile sees it at 1.25 times its size, 1,875 px, then 4 times
+    # smaller for the faces too large for that view)
     import copy
 
     from benchmarks.detection_recall import make_photos, match, sources

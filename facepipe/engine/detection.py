@@ -16,7 +16,9 @@ A detector that sees faces only up to a size (`profile.largest_face`: YuNet's an
 px) is given a pyramid instead: the photo at the scale, then each view `largest_face /
 smallest_face` times smaller, down to the one where the whole photo is no wider than its largest
 face. Each view keeps the faces of its own band (a face too large for a view is cut into
-fragments there, and found whole in a coarser one); its tiles overlap by more than that band.
+fragments there, and found whole in a coarser one); its tiles overlap by more than that band, and
+each keeps the faces centred in its own part of the overlap (a face near a tile's edge may be
+found there with a shifted box, and whole in the neighbour).
 """
 
 import math
@@ -72,7 +74,7 @@ def _detect_pyramid(profile, pixels: np.ndarray, scale: float) -> list[Detection
             inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
             for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
                 in_band = coarsest or face.width * scale <= largest
-                if in_band and not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
+                if in_band and _centre_in_core(face, (x0, y0, x1, y1), inner, overlap / 2 / scale):
                     found.append(face)
         if coarsest:
             return found
@@ -118,6 +120,20 @@ def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], 
         or (top and y0 <= region[1] + edge)
         or (right and x1 >= region[2] - edge)
         or (bottom and y1 >= region[3] - edge)
+    )
+
+
+def _centre_in_core(face: Detection, region, inner: tuple[bool, bool, bool, bool], half: float) -> bool:
+    """Whether the face's centre lies in the part of the tile no neighbour shares more than half of
+    the overlap of: each point of the photo is in one tile's core, and a face of the view's band
+    centred there lies wholly inside that tile (the overlap is wider than the band's faces)."""
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    left, top, right, bottom = inner
+    return (
+        (not left or cx >= region[0] + half)
+        and (not top or cy >= region[1] + half)
+        and (not right or cx < region[2] - half)
+        and (not bottom or cy < region[3] - half)
     )
 
 
