@@ -1,7 +1,7 @@
 """Find every face of at least `min_face_size` pixels, whatever the size of the photo.
 
 A detector sees faces down to its own smallest size (`profile.smallest_face`, in the pixels it is
-given: 64 px for dlib). To find faces of `min_face_size` pixels in the full-size photo,
+given: 40 px for the dlib profile's YuNet). To find faces of `min_face_size` pixels in the full-size photo,
 the photo is scaled by smallest_face / min_face_size before detection: shrunk when only large faces
 are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
 
