@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from facepipe.engine.faces import decode_reduction, find_faces
 from facepipe.engine.images import decode_image, decode_image_reduced
 from facepipe.engine.presets import PRESETS
-from facepipe.engine.profiles import DEFAULT_PROFILE, load_profile
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
 from facepipe.request import DEFAULT_CONFIDENCE
 
 DATA = ROOT / "benchmarks" / "real_photos"
@@ -150,6 +150,11 @@ def configurations(profile_name: str = DEFAULT_PROFILE) -> dict[str, Callable[[]
     found: dict[str, Callable[[], Detector]] = {
         name: (lambda size=size: preset_detector(profile_name, size)) for name, size in PRESETS.items()
     }
+    # the other profiles whose models ship in packages, at each preset: "yunet:default"
+    for other, spec in PROFILES.items():
+        if other != profile_name and all(weight.url is None for weight in spec.weights):
+            for name, size in PRESETS.items():
+                found[f"{other}:{name}"] = lambda other=other, size=size: preset_detector(other, size)
     for name, factory in BASELINES.items():
 
         def make(factory=factory) -> Detector:

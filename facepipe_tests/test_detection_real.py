@@ -34,10 +34,18 @@ def test_a_detection_finds_a_face_by_overlap_or_by_its_centre_and_ignored_region
     assert detection_real.match(truth, [], ignore=[]) == ([False, False], [])
 
 
-# detects the faces of six real photos (3.3 MP in all)
+# The yunet profile (YuNet, then dlib's alignment and embedding) at the default preset, measured on
+# the CI subset: 0.794 overall, 0.706 frontal, 0.826 others, 19 detections the labels do not have
+# (many are real faces behind others, which the labels, proposed by HOG, CNN and Haar, miss).
+YUNET = f"yunet:{DEFAULT_PRESET}"
+YUNET_FLOORS = {"all": 0.74, "frontal": 0.65, "non-frontal": 0.78}
+YUNET_MOST_FALSE_PER_10_PHOTOS = 40.0
+
+
+# detects the faces of six real photos (3.3 MP in all), with both profiles
 @pytest.fixture(scope="module")
 def ci_run():
-    run = detection_real.run([DEFAULT_PRESET], ci=True)
+    run = detection_real.run([DEFAULT_PRESET, YUNET], ci=True)
     REPORTS.append("detection on real photos (benchmarks/detection_real.py --ci)\n" + detection_real.recall_table(run))
     return run
 
@@ -55,3 +63,12 @@ def test_the_default_finds_the_faces_of_real_photos(ci_run):
     for group, floor in FLOORS.items():
         assert result["recall"][group] >= floor, (group, result["recall"], result["photos"])
     assert result["false_per_10_photos"] <= MOST_FALSE_PER_10_PHOTOS, result["photos"]
+
+
+@pytest.mark.slow
+def test_the_yunet_profile_finds_the_turned_faces_hog_misses(ci_run):
+    result, hog = ci_run["results"][YUNET], ci_run["results"][DEFAULT_PRESET]
+    for group, floor in YUNET_FLOORS.items():
+        assert result["recall"][group] >= floor, (group, result["recall"], result["photos"])
+    assert result["recall"]["non-frontal"] >= 2 * hog["recall"]["non-frontal"]
+    assert result["false_per_10_photos"] <= YUNET_MOST_FALSE_PER_10_PHOTOS, result["photos"]

@@ -28,6 +28,18 @@ def test_one_face_with_box_landmarks_confidence_and_unit_embedding():
     assert face.embedding.shape == (128,) and np.isclose(np.linalg.norm(face.embedding), 1.0, atol=1e-5)
 
 
+def test_the_yunet_profile_embeds_the_faces_the_dlib_profile_finds_as_it_does():
+    """YuNet's boxes, made square as dlib's, give dlib's landmarks and chips the same embeddings."""
+    names = ("img1.jpg", "couple.jpg", "img2.jpg")
+    tasks = [ImageTask(str(SAMPLE_IMAGES / n)) for n in names]
+    hog, yunet = (faces_in_chunk(tasks, profile, 0.5).images for profile in ("dlib", "yunet"))
+    for by_hog, by_yunet in zip(hog, yunet):
+        assert len(by_yunet.faces) == len(by_hog.faces) >= 1, by_hog.path  # left to right, both
+        for a, b in zip(by_hog.faces, by_yunet.faces):
+            assert float(a.embedding @ b.embedding) > 0.99, by_hog.path
+            assert len(b.landmarks) == 5
+
+
 def test_a_photo_decoded_reduced_gives_boxes_and_landmarks_in_full_size_pixels():
     # 3061 x 4600: for faces of 320 px and more, decoded at 1/4 (a face keeps 80 px for its chip)
     (image,) = chunk("img40.jpg", min_face_size=320).images

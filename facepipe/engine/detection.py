@@ -1,7 +1,7 @@
 """Find every face of at least `min_face_size` pixels, whatever the size of the photo.
 
 A detector sees faces down to its own smallest size (`profile.smallest_face`, in the pixels it is
-given: 64 px for dlib). To find faces of `min_face_size` pixels in the full-size photo,
+given: 40 px for the dlib profile's YuNet). To find faces of `min_face_size` pixels in the full-size photo,
 the photo is scaled by smallest_face / min_face_size before detection: shrunk when only large faces
 are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
 
@@ -11,6 +11,14 @@ tiles as cover it, each scaled on its own so that the enlarged photo never exist
 face smaller than the overlap lies wholly inside a tile; the photo is also seen whole at a third
 of the scale, where the faces too large for the overlap are found. Detections cut by a tile's
 inner edge are dropped and duplicates merged.
+
+A detector that sees faces only up to a size (`profile.largest_face`: YuNet's anchors end at 256
+px) is given a pyramid instead: the photo at the scale, then each view `largest_face /
+smallest_face` times smaller, down to the one where the whole photo is no wider than its largest
+face. Each view keeps the faces of its own band (a face too large for a view is cut into
+fragments there, and found whole in a coarser one); its tiles overlap by more than that band, and
+each keeps the faces centred in its own part of the overlap (a face near a tile's edge may be
+found there with a shifted box, and whole in the neighbour).
 """
 
 import math
@@ -36,6 +44,8 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
     pixels = profile.detector_input(image)
     height, width = pixels.shape[:2]
     tile = profile.tile_size
+    if profile.largest_face is not None:
+        return merge_duplicates(_detect_pyramid(profile, pixels, scale))
     if max(width, height) * scale <= tile:
         return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
 
@@ -51,6 +61,24 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
             if not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
                 found.append(face)
     return merge_duplicates(found)
+
+
+def _detect_pyramid(profile, pixels: np.ndarray, scale: float) -> list[Detection]:
+    height, width = pixels.shape[:2]
+    largest, tile = profile.largest_face, profile.tile_size
+    overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * largest))
+    found: list[Detection] = []
+    while True:
+        coarsest = max(width, height) * scale <= largest
+        for x0, y0, x1, y1 in tiles(width, height, scale, tile, overlap):
+            inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
+            for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
+                in_band = coarsest or face.width * scale <= largest
+                if in_band and _centre_in_core(face, (x0, y0, x1, y1), inner, overlap / 2 / scale):
+                    found.append(face)
+        if coarsest:
+            return found
+        scale /= largest / profile.smallest_face
 
 
 def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -92,6 +120,20 @@ def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], 
         or (top and y0 <= region[1] + edge)
         or (right and x1 >= region[2] - edge)
         or (bottom and y1 >= region[3] - edge)
+    )
+
+
+def _centre_in_core(face: Detection, region, inner: tuple[bool, bool, bool, bool], half: float) -> bool:
+    """Whether the face's centre lies in the part of the tile no neighbour shares more than half of
+    the overlap of: each point of the photo is in one tile's core, and a face of the view's band
+    centred there lies wholly inside that tile (the overlap is wider than the band's faces)."""
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    left, top, right, bottom = inner
+    return (
+        (not left or cx >= region[0] + half)
+        and (not top or cy >= region[1] + half)
+        and (not right or cx < region[2] - half)
+        and (not bottom or cy < region[3] - half)
     )
 
 

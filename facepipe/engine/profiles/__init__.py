@@ -39,6 +39,8 @@ class Profile(Protocol):
     spec: "ProfileSpec"
     smallest_face: int  # the narrowest face (box width, px) the detector finds in the pixels it is given
     tile_size: int  # the longest side it is given whole; larger views are tiled (engine/detection.py)
+    # the widest face it finds whole, None if any: larger faces are found in smaller views of the photo
+    largest_face: int | None
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
         """What the detector scans, from a decoded BGR photo (dlib: gray), before any scaling."""
@@ -93,6 +95,21 @@ PROFILES: dict[str, ProfileSpec] = {
         ProfileSpec(
             "dlib",
             "facepipe.engine.profiles.dlib:DlibProfile",
+            "Dlib",
+            128,
+            search_threshold=0.93,
+            cluster_distance=0.074,
+            weights=(
+                Weight("shape_predictor_5_face_landmarks.dat"),
+                Weight("dlib_face_recognition_resnet_model_v1.dat"),
+            ),
+        ),
+        # YuNet's boxes, aligned and embedded by dlib as above: the same faces give the same
+        # embeddings (cosine median 0.9997, least 0.9982 on ../shared/faces/images), so the same
+        # threshold and cut. Its own collections: a group is digested and searched with one profile.
+        ProfileSpec(
+            "yunet",
+            "facepipe.engine.profiles.yunet:YuNetProfile",
             "Dlib",
             128,
             search_threshold=0.93,

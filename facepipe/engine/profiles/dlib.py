@@ -34,6 +34,8 @@ class DlibProfile:
     smallest_face = 64
     # HOG features take ~9 bytes per pixel scanned: a 4096 px square view needs ~150 MB
     tile_size = 4096
+    # any: a face too large for a tile's overlap is found in a view of the whole photo
+    largest_face: int | None = None
 
     def __init__(self) -> None:
         link_bundled_dlib_weights()

@@ -30,6 +30,7 @@ class RetinaFaceArcFaceProfile:
     # retina-face shrinks any input whose short side passes 1024 px (or long side 1980 px) before
     # the network sees it: larger views are tiled instead, so that small faces survive
     tile_size = 1024
+    largest_face = None
 
     def __init__(self) -> None:
         from deepface import DeepFace
