@@ -53,7 +53,8 @@ def test_the_launchpad_form_asks_one_source_and_a_known_profile_and_takes_the_gr
     assert set(source.fields["local_folder"].config_type.fields) == {"path"}
     assert {"bucket", "prefix", "endpoint_url", "region"} <= set(source.fields["s3"].config_type.fields)
     # the profile and the preset are choices the Launchpad renders and refuses anything else for
-    assert [v.config_value for v in request["profile"].config_type.enum_values] == ["dlib", "retinaface-arcface"]
+    profiles = [v.config_value for v in request["profile"].config_type.enum_values]
+    assert profiles == ["dlib", "yunet", "retinaface-arcface"]
     assert [v.config_value for v in request["preset"].config_type.enum_values] == ["portraits", "default", "crowd"]
     assert request["preset"].default_value == "default" and not request["min_face_size"].is_required
     workers = schema.fields["execution"].config_type.fields["config"].config_type.fields["workers"]
