@@ -205,8 +205,8 @@ def test_two_digests_at_once_share_the_embedded_store_one_writer_at_a_time(tmp_p
 
 @pytest.mark.e2e
 def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
-    # `facepipe search` and `people` open the embedded store outside Dagster's pool; a digest
-    # that meets the lock retries its store steps instead of failing.
+    # `facepipe search` and `people` open the embedded store outside Dagster's pool; a digest's
+    # store step that meets the lock waits for it (FACEPIPE_STORE_STEP_WAIT_SECONDS), no retry spent
     import json
     import os
     import subprocess
@@ -241,18 +241,23 @@ def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        deadline, retried = time.time() + 120, []
+        deadline, started = time.time() + 120, []
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
-            while not retried and time.time() < deadline and running.poll() is None:
+            while not started and time.time() < deadline and running.poll() is None:
                 time.sleep(0.5)
-                retried = [
+                started = [
                     e
                     for r in instance.get_run_records()
-                    for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+                    for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_START)
                 ]
+        assert started and started[0].step_key == "digest.list_images"
+        time.sleep(5)  # the step waits for the store all this while
+        assert running.poll() is None
     summary = json.loads(running.communicate(timeout=300)[0])
-    assert retried and retried[0].step_key == "digest.list_images"
     assert summary["status"] == "completed" and summary["faces_stored"] == 1
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        (run,) = instance.get_run_records()
+        assert not instance.all_logs(run.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
 
 
 @pytest.mark.e2e
