@@ -5,7 +5,7 @@ and tiles), cuts aligned chips from the decoded photo (`align`) and turns chips 
 (`embed`). Adding a profile is adding one module here and its ProfileSpec in PROFILES.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Protocol
 
@@ -82,43 +82,34 @@ class ProfileSpec:
     weights: tuple[Weight, ...]
 
 
+# dlib, measured on three labelled sets, 173 people (../shared/faces images/ and lfw10/,
+# benchmarks/identities/lfw150/). Search 0.93, the ROC point with the best pairwise F1 (0.913):
+# same-person recall 0.913, 4.4 in 10,000 different-person pairs matched; as a user searches,
+# 0.914 of a person's photos found and 0.46 stranger photos per search among 1,057 photos.
+# No threshold gives recall >= 0.97 with no stranger there (see search.py). Clustering 0.074:
+# average linkage's best pairwise F1 on the three sets together, 0.970 (P 0.983, R 0.959);
+# 1.000 on images/, 0.990 on lfw10/ (see README, People).
+DLIB = ProfileSpec(
+    "dlib",
+    "facepipe.engine.profiles.dlib:DlibProfile",
+    "Dlib",
+    128,
+    search_threshold=0.93,
+    cluster_distance=0.074,
+    weights=(
+        Weight("shape_predictor_5_face_landmarks.dat"),
+        Weight("dlib_face_recognition_resnet_model_v1.dat"),
+    ),
+)
+
 PROFILES: dict[str, ProfileSpec] = {
     spec.name: spec
     for spec in (
-        # dlib, measured on three labelled sets, 173 people (../shared/faces images/ and lfw10/,
-        # benchmarks/identities/lfw150/). Search 0.93, the ROC point with the best pairwise F1 (0.913):
-        # same-person recall 0.913, 4.4 in 10,000 different-person pairs matched; as a user searches,
-        # 0.914 of a person's photos found and 0.46 stranger photos per search among 1,057 photos.
-        # No threshold gives recall >= 0.97 with no stranger there (see search.py). Clustering 0.074:
-        # average linkage's best pairwise F1 on the three sets together, 0.970 (P 0.983, R 0.959);
-        # 1.000 on images/, 0.990 on lfw10/ (see README, People).
-        ProfileSpec(
-            "dlib",
-            "facepipe.engine.profiles.dlib:DlibProfile",
-            "Dlib",
-            128,
-            search_threshold=0.93,
-            cluster_distance=0.074,
-            weights=(
-                Weight("shape_predictor_5_face_landmarks.dat"),
-                Weight("dlib_face_recognition_resnet_model_v1.dat"),
-            ),
-        ),
+        DLIB,
         # YuNet's boxes, aligned and embedded by dlib as above: the same faces give the same
         # embeddings (cosine median 0.9997, least 0.9982 on ../shared/faces/images), so the same
-        # threshold and cut. Its own collections: a group is digested and searched with one profile.
-        ProfileSpec(
-            "yunet",
-            "facepipe.engine.profiles.yunet:YuNetProfile",
-            "Dlib",
-            128,
-            search_threshold=0.93,
-            cluster_distance=0.074,
-            weights=(
-                Weight("shape_predictor_5_face_landmarks.dat"),
-                Weight("dlib_face_recognition_resnet_model_v1.dat"),
-            ),
-        ),
+        # weights, threshold and cut. Its own collections: a group is digested and searched with one profile.
+        replace(DLIB, name="yunet", implementation="facepipe.engine.profiles.yunet:YuNetProfile"),
         # The seed system's models. Not calibrated here (their weights cannot be downloaded where facepipe
         # was measured): deepface's ArcFace cosine distance of 0.68, as a similarity 0.32 for search.
         ProfileSpec(
