@@ -39,11 +39,11 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from facepipe import settings
 from facepipe.request import (
     DIGEST_JOB,
-    GROUP_ID_PATTERN,
     GROUPS,
     PARTITION_TAG,
     LocalFolder,
     RunRefused,
+    is_group_name,
     list_images_config,
     request_of_run,
 )
@@ -185,7 +185,7 @@ class RunLauncher(DefaultRunLauncher):
             # the run queue and the step's start, followed by a traceback
             self._instance.report_run_failed(context.dagster_run, refusal)
             group = context.dagster_run.tags.get(PARTITION_TAG)
-            if group and not GROUP_ID_PATTERN.match(group):  # no group can ever be named so
+            if group and not is_group_name(group):  # no group can ever be named so
                 self._instance.delete_dynamic_partition(GROUPS, group)
             return
         super().launch_run(context)

@@ -21,7 +21,6 @@ from facepipe import settings
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.engine.sources import parse_s3_url
-from facepipe.settings import allowed_roots
 
 DEFAULT_CONFIDENCE = 0.5
 DEFAULT_CHUNK_SIZE = 200
@@ -76,6 +75,15 @@ def valid_group_id(value: str) -> str:
 
 
 GroupId = Annotated[str, AfterValidator(valid_group_id)]
+
+
+def is_group_name(value: str) -> bool:
+    """Whether a group may be named so (valid_group_id's rule: its characters and its length)."""
+    try:
+        valid_group_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def valid_path(value: str) -> str:
@@ -355,7 +363,7 @@ def request_of_run(op_config: Mapping, partition: str | None) -> DigestRequest:
         request = request_from_config(op_config, partition)
     except ValidationError as err:
         raise RunRefused(f"invalid digest request: {one_line(err)}") from None
-    roots = allowed_roots()
+    roots = settings.allowed_roots()
     if roots and isinstance(request.source, LocalFolder):
         # every launch passes here (the CLI, the Launchpad, GraphQL, a sensor, the HTTP API), so
         # here is where a deployment's allowed roots hold, before anything is read
