@@ -45,11 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from facepipe.domain.request import DEFAULT_CONFIDENCE
 from facepipe.engine.faces import decode_reduction, find_faces
 from facepipe.engine.images import decode_image, decode_image_reduced
 from facepipe.engine.presets import PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
-from facepipe.request import DEFAULT_CONFIDENCE
 
 DATA = ROOT / "benchmarks" / "real_photos"
 BANDS = ((0, 32), (32, 48), (48, 64), (64, 128), (128, 10**6))

@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.labelled_faces import SETS, identities_of
+from facepipe.domain.request import DEFAULT_CONFIDENCE
+from facepipe.domain.search import selfie_faces
 from facepipe.engine.faces import faces_in_image
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import read_image_bytes
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import PROFILES, Detection, load_profile
-from facepipe.request import DEFAULT_CONFIDENCE
-from facepipe.search import selfie_faces
 
 YAW_BINS = (
     (0, 15, "frontal, |yaw| < 15°"),

@@ -16,7 +16,7 @@ Everything on loopback, in a temporary FACEPIPE_HOME, bounded in count and time:
    samples (4 a chunk: 4 store_chunk steps), queued over HTTP. Per phase: latencies p50/p95/p99, answers
    other than 200, searches per second, the server's CPU seconds (its process and its search
    workers) per search, and its peak RSS (the same processes, sampled every 0.2 s).
-4. A page of 20 of `GET /get-digests`'s listing (facepipe.history.digest_runs, in process) with 1,000
+4. A page of 20 of `GET /get-digests`'s listing (facepipe.platform.history.digest_runs, in process) with 1,000
    runs in the history, on SQLite and on PostgreSQL (a throwaway server, as the tests start it): CPU
    seconds of the first listing (which reads the page's event logs and keeps each summary in its
    run's tags) and of the next ones (the run storage only). The runs are records without events.
@@ -242,7 +242,7 @@ def service_phases(args, work: Path) -> None:
 def listing(args) -> None:
     from dagster import DagsterInstance
 
-    from facepipe.history import count_digests, digest_runs
+    from facepipe.platform.history import count_digests, digest_runs
     from facepipe_tests.test_many_clients import add_digest_runs
 
     def measure(instance, label: str) -> None:
@@ -267,7 +267,7 @@ def listing(args) -> None:
     if args.skip_postgres or why_not_available():
         print(f"PostgreSQL: skipped ({why_not_available() or '--skip-postgres'})")
         return
-    from facepipe.runs import instance_for_digests
+    from facepipe.clients.local import instance_for_digests
 
     with postgres_server() as server, tempfile.TemporaryDirectory() as home:
         os.environ.update(FACEPIPE_POSTGRES_URL=server.create_database("listing"), FACEPIPE_HOME=home)

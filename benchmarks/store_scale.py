@@ -236,7 +236,7 @@ def probe_open(a) -> dict:
 
 
 def probe_cluster(a) -> dict:
-    from facepipe.people import update_people
+    from facepipe.domain.people import update_people
 
     clock = Clock()
     with open_store(a["path"]) as store:

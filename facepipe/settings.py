@@ -4,7 +4,7 @@
   Dagster instance (`dagster/`) and the embedded face store (`qdrant/`: Qdrant Edge shards).
 - DAGSTER_HOME: the Dagster instance, default `$FACEPIPE_HOME/dagster`.
 - QDRANT_URL / QDRANT_API_KEY: use a Qdrant server instead of the embedded store.
-- FACEPIPE_WATCHES: the watches file (default `$FACEPIPE_HOME/watches.yaml`; see facepipe/watching.py).
+- FACEPIPE_WATCHES: the watches file (default `$FACEPIPE_HOME/watches.yaml`; see facepipe/domain/watching.py).
 - DEEPFACE_HOME: deepface's model weights are in `$DEEPFACE_HOME/.deepface/weights` (default: the
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
@@ -14,7 +14,7 @@
   sharing one store (below).
 - FACEPIPE_MAX_WORKERS, FACEPIPE_S3_ENDPOINTS: what a digest request may ask for (below).
 - FACEPIPE_POSTGRES_URL: `postgresql://user:password@host:port/database`, the Dagster instance's
-  run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/instance.py).
+  run, event-log and schedule storage in PostgreSQL instead of SQLite files (facepipe/platform/instance.py).
 - FACEPIPE_CELERY_BROKER / FACEPIPE_CELERY_BACKEND: a Celery broker (e.g. `redis://host:6379/0`) runs
   the digest's steps on `facepipe worker` processes, on any machine, instead of this machine's
   processes; the result backend defaults to the broker.
@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 # One writer at a time to a store: the digest ops that open it run in this Dagster pool,
-# whose limit is 1 in the instance's dagster.yaml (facepipe/instance.py).
+# whose limit is 1 in the instance's dagster.yaml (facepipe/platform/instance.py).
 STORE_POOL = "facepipe_store"
 
 # On Celery, the steps that open the embedded store go to this queue, which only the workers on the

@@ -5,7 +5,7 @@ Per model profile there are three collections:
 - `images_<profile>`: one point per (group, image path), the ledger of what was digested
   (content hash, size, mtime, faces, errors), so a re-digest skips unchanged photos without
   reading them, and a changed photo's old faces are replaced, not duplicated.
-- `people_<profile>`: one point per group and person (facepipe.people), its vector the mean of
+- `people_<profile>`: one point per group and person (facepipe.domain.people), its vector the mean of
   its faces' unit embeddings.
 
 Two backends behind one interface (`FaceStore`), chosen in `FaceStore.open`:
@@ -887,7 +887,7 @@ class FaceStore:
 
     def drop_faces(self, group_id: str, profile: str, paths: list[str]) -> int:
         """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
-        and facepipe.people recounts them."""
+        and facepipe.domain.people recounts them."""
         faces = faces_collection(profile)
         stale = group_filter(group_id, image_path=[stored_path(path) for path in paths])
         dropped = self.count(faces, stale)
@@ -1041,7 +1041,7 @@ class FaceStore:
         )
         return [p.id for p in points], next_offset
 
-    # -- people: facepipe.people decides who is who; these read and write its records ------------
+    # -- people: facepipe.domain.people decides who is who; these read and write its records ------------
 
     def scroll_faces(
         self,

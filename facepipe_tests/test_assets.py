@@ -19,7 +19,7 @@ from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people, people_run_config
 from facepipe.defs.resources import FaceStoreResource
-from facepipe.request import digest_request
+from facepipe.domain.request import digest_request
 from facepipe.store import FaceStore
 from facepipe_tests.conftest import SAMPLE_IMAGES
 

@@ -12,7 +12,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from facepipe.request import (
+from facepipe.domain.request import (
     MAX_GROUP_ID_LENGTH,
     MAX_PATH_LENGTH,
     allowed_s3_endpoint,
@@ -93,7 +93,7 @@ def test_workers_are_at_most_the_setting_default_the_cores(monkeypatch):
 
 
 def test_a_watch_is_bounded_by_the_same_rules(only_aws):
-    from facepipe.watching import Watch
+    from facepipe.domain.watching import Watch
 
     for bad in (
         {"s3_endpoint_url": "http://169.254.169.254", "source": "s3://b1/p"},
@@ -112,8 +112,8 @@ def test_a_launch_the_request_checks_missed_fails_before_sending_anything(tmp_pa
 
     from facepipe.definitions import get_digest_job
     from facepipe.defs.partitions import GROUPS
-    from facepipe.instance import prepare_dagster_home
-    from facepipe.request import PARTITION_TAG
+    from facepipe.domain.request import PARTITION_TAG
+    from facepipe.platform.instance import prepare_dagster_home
 
     monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)

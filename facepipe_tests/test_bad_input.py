@@ -542,7 +542,7 @@ def test_opencv_never_speaks_to_the_user():
 
 
 def test_a_selfie_that_is_a_bomb_or_huge_is_a_one_line_error(tmp_path):
-    from facepipe.search import SearchError, selfie_faces
+    from facepipe.domain.search import SearchError, selfie_faces
 
     (tmp_path / "bomb.png").write_bytes(black_png(32_000, 32_000))
     with open(tmp_path / "huge.jpg", "wb") as f:
@@ -677,8 +677,8 @@ def test_a_photo_whose_name_is_not_utf8_is_digested_found_and_skipped_when_uncha
     search, its thumbnail cut from the file, and a second digest skips it as unchanged."""
     from dagster import instance_for_test
 
-    from facepipe.search import search_faces
-    from facepipe.thumbnails import face_thumbnails
+    from facepipe.domain.search import search_faces
+    from facepipe.domain.thumbnails import face_thumbnails
     from facepipe_tests.test_assets import materialize_digest, metadata
 
     monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path / "home"))

@@ -155,12 +155,12 @@ def test_a_run_launched_from_the_ui_that_no_worker_would_run_fails_at_once_with_
     (failure,) = [e.dagster_event for e in logs if e.dagster_event and e.dagster_event.is_run_failure]
     error = failure.event_specific_data.error
     assert error.message.startswith(
-        "facepipe.worker_check.WorkerConfigError: no facepipe worker serves the store's queue 'facepipe_store'"
+        "facepipe.platform.worker_check.WorkerConfigError: no facepipe worker serves the store's queue 'facepipe_store'"
     )
     assert not [e for e in logs if e.dagster_event and e.dagster_event.event_type == DagsterEventType.STEP_START]
     # and the CLI says why, in the words of the check
     assert shown["status"] == "failed"
-    assert shown["errors"] == [error.message.strip().removeprefix("facepipe.worker_check.WorkerConfigError: ")]
+    assert shown["errors"] == [error.message.strip().removeprefix("facepipe.platform.worker_check.WorkerConfigError: ")]
 
 
 def wait_for_the_end(instance, run_id, timeout: float = 300):

@@ -76,7 +76,7 @@ def test_clustering_by_blocks_gives_exactly_the_clusters_of_the_whole(monkeypatc
 
 
 def test_the_nearest_person_is_the_one_whose_mean_face_is_nearest():
-    # what facepipe.people asks the store: the largest dot product with a person's mean unit face
+    # what facepipe.domain.people asks the store: the largest dot product with a person's mean unit face
     vectors = people_like_dlib(seed=2)
     people = {p: vectors[12 * p : 12 * p + 11] for p in range(40)}
     means = {p: faces.mean(axis=0) for p, faces in people.items()}

@@ -344,13 +344,13 @@ def test_dockerfile_copies_only_what_reaches_the_build():
         ".facepipe/qdrant/x",
     ):
         assert dockerignored(path), path
-    assert not dockerignored("facepipe/cli.py") and not dockerignored("deploy/dagster.yaml")
+    assert not dockerignored("facepipe/cli/main.py") and not dockerignored("deploy/dagster.yaml")
 
 
 def test_instance_file_in_the_image_is_what_facepipe_writes(tmp_path, monkeypatch):
     """The image's dagster.yaml is facepipe's own for the deployment's settings, so no container rewrites it."""
-    from facepipe.instance import prepare_dagster_home
-    from facepipe.runs import LOCATION_NAME
+    from facepipe.clients.local import LOCATION_NAME
+    from facepipe.platform.instance import prepare_dagster_home
 
     home = tmp_path / "dagster"
     home.mkdir()
@@ -452,7 +452,7 @@ def test_helm_schema_check_catches_a_mistake():
 
 
 def test_helm_values_run_facepipes_code_location_from_its_image():
-    from facepipe.runs import LOCATION_NAME
+    from facepipe.clients.local import LOCATION_NAME
 
     (deployment,) = helm_values()["dagster-user-deployments"]["deployments"]
     # runs queued by `facepipe` and the API name their code location: the chart's workspace calls it so

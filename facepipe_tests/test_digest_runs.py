@@ -272,7 +272,7 @@ FROM_FAILURE = """
 import json, sys
 from dagster import ReexecutionOptions, execute_job, reconstructable
 from facepipe.definitions import get_digest_job
-from facepipe.runs import instance_for_digests
+from facepipe.clients.local import instance_for_digests
 
 instance = instance_for_digests()
 options = ReexecutionOptions.from_failure(sys.argv[1], instance)

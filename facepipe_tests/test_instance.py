@@ -9,7 +9,7 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.launcher import WorkerStatus
 
-from facepipe.instance import (
+from facepipe.platform.instance import (
     EXECUTOR_HOST_TAG,
     EXECUTOR_PID_TAG,
     PREVIOUS_MANAGED,
@@ -18,7 +18,7 @@ from facepipe.instance import (
     prepare_dagster_home,
     process_alive,
 )
-from facepipe.postgres_storage import psycopg2_url
+from facepipe.platform.postgres_storage import psycopg2_url
 
 
 @pytest.fixture
@@ -213,8 +213,8 @@ def test_a_process_is_the_runs_only_if_it_started_before_the_run_and_is_not_a_zo
 # a facepipe command's first use of the instance, in a process of its own, held until `go` exists
 FIRST_USE = """
 import os, sys, time
-from facepipe import runs
-from facepipe.history import list_digests
+from facepipe.clients import local as runs
+from facepipe.platform.history import list_digests
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.001)
 list_digests(runs.instance_for_digests())

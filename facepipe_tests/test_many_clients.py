@@ -15,8 +15,8 @@ import uuid
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from facepipe.history import SUMMARY_TAG, count_digests, digest_runs
-from facepipe.request import PARTITION_TAG
+from facepipe.domain.request import PARTITION_TAG
+from facepipe.platform.history import SUMMARY_TAG, count_digests, digest_runs
 from facepipe.store import FaceStore, StoreBusy, StoreLease
 from facepipe_tests.conftest import SAMPLE_IMAGES
 from facepipe_tests.postgres_server import postgres_server, why_not_available
@@ -122,7 +122,7 @@ def test_a_page_of_the_digest_history_reads_the_page_not_the_history_on_postgres
     reason = why_not_available()
     if reason:
         pytest.skip(reason)
-    from facepipe.runs import instance_for_digests
+    from facepipe.clients.local import instance_for_digests
 
     with postgres_server() as server:
         monkeypatch.setenv("FACEPIPE_POSTGRES_URL", server.create_database("listing"))

@@ -110,7 +110,7 @@ def test_cancel_then_retry_on_postgres(database, tmp_path):
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         # dagster-postgres' own storage, named in dagster.yaml through facepipe's URL translation
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        assert instance.event_log_storage.inst_data.module_name == "facepipe.postgres_storage"
+        assert instance.event_log_storage.inst_data.module_name == "facepipe.platform.postgres_storage"
         redone = {e.step_key for e in instance.all_logs(retried["run_id"], of_type=DagsterEventType.STEP_START)}
         done_before = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert "digest.list_images" not in redone and not (redone & done_before)

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe.instance import RUN_MONITORING, process_alive
+from facepipe.platform.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, digest_at, facepipe_ui, run_facepipe, start_facepipe
 

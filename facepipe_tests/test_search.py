@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from facepipe.domain.search import search_faces
 from facepipe.engine.profiles import PROFILES
-from facepipe.search import search_faces
 from facepipe.store import FaceStore
 from facepipe_tests.conftest import SAMPLE_IMAGES, run_facepipe
 

@@ -28,13 +28,13 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from facepipe.clients.local import run_digest
 from facepipe.defs.ingestion.schedules import build_recluster_schedule, build_schedules
 from facepipe.defs.ingestion.sensors import build_watch_sensor
 from facepipe.defs.ingestion.webhooks import build_webhook_sensors
+from facepipe.domain.request import DigestRequest, digest_request, request_from_config
+from facepipe.domain.watching import parse_watches
 from facepipe.engine.listing import list_images
-from facepipe.request import DigestRequest, digest_request, request_from_config
-from facepipe.runs import run_digest
-from facepipe.watching import parse_watches
 from facepipe_tests.conftest import SAMPLE_IMAGES, digest, facepipe_ui, free_port, run_facepipe
 
 SECOND = 1_000_000_000

@@ -27,8 +27,8 @@ from facepipe.defs.digest.assets import digest
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.resources import FaceStoreResource
-from facepipe.request import digest_request
-from facepipe.search import search_faces
+from facepipe.domain.request import digest_request
+from facepipe.domain.search import search_faces
 from facepipe.store import RECOVER, FaceStore, StoreDamaged, faces_collection, group_filter
 from facepipe_tests.conftest import SAMPLE_IMAGES
 from facepipe_tests.test_assets import PHOTOS, materialize_digest, metadata

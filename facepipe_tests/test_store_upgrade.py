@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-from facepipe.people import list_people
-from facepipe.search import search_faces
+from facepipe.domain.people import list_people
+from facepipe.domain.search import search_faces
 from facepipe.store import FaceStore, StoreBusy, faces_collection, is_local_mode_store
 from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, run_facepipe
 
@@ -212,7 +212,7 @@ def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vec
 ):
     # qdrant-client's local mode stands in for a server: the same ClientBackend code. The old layout
     # has people without vectors, as a server written by the previous code would: they are rebuilt.
-    from facepipe.people import merge_people, name_person, update_people
+    from facepipe.domain.people import merge_people, name_person, update_people
 
     source, n_faces, _, expected_people = old_store
     server = tmp_path / "server"

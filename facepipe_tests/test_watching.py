@@ -3,8 +3,7 @@ batches with a cursor that never launches a photo twice (the sensors are tested 
 
 import pytest
 
-from facepipe.engine.listing import ImageFile
-from facepipe.watching import (
+from facepipe.domain.watching import (
     WatchCursor,
     WatchError,
     WatchesError,
@@ -14,6 +13,7 @@ from facepipe.watching import (
     parse_watches,
     plan_batches,
 )
+from facepipe.engine.listing import ImageFile
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND

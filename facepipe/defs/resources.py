@@ -8,7 +8,7 @@ from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import Field
 
 from facepipe import settings
-from facepipe.request import DigestOptions, S3Prefix
+from facepipe.domain.request import DigestOptions, S3Prefix
 from facepipe.store import FaceStore, StoreBusy, StoreUnavailable
 
 # The store pool keeps digests to one writer, but the HTTP service, `facepipe search`, `people` or

@@ -181,7 +181,7 @@ def sparse_average_linkage(vectors: np.ndarray, rows, cols, max_distance: float)
 def nearest_person(vector: np.ndarray, people: dict[int, np.ndarray], max_distance: float) -> int | None:
     """The person whose faces are closest on average (as average linkage would join them), if close enough.
 
-    The definition; facepipe.people finds the same person with one query, since for unit vectors the
+    The definition; facepipe.domain.people finds the same person with one query, since for unit vectors the
     mean cosine distance to a person's faces is 1 - vector . (the mean of their faces).
     """
     best, best_distance = None, max_distance

@@ -51,11 +51,11 @@ from dagster_aws.s3 import S3Resource
 from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
+from facepipe.domain.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
 from facepipe.engine.listing import read_listed_image
 from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
-from facepipe.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
 from facepipe.settings import STORE_POOL, store_queue
 from facepipe.store import faces_collection, stored_path
 

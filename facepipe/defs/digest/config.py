@@ -1,4 +1,4 @@
-"""The digest's run config: the plain DigestOptions (facepipe/request.py) as Dagster Config, so the
+"""The digest's run config: the plain DigestOptions (facepipe/domain/request.py) as Dagster Config, so the
 Launchpad renders its fields, defaults and descriptions, the source as a choice of one local folder
 or one S3 prefix, and the profile as a choice of the known profiles. The group is the run's
 partition, not a field."""
@@ -6,7 +6,7 @@ partition, not a field."""
 from dagster import Config
 from pydantic import Field
 
-from facepipe.request import DigestOptions, DigestRequest, LocalFolder, S3Prefix
+from facepipe.domain.request import DigestOptions, DigestRequest, LocalFolder, S3Prefix
 
 
 class LocalFolderConfig(Config, LocalFolder):

@@ -9,7 +9,7 @@ from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job,
 
 from facepipe import settings
 from facepipe.defs.digest.config import digest_config
-from facepipe.request import DigestRequest, default_workers, list_images_config, valid_workers
+from facepipe.domain.request import DigestRequest, default_workers, list_images_config, valid_workers
 
 WORKERS_FIELD = {
     "workers": Field(
@@ -49,7 +49,7 @@ def digest_executor() -> ExecutorDefinition:
     The config is the same on both (`workers`), so every launcher builds one run config."""
     if settings.celery_broker():
         # only then: dagster-celery is the `celery` extra, and brings Celery and its broker clients
-        from facepipe.celery_executor import worker_checking_celery_executor
+        from facepipe.platform.celery_executor import worker_checking_celery_executor
 
         return worker_checking_celery_executor(local_photos).configured(
             _celery_config, config_schema=WORKERS_FIELD, name="digest_executor"

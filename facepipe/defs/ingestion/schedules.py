@@ -28,9 +28,9 @@ from dagster import (
 from facepipe.defs.digest.jobs import digest_job, digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_job, people_run_config
+from facepipe.domain.request import GROUP_TAG, PROFILE_TAG, TAG_PREFIX, WATCH_TAG, run_tags
+from facepipe.domain.watching import WatchesConfig, load_watches_leniently
 from facepipe.engine.profiles import DEFAULT_PROFILE
-from facepipe.request import GROUP_TAG, PROFILE_TAG, TAG_PREFIX, WATCH_TAG, run_tags
-from facepipe.watching import WatchesConfig, load_watches_leniently
 
 RECHECK_TAG = TAG_PREFIX + "recheck"
 PAGE = 100

@@ -1,6 +1,6 @@
 """A watch's sensor: the new and changed photos of its folder or S3 prefix become digest runs.
 
-The wiring over facepipe/watching.py, which lists the source, cuts the new photos into batches
+The wiring over facepipe/domain/watching.py, which lists the source, cuts the new photos into batches
 and keeps the cursor. The watches come from the watches file, read when the code location loads.
 """
 
@@ -22,8 +22,8 @@ from dagster_aws.s3 import S3Resource
 from facepipe.defs.digest.jobs import digest_job, digest_run_config
 from facepipe.defs.partitions import GROUPS, digest_groups
 from facepipe.defs.resources import s3_client
-from facepipe.request import GROUP_TAG, PARTITION_TAG, QUEUED_BEHIND_TAG, WATCH_TAG, run_tags
-from facepipe.watching import (
+from facepipe.domain.request import GROUP_TAG, PARTITION_TAG, QUEUED_BEHIND_TAG, WATCH_TAG, run_tags
+from facepipe.domain.watching import (
     Batch,
     Watch,
     WatchCursor,

@@ -1,6 +1,6 @@
 """Webhooks: each digest that ends, successful or failed, is POSTed to the watches file's webhooks.
 
-The wiring over facepipe/notify.py; no webhooks in the file, no sensors.
+The wiring over facepipe/platform/notify.py; no webhooks in the file, no sensors.
 
 The sensors watch every run of the instance (`monitor_all_code_locations`) and keep the digests:
 a run status sensor that monitors its own location's jobs skips runs without a code location, and
@@ -19,10 +19,10 @@ from dagster import (
     run_status_sensor,
 )
 
-from facepipe.history import DIGEST_JOB, digest_summary
-from facepipe.notify import post_summary, webhook_payload
-from facepipe.request import WATCH_TAG
-from facepipe.watching import WatchesConfig, load_watches_leniently
+from facepipe.domain.request import WATCH_TAG
+from facepipe.domain.watching import WatchesConfig, load_watches_leniently
+from facepipe.platform.history import DIGEST_JOB, digest_summary
+from facepipe.platform.notify import post_summary, webhook_payload
 
 # run status sensors look for runs that ended this often (Dagster's default is 30 s)
 WEBHOOK_INTERVAL_SECONDS = 10

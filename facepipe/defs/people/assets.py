@@ -22,8 +22,8 @@ from pydantic import Field
 
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource
+from facepipe.domain.request import GROUP_TAG, PROFILE_TAG, ProfileName
 from facepipe.engine.profiles import DEFAULT_PROFILE
-from facepipe.request import GROUP_TAG, PROFILE_TAG, ProfileName
 from facepipe.settings import STORE_POOL
 
 
@@ -49,7 +49,7 @@ class PeopleConfig(Config):
 )
 def people(context: AssetExecutionContext, config: PeopleConfig, face_store: FaceStoreResource) -> MaterializeResult:
     # SciPy loads here, not with the definitions (0.7 s for every code server and step process)
-    from facepipe.people import update_people
+    from facepipe.domain.people import update_people
 
     group_id = context.partition_key
     # a run the automation condition launched is tagged as the CLI tags its own

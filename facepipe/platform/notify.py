@@ -42,7 +42,7 @@ def _session():
 
 def webhook_payload(summary: dict, event: str, watch: str | None) -> dict:
     """A webhook's JSON: what happened (digest_completed, digest_failed), the digest's summary
-    (facepipe.history), and the watch that launched it, if one did."""
+    (facepipe.platform.history), and the watch that launched it, if one did."""
     return {"event": event, **summary, "watch": watch}
 
 

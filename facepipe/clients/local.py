@@ -1,7 +1,7 @@
 """The run client: digests and clusterings as Dagster runs on the local instance, from Python.
 
 Launch a digest here (`run_digest`) or on the instance's run queue (`start_digest`), retry and
-cancel one, cluster a group (`run_people`). What a run did is read by facepipe/history.py.
+cancel one, cluster a group (`run_people`). What a run did is read by facepipe/platform/history.py.
 """
 
 import json
@@ -34,18 +34,7 @@ from facepipe.defs.digest.jobs import digest_run_config, local_photos
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people_run_config
 from facepipe.defs.resources import s3_client
-from facepipe.engine.listing import ImageError
-from facepipe.engine.profiles import DEFAULT_PROFILE
-from facepipe.engine.sources import S3Reader
-from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
-from facepipe.instance import (
-    EXECUTOR_HOST_TAG,
-    EXECUTOR_PID_TAG,
-    INTERNAL_TAG_PREFIX,
-    open_instance,
-    run_process,
-)
-from facepipe.request import (
+from facepipe.domain.request import (
     GROUP_TAG,
     PARTITION_TAG,
     PROFILE_TAG,
@@ -56,13 +45,24 @@ from facepipe.request import (
     run_tags,
     valid_workers,
 )
+from facepipe.domain.thumbnails import read_stored_photo
+from facepipe.engine.listing import ImageError
+from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.engine.sources import S3Reader
+from facepipe.platform.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
+from facepipe.platform.instance import (
+    EXECUTOR_HOST_TAG,
+    EXECUTOR_PID_TAG,
+    INTERNAL_TAG_PREFIX,
+    open_instance,
+    run_process,
+)
+from facepipe.platform.worker_check import check_workers
 from facepipe.settings import STORE_POOL
 from facepipe.store import open_store_from_settings
-from facepipe.thumbnails import read_stored_photo
-from facepipe.worker_check import check_workers
 
 # Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists; the machine
-# and process executing a `facepipe digest` (to cancel it, and for run monitoring: facepipe.instance)
+# and process executing a `facepipe digest` (to cancel it, and for run monitoring: facepipe.platform.instance)
 LAUNCH_TAG = INTERNAL_TAG_PREFIX + "launch_id"  # finds a run in storage while it executes
 HOST_TAG, PID_TAG = EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG
 

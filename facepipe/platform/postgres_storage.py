@@ -1,7 +1,7 @@
 """dagster-postgres' run, event-log and schedule storage, from the plain `postgresql://` URL.
 
 facepipe's dagster.yaml names these three classes when FACEPIPE_POSTGRES_URL is set (see
-facepipe/instance.py). They are dagster-postgres' own storages; the one difference is the URL:
+facepipe/platform/instance.py). They are dagster-postgres' own storages; the one difference is the URL:
 SQLAlchemy 2.1 reads `postgresql://` as psycopg 3, which dagster-postgres does not bring (it brings
 psycopg2), so `postgresql://` and `postgres://` are given to it as `postgresql+psycopg2://`. The URL
 itself stays in the environment: dagster.yaml, and the UI's instance page, show

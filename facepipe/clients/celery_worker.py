@@ -9,7 +9,7 @@ Each step runs on the run's own Dagster instance (the launching machine's, from 
 PostgreSQL when the workers are on other machines) and reads and writes step outputs through the
 run's IO manager (the worker's FACEPIPE_STEP_OUTPUTS). The face store a step opens is the worker's
 (its FACEPIPE_HOME, or QDRANT_URL): so only the workers on the machine holding an embedded store
-serve its queue (settings.STORE_QUEUE). Every digest asks the workers first (facepipe/worker_check.py,
+serve its queue (settings.STORE_QUEUE). Every digest asks the workers first (facepipe/platform/worker_check.py,
 the inspect command registered here) and is refused if it would split its data or wait for ever.
 """
 
@@ -17,11 +17,11 @@ import os
 import socket
 
 from facepipe import settings
-from facepipe.worker_check import WHO_ARE_YOU, WorkerConfigError, celery_app, what_this_worker_sees
+from facepipe.platform.worker_check import WHO_ARE_YOU, WorkerConfigError, celery_app, what_this_worker_sees
 
 
 def _answer_who_we_are(queues: list[str]) -> None:
-    """Register the inspect command the checks send (facepipe/worker_check.py): what this worker sees."""
+    """Register the inspect command the checks send (facepipe/platform/worker_check.py): what this worker sees."""
     from celery.worker.control import inspect_command
 
     @inspect_command(name=WHO_ARE_YOU)

@@ -40,15 +40,17 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
+from facepipe.clients.local import (
+    LaunchError,
+    cancel_digest,
+    daemon_is_running,
+    instance_for_digests,
+    start_digest,
+    start_people,
+    start_retry,
+)
 from facepipe.defs.partitions import GROUPS
-from facepipe.engine.faces import faces_in_image
-from facepipe.engine.images import decode_image
-from facepipe.engine.listing import ImageError, too_large
-from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, DEFAULT_PRESET, Preset
-from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
-from facepipe.engine.weights import ATTRIBUTE_WEIGHTS, MissingWeightsError, missing_attribute_weights, weights_folder
-from facepipe.history import STATUS_NAMES, DigestNotFound, count_digests, digest_runs, digest_summary
-from facepipe.people import (
+from facepipe.domain.people import (
     PersonNotFound,
     list_people,
     merge_people,
@@ -56,7 +58,7 @@ from facepipe.people import (
     person_with_faces,
     split_person,
 )
-from facepipe.request import (
+from facepipe.domain.request import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONFIDENCE,
     MAX_PATH_LENGTH,
@@ -67,16 +69,15 @@ from facepipe.request import (
     digest_request,
     valid_workers,
 )
-from facepipe.runs import (
-    LaunchError,
-    cancel_digest,
-    daemon_is_running,
-    instance_for_digests,
-    start_digest,
-    start_people,
-    start_retry,
-)
-from facepipe.search import SearchError, group_profile, group_profiles, matching_photos, selfie_faces_in
+from facepipe.domain.search import SearchError, group_profile, group_profiles, matching_photos, selfie_faces_in
+from facepipe.engine.faces import faces_in_image
+from facepipe.engine.images import decode_image
+from facepipe.engine.listing import ImageError, too_large
+from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, DEFAULT_PRESET, Preset
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
+from facepipe.engine.weights import ATTRIBUTE_WEIGHTS, MissingWeightsError, missing_attribute_weights, weights_folder
+from facepipe.platform.history import STATUS_NAMES, DigestNotFound, count_digests, digest_runs, digest_summary
+from facepipe.platform.worker_check import WorkerConfigError
 from facepipe.store import (
     MIN_FREE_BYTES,
     StoreBusy,
@@ -88,7 +89,6 @@ from facepipe.store import (
     lease_from_settings,
     open_store_from_settings,
 )
-from facepipe.worker_check import WorkerConfigError
 
 RETRY_AFTER_SECONDS = 10
 CLUSTER_WAIT_SECONDS = 300.0  # POST /cluster-faces answers 202 with the run id past this

@@ -2,7 +2,7 @@
 
 Never from a side store: a digest's status and counts survive restarts and are the ones the Dagster
 UI shows. `summarise` turns a run's events into the seed service's digest fields, for the local
-instance (`digest_summary`) and a remote webserver (facepipe/remote.py) alike. A finished run's
+instance (`digest_summary`) and a remote webserver (facepipe/clients/remote.py) alike. A finished run's
 summary is kept in its run tags (SUMMARY_TAG), so that listing a page of runs reads the page only.
 """
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 
-from facepipe.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
+from facepipe.domain.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
 
 STATUS_NAMES = {
     DagsterRunStatus.QUEUED: "queued",

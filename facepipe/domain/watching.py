@@ -47,10 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
-from facepipe.engine.presets import DEFAULT_PRESET, Preset
-from facepipe.engine.profiles import DEFAULT_PROFILE
-from facepipe.engine.sources import SourceError
-from facepipe.request import (
+from facepipe.domain.request import (
     DEFAULT_CONFIDENCE,
     DigestRequest,
     ProfileName,
@@ -59,6 +56,9 @@ from facepipe.request import (
     valid_group_id,
     valid_workers,
 )
+from facepipe.engine.presets import DEFAULT_PRESET, Preset
+from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.engine.sources import SourceError
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -24,12 +24,12 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facepipe.domain.request import DEFAULT_CONFIDENCE
 from facepipe.engine.faces import faces_in_image
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
-from facepipe.request import DEFAULT_CONFIDENCE
 from facepipe.store import FaceStore
 
 

@@ -1,9 +1,9 @@
 """Whether the Celery workers can run a digest as configured: asked of the workers, not assumed.
 
 Every digest on Celery asks before any work: the `facepipe` command, the run client and the HTTP
-API before they create a run (facepipe/runs.py), and the run itself before it sends its first step,
-however it was launched (the UI, a sensor, a schedule: facepipe/celery_executor.py). Each `facepipe
-worker` answers the inspect command WHO_ARE_YOU (registered by facepipe/celery_worker.py) from
+API before they create a run (facepipe/clients/local.py), and the run itself before it sends its first step,
+however it was launched (the UI, a sensor, a schedule: facepipe/platform/celery_executor.py). Each `facepipe
+worker` answers the inspect command WHO_ARE_YOU (registered by facepipe/clients/celery_worker.py) from
 where it runs: the queues it serves, the store its store steps would open, where it keeps step
 outputs, whether it reads a token file just written in the local step-output folder, and whether
 it sees the digest's local photo folder (it lists it, and a few of the entries this machine sees

@@ -13,7 +13,7 @@ What facepipe needs from the instance, and why:
   run launcher is RunLauncher below: Dagster's default, which also tells the daemon whether the
   process executing a run lives (`run_process`, which `facepipe digests cancel` asks too).
 - with FACEPIPE_POSTGRES_URL, run, event-log and schedule storage in PostgreSQL
-  (facepipe/postgres_storage.py); the URL is read from the environment, never written here.
+  (facepipe/platform/postgres_storage.py); the URL is read from the environment, never written here.
 
 Who owns the file: facepipe writes it when it is missing and, while its first line is MANAGED,
 rewrites it whenever those settings change it. A dagster.yaml without that line is the user's:
@@ -37,7 +37,7 @@ from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from facepipe import settings
-from facepipe.request import (
+from facepipe.domain.request import (
     DIGEST_JOB,
     GROUPS,
     PARTITION_TAG,
@@ -63,7 +63,7 @@ RUN_MONITORING = {
 
 POSTGRES_STORAGE = {
     key: {
-        "module": "facepipe.postgres_storage",
+        "module": "facepipe.platform.postgres_storage",
         "class": cls,
         "config": {"postgres_url": {"env": "FACEPIPE_POSTGRES_URL"}},
     }
@@ -96,7 +96,7 @@ telemetry:
 
 # Where a run's process executes, under the prefix Dagster keeps out of the UI's run lists (they
 # are facepipe's own business): the host, on every run; the pid, on a run that a `facepipe digest`
-# (or people) process executes itself (facepipe/runs.py). A run a code server launched reports its
+# (or people) process executes itself (facepipe/clients/local.py). A run a code server launched reports its
 # process's pid in Dagster's own engine event instead (see launched_run_pid).
 INTERNAL_TAG_PREFIX = ".dagster/facepipe/"
 EXECUTOR_HOST_TAG, EXECUTOR_PID_TAG = INTERNAL_TAG_PREFIX + "host", INTERNAL_TAG_PREFIX + "pid"
@@ -236,7 +236,7 @@ def instance_config() -> dict:
     if settings.qdrant_url() is None:
         config["concurrency"] = {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 1}}
     config["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
-    config["run_launcher"] = {"module": "facepipe.instance", "class": "RunLauncher"}
+    config["run_launcher"] = {"module": "facepipe.platform.instance", "class": "RunLauncher"}
     config["run_monitoring"] = dict(RUN_MONITORING)
     config["telemetry"] = {"enabled": False}
     return config

@@ -1,8 +1,8 @@
 """The digest's executor on Celery: dagster-celery's, asking the workers before it sends any step.
 
-A run launched by `facepipe digest` is checked before it is created (facepipe/runs.py); one launched
+A run launched by `facepipe digest` is checked before it is created (facepipe/clients/local.py); one launched
 from the UI, by a sensor or by a schedule is not, and on a queue no worker serves it would wait for
-ever. So the run itself asks the workers first (facepipe/worker_check.py) and, when they cannot run
+ever. So the run itself asks the workers first (facepipe/platform/worker_check.py) and, when they cannot run
 it, fails at once with the reason: its RUN_FAILURE event carries the one-line message. Everything
 else (config, queues, priorities, retries) is dagster-celery's `celery_executor`, unchanged.
 
@@ -18,7 +18,7 @@ from dagster._core.execution.retries import RetryMode
 from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
 from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor
 
-from facepipe.worker_check import check_workers
+from facepipe.platform.worker_check import check_workers
 
 # dagster-celery 0.29.27 registers its step task on the run's Celery app again for every step it
 # sends (executor._submit_task calls tasks.create_task, a new closure under the same name), and

@@ -1,6 +1,6 @@
 """The `facepipe` command: digests as Dagster runs on the local instance.
 
-Each command imports the Dagster side it runs (facepipe.runs, history, remote) inside itself:
+Each command imports the Dagster side it runs (facepipe.clients.local, history, remote) inside itself:
 importing Dagster takes ~1.5 s, which `facepipe --help`, `search` and `people list` need not pay.
 """
 
@@ -12,10 +12,16 @@ from datetime import UTC
 import click
 from pydantic import ValidationError
 
-from facepipe.cli_people import people, search, store
+from facepipe.cli.people import people, search, store
+from facepipe.domain.request import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONFIDENCE,
+    default_workers,
+    digest_request,
+    valid_workers,
+)
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.request import DEFAULT_CHUNK_SIZE, DEFAULT_CONFIDENCE, default_workers, digest_request, valid_workers
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -29,9 +35,9 @@ class Commands(click.Group):
     that contradicts its settings, is one line that says what to change, not a traceback."""
 
     def invoke(self, ctx):
-        from facepipe.instance import InstanceConfigError
+        from facepipe.platform.instance import InstanceConfigError
+        from facepipe.platform.worker_check import WorkerConfigError
         from facepipe.settings import SettingError
-        from facepipe.worker_check import WorkerConfigError
 
         try:
             return super().invoke(ctx)
@@ -54,10 +60,11 @@ def _digests_api(remote):
     """list, show and cancel against the local instance, or a webserver's over GraphQL."""
     from functools import partial
 
-    from facepipe import history, runs
+    from facepipe.clients import local as runs
+    from facepipe.platform import history
 
     if remote:
-        from facepipe.remote import RemoteDigests
+        from facepipe.clients.remote import RemoteDigests
 
         api = RemoteDigests(remote)
         return api.list_digests, api.digest_summary, api.cancel_digest
@@ -122,7 +129,7 @@ def digest(
     (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`. With --remote, it
     goes to a webserver's instance over GraphQL, and PATH is a folder on that server.
     """
-    from facepipe.runs import run_digest
+    from facepipe.clients.local import run_digest
 
     if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
@@ -160,7 +167,7 @@ def digest(
 
 
 def _start(request, workers, as_json):
-    from facepipe.runs import LaunchError, daemon_is_running, instance_for_digests, start_digest
+    from facepipe.clients.local import LaunchError, daemon_is_running, instance_for_digests, start_digest
 
     instance = instance_for_digests()
     try:
@@ -182,7 +189,7 @@ def _start(request, workers, as_json):
 def _start_remote(request, workers, remote, detach, as_json):
     import time
 
-    from facepipe.remote import RemoteDigests
+    from facepipe.clients.remote import RemoteDigests
 
     api = RemoteDigests(remote)
     run_id = api.start_digest(request, workers)
@@ -301,8 +308,8 @@ def list_command(group_id, status, since, until, limit, remote, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def show_command(run_id, face_ids, remote, as_json):
     """One digest: status, progress, counts, times and errors."""
-    from facepipe.history import DigestNotFound
-    from facepipe.runs import digest_face_ids
+    from facepipe.clients.local import digest_face_ids
+    from facepipe.platform.history import DigestNotFound
 
     _, digest_summary, _ = _digests_api(remote)
     try:
@@ -334,7 +341,7 @@ def show_command(run_id, face_ids, remote, as_json):
 @REMOTE
 def cancel_command(run_id, remote):
     """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
-    from facepipe.history import DigestNotFound
+    from facepipe.platform.history import DigestNotFound
 
     _, _, cancel_digest = _digests_api(remote)
     try:
@@ -351,8 +358,8 @@ def cancel_command(run_id, remote):
 @click.option("--json", "as_json", is_flag=True)
 def retry_command(run_id, as_json):
     """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
-    from facepipe.history import DigestNotFound
-    from facepipe.runs import full_run_id, instance_for_digests, retry_digest
+    from facepipe.clients.local import full_run_id, instance_for_digests, retry_digest
+    from facepipe.platform.history import DigestNotFound
 
     try:
         instance = instance_for_digests()
@@ -371,7 +378,7 @@ def retry_command(run_id, as_json):
 @click.option("--port", type=int, default=3000, show_default=True)
 def ui(port):
     """Open the Dagster UI (webserver and daemon) on facepipe's instance."""
-    from facepipe.runs import instance_for_digests, workspace_file
+    from facepipe.clients.local import instance_for_digests, workspace_file
 
     workspace = workspace_file(instance_for_digests())
     # the dagster of this interpreter, whether or not its environment is activated
@@ -465,10 +472,6 @@ def serve(host, port):
 @click.option("--name", help="The worker's name in the run's events (default: facepipe-PID), @ this host.")
 def worker(queues, processes, name):
     """Run digest steps from the Celery broker at FACEPIPE_CELERY_BROKER, with the models loaded once."""
-    from facepipe.celery_worker import run_worker
+    from facepipe.clients.celery_worker import run_worker
 
     run_worker(list(queues), processes, name)
-
-
-if __name__ == "__main__":
-    main()

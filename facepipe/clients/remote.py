@@ -14,8 +14,8 @@ from dagster_graphql import DagsterGraphQLClient
 
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
-from facepipe.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, kept_summary_parts, summarise
-from facepipe.request import GROUP_TAG, DigestRequest, run_tags
+from facepipe.domain.request import GROUP_TAG, DigestRequest, run_tags
+from facepipe.platform.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, kept_summary_parts, summarise
 
 _METADATA = """metadataEntries { label __typename
   ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
@@ -65,7 +65,7 @@ def _metadata(entries: list[dict]) -> dict:
 
 
 class RemoteDigests:
-    """The digest operations of facepipe.runs and facepipe.history, against a Dagster webserver at `url`."""
+    """The digest operations of clients.local and platform.history, against a Dagster webserver at `url`."""
 
     def __init__(self, url: str):
         parsed = urlparse(url if "://" in url else f"http://{url}")

@@ -44,7 +44,7 @@ def _store():
 
 
 def _profile_of(store, group_id: str, profile: str | None) -> str:
-    from facepipe.search import group_profiles
+    from facepipe.domain.search import group_profiles
 
     profiles = group_profiles(store, group_id)
     if not profiles:
@@ -79,7 +79,7 @@ def _area(area: dict) -> str:
 @AS_JSON
 def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
     """Find the group's photos showing the person in SELFIE, grouped by photo, best first."""
-    from facepipe.search import SearchError, group_profile, matching_photos, selfie_faces
+    from facepipe.domain.search import SearchError, group_profile, matching_photos, selfie_faces
 
     try:
         # embedded before the store is opened (a digest may want it meanwhile), with the profile
@@ -124,7 +124,7 @@ def people():
 @AS_JSON
 def cluster_command(group_id, profile, full, as_json):
     """Place the group's new faces into people (a run of the `people` asset on the instance)."""
-    from facepipe.runs import run_people
+    from facepipe.clients.local import run_people
 
     try:
         counts = run_people(group_id, profile, full)
@@ -147,7 +147,7 @@ def cluster_command(group_id, profile, full, as_json):
 @AS_JSON
 def list_command(group_id, profile, as_json):
     """The group's people, most faces first."""
-    from facepipe.people import list_people
+    from facepipe.domain.people import list_people
 
     with _store() as store:
         found = list_people(store, group_id, _profile_of(store, group_id, profile))
@@ -170,8 +170,8 @@ def list_command(group_id, profile, as_json):
 @AS_JSON
 def show_command(person_id, group_id, profile, as_json):
     """One person: name, faces, and a thumbnail file per face."""
-    from facepipe.people import PersonNotFound, person_with_faces
-    from facepipe.thumbnails import face_thumbnails, read_stored_photo
+    from facepipe.domain.people import PersonNotFound, person_with_faces
+    from facepipe.domain.thumbnails import face_thumbnails, read_stored_photo
 
     with _store() as store:
         profile = _profile_of(store, group_id, profile)
@@ -182,7 +182,7 @@ def show_command(person_id, group_id, profile, as_json):
     records = person.pop("records")
     read: Callable[[str], tuple[bytes, str]] = read_stored_photo
     if any(face.payload["image_path"].startswith("s3://") for face in records):
-        from facepipe.runs import photo_reader  # Dagster's instance: only for photos in S3
+        from facepipe.clients.local import photo_reader  # Dagster's instance: only for photos in S3
 
         read = photo_reader(records)
     thumbnails = face_thumbnails(records, read)
@@ -206,7 +206,7 @@ def show_command(person_id, group_id, profile, as_json):
 @PROFILE
 def name_command(person_id, name, group_id, profile):
     """Name a person (an empty NAME clears it)."""
-    from facepipe.people import PersonNotFound, name_person
+    from facepipe.domain.people import PersonNotFound, name_person
 
     with _store() as store:
         try:
@@ -223,7 +223,7 @@ def name_command(person_id, name, group_id, profile):
 @PROFILE
 def merge_command(keep, others, group_id, profile):
     """Merge OTHERS into KEEP: their faces become KEEP's, and stay so through re-clustering."""
-    from facepipe.people import PersonNotFound, merge_people
+    from facepipe.domain.people import PersonNotFound, merge_people
 
     with _store() as store:
         try:
@@ -240,7 +240,7 @@ def merge_command(keep, others, group_id, profile):
 @PROFILE
 def split_command(person_id, face_ids, group_id, profile):
     """Move FACE_IDS (see `people show`) out of a person into a new person."""
-    from facepipe.people import PersonNotFound, split_person
+    from facepipe.domain.people import PersonNotFound, split_person
 
     with _store() as store:
         try:
