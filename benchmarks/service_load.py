@@ -1,5 +1,5 @@
 """Many clients against one `facepipe serve`: concurrent searches, with and without a digest running,
-and listing a page of a 1,000-run history. Prints figures (README, "Many clients at once").
+and listing a page of a 1,000-run history. Prints figures (docs/measurements/service.md).
 
     .venv/bin/python benchmarks/service_load.py                  # ~10-15 min on 2 busy cores
     .venv/bin/python benchmarks/service_load.py --skip-postgres --open-sizes 1000
