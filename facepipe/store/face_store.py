@@ -1,7 +1,8 @@
 """FaceStore: facepipe's face store, whichever backend holds it, in one vocabulary for faces, images
 (the ledger) and people alike: `count_`, `scroll_` (every match, a page at a time), `get_` (by id),
-`nearest_`, `write_`, `set_..._payload` and `delete_`. Each takes the group and the profile first, and
-an optional `where` narrows what it reads within the group."""
+`nearest_`, `write_`, `set_..._payload` and `delete_`. Each takes the group and the profile first (faces
+by id take the profile only: a face's id names it in one group), and an optional `where` narrows what
+it reads within the group. The collections themselves are the backend's (`store.backend`)."""
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,9 +51,8 @@ LOOKUP_BATCH = 1024
 class FaceStore:
     """facepipe's face store. Which backend holds it is decided in `open` and hidden from callers."""
 
-    def __init__(self, backend: Backend, embedded: bool):
+    def __init__(self, backend: Backend):
         self.backend = backend
-        self.embedded = embedded
 
     @classmethod
     @contextmanager
@@ -75,7 +75,7 @@ class FaceStore:
         if url or backend == "local":
             from facepipe.store.server import ServerBackend  # qdrant-client takes seconds to import
 
-            store = cls(ServerBackend.connect(url=url, api_key=api_key, path=path), embedded=not url)
+            store = cls(ServerBackend.connect(url=url, api_key=api_key, path=path))
             try:
                 yield store
             finally:
@@ -92,7 +92,7 @@ class FaceStore:
         try:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, locked=True)
-            store = cls(EdgeBackend(root), embedded=True)
+            store = cls(EdgeBackend(root))
             try:
                 yield store
             finally:
