@@ -87,22 +87,27 @@ def _copy_collection(old: Backend, new: Backend, name: str) -> int:
         new.create(name, dimension, distance="dot")
         return copy_people(new, new, name, old.scroll(name))
     new.create(name, dimension if kind == "faces" else None)
-    copied = _upsert_in_batches(new, name, old.scroll(name, with_vectors=kind == "faces"))
-    new.optimize(name)  # index what is due, as the writes of a digest do
-    return copied
+    return _upsert_in_batches(new, name, old.scroll(name, with_vectors=kind == "faces"))
 
 
 def _upsert_in_batches(backend: Backend, name: str, points: Iterable[StoredPoint]) -> int:
-    """Write `points` UPSERT_BATCH at a time (they may come from a scroll of any size); how many."""
+    """Write `points` UPSERT_BATCH at a time (they may come from a scroll of any size); how many.
+    Faces are indexed as they fill, as FaceStore writes them."""
     n, batch = 0, []
     for point in points:
         batch.append(point)
         n += 1
         if len(batch) == UPSERT_BATCH:
-            backend.upsert(name, batch)
+            _upsert(backend, name, batch)
             batch = []
-    backend.upsert(name, batch)
+    _upsert(backend, name, batch)
     return n
+
+
+def _upsert(backend: Backend, name: str, points: list[StoredPoint]) -> None:
+    backend.upsert(name, points)
+    if kind_of(name) == "faces":
+        backend.optimize(name)  # free unless this write took a segment past the indexing threshold
 
 
 def copy_people(faces_from: Backend, to: Backend, name: str, people: Iterable[StoredPoint]) -> int:
