@@ -26,8 +26,8 @@ open between its requests (`StoreLease`, lease.py) and hands it over as soon as 
 Errors reach users as the StoreError family (errors.py), each message naming the store and what to do.
 """
 
-from facepipe.store.backend import SCROLL_PAGE, UPSERT_BATCH, Backend
-from facepipe.store.edge import INDEXING_THRESHOLD_KB, MAX_SEGMENT_KB
+from facepipe.store.backend import Backend
+from facepipe.store.edge import INDEXING_THRESHOLD_KB
 from facepipe.store.errors import (
     MIN_FREE_BYTES,
     RECOVER,
@@ -57,11 +57,8 @@ from facepipe.store.records import DigestedImage, DigestTotals, StoredPoint, Whe
 __all__ = [
     "ID_NAMESPACE",
     "INDEXING_THRESHOLD_KB",
-    "MAX_SEGMENT_KB",
     "MIN_FREE_BYTES",
     "RECOVER",
-    "SCROLL_PAGE",
-    "UPSERT_BATCH",
     "Backend",
     "DigestTotals",
     "DigestedImage",
