@@ -1,4 +1,4 @@
-"""The `facepipe search`, `people` and `store` commands (added to the `facepipe` group in cli.py).
+"""The `facepipe search`, `people` and `store` commands (added to the `facepipe` group in cli/main.py).
 
 Each command imports what it runs inside itself: search loads OpenCV and the models, people
 SciPy, `people cluster` Dagster, and none of them should slow the others or `facepipe --help`.
