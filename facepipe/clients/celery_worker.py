@@ -25,7 +25,13 @@ def _answer_who_we_are(queues: list[str]) -> None:
     from celery.worker.control import inspect_command
 
     @inspect_command(name=WHO_ARE_YOU)
-    def facepipe_worker(state, token_file=None, token=None, photos=None, photo_names=None):
+    def facepipe_worker(
+        state: object,  # Celery's worker state: the answer does not depend on it
+        token_file: str | None = None,
+        token: str | None = None,
+        photos: str | None = None,
+        photo_names: list[str] | None = None,
+    ) -> dict:
         return what_this_worker_sees(queues, token_file, token, photos, photo_names)
 
 

@@ -14,6 +14,7 @@ representative_face_id, representative_image_path`, its vector the mean of its f
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,11 +74,21 @@ def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: 
     return {**person, "records": records}
 
 
-def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "person_pinned", "image_path")):
+class LoadedFaces(NamedTuple):
+    ids: list[str]
+    vectors: np.ndarray  # unit rows, float32, in the order of ids
+    payloads: list[dict]
+
+
+def _load(
+    store: FaceStore, where: Where, profile: str, keys: tuple[str, ...] = ("person_id", "person_pinned", "image_path")
+) -> LoadedFaces:
     """Ids, unit vectors (float32) and a few payload fields of the faces matching `where`, a page at a
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
-    ids, rows, payloads = [], [], []
-    page = []
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    payloads: list[dict] = []
+    page: list[list[float] | None] = []
     for point in store.scroll_faces(profile, where, with_vectors=True, payload_keys=keys, page=2048):
         ids.append(point.id)
         payloads.append(point.payload)
@@ -88,7 +99,7 @@ def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "pers
     if page:
         rows.append(unit_rows(np.array(page, np.float32)))
     vectors = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
-    return ids, vectors, payloads
+    return LoadedFaces(ids, vectors, payloads)
 
 
 def update_people(
@@ -120,11 +131,11 @@ def update_people(
 
     if full or placed == 0:
         ids, vectors, payloads = _load(store, group_filter(group_id), profile)
-        previous = [p.get("person_id") for p in payloads]
+        previous: list[int | None] = [p.get("person_id") for p in payloads]
         pinned = [bool(p.get("person_pinned")) for p in payloads]
         assigned = carry_over_ids(cluster_embeddings(vectors, max_distance), previous, pinned, next_id)
         # pinned faces stay where a person put them, whatever the clustering says
-        assigned = [prev if pin else new for prev, new, pin in zip(previous, assigned, pinned)]
+        assigned = [prev if pin and prev is not None else new for prev, new, pin in zip(previous, assigned, pinned)]
         changed = _assign(store, profile, ids, previous, assigned)
         people = _people_from(
             group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned, old_people
@@ -167,9 +178,9 @@ def update_people(
     }
 
 
-def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
+def _assign(store: FaceStore, profile: str, ids: list[str], previous: list[int | None], assigned: list[int]) -> int:
     """Write each face's new person, one payload update per person; the number of faces moved."""
-    changed = defaultdict(list)
+    changed: defaultdict[int, list[str]] = defaultdict(list)
     for face_id, before, after in zip(ids, previous, assigned):
         if before != after:
             changed[after].append(face_id)
@@ -179,7 +190,13 @@ def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
 
 
 def _people_from(
-    group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned, old_people: dict[int, dict]
+    group_id: str,
+    profile: str,
+    ids: list[str],
+    vectors: np.ndarray,
+    image_paths: list[str],
+    assigned: list[int],
+    old_people: dict[int, dict],
 ) -> list[tuple[dict, list[float]]]:
     """People from faces in memory, each a payload (count, medoid face) and its mean unit embedding."""
     if not len(ids):
@@ -212,7 +229,17 @@ def _people_from(
     return points
 
 
-def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> tuple[dict, list[float]]:
+def _person_point(
+    group_id: str,
+    profile: str,
+    person: int,
+    count: int,
+    mean: np.ndarray,
+    face_id: str,
+    image_path: str,
+    name: str | None,
+    now: str,
+) -> tuple[dict, list[float]]:
     return {
         "group_id": group_id,
         "person_id": person,
@@ -226,7 +253,7 @@ def _person_point(group_id, profile, person, count, mean, face_id, image_path, n
     }, mean.tolist()
 
 
-def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
+def _recount(store: FaceStore, group_id: str, profile: str, persons: set[int]) -> None:
     """Recompute some people from their faces as they are now (one filtered scroll per person, so
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
     names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,11 @@ class NotListed:
     reason: str
 
 
-class Listing(list):
+class Listing(list[ImageFile]):
     """The photos found (ImageFile, sorted by path: the list itself) and `not_listed`, the entries
     left out with their reasons. A list, so that callers that only want the photos use it as one."""
 
-    def __init__(self, files=(), not_listed=()):
+    def __init__(self, files: Iterable[ImageFile] = (), not_listed: Iterable[NotListed] = ()) -> None:
         super().__init__(files)
         self.not_listed: list[NotListed] = list(not_listed)
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DefaultRunLauncher
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from facepipe import settings
@@ -124,7 +124,7 @@ class RunProcess(NamedTuple):
     alive: bool | None
 
 
-def run_process(instance: DagsterInstance, run) -> RunProcess:
+def run_process(instance: DagsterInstance, run: DagsterRun) -> RunProcess:
     """The process executing `run`, and whether it lives."""
     host = run.tags.get(EXECUTOR_HOST_TAG) or None
     if run.remote_job_origin is None:  # executed by the `facepipe` process that created it
@@ -178,7 +178,7 @@ class RunLauncher(DefaultRunLauncher):
     def supports_check_run_worker_health(self) -> bool:
         return True
 
-    def launch_run(self, context) -> None:
+    def launch_run(self, context: LaunchRunContext) -> None:
         refusal = digest_refusal(context.dagster_run)
         if refusal:
             # at once, in one line: the run's own process would tell the same a minute later, after
@@ -197,7 +197,7 @@ class RunLauncher(DefaultRunLauncher):
         local = "socket" in grpc or grpc.get("host") in ("localhost", "127.0.0.1", "::1", socket.gethostname())
         self._instance.add_run_tags(run_id, {EXECUTOR_HOST_TAG: socket.gethostname() if local else ""})
 
-    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         host, pid, alive = run_process(self._instance, run)
         if alive is None:  # a code server elsewhere watches what it launched; nothing else can
             return CheckRunHealthResult(WorkerStatus.RUNNING, "not executing on this host, or not started")
@@ -206,7 +206,7 @@ class RunLauncher(DefaultRunLauncher):
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"the process {pid} is running")
 
 
-def digest_refusal(run) -> str | None:
+def digest_refusal(run: DagsterRun) -> str | None:
     """Why a digest run cannot work, told from its config and partition alone (one line), or None:
     what the Launchpad's config schema cannot tell (a confidence of 1.5, a partition 'a/b', a folder
     that is not there)."""

@@ -6,6 +6,10 @@ webhook that still fails is reported to the caller's log, and the other webhooks
 """
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import requests
 
 CONNECT_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
@@ -17,7 +21,7 @@ BACKOFF_FACTOR = 0.5  # waits 0.5 s, 1 s, 2 s between the attempts
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def _session():
+def _session() -> "requests.Session":
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry

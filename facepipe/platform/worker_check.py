@@ -17,6 +17,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 from facepipe import settings
 
@@ -48,7 +52,7 @@ def store_opened_here() -> str:
     return settings.qdrant_url() or f"{socket.gethostname()}:{settings.qdrant_path()}"
 
 
-def celery_app():
+def celery_app() -> "Celery":
     """The Celery app as dagster-celery's executor makes it, on facepipe's broker and backend."""
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
