@@ -17,7 +17,13 @@ import os
 import socket
 
 from facepipe import settings
-from facepipe.platform.worker_check import WHO_ARE_YOU, WorkerConfigError, celery_app, what_this_worker_sees
+from facepipe.platform.worker_check import (
+    WHO_ARE_YOU,
+    WorkerConfigError,
+    WorkerView,
+    celery_app,
+    what_this_worker_sees,
+)
 
 
 def _answer_who_we_are(queues: list[str]) -> None:
@@ -31,7 +37,7 @@ def _answer_who_we_are(queues: list[str]) -> None:
         token: str | None = None,
         photos: str | None = None,
         photo_names: list[str] | None = None,
-    ) -> dict:
+    ) -> WorkerView:
         return what_this_worker_sees(queues, token_file, token, photos, photo_names)
 
 

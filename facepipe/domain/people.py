@@ -14,7 +14,7 @@ representative_face_id, representative_image_path`, its vector the mean of its f
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,18 +29,18 @@ class PersonNotFound(LookupError):
     pass
 
 
-def _shown(payload: dict) -> dict:
+def _shown(payload: dict[str, Any]) -> dict[str, Any]:
     # a server drops payload keys set to None: an unnamed person may have no "name" key
     return {"name": None, **{k: v for k, v in payload.items() if k not in INTERNAL_KEYS}}
 
 
-def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
+def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict[str, Any]]:
     """The group's people, most faces first."""
     records = store.people(group_id, profile)
     return sorted((_shown(r.payload) for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
-def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
+def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
     found = store.get_people(group_id, profile, [person_id])
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
@@ -53,7 +53,9 @@ def person_faces(
     return list(store.scroll_faces(profile, group_filter(group_id, person_id=person_id), with_vectors=with_vectors))
 
 
-def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
+def person_with_faces(
+    store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE
+) -> dict[str, Any]:
     """A person and each of their faces (id, photo, box, pinned), by photo; the faces' records too,
     for what a caller adds (thumbnails)."""
     person = get_person(store, group_id, person_id, profile)
@@ -77,7 +79,7 @@ def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: 
 class LoadedFaces(NamedTuple):
     ids: list[str]
     vectors: np.ndarray  # unit rows, float32, in the order of ids
-    payloads: list[dict]
+    payloads: list[dict[str, Any]]
 
 
 def _load(
@@ -87,7 +89,7 @@ def _load(
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
     ids: list[str] = []
     rows: list[np.ndarray] = []
-    payloads: list[dict] = []
+    payloads: list[dict[str, Any]] = []
     page: list[list[float] | None] = []
     for point in store.scroll_faces(profile, where, with_vectors=True, payload_keys=keys, page=2048):
         ids.append(point.id)
@@ -108,7 +110,7 @@ def update_people(
     profile: str = DEFAULT_PROFILE,
     full: bool = False,
     max_distance: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Cluster the group's faces into people and write `person_id` into each face's payload.
 
     Incremental by default: faces already with a person keep it, and only new faces are placed,
@@ -196,8 +198,8 @@ def _people_from(
     vectors: np.ndarray,
     image_paths: list[str],
     assigned: list[int],
-    old_people: dict[int, dict],
-) -> list[tuple[dict, list[float]]]:
+    old_people: dict[int, dict[str, Any]],
+) -> list[tuple[dict[str, Any], list[float]]]:
     """People from faces in memory, each a payload (count, medoid face) and its mean unit embedding."""
     if not len(ids):
         return []
@@ -239,7 +241,7 @@ def _person_point(
     image_path: str,
     name: str | None,
     now: str,
-) -> tuple[dict, list[float]]:
+) -> tuple[dict[str, Any], list[float]]:
     return {
         "group_id": group_id,
         "person_id": person,
@@ -279,13 +281,15 @@ def _recount(store: FaceStore, group_id: str, profile: str, persons: set[int]) -
 
 def name_person(
     store: FaceStore, group_id: str, person_id: int, name: str | None, profile: str = DEFAULT_PROFILE
-) -> dict:
+) -> dict[str, Any]:
     get_person(store, group_id, person_id, profile)
     store.set_people_payload(group_id, profile, [person_id], {"name": name or None})
     return get_person(store, group_id, person_id, profile)
 
 
-def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], profile: str = DEFAULT_PROFILE) -> dict:
+def merge_people(
+    store: FaceStore, group_id: str, keep: int, others: list[int], profile: str = DEFAULT_PROFILE
+) -> dict[str, Any]:
     """Move every face of `others` to `keep`, pinned, so a re-cluster does not pull them apart again.
 
     `keep` keeps its name, or takes the first name among `others` if it has none.
@@ -301,7 +305,7 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], 
 
 def split_person(
     store: FaceStore, group_id: str, person_id: int, face_ids: list[str], profile: str = DEFAULT_PROFILE
-) -> dict:
+) -> dict[str, Any]:
     """Move some faces of a person out to a new person; both sides are pinned where they are."""
     get_person(store, group_id, person_id, profile)
     faces = {str(f.id) for f in person_faces(store, group_id, person_id, profile)}

@@ -23,7 +23,7 @@ Default thresholds (cosine similarity of L2-normalised embeddings), each profile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from facepipe.domain.request import DEFAULT_CONFIDENCE
 from facepipe.engine.faces import Face, faces_in_image
@@ -79,7 +79,7 @@ class SearchResult:
     query_faces: list[QueryFace]
     photos: list[PhotoMatch]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

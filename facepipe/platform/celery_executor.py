@@ -64,7 +64,9 @@ def worker_checking_celery_executor(photos_of_run: Callable[[Mapping[str, Any]],
             backend=config.get("backend"),
             config_source=config.get("config_source"),
             include=config.get("include"),
-            retries=RetryMode.from_config(cast(Mapping[str, Mapping], config["retries"])),  # CELERY_CONFIG's shape
+            retries=RetryMode.from_config(
+                cast(Mapping[str, Mapping[str, Any]], config["retries"])
+            ),  # CELERY_CONFIG's shape
         )
 
     return celery_executor

@@ -29,7 +29,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DefaultRunLauncher
@@ -228,9 +228,9 @@ class InstanceConfigError(RuntimeError):
     """The instance's dagster.yaml contradicts facepipe's settings; the message says what to change."""
 
 
-def instance_config() -> dict:
+def instance_config() -> dict[str, Any]:
     """What facepipe needs in dagster.yaml, from FACEPIPE_POSTGRES_URL and QDRANT_URL."""
-    config: dict = {}
+    config: dict[str, Any] = {}
     if settings.postgres_url():
         config.update(POSTGRES_STORAGE)
     if settings.qdrant_url() is None:
@@ -251,7 +251,7 @@ COMMENTS = {
 }
 
 
-def render(config: dict) -> str:
+def render(config: dict[str, Any]) -> str:
     """facepipe's dagster.yaml: the MANAGED line, then each section under a comment saying why."""
     lines = [MANAGED]
     for key, value in config.items():
@@ -261,7 +261,7 @@ def render(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
+def merge_missing(user: dict[str, Any], ours: dict[str, Any], path: str = "") -> list[str]:
     """Add to `user` each key of `ours` it lacks, keeping every value it has; return what was added."""
     added = []
     for key, value in ours.items():
@@ -274,7 +274,7 @@ def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
     return added
 
 
-def _check_storage(user: dict, path: Path) -> None:
+def _check_storage(user: dict[str, Any], path: Path) -> None:
     """With FACEPIPE_POSTGRES_URL set, a storage section of the user's other than facepipe's contradicts it."""
     theirs = [key for key in STORAGE_KEYS if key in user and user[key] != POSTGRES_STORAGE.get(key)]
     if theirs:
@@ -290,7 +290,7 @@ def _check_storage(user: dict, path: Path) -> None:
 RUN_QUEUE_FIELDS = ("max_concurrent_runs", "tag_concurrency_limits", "block_op_concurrency_limited_runs")
 
 
-def _limits_the_users_way(user: dict, ours: dict) -> None:
+def _limits_the_users_way(user: dict[str, Any], ours: dict[str, Any]) -> None:
     """Say facepipe's limits in the form of the user's file, as Dagster documents each (it refuses a
     file that mixes them): runs limited in `run_queue` or the QueuedRunCoordinator's config rule out
     `concurrency.runs` and `.pools`, so the store's limit goes in the older

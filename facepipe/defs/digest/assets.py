@@ -94,7 +94,7 @@ class Chunk:
 
 
 def _workers(context: OpExecutionContext) -> int:
-    execution = cast(dict, context.run_config.get("execution") or {})
+    execution = cast(dict[str, Any], context.run_config.get("execution") or {})
     return execution.get("config", {}).get("workers") or default_workers()
 
 
