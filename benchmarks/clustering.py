@@ -40,6 +40,9 @@ def algorithms(profile: str) -> dict:
 
         return run
 
+    def ward_cut(t):
+        return lambda x: fcluster(linkage(x, method="ward"), t, criterion="distance")
+
     def chinese_whispers(euclidean):  # on unit vectors: cosine distance = euclidean² / 2
         return lambda x: np.array(
             dlib.chinese_whispers_clustering([dlib.vector(v) for v in x.astype(float)], euclidean)
@@ -55,9 +58,7 @@ def algorithms(profile: str) -> dict:
     for t in (0.07, 0.09):
         found[f"complete linkage, cosine distance {t}"] = linkage_cut("complete", t)
     for t in (0.60, 0.65):  # Ward's heights grow with the clusters' sizes: a cut is not a distance
-        found[f"Ward linkage, euclidean {t} on unit vectors"] = lambda x, t=t: fcluster(
-            linkage(x, method="ward"), t, criterion="distance"
-        )
+        found[f"Ward linkage, euclidean {t} on unit vectors"] = ward_cut(t)
     for t in (0.06, 0.07):
         found[f"single linkage, cosine distance {t}"] = linkage_cut("single", t)
     for e in (0.30, 0.35, 0.40):

@@ -148,13 +148,13 @@ BASELINES: dict[str, Callable[[], Callable[[np.ndarray], list]]] = {
 def configurations(profile_name: str = DEFAULT_PROFILE) -> dict[str, Callable[[], Detector]]:
     """Every configuration, by name: a factory of its detector from a photo's bytes."""
     found: dict[str, Callable[[], Detector]] = {
-        name: (lambda size=size: preset_detector(profile_name, size)) for name, size in PRESETS.items()
+        name: partial(preset_detector, profile_name, size) for name, size in PRESETS.items()
     }
     # the other profiles whose models ship in packages, at each preset: "yunet:default"
     for other, spec in PROFILES.items():
         if other != profile_name and all(weight.url is None for weight in spec.weights):
             for name, size in PRESETS.items():
-                found[f"{other}:{name}"] = lambda other=other, size=size: preset_detector(other, size)
+                found[f"{other}:{name}"] = partial(preset_detector, other, size)
     for name, factory in BASELINES.items():
 
         def make(factory=factory) -> Detector:

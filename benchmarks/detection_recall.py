@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -172,10 +173,10 @@ def mosaic(sources: list[Source], rng) -> tuple[np.ndarray, list]:
 def make_photos(sources: list[Source], small: bool, seed: int = 7) -> list[tuple[str, np.ndarray, list]]:
     """(name, pixels, true boxes) of each test photo, the same for the same arguments."""
     rng = np.random.default_rng(seed)
-    photos = []
+    photos: list[tuple[str, np.ndarray, list]] = []
     groups = ((24, 32), (32, 40), (40, 64), (64, 96), (96, 160))
     # the small version: 9 photos of 1 to 4 MP, a portrait and a group per band, and a mosaic
-    kinds = (
+    kinds: list[tuple[float, str | tuple[int, int]]] = (
         [
             (1, "portrait"),
             (1, groups[0]),
@@ -196,6 +197,7 @@ def make_photos(sources: list[Source], small: bool, seed: int = 7) -> list[tuple
         elif kind == "mosaic":
             name, (pixels, faces) = "mosaic-1.5mp", mosaic(sources, rng)
         else:
+            assert isinstance(kind, tuple)  # a band of face widths
             width = int(np.sqrt(megapixels * 1e6 * 1.5))
             name = f"group-{megapixels}mp-{kind[0]}-{kind[1]}px"
             pixels, faces = group(sources, width, int(width / 1.5), kind, rng)
@@ -234,7 +236,8 @@ def settings(profile_name: str) -> dict:
     if profile_name == "dlib":
         # levers, each the default with one thing undone: HOG on the colour photo (as the seed ran it),
         # and the scaled photo seen whole however large (memory grows with it: ~9 bytes a pixel)
-        colour, untiled = copy.copy(profile), copy.copy(profile)
+        colour: Any = copy.copy(profile)  # a method of its own, below
+        untiled = copy.copy(profile)
         colour.detector_input = lambda image: cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         untiled.tile_size = 10**6
         found["default, colour HOG"] = facepipe_setting(colour, PRESETS["default"])
@@ -364,12 +367,12 @@ def scan(profile_name: str = "dlib") -> str:
         detected = [f.box for f in detect_faces(profile, pixels, 2.0) if f.confidence >= CONFIDENCE]
         widths += [2 * (box[2] - box[0]) for box in truth]
         found += match(truth, detected)[0]
-    widths, found = np.array(widths), np.array(found)
+    width_px, hits = np.array(widths), np.array(found)
     lines = ["| face width at the detector's input (px) | faces | recall |", "|---|---|---|"]
     for low in range(40, 96, 4):
-        picked = (widths >= low) & (widths < low + 4)
+        picked = (width_px >= low) & (width_px < low + 4)
         if picked.any():
-            lines.append(f"| {low}-{low + 4} | {picked.sum()} | {found[picked].mean():.2f} |")
+            lines.append(f"| {low}-{low + 4} | {picked.sum()} | {hits[picked].mean():.2f} |")
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "faces" / "images"
@@ -69,6 +70,7 @@ def _derive(args) -> None:
     index, source, target = args
     rng = np.random.default_rng(index)
     image = cv2.imdecode(np.fromfile(source, np.uint8), cv2.IMREAD_COLOR)  # EXIF orientation applied
+    assert image is not None, f"cannot decode {source}"
     height, width = image.shape[:2]
     top, bottom, left, right = (rng.uniform(0, 0.08, 4) * [height, height, width, width]).astype(int)
     image = image[top : height - bottom, left : width - right]
@@ -111,8 +113,8 @@ def build_workload(count: int, workdir: Path) -> Path:
     truth = _group_photos(folder, names[: min(count, DERIVED_BEFORE_REUSE)])
     (folder / TRUTH).write_text(json.dumps(truth))
     for i in range(DERIVED_BEFORE_REUSE, count):
-        _, _, source = derived[(i - DERIVED_BEFORE_REUSE) % len(derived)]
-        data = Path(source).read_bytes() + f"facepipe-bench copy {i}".encode()  # after the JPEG's end
+        _, _, made = derived[(i - DERIVED_BEFORE_REUSE) % len(derived)]
+        data = Path(made).read_bytes() + f"facepipe-bench copy {i}".encode()  # after the JPEG's end
         Path(folder / f"{names[i]}_copy.jpg").write_bytes(data)
     (folder / ".complete").write_text("")
     print(f"  built {count} photos in {folder} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -204,7 +206,7 @@ def _floor_warm(barrier) -> None:
         barrier.wait()
 
 
-def _floor_batch(paths: list[str]) -> tuple[int, dict, dict, float]:
+def _floor_batch(paths: list[str]) -> tuple[int, dict, dict[str, float], float]:
     """Photos done, face boxes by file name, seconds per stage, peak memory."""
     from facepipe.engine.faces import faces_in_chunk
     from facepipe.engine.planning import ImageTask
@@ -264,7 +266,7 @@ def run_stage(stage: str, paths: list[str]) -> dict:
     if stage == "floor2":
         batches = [paths[i : i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
         results, seconds = _in_pool(_floor_warm, _floor_batch, batches, 2)
-        stages: dict[str, float] = {}
+        stages = {}
         boxes = {}
         for _, batch_boxes, batch_stages, _ in results:
             boxes.update(batch_boxes)
@@ -359,7 +361,9 @@ def run_details(home: Path, run_id: str) -> dict:
 
     instance = DagsterInstance.from_config(str(home / "dagster"))
     steps: dict[str, dict] = {}
-    chunks, stages, store_rss, run_start = [], {}, None, None
+    chunks: list[dict[str, Any]] = []
+    stages: dict[str, float] = {}
+    store_rss, run_start = None, None
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
         if event is None:
@@ -374,7 +378,9 @@ def run_details(home: Path, run_id: str) -> dict:
         ):
             steps.setdefault(entry.step_key, {})[kind.value] = entry.timestamp
         if kind == DagsterEventType.ASSET_OBSERVATION:
-            metadata = {k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()}
+            metadata: dict[str, Any] = {
+                k: v.value for k, v in event.asset_observation_data.asset_observation.metadata.items()
+            }
             if "worker_pid" in metadata:
                 chunks.append(metadata)
         if kind == DagsterEventType.ASSET_MATERIALIZATION:

@@ -67,18 +67,20 @@ def main() -> None:
     profile = load_profile("dlib")
     threshold = PROFILES["dlib"].search_threshold
 
-    people, full, small = [], [], {n: [] for n in SIZES}
+    people_found: list[str] = []
+    embeddings: list[np.ndarray] = []
+    small: dict[int, list[np.ndarray | None]] = {n: [] for n in SIZES}
     for path, person in labelled_photos():
         image = decode_image(path.read_bytes())
         face = central_face(profile, image)
         if face is None:
             print(f"no face found in {path.name}: left out")
             continue
-        people.append(person)
-        full.append(profile.embed([face.chip])[0])
+        people_found.append(person)
+        embeddings.append(profile.embed([face.chip])[0])
         for n in SIZES:
             small[n].append(embed_at(profile, image, face.box, n / face.box[2]) if n < face.box[2] else None)
-    people, full = np.array(people), np.array(full)
+    people, full = np.array(people_found), np.array(embeddings)
     same_person = people[:, None] == people[None, :]
     np.fill_diagonal(same_person, False)
     other_photo = ~np.eye(len(people), dtype=bool)

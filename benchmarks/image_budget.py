@@ -45,7 +45,7 @@ def make_photo(folder: Path, megapixels: int, fmt: str) -> Path:
     height = int((megapixels * 1e6 / 1.2) ** 0.5)
     width = int(megapixels * 1e6 / height)
     canvas = Image.new("RGB", (width, height), (120, 120, 120))
-    face = Image.open(FACE)
+    face: Image.Image = Image.open(FACE)
     if 4 * (face.width + 100) > width:  # four side by side, scaled down to fit
         face = face.resize(((width - 400) // 4, (width - 400) // 4 * face.height // face.width))
     for i in range(4):

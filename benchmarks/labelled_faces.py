@@ -21,6 +21,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def recorded_raw_norms(profile: str):
     """Record the norm of each raw descriptor the profile computes, before it is L2-normalised."""
     from facepipe.engine.profiles import PROFILES
 
-    module = importlib.import_module(PROFILES[profile].implementation.split(":")[0])
+    module: Any = importlib.import_module(PROFILES[profile].implementation.split(":")[0])  # patched below
     original, norms = module.unit_rows, []
 
     def recording(vectors):

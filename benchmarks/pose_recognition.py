@@ -229,10 +229,10 @@ def main() -> None:
         for name in bins:
             mine = [x for x in targets if x.pose == name]
             if mine:
-                searched = [
+                scores = [
                     float((x.found_faces @ selfies[x.person]).max()) if len(x.found_faces) else -1.0 for x in mine
                 ]
-                cells.append(f"{name.split(',')[0]} {np.mean(np.array(searched) >= t):.2f}")
+                cells.append(f"{name.split(',')[0]} {np.mean(np.array(scores) >= t):.2f}")
         print(f"  >= {t:.2f}{'  <- default' if t == threshold else '':12} " + ", ".join(cells))
     print(
         f"\nCPU {time.process_time() - cpu:.0f} s, wall {time.perf_counter() - wall:.0f} s "

@@ -246,6 +246,7 @@ def test_search_with_img1_finds_every_other_person01_photo_and_no_one_else(servi
 def no_face_photo() -> bytes:
     """A real photo's top-left corner (400 px of couple.jpg's wall, above both faces)."""
     image = cv2.imread(str(SAMPLE_IMAGES / "couple.jpg"))
+    assert image is not None
     return cv2.imencode(".jpg", image[:400, :400])[1].tobytes()
 
 

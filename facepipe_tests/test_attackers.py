@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 import pytest
 from pydantic import ValidationError
@@ -135,7 +136,7 @@ def test_a_launch_the_request_checks_missed_fails_before_sending_anything(tmp_pa
     assert receiver.received == []
 
 
-def _partitions(home) -> list[str]:
+def _partitions(home) -> Sequence[str]:
     from dagster import DagsterInstance
 
     from facepipe.defs.partitions import GROUPS

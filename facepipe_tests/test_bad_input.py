@@ -586,7 +586,7 @@ print(json.dumps({{"files": len(listing), "not_listed": len(listing.not_listed),
     )
 
 
-def drop_root_privileges() -> list[str]:
+def drop_root_privileges() -> list[str] | None:
     """A command prefix that runs as root without the capabilities that bypass permissions, or []
     if this is not root (permissions hold already); None if root and no setpriv."""
     if os.geteuid() != 0:

@@ -55,7 +55,7 @@ def steps_by_worker(home, run_id) -> dict[str, str]:
                 continue
             worker = event.engine_event_data.metadata.get("Celery worker")
             if worker is not None:
-                ran[event.step_key] = worker.value
+                ran[event.step_key] = str(worker.value)
     return ran
 
 

@@ -60,6 +60,7 @@ def parse_command(argv: list[str]) -> list[str]:
             warnings.simplefilter("ignore", DeprecationWarning)
             args = [*ctx.protected_args, *ctx.args]
         name, command, args = command.resolve_command(ctx, args)
+        assert name is not None  # a group resolves a command by its name
         path.append(name)
 
 
@@ -472,7 +473,9 @@ def test_helm_values_run_facepipes_code_location_from_its_image():
 
 def dockerfile_uid() -> int:
     runs = " ".join(args for instruction, args in stages()[-1][1] if instruction == "RUN")
-    return int(re.search(r"useradd [^&]*--uid (\d+)", runs).group(1))
+    found = re.search(r"useradd [^&]*--uid (\d+)", runs)
+    assert found, "the Dockerfile's useradd names no --uid"
+    return int(found.group(1))
 
 
 def api_manifest() -> dict[str, dict]:

@@ -100,7 +100,8 @@ def wait_until_extracting(home: Path, previous: str, timeout: float = 600) -> st
             if records and records[0].dagster_run.run_id != previous:
                 run_id = records[0].dagster_run.run_id
                 events = instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS})
-                started = {e.step_key for e in events if e.dagster_event_type == DagsterEventType.STEP_START}
+                starts = [e for e in events if e.dagster_event_type == DagsterEventType.STEP_START]
+                started = {e.step_key for e in starts if e.step_key}
                 if "digest.list_images" in started and any(k.startswith("digest.extract") for k in started):
                     assert not any(k.startswith("digest.store_chunk") for k in started)
                     return run_id

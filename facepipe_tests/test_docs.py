@@ -68,15 +68,15 @@ def variables_settings_reads() -> set[str]:
     """Every environment variable facepipe/settings.py reads: os.environ.get(NAME), os.environ[NAME],
     os.getenv(NAME)."""
     tree = ast.parse((ROOT / "facepipe" / "settings.py").read_text())
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             called = ast.unparse(node.func)
             if called in ("os.environ.get", "os.getenv"):
-                names.add(node.args[0].value)
+                names.add(str(node.args[0].value))
         elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
             if isinstance(node.slice, ast.Constant):
-                names.add(node.slice.value)
+                names.add(str(node.slice.value))
     return names
 
 

@@ -16,11 +16,11 @@ from facepipe.store import FaceStore
 from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, digest, run_facepipe
 
 
-def people_of(home, group="sample") -> dict[str, list[int]]:
+def people_of(home, group="sample") -> dict[str, list[int | None]]:
     """Photo name -> the person id of each of its faces, in face order."""
     with FaceStore.open(path=home / "qdrant") as store:
         faces = list(store.scroll_faces(group, "dlib"))
-    found = {}
+    found: dict[str, list[int | None]] = {}
     for face in sorted(faces, key=lambda f: f.payload["face_index"]):
         found.setdefault(Path(face.payload["image_path"]).name, []).append(face.payload.get("person_id"))
     return found

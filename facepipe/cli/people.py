@@ -5,21 +5,26 @@ SciPy, `people cluster` Dagster, and none of them should slow the others or `fac
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from facepipe import settings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.store import (
+    FaceStore,
     StoreBusy,
     StoreError,
     is_local_mode_store,
     migrate_local_store,
     open_store_from_settings,
 )
+
+if TYPE_CHECKING:
+    from facepipe.domain.search import FacialArea
 
 GROUP = click.option("--group", "group_id", required=True, help="The group (event, album) to look in.")
 PROFILE = click.option(
@@ -32,7 +37,7 @@ AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result
 
 
 @contextmanager
-def _store():
+def _store() -> Iterator[FaceStore]:
     """The face store, with a clear message if there is none yet or a run holds its lock."""
     if not settings.qdrant_url() and not settings.qdrant_path().exists():
         raise click.ClickException(f"no face store at {settings.qdrant_path()}: digest photos first")
@@ -43,7 +48,7 @@ def _store():
         raise click.ClickException(str(err)) from None
 
 
-def _profile_of(store, group_id: str, profile: str | None) -> str:
+def _profile_of(store: FaceStore, group_id: str, profile: str | None) -> str:
     from facepipe.domain.search import group_profiles
 
     profiles = group_profiles(store, group_id)
@@ -54,7 +59,7 @@ def _profile_of(store, group_id: str, profile: str | None) -> str:
     return profile or profiles[0]
 
 
-def _area(area: dict) -> str:
+def _area(area: "FacialArea") -> str:
     return f"{area['x']},{area['y']} {area['w']}x{area['h']}"
 
 
@@ -77,7 +82,15 @@ def _area(area: dict) -> str:
 @PROFILE
 @click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")
 @AS_JSON
-def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
+def search(
+    selfie: str,
+    group_id: str,
+    top_k: int,
+    threshold: float | None,
+    profile: str | None,
+    all_faces: bool,
+    as_json: bool,
+) -> None:
     """Find the group's photos showing the person in SELFIE, grouped by photo, best first."""
     from facepipe.domain.search import SearchError, group_profile, matching_photos, selfie_faces
 
@@ -113,7 +126,7 @@ def search(selfie, group_id, top_k, threshold, profile, all_faces, as_json):
 
 
 @click.group()
-def people():
+def people() -> None:
     """The people of a group: faces clustered into persons, named, merged and split by hand."""
 
 
@@ -122,7 +135,7 @@ def people():
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--full", is_flag=True, help="Re-cluster every face (ids, names, merges and splits are kept).")
 @AS_JSON
-def cluster_command(group_id, profile, full, as_json):
+def cluster_command(group_id: str, profile: str, full: bool, as_json: bool) -> None:
     """Place the group's new faces into people (a run of the `people` asset on the instance)."""
     from facepipe.clients.local import run_people
 
@@ -145,7 +158,7 @@ def cluster_command(group_id, profile, full, as_json):
 @GROUP
 @PROFILE
 @AS_JSON
-def list_command(group_id, profile, as_json):
+def list_command(group_id: str, profile: str | None, as_json: bool) -> None:
     """The group's people, most faces first."""
     from facepipe.domain.people import list_people
 
@@ -168,7 +181,7 @@ def list_command(group_id, profile, as_json):
 @GROUP
 @PROFILE
 @AS_JSON
-def show_command(person_id, group_id, profile, as_json):
+def show_command(person_id: int, group_id: str, profile: str | None, as_json: bool) -> None:
     """One person: name, faces, and a thumbnail file per face."""
     from facepipe.domain.people import PersonNotFound, person_with_faces
     from facepipe.domain.thumbnails import face_thumbnails, read_stored_photo
@@ -204,7 +217,7 @@ def show_command(person_id, group_id, profile, as_json):
 @click.argument("name")
 @GROUP
 @PROFILE
-def name_command(person_id, name, group_id, profile):
+def name_command(person_id: int, name: str, group_id: str, profile: str | None) -> None:
     """Name a person (an empty NAME clears it)."""
     from facepipe.domain.people import PersonNotFound, name_person
 
@@ -221,7 +234,7 @@ def name_command(person_id, name, group_id, profile):
 @click.argument("others", type=int, nargs=-1, required=True)
 @GROUP
 @PROFILE
-def merge_command(keep, others, group_id, profile):
+def merge_command(keep: int, others: tuple[int, ...], group_id: str, profile: str | None) -> None:
     """Merge OTHERS into KEEP: their faces become KEEP's, and stay so through re-clustering."""
     from facepipe.domain.people import PersonNotFound, merge_people
 
@@ -238,7 +251,7 @@ def merge_command(keep, others, group_id, profile):
 @click.argument("face_ids", nargs=-1, required=True)
 @GROUP
 @PROFILE
-def split_command(person_id, face_ids, group_id, profile):
+def split_command(person_id: int, face_ids: tuple[str, ...], group_id: str, profile: str | None) -> None:
     """Move FACE_IDS (see `people show`) out of a person into a new person."""
     from facepipe.domain.people import PersonNotFound, split_person
 
@@ -251,12 +264,12 @@ def split_command(person_id, face_ids, group_id, profile):
 
 
 @click.group()
-def store():
+def store() -> None:
     """The embedded face store."""
 
 
 @store.command("migrate")
-def migrate_command():
+def migrate_command() -> None:
     """Move a face store written by qdrant-client's local mode (facepipe before Qdrant Edge) to Qdrant
     Edge, keeping the old files in a backup folder. Opening the store does it too; this does it now."""
     path = settings.qdrant_path()

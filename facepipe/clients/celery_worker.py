@@ -17,7 +17,13 @@ import os
 import socket
 
 from facepipe import settings
-from facepipe.platform.worker_check import WHO_ARE_YOU, WorkerConfigError, celery_app, what_this_worker_sees
+from facepipe.platform.worker_check import (
+    WHO_ARE_YOU,
+    WorkerConfigError,
+    WorkerView,
+    celery_app,
+    what_this_worker_sees,
+)
 
 
 def _answer_who_we_are(queues: list[str]) -> None:
@@ -25,7 +31,13 @@ def _answer_who_we_are(queues: list[str]) -> None:
     from celery.worker.control import inspect_command
 
     @inspect_command(name=WHO_ARE_YOU)
-    def facepipe_worker(state, token_file=None, token=None, photos=None, photo_names=None):
+    def facepipe_worker(
+        state: object,  # Celery's worker state: the answer does not depend on it
+        token_file: str | None = None,
+        token: str | None = None,
+        photos: str | None = None,
+        photo_names: list[str] | None = None,
+    ) -> WorkerView:
         return what_this_worker_sees(queues, token_file, token, photos, photo_names)
 
 

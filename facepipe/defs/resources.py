@@ -1,6 +1,7 @@
 """The resources every facepipe job uses: the face store, S3, and where step outputs go, chosen from
 the settings here."""
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from dagster import ConfigurableResource, Definitions, EnvVar, RetryRequested, definitions
@@ -9,6 +10,7 @@ from pydantic import Field
 
 from facepipe import settings
 from facepipe.domain.request import DigestOptions, S3Prefix
+from facepipe.engine.sources import S3Client
 from facepipe.store import FaceStore, StoreBusy, StoreUnavailable
 
 # The store pool keeps digests to one writer, but the HTTP service, `facepipe search`, `people` or
@@ -35,7 +37,7 @@ class FaceStoreResource(ConfigurableResource):
         return self.url or f"embedded at {self.path}"
 
     @contextmanager
-    def open(self):
+    def open(self) -> Iterator[FaceStore]:
         """The open store; in a Dagster step, a store held by another process retries the step."""
         with ExitStack() as stack:
             try:
@@ -49,7 +51,7 @@ class FaceStoreResource(ConfigurableResource):
             yield store
 
 
-def s3_client(s3: S3Resource, request: DigestOptions):
+def s3_client(s3: S3Resource, request: DigestOptions) -> S3Client | None:
     """A boto3 client from dagster-aws's S3Resource, with the digest's endpoint and region; None for
     a local folder."""
     if not isinstance(request.source, S3Prefix):
@@ -66,7 +68,7 @@ def face_store() -> FaceStoreResource:
     return FaceStoreResource(path=str(settings.qdrant_path()))
 
 
-def step_outputs_in_s3() -> dict:
+def step_outputs_in_s3() -> dict[str, S3PickleIOManager]:
     """With FACEPIPE_STEP_OUTPUTS, the runs' IO manager: pickles under s3://bucket/prefix, which workers
     on every machine read (dagster-aws's S3PickleIOManager); otherwise none here, and Dagster's
     default keeps them in the instance's storage folder, which only this machine reads."""

@@ -14,6 +14,7 @@ representative_face_id, representative_image_path`, its vector the mean of its f
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,18 +29,18 @@ class PersonNotFound(LookupError):
     pass
 
 
-def _shown(payload: dict) -> dict:
+def _shown(payload: dict[str, Any]) -> dict[str, Any]:
     # a server drops payload keys set to None: an unnamed person may have no "name" key
     return {"name": None, **{k: v for k, v in payload.items() if k not in INTERNAL_KEYS}}
 
 
-def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
+def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict[str, Any]]:
     """The group's people, most faces first."""
     records = store.scroll_people(group_id, profile)
     return sorted((_shown(r.payload) for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
-def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
+def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
     found = store.get_people(group_id, profile, [person_id])
     if not found:
         raise PersonNotFound(f"group {group_id!r} has no person {person_id}")
@@ -52,7 +53,9 @@ def person_faces(
     return list(store.scroll_faces(group_id, profile, Where({"person_id": person_id}), with_vectors=with_vectors))
 
 
-def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
+def person_with_faces(
+    store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE
+) -> dict[str, Any]:
     """A person and each of their faces (id, photo, box, pinned), by photo; the faces' records too,
     for what a caller adds (thumbnails)."""
     person = get_person(store, group_id, person_id, profile)
@@ -73,17 +76,25 @@ def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: 
     return {**person, "records": records}
 
 
+class LoadedFaces(NamedTuple):
+    ids: list[str]
+    vectors: np.ndarray  # unit rows, float32, in the order of ids
+    payloads: list[dict[str, Any]]
+
+
 def _load(
     store: FaceStore,
     group_id: str,
     profile: str,
     where: Where | None = None,
-    keys=("person_id", "person_pinned", "image_path"),
-):
+    keys: tuple[str, ...] = ("person_id", "person_pinned", "image_path"),
+) -> LoadedFaces:
     """Ids, unit vectors (float32) and a few payload fields of the group's faces matching `where`, a page at a
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
-    ids, rows, payloads = [], [], []
-    page = []
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    payloads: list[dict[str, Any]] = []
+    page: list[list[float] | None] = []
     for point in store.scroll_faces(group_id, profile, where, with_vectors=True, payload_keys=keys, page=2048):
         ids.append(point.id)
         payloads.append(point.payload)
@@ -94,7 +105,7 @@ def _load(
     if page:
         rows.append(unit_rows(np.array(page, np.float32)))
     vectors = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
-    return ids, vectors, payloads
+    return LoadedFaces(ids, vectors, payloads)
 
 
 def update_people(
@@ -103,7 +114,7 @@ def update_people(
     profile: str = DEFAULT_PROFILE,
     full: bool = False,
     max_distance: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Cluster the group's faces into people and write `person_id` into each face's payload.
 
     Incremental by default: faces already with a person keep it, and only new faces are placed,
@@ -126,11 +137,11 @@ def update_people(
 
     if full or placed == 0:
         ids, vectors, payloads = _load(store, group_id, profile)
-        previous = [p.get("person_id") for p in payloads]
+        previous: list[int | None] = [p.get("person_id") for p in payloads]
         pinned = [bool(p.get("person_pinned")) for p in payloads]
         assigned = carry_over_ids(cluster_embeddings(vectors, max_distance), previous, pinned, next_id)
         # pinned faces stay where a person put them, whatever the clustering says
-        assigned = [prev if pin else new for prev, new, pin in zip(previous, assigned, pinned)]
+        assigned = [prev if pin and prev is not None else new for prev, new, pin in zip(previous, assigned, pinned)]
         changed = _assign(store, profile, ids, previous, assigned)
         people = _people_from(
             group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned, old_people
@@ -175,9 +186,9 @@ def update_people(
     }
 
 
-def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
+def _assign(store: FaceStore, profile: str, ids: list[str], previous: list[int | None], assigned: list[int]) -> int:
     """Write each face's new person, one payload update per person; the number of faces moved."""
-    changed = defaultdict(list)
+    changed: defaultdict[int, list[str]] = defaultdict(list)
     for face_id, before, after in zip(ids, previous, assigned):
         if before != after:
             changed[after].append(face_id)
@@ -187,8 +198,14 @@ def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
 
 
 def _people_from(
-    group_id: str, profile: str, ids, vectors: np.ndarray, image_paths, assigned, old_people: dict[int, dict]
-) -> list[tuple[dict, list[float]]]:
+    group_id: str,
+    profile: str,
+    ids: list[str],
+    vectors: np.ndarray,
+    image_paths: list[str],
+    assigned: list[int],
+    old_people: dict[int, dict[str, Any]],
+) -> list[tuple[dict[str, Any], list[float]]]:
     """People from faces in memory, each a payload (count, medoid face) and its mean unit embedding."""
     if not len(ids):
         return []
@@ -220,7 +237,17 @@ def _people_from(
     return points
 
 
-def _person_point(group_id, profile, person, count, mean, face_id, image_path, name, now) -> tuple[dict, list[float]]:
+def _person_point(
+    group_id: str,
+    profile: str,
+    person: int,
+    count: int,
+    mean: np.ndarray,
+    face_id: str,
+    image_path: str,
+    name: str | None,
+    now: str,
+) -> tuple[dict[str, Any], list[float]]:
     return {
         "group_id": group_id,
         "person_id": person,
@@ -234,7 +261,7 @@ def _person_point(group_id, profile, person, count, mean, face_id, image_path, n
     }, mean.tolist()
 
 
-def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
+def _recount(store: FaceStore, group_id: str, profile: str, persons: set[int]) -> None:
     """Recompute some people from their faces as they are now (one filtered scroll per person, so
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
     names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}
@@ -260,13 +287,15 @@ def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
 
 def name_person(
     store: FaceStore, group_id: str, person_id: int, name: str | None, profile: str = DEFAULT_PROFILE
-) -> dict:
+) -> dict[str, Any]:
     get_person(store, group_id, person_id, profile)
     store.set_people_payload(group_id, profile, [person_id], {"name": name or None})
     return get_person(store, group_id, person_id, profile)
 
 
-def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], profile: str = DEFAULT_PROFILE) -> dict:
+def merge_people(
+    store: FaceStore, group_id: str, keep: int, others: list[int], profile: str = DEFAULT_PROFILE
+) -> dict[str, Any]:
     """Move every face of `others` to `keep`, pinned, so a re-cluster does not pull them apart again.
 
     `keep` keeps its name, or takes the first name among `others` if it has none.
@@ -282,7 +311,7 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], 
 
 def split_person(
     store: FaceStore, group_id: str, person_id: int, face_ids: list[str], profile: str = DEFAULT_PROFILE
-) -> dict:
+) -> dict[str, Any]:
     """Move some faces of a person out to a new person; both sides are pinned where they are."""
     get_person(store, group_id, person_id, profile)
     faces = {str(f.id) for f in person_faces(store, group_id, person_id, profile)}

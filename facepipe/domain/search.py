@@ -23,9 +23,10 @@ Default thresholds (cosine similarity of L2-normalised embeddings), each profile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 from facepipe.domain.request import DEFAULT_CONFIDENCE
-from facepipe.engine.faces import faces_in_image
+from facepipe.engine.faces import Face, faces_in_image
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
@@ -37,11 +38,27 @@ class SearchError(Exception):
     """A search that cannot be made: unreadable selfie, no face in it, unknown group."""
 
 
+class FacialArea(TypedDict):
+    """A face's box in its photo's pixels, as the store keeps it."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class QueryFace(TypedDict):
+    """A selfie face searched with."""
+
+    facial_area: FacialArea
+    confidence: float
+
+
 @dataclass
 class Match:
     face_id: str
     score: float  # cosine similarity to the query face
-    facial_area: dict
+    facial_area: FacialArea
     face_index: int
     person_id: int | None
     query_face: int  # which face of the selfie matched
@@ -59,11 +76,16 @@ class SearchResult:
     group_id: str
     profile: str
     threshold: float
-    query_faces: list[dict]  # facial_area and confidence of each selfie face searched with
+    query_faces: list[QueryFace]
     photos: list[PhotoMatch]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _area(box: tuple[int, int, int, int]) -> FacialArea:
+    x, y, w, h = box
+    return FacialArea(x=x, y=y, w=w, h=h)
 
 
 def group_profiles(store: FaceStore, group_id: str) -> list[str]:
@@ -75,7 +97,7 @@ def group_profiles(store: FaceStore, group_id: str) -> list[str]:
     return sorted(found, key=lambda p: p != DEFAULT_PROFILE)
 
 
-def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
+def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False) -> list[Face]:
     """The selfie's faces (engine Face objects), the largest only unless `all_faces`; the selfie's
     faces are found as a digest with the default confidence finds the group's."""
     try:
@@ -85,7 +107,7 @@ def selfie_faces(selfie_path: str, profile_name: str, all_faces: bool = False):
     return selfie_faces_in(data, selfie_path, profile_name, all_faces)
 
 
-def selfie_faces_in(data: bytes, name: str, profile_name: str, all_faces: bool = False):
+def selfie_faces_in(data: bytes, name: str, profile_name: str, all_faces: bool = False) -> list[Face]:
     """The faces of a selfie's bytes (`name` for the messages), as selfie_faces finds them. Runs in
     the HTTP service's search workers: no store, only the profile's models."""
     try:
@@ -137,7 +159,7 @@ def search_faces(
 
 
 def matching_photos(
-    store: FaceStore, group_id: str, profile: str, faces: list, top_k: int = 100, threshold: float | None = None
+    store: FaceStore, group_id: str, profile: str, faces: list[Face], top_k: int = 100, threshold: float | None = None
 ) -> SearchResult:
     """The group's photos with a face like one of `faces` (the selfie's, embedded with `profile`):
     a query of the store per face, milliseconds each."""
@@ -145,7 +167,7 @@ def matching_photos(
     photos: dict[str, PhotoMatch] = {}
     best: dict[tuple[str, str], Match] = {}  # one match per stored face: its best query face
     for query_index, face in enumerate(faces):
-        for point in store.nearest_faces(group_id, profile, face.embedding, limit=top_k, min_score=threshold):
+        for point in store.nearest_faces(group_id, profile, face.embedding.tolist(), limit=top_k, min_score=threshold):
             key = (point.payload["image_path"], str(point.id))
             score = round(float(point.score or 0.0), 4)  # a query's points all have a score
             if key in best and best[key].score >= score:
@@ -158,12 +180,12 @@ def matching_photos(
                 point.payload.get("person_id"),
                 query_index,
             )
-    by_photo = defaultdict(list)
+    by_photo: defaultdict[str, list[Match]] = defaultdict(list)
     for (image_path, _), match in best.items():
         by_photo[image_path].append(match)
     for image_path, matches in by_photo.items():
         matches.sort(key=lambda m: -m.score)
         photos[image_path] = PhotoMatch(image_path, matches[0].score, matches)
-    query_faces = [{"facial_area": dict(zip("xywh", f.box)), "confidence": f.confidence} for f in faces]
+    query_faces = [QueryFace(facial_area=_area(f.box), confidence=f.confidence) for f in faces]
     ranked = sorted(photos.values(), key=lambda p: (-p.score, p.image_path))
     return SearchResult(group_id, profile, threshold, query_faces, ranked)

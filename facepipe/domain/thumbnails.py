@@ -5,15 +5,16 @@ photo's path, so it is as stable as the id and says nothing about where the phot
 already changes when the photo's bytes change, so a stored thumbnail is never stale.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from facepipe import settings
 from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
-from facepipe.store import local_path
+from facepipe.store import StoredPoint, local_path
 
 THUMBNAIL_SIZE = 160  # pixels, square
 MARGIN = 0.25  # of the face box, added on every side, so the crop shows some hair and chin
@@ -33,8 +34,10 @@ def read_stored_photo(stored: str) -> tuple[bytes, str]:
     return read_image_bytes(local_path(stored))
 
 
-def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = read_stored_photo) -> Path | None:
-    """The thumbnail of a face (a Qdrant record with its payload), made now if missing.
+def face_thumbnail(
+    face: StoredPoint, image: np.ndarray | None = None, read: Callable[[str], tuple[bytes, str]] = read_stored_photo
+) -> Path | None:
+    """The thumbnail of a face (a stored face with its payload), made now if missing.
 
     `image`: the photo, already decoded; else `read` gets its bytes (a local file by default; an S3
     photo through the digest's own reader). None if the photo can no longer be read (moved, deleted).
@@ -61,9 +64,11 @@ def face_thumbnail(face, image=None, read: Callable[[str], tuple[bytes, str]] = 
     return path
 
 
-def face_thumbnails(faces, read: Callable[[str], tuple[bytes, str]] = read_stored_photo) -> dict[str, Path | None]:
+def face_thumbnails(
+    faces: Iterable[StoredPoint], read: Callable[[str], tuple[bytes, str]] = read_stored_photo
+) -> dict[str, Path | None]:
     """Thumbnails of many faces, decoding each photo at most once (read with `read`)."""
-    by_photo: dict[str, list] = {}
+    by_photo: dict[str, list[StoredPoint]] = {}
     for face in faces:
         by_photo.setdefault(face.payload["image_path"], []).append(face)
     found: dict[str, Path | None] = {}

@@ -12,6 +12,7 @@ import heapq
 from collections import Counter
 
 import numpy as np
+import numpy.typing as npt
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -93,7 +94,9 @@ def _exact_average_linkage(vectors: np.ndarray, max_distance: float) -> np.ndarr
     return fcluster(tree, t=max_distance, criterion="distance") - 1
 
 
-def neighbour_pairs(vectors: np.ndarray, radius: float, max_neighbours: int | None = None):
+def neighbour_pairs(
+    vectors: np.ndarray, radius: float, max_neighbours: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of unit vectors within cosine distance `radius`, with their distance, found
     ROWS_PER_BLOCK rows at a time (exact, no index); at most `max_neighbours` nearest per row."""
     x = np.asarray(vectors, np.float32)
@@ -119,7 +122,7 @@ def neighbour_pairs(vectors: np.ndarray, radius: float, max_neighbours: int | No
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(dists)
 
 
-def sparse_average_linkage(vectors: np.ndarray, rows, cols, max_distance: float) -> np.ndarray:
+def sparse_average_linkage(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray, max_distance: float) -> np.ndarray:
     """Average linkage cut at `max_distance`, without a distance matrix.
 
     For unit vectors the mean cosine distance between two clusters is 1 - (sum of A) . (sum of B) /
@@ -132,22 +135,22 @@ def sparse_average_linkage(vectors: np.ndarray, rows, cols, max_distance: float)
     sums = np.asarray(vectors, np.float64).copy()
     size = np.ones(n)
     parent = np.arange(n)
-    links: list[set] = [set() for _ in range(n)]
+    links: list[set[int]] = [set() for _ in range(n)]
     for i, j in zip(rows.tolist(), cols.tolist()):
         if i != j:
             links[i].add(j)
             links[j].add(i)
 
-    def push(a, others):
-        if not others:
+    def push(a: int, neighbours: set[int]) -> None:
+        if not neighbours:
             return
-        others = np.fromiter(others, int, len(others))
+        others = np.fromiter(neighbours, int, len(neighbours))
         means = 1.0 - (sums[others] @ sums[a]) / (size[others] * size[a])
         for other, mean in zip(others[means <= max_distance].tolist(), means[means <= max_distance].tolist()):
             x, y = (a, other) if a < other else (other, a)
             heapq.heappush(heap, (mean, x, y, size[x], size[y]))
 
-    heap: list = []
+    heap: list[tuple[float, int, int, float, float]] = []  # mean distance, a < b, their sizes then
     for a in range(n):
         push(a, {b for b in links[a] if b > a})
     while heap:
@@ -168,7 +171,7 @@ def sparse_average_linkage(vectors: np.ndarray, rows, cols, max_distance: float)
         links[b] = set()
         push(a, links[a])
 
-    def root(i):
+    def root(i: int) -> int:
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
@@ -192,7 +195,7 @@ def nearest_person(vector: np.ndarray, people: dict[int, np.ndarray], max_distan
     return best
 
 
-def carry_over_ids(labels, previous: list[int | None], pinned: list[bool], next_id: int) -> list[int]:
+def carry_over_ids(labels: npt.ArrayLike, previous: list[int | None], pinned: list[bool], next_id: int) -> list[int]:
     """Give each cluster a person id, keeping the ids of people whose faces mostly stay together.
 
     - A cluster at least half made of faces pinned to one person (by a merge or a split) is that person.
@@ -200,10 +203,10 @@ def carry_over_ids(labels, previous: list[int | None], pinned: list[bool], next_
       person's faces (largest overlap first, one cluster per id).
     - Every other cluster is a new person.
     """
-    labels = np.asarray(labels)
-    order = np.argsort(labels, kind="stable")  # members of each cluster in O(n log n), not O(n x clusters)
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    members = {int(labels[idx[0]]): idx for idx in np.split(order, bounds)} if len(labels) else {}
+    clusters = np.asarray(labels)
+    order = np.argsort(clusters, kind="stable")  # members of each cluster in O(n log n), not O(n x clusters)
+    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
+    members = {int(clusters[idx[0]]): idx for idx in np.split(order, bounds)} if len(clusters) else {}
     person_sizes = Counter(p for p in previous if p is not None)
     ids: dict[int, int] = {}
 
@@ -230,7 +233,7 @@ def carry_over_ids(labels, previous: list[int | None], pinned: list[bool], next_
     for c in sorted((c for c in members if c not in ids), key=lambda c: (-len(members[c]), c)):
         ids[c] = next_id
         next_id += 1
-    return [ids[c] for c in labels.tolist()]
+    return [ids[c] for c in clusters.tolist()]
 
 
 def medoid(vectors: np.ndarray) -> int:
@@ -242,12 +245,12 @@ def medoid(vectors: np.ndarray) -> int:
     return int(np.argmax(vectors @ vectors.sum(axis=0)))
 
 
-def pairwise_scores(predicted, truth) -> dict[str, float]:
+def pairwise_scores(predicted: npt.ArrayLike, truth: npt.ArrayLike) -> dict[str, float]:
     """Pairwise precision, recall and F1: over all pairs of faces, is 'same cluster' = 'same person'?"""
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    upper = np.triu_indices(len(truth), 1)
-    same_pred = (predicted[:, None] == predicted[None, :])[upper]
-    same_true = (truth[:, None] == truth[None, :])[upper]
+    predicted_ids, true_ids = np.asarray(predicted), np.asarray(truth)
+    upper = np.triu_indices(len(true_ids), 1)
+    same_pred = (predicted_ids[:, None] == predicted_ids[None, :])[upper]
+    same_true = (true_ids[:, None] == true_ids[None, :])[upper]
     true_positives = int((same_pred & same_true).sum())
     precision = true_positives / max(int(same_pred.sum()), 1)
     recall = true_positives / max(int(same_true.sum()), 1)

@@ -26,7 +26,10 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import Detection
+from facepipe.engine.profiles import Detection, Profile
+
+# A part of the photo in its pixels: x0, y0, x1, y1
+Region = tuple[int, int, int, int]
 
 # How much wider than the face the overlap between tiles is: the detector needs a little context.
 OVERLAP_MARGIN = 1.25
@@ -39,13 +42,13 @@ def detection_scale(smallest_face: int, min_face_size: float) -> float:
     return smallest_face / min_face_size
 
 
-def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
+def detect_faces(profile: Profile, image: np.ndarray, scale: float) -> list[Detection]:
     """Every face `profile` finds in `image` seen at `scale`, in `image`'s pixels, best first."""
     pixels = profile.detector_input(image)
     height, width = pixels.shape[:2]
     tile = profile.tile_size
     if profile.largest_face is not None:
-        return merge_duplicates(_detect_pyramid(profile, pixels, scale))
+        return merge_duplicates(_detect_pyramid(profile, pixels, scale, profile.largest_face))
     if max(width, height) * scale <= tile:
         return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
 
@@ -63,9 +66,9 @@ def detect_faces(profile, image: np.ndarray, scale: float) -> list[Detection]:
     return merge_duplicates(found)
 
 
-def _detect_pyramid(profile, pixels: np.ndarray, scale: float) -> list[Detection]:
+def _detect_pyramid(profile: Profile, pixels: np.ndarray, scale: float, largest: int) -> list[Detection]:
     height, width = pixels.shape[:2]
-    largest, tile = profile.largest_face, profile.tile_size
+    tile = profile.tile_size
     overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * largest))
     found: list[Detection] = []
     while True:
@@ -81,7 +84,7 @@ def _detect_pyramid(profile, pixels: np.ndarray, scale: float) -> list[Detection
         scale /= largest / profile.smallest_face
 
 
-def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[Region]:
     """Regions of the photo (x0, y0, x1, y1), as few as cover it at most `tile` pixels a side once
     scaled by `scale`, all of one size, overlapping by `overlap` scaled pixels."""
 
@@ -95,7 +98,7 @@ def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> lis
     return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
-def _detect_region(profile, pixels: np.ndarray, scale: float, region) -> list[Detection]:
+def _detect_region(profile: Profile, pixels: np.ndarray, scale: float, region: Region) -> list[Detection]:
     x0, y0, x1, y1 = region
     crop = pixels[y0:y1, x0:x1]
     size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
@@ -112,7 +115,7 @@ def _detect_region(profile, pixels: np.ndarray, scale: float, region) -> list[De
     return found
 
 
-def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], edge: float) -> bool:
+def _cut_by_edge(face: Detection, region: Region, inner: tuple[bool, bool, bool, bool], edge: float) -> bool:
     x0, y0, x1, y1 = face.box
     left, top, right, bottom = inner
     return (
@@ -123,7 +126,7 @@ def _cut_by_edge(face: Detection, region, inner: tuple[bool, bool, bool, bool], 
     )
 
 
-def _centre_in_core(face: Detection, region, inner: tuple[bool, bool, bool, bool], half: float) -> bool:
+def _centre_in_core(face: Detection, region: Region, inner: tuple[bool, bool, bool, bool], half: float) -> bool:
     """Whether the face's centre lies in the part of the tile no neighbour shares more than half of
     the overlap of: each point of the photo is in one tile's core, and a face of the view's band
     centred there lies wholly inside that tile (the overlap is wider than the band's faces)."""

@@ -10,7 +10,7 @@ model weight) are raised before the first photo.
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from facepipe.engine.listing import ImageError, read_listed_image
 from facepipe.engine.planning import ImageTask
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DetectedFace, Profile, clip_box, load_profile
+from facepipe.engine.results import ChunkResult, Face, ImageResult
 
 # A face keeps at least this many pixels in the decoded photo its chip is cut from: JPEGs are
 # decoded reduced (1/2 to 1/8) only as far as that allows.
@@ -27,43 +28,6 @@ CHIP_SOURCE_FACE = 80
 # A face narrower than this share of min_face_size is too small: the detector's own rounding can
 # give a face of exactly min_face_size a pixel or two less.
 TOO_SMALL_FRACTION = 0.95
-
-
-@dataclass
-class Face:
-    face_index: int
-    box: tuple[int, int, int, int]  # x, y, w, h in original pixels
-    landmarks: list[tuple[float, float]]
-    confidence: float
-    embedding: np.ndarray = field(repr=False)  # unit length, float32
-
-
-@dataclass
-class ImageResult:
-    path: str
-    size: int
-    mtime_ns: int
-    etag: str | None = None
-    content_hash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    faces: list[Face] = field(default_factory=list)
-    faces_dropped: int = 0  # detected below the confidence threshold
-    faces_too_small: int = 0  # detected narrower than min_face_size
-    unchanged: bool = False  # same bytes as the store already has: not decoded
-    previously_digested: bool = False
-    error: str | None = None
-
-    @property
-    def faces_detected(self) -> int:
-        """Every face the detector found: those kept, and those dropped for confidence or size."""
-        return len(self.faces) + self.faces_dropped + self.faces_too_small
-
-
-@dataclass
-class ChunkResult:
-    images: list[ImageResult]
-    seconds: dict[str, float]  # time per stage: read, decode, detect (with alignment), embed
 
 
 def decode_reduction(profile: Profile, min_face_size: float) -> float:
@@ -129,7 +93,7 @@ def faces_in_image(
     return faces, found
 
 
-def _to_full_size(face, image: np.ndarray, width: int, height: int):
+def _to_full_size(face: DetectedFace, image: np.ndarray, width: int, height: int) -> DetectedFace:
     sx, sy = width / image.shape[1], height / image.shape[0]
     x, y, w, h = face.box
     face.box = clip_box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, width, height)

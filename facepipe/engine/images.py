@@ -4,13 +4,19 @@ the size its header states, before any pixel is decoded (a decompression bomb)."
 import io
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from facepipe import settings
+
+if TYPE_CHECKING:
+    import PIL.Image
+
 from facepipe.engine.listing import AVIF_BRANDS, HEIF_BRANDS, ImageError, file_brand, looks_like_image, size_text
 
 
@@ -27,7 +33,7 @@ _PILLOW_LIMIT = threading.Lock()
 
 
 @contextmanager
-def _facepipe_budget_only():
+def _facepipe_budget_only() -> Iterator[None]:
     """Lift Pillow's own decompression-bomb check (a global) while Pillow reads: it raises without
     saying the image's size, and facepipe's budget, which names it, is checked before any decode."""
     from PIL import Image
@@ -58,7 +64,7 @@ def read_header(data: bytes) -> ImageHeader | None:
     return header
 
 
-def _orientation(image) -> int:
+def _orientation(image: "PIL.Image.Image") -> int:
     from PIL import ExifTags
 
     try:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,11 @@ class NotListed:
     reason: str
 
 
-class Listing(list):
+class Listing(list[ImageFile]):
     """The photos found (ImageFile, sorted by path: the list itself) and `not_listed`, the entries
     left out with their reasons. A list, so that callers that only want the photos use it as one."""
 
-    def __init__(self, files=(), not_listed=()):
+    def __init__(self, files: Iterable[ImageFile] = (), not_listed: Iterable[NotListed] = ()) -> None:
         super().__init__(files)
         self.not_listed: list[NotListed] = list(not_listed)
 
@@ -107,7 +108,7 @@ def _why(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def list_images(root: str | os.PathLike) -> Listing:
+def list_images(root: str | os.PathLike[str]) -> Listing:
     """Every image under `root`, recursively, by extension or by content, sorted by path.
 
     A file with an image extension is listed even if its content is not an image: decoding
@@ -152,7 +153,7 @@ def list_images(root: str | os.PathLike) -> Listing:
 LINK_NOT_FOLLOWED = "symbolic link, not followed (a digest reads only what is inside its folder)"
 
 
-def _list_entry(entry: os.DirEntry, stack: list[str], listing: Listing) -> None:
+def _list_entry(entry: os.DirEntry[str], stack: list[str], listing: Listing) -> None:
     if entry.is_symlink():
         listing.not_listed.append(NotListed(entry.path, LINK_NOT_FOLLOWED))
     elif entry.is_dir(follow_symlinks=False):

@@ -2,7 +2,11 @@
 how they are cut into chunks, one pipeline step each. Light: the listing step runs it."""
 
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from facepipe.engine.listing import ImageFile
 
 
 @dataclass
@@ -16,14 +20,30 @@ class ImageTask:
     etag: str | None = None
 
 
-def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[ImageTask], int]:
+class Recorded(Protocol):
+    """What the store recorded of a digested photo (the store's DigestedImage)."""
+
+    @property
+    def content_hash(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def etag(self) -> str | None: ...
+
+
+def plan_images(
+    files: Iterable[ImageFile], digested: Mapping[str, Recorded], redigest: bool = False
+) -> tuple[list[ImageTask], int]:
     """Which listed files to digest, and how many to skip as unchanged.
 
     `digested` maps a path to what the store recorded for it (content_hash, size, mtime_ns, etag).
     A file with the same size and mtime (an S3 object: the same size and ETag) is skipped without
     being read; one whose mtime moved is read and hashed, and decoded only if its bytes changed.
     """
-    tasks, skipped = [], 0
+    tasks: list[ImageTask] = []
+    skipped = 0
     for f in files:
         known = digested.get(f.path)
         if (
@@ -42,7 +62,10 @@ def plan_images(files, digested: dict, redigest: bool = False) -> tuple[list[Ima
 MIN_CHUNK = 32
 
 
-def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
+Task = TypeVar("Task")
+
+
+def split_into_chunks(tasks: list[Task], workers: int, chunk_size: int) -> list[list[Task]]:
     """At most `chunk_size` tasks a chunk, and at least one chunk per worker.
 
     With several workers, chunks shrink as the digest goes (guided scheduling): a round of one
@@ -60,7 +83,8 @@ def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
     tasks = list(tasks)
     random.Random(len(tasks)).shuffle(tasks)
     smallest = min(MIN_CHUNK, -(-len(tasks) // workers))
-    sizes, remaining = [], len(tasks)
+    sizes: list[int] = []
+    remaining = len(tasks)
     while remaining:
         share = -(-remaining // workers)
         if share <= min(2 * smallest, chunk_size):  # the last round: one chunk per worker
@@ -69,7 +93,8 @@ def split_into_chunks(tasks: list, workers: int, chunk_size: int) -> list[list]:
         size = min(chunk_size, max(smallest, -(-remaining // (2 * workers))))
         sizes += [size] * min(workers, remaining // size)
         remaining -= size * min(workers, remaining // size)
-    chunks, start = [], 0
+    chunks: list[list[Task]] = []
+    start = 0
     for size in sizes:
         chunks.append(tasks[start : start + size])
         start += size

@@ -8,9 +8,13 @@ into memory inside the worker step, one photo at a time: nothing is copied to di
 import hashlib
 from datetime import datetime
 from pathlib import PurePosixPath
+from typing import Any, TypeAlias
 
 from facepipe import settings
 from facepipe.engine.listing import IMAGE_EXTENSIONS, ImageError, ImageFile, Listing, too_large
+
+# A boto3 client("s3"): boto3 builds its methods at run time and ships no types.
+S3Client: TypeAlias = Any
 
 
 class SourceError(RuntimeError):
@@ -33,7 +37,7 @@ def _error_code(err: Exception) -> str:
     return getattr(err, "response", {}).get("Error", {}).get("Code", "")
 
 
-def check_bucket(client, bucket: str) -> None:
+def check_bucket(client: S3Client, bucket: str) -> None:
     """Fail before any work when the bucket is missing or the credentials cannot reach it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -52,14 +56,14 @@ def check_bucket(client, bucket: str) -> None:
         raise SourceError(f"s3_bucket: cannot reach bucket {bucket!r}: {err}") from err
 
 
-def list_s3_images(client, bucket: str, prefix: str) -> Listing:
+def list_s3_images(client: S3Client, bucket: str, prefix: str) -> Listing:
     """Every object under the prefix with an image extension, sorted by key, however many pages.
 
     The content is confirmed when the object is fetched: a non-image with an image name fails
     then, with a recorded error. (A bucket has no links or folders to leave out: `not_listed` is empty.)
     """
     check_bucket(client, bucket)
-    found = []
+    found: list[ImageFile] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if PurePosixPath(obj["Key"]).suffix.lower() in IMAGE_EXTENSIONS:
@@ -83,7 +87,7 @@ class S3Reader:
     """Reads `s3://` photos for faces_in_chunk: the bytes and their SHA-256, in one pass; an object
     larger than `max_image_bytes` is refused by its size before its body is read."""
 
-    def __init__(self, client):
+    def __init__(self, client: S3Client) -> None:
         self.client = client
 
     def __call__(self, url: str) -> tuple[bytes, str]:

@@ -6,7 +6,9 @@ face_recognition_models, so we link them there and nothing is downloaded.
 """
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from facepipe import settings
 from facepipe.engine.profiles import PROFILES, Weight
@@ -40,7 +42,10 @@ def link_bundled_dlib_weights() -> Path:
     return folder
 
 
-def build_or_explain(build, weight: Weight):
+Model = TypeVar("Model")
+
+
+def build_or_explain(build: Callable[[], Model], weight: Weight) -> Model:
     """Run a deepface model builder; when its weight cannot be fetched, say which file goes where."""
     try:
         return build()

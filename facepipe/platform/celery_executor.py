@@ -10,10 +10,19 @@ Imported only with FACEPIPE_CELERY_BROKER set: dagster-celery is the `celery` ex
 """
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 from celery.exceptions import DuplicateTaskNameWarning
-from dagster import ExecutorDefinition, executor, multiple_process_executor_requirements
+from dagster import (
+    DagsterEvent,
+    ExecutorDefinition,
+    InitExecutorContext,
+    executor,
+    multiple_process_executor_requirements,
+)
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode
 from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
 from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor
@@ -32,22 +41,22 @@ warnings.filterwarnings(
 class WorkerCheckingCeleryExecutor(CeleryExecutor):
     """dagster-celery's CeleryExecutor that first checks the workers can run the run."""
 
-    def __init__(self, photos_of_run: Callable[[Mapping], str | None], **celery_args):
+    def __init__(self, photos_of_run: Callable[[Mapping[str, Any]], str | None], **celery_args: Any) -> None:
         super().__init__(**celery_args)
         self.photos_of_run = photos_of_run
 
-    def execute(self, plan_context, execution_plan):
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         # raised before any step is sent: Dagster fails the run with this error (a RUN_FAILURE event)
         check_workers(plan_context.instance.storage_directory(), self.photos_of_run(plan_context.run_config))
         yield from super().execute(plan_context, execution_plan)
 
 
-def worker_checking_celery_executor(photos_of_run: Callable[[Mapping], str | None]) -> ExecutorDefinition:
+def worker_checking_celery_executor(photos_of_run: Callable[[Mapping[str, Any]], str | None]) -> ExecutorDefinition:
     """dagster-celery's `celery_executor` (the same name and config), checking the workers first;
     `photos_of_run` is the local folder a run reads, from its run config (None for S3)."""
 
     @executor(name="celery", config_schema=CELERY_CONFIG, requirements=multiple_process_executor_requirements())
-    def celery_executor(init_context):
+    def celery_executor(init_context: InitExecutorContext) -> WorkerCheckingCeleryExecutor:
         config = init_context.executor_config
         return WorkerCheckingCeleryExecutor(
             photos_of_run,
@@ -55,7 +64,9 @@ def worker_checking_celery_executor(photos_of_run: Callable[[Mapping], str | Non
             backend=config.get("backend"),
             config_source=config.get("config_source"),
             include=config.get("include"),
-            retries=RetryMode.from_config(config["retries"]),
+            retries=RetryMode.from_config(
+                cast(Mapping[str, Mapping[str, Any]], config["retries"])
+            ),  # CELERY_CONFIG's shape
         )
 
     return celery_executor

@@ -29,11 +29,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DefaultRunLauncher
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from facepipe import settings
@@ -124,7 +124,7 @@ class RunProcess(NamedTuple):
     alive: bool | None
 
 
-def run_process(instance: DagsterInstance, run) -> RunProcess:
+def run_process(instance: DagsterInstance, run: DagsterRun) -> RunProcess:
     """The process executing `run`, and whether it lives."""
     host = run.tags.get(EXECUTOR_HOST_TAG) or None
     if run.remote_job_origin is None:  # executed by the `facepipe` process that created it
@@ -178,7 +178,7 @@ class RunLauncher(DefaultRunLauncher):
     def supports_check_run_worker_health(self) -> bool:
         return True
 
-    def launch_run(self, context) -> None:
+    def launch_run(self, context: LaunchRunContext) -> None:
         refusal = digest_refusal(context.dagster_run)
         if refusal:
             # at once, in one line: the run's own process would tell the same a minute later, after
@@ -197,7 +197,7 @@ class RunLauncher(DefaultRunLauncher):
         local = "socket" in grpc or grpc.get("host") in ("localhost", "127.0.0.1", "::1", socket.gethostname())
         self._instance.add_run_tags(run_id, {EXECUTOR_HOST_TAG: socket.gethostname() if local else ""})
 
-    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         host, pid, alive = run_process(self._instance, run)
         if alive is None:  # a code server elsewhere watches what it launched; nothing else can
             return CheckRunHealthResult(WorkerStatus.RUNNING, "not executing on this host, or not started")
@@ -206,7 +206,7 @@ class RunLauncher(DefaultRunLauncher):
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"the process {pid} is running")
 
 
-def digest_refusal(run) -> str | None:
+def digest_refusal(run: DagsterRun) -> str | None:
     """Why a digest run cannot work, told from its config and partition alone (one line), or None:
     what the Launchpad's config schema cannot tell (a confidence of 1.5, a partition 'a/b', a folder
     that is not there)."""
@@ -228,9 +228,9 @@ class InstanceConfigError(RuntimeError):
     """The instance's dagster.yaml contradicts facepipe's settings; the message says what to change."""
 
 
-def instance_config() -> dict:
+def instance_config() -> dict[str, Any]:
     """What facepipe needs in dagster.yaml, from FACEPIPE_POSTGRES_URL and QDRANT_URL."""
-    config: dict = {}
+    config: dict[str, Any] = {}
     if settings.postgres_url():
         config.update(POSTGRES_STORAGE)
     if settings.qdrant_url() is None:
@@ -251,7 +251,7 @@ COMMENTS = {
 }
 
 
-def render(config: dict) -> str:
+def render(config: dict[str, Any]) -> str:
     """facepipe's dagster.yaml: the MANAGED line, then each section under a comment saying why."""
     lines = [MANAGED]
     for key, value in config.items():
@@ -261,7 +261,7 @@ def render(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
+def merge_missing(user: dict[str, Any], ours: dict[str, Any], path: str = "") -> list[str]:
     """Add to `user` each key of `ours` it lacks, keeping every value it has; return what was added."""
     added = []
     for key, value in ours.items():
@@ -274,7 +274,7 @@ def merge_missing(user: dict, ours: dict, path: str = "") -> list[str]:
     return added
 
 
-def _check_storage(user: dict, path: Path) -> None:
+def _check_storage(user: dict[str, Any], path: Path) -> None:
     """With FACEPIPE_POSTGRES_URL set, a storage section of the user's other than facepipe's contradicts it."""
     theirs = [key for key in STORAGE_KEYS if key in user and user[key] != POSTGRES_STORAGE.get(key)]
     if theirs:
@@ -290,7 +290,7 @@ def _check_storage(user: dict, path: Path) -> None:
 RUN_QUEUE_FIELDS = ("max_concurrent_runs", "tag_concurrency_limits", "block_op_concurrency_limited_runs")
 
 
-def _limits_the_users_way(user: dict, ours: dict) -> None:
+def _limits_the_users_way(user: dict[str, Any], ours: dict[str, Any]) -> None:
     """Say facepipe's limits in the form of the user's file, as Dagster documents each (it refuses a
     file that mixes them): runs limited in `run_queue` or the QueuedRunCoordinator's config rule out
     `concurrency.runs` and `.pools`, so the store's limit goes in the older

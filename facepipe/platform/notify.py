@@ -6,6 +6,11 @@ webhook that still fails is reported to the caller's log, and the other webhooks
 """
 
 import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
 
 CONNECT_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
@@ -17,7 +22,7 @@ BACKOFF_FACTOR = 0.5  # waits 0.5 s, 1 s, 2 s between the attempts
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
-def _session():
+def _session() -> "requests.Session":
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
@@ -40,13 +45,13 @@ def _session():
     return session
 
 
-def webhook_payload(summary: dict, event: str, watch: str | None) -> dict:
+def webhook_payload(summary: Mapping[str, Any], event: str, watch: str | None) -> dict[str, Any]:
     """A webhook's JSON: what happened (digest_completed, digest_failed), the digest's summary
     (facepipe.platform.history), and the watch that launched it, if one did."""
     return {"event": event, **summary, "watch": watch}
 
 
-def post_summary(urls: list[str], payload: dict, log: logging.Logger | None = None) -> dict[str, str]:
+def post_summary(urls: list[str], payload: Mapping[str, Any], log: logging.Logger | None = None) -> dict[str, str]:
     """POST `payload` as JSON to every URL; return each URL's outcome ("ok 200", or the error)."""
     import requests
 

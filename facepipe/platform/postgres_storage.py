@@ -11,7 +11,11 @@ Only Dagster imports this module, and only when dagster.yaml names it (it needs 
 extra: `pip install "facepipe[postgres]"`).
 """
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 from dagster._core.storage.config import PostgresStorageConfig
+from dagster._serdes import ConfigurableClassData
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 
@@ -25,8 +29,8 @@ def psycopg2_url(url: str) -> str:
     return "postgresql+psycopg2://" + rest
 
 
-def _with_psycopg2(config_value: PostgresStorageConfig) -> PostgresStorageConfig:
-    translated = config_value.copy()
+def _with_psycopg2(config_value: Mapping[str, Any]) -> PostgresStorageConfig:
+    translated = cast(PostgresStorageConfig, dict(config_value))
     if config_value.get("postgres_url"):
         translated["postgres_url"] = psycopg2_url(config_value["postgres_url"])
     return translated
@@ -34,17 +38,23 @@ def _with_psycopg2(config_value: PostgresStorageConfig) -> PostgresStorageConfig
 
 class RunStorage(PostgresRunStorage):
     @classmethod
-    def from_config_value(cls, inst_data, config_value):
+    def from_config_value(  # type: ignore[override]  # dagster-postgres' builds its class, not cls
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PostgresRunStorage:
         return super().from_config_value(inst_data, _with_psycopg2(config_value))
 
 
 class EventLogStorage(PostgresEventLogStorage):
     @classmethod
-    def from_config_value(cls, inst_data, config_value):
+    def from_config_value(  # type: ignore[override]  # dagster-postgres' builds its class, not cls
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PostgresEventLogStorage:
         return super().from_config_value(inst_data, _with_psycopg2(config_value))
 
 
 class ScheduleStorage(PostgresScheduleStorage):
     @classmethod
-    def from_config_value(cls, inst_data, config_value):
+    def from_config_value(  # type: ignore[override]  # dagster-postgres' builds its class, not cls
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PostgresScheduleStorage:
         return super().from_config_value(inst_data, _with_psycopg2(config_value))

@@ -17,6 +17,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 from facepipe import settings
 
@@ -48,7 +52,7 @@ def store_opened_here() -> str:
     return settings.qdrant_url() or f"{socket.gethostname()}:{settings.qdrant_path()}"
 
 
-def celery_app():
+def celery_app() -> "Celery":
     """The Celery app as dagster-celery's executor makes it, on facepipe's broker and backend."""
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
@@ -58,13 +62,25 @@ def celery_app():
     )
 
 
+class WorkerView(TypedDict):
+    """A worker's answer to WHO_ARE_YOU: what it sees from where it runs. An older worker may lack
+    a key: the checks read each with a default that passes."""
+
+    queues: list[str]
+    store: str  # the store its store steps would open (store_opened_here)
+    runs: str | None  # runs_read_here
+    step_outputs: str | None  # FACEPIPE_STEP_OUTPUTS
+    reads_token: bool | None  # whether it read the token file (None: none was written)
+    photos_unseen: str | None  # why it does not see the digest's local photos (None: it does, or S3)
+
+
 def what_this_worker_sees(
     queues: list[str],
     token_file: str | None = None,
     token: str | None = None,
     photos: str | None = None,
     photo_names: list[str] | None = None,
-) -> dict:
+) -> WorkerView:
     """A worker's answer to WHO_ARE_YOU, from where it runs (its main process)."""
     return {
         "queues": queues,
@@ -149,7 +165,9 @@ def check_workers(storage_directory: str, photos: str | None) -> None:
             timeout=REPLY_SECONDS,
         )
     # an answer without queues is a worker's error (Celery replies {"error": ...}) or not a facepipe worker
-    serving = {name: answer for reply in replies or [] for name, answer in reply.items() if "queues" in answer}
+    serving: dict[str, WorkerView] = {
+        name: answer for reply in replies or [] for name, answer in reply.items() if "queues" in answer
+    }
     start = "start `facepipe worker` with the same FACEPIPE_CELERY_BROKER"
     if not any(settings.DEFAULT_QUEUE in w["queues"] for w in serving.values()):
         raise WorkerConfigError(
@@ -182,7 +200,7 @@ def check_workers(storage_directory: str, photos: str | None) -> None:
             )
 
 
-def _check_runs(name: str, worker: dict) -> None:
+def _check_runs(name: str, worker: WorkerView) -> None:
     """A worker reading runs from another database than this machine writes them to could not load
     the run of any step it is sent ("Could not load run"): refused before the run exists."""
     ours = runs_read_here()
@@ -194,7 +212,7 @@ def _check_runs(name: str, worker: dict) -> None:
         )
 
 
-def _check_step_outputs(name: str, worker: dict, outputs_folder: Path | None) -> None:
+def _check_step_outputs(name: str, worker: WorkerView, outputs_folder: Path | None) -> None:
     ours, local = settings.step_outputs(), "its instance's storage folder"
     if worker.get("step_outputs", ours) != ours:
         raise WorkerConfigError(

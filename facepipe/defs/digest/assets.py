@@ -23,8 +23,9 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypedDict, cast
 
 from dagster import (
     AssetCheckResult,
@@ -46,15 +47,17 @@ from dagster import (
     graph,
     op,
 )
+from dagster._core.definitions.metadata import RawMetadataValue
 from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
 from facepipe.domain.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
-from facepipe.engine.listing import read_listed_image
-from facepipe.engine.planning import plan_images, split_into_chunks
+from facepipe.engine.listing import Listing, read_listed_image
+from facepipe.engine.planning import ImageTask, plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
+from facepipe.engine.results import ChunkResult, ImageResult
 from facepipe.engine.sources import S3Reader, SourceError
 from facepipe.settings import STORE_POOL, store_queue
 from facepipe.store import FaceStore, Where, faces_collection, stored_path
@@ -80,22 +83,27 @@ class ImageList:
     source: str
     listed: int
     skipped: int  # unchanged since the group's last digest
-    tasks: list  # ImageTask, one per photo to digest
+    tasks: list[ImageTask]  # one per photo to digest
 
 
 @dataclass
 class Chunk:
-    tasks: list  # ImageTask
+    tasks: list[ImageTask]
     request: DigestRequest  # the digest's settings: profile, confidence, source...
     images_to_digest: int = 0  # in the whole digest, for its running total
 
 
 def _workers(context: OpExecutionContext) -> int:
-    execution = cast(dict, context.run_config.get("execution") or {})
+    execution = cast(dict[str, Any], context.run_config.get("execution") or {})
     return execution.get("config", {}).get("workers") or default_workers()
 
 
-def _errors(images) -> list[dict]:
+class FailedPhoto(TypedDict):
+    path: str
+    error: str
+
+
+def _errors(images: list[ImageResult]) -> list[FailedPhoto]:
     return [{"path": stored_path(r.path), "error": r.error} for r in images if r.error]
 
 
@@ -116,7 +124,9 @@ def _request(context: OpExecutionContext) -> DigestRequest:
     tags=STORE_STEP_TAGS,
     config_schema=DigestConfig.to_fields_dict(),
 )
-def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: S3Resource):
+def list_images(
+    context: OpExecutionContext, face_store: FaceStoreResource, s3: S3Resource
+) -> Iterator[Output[ImageList] | DynamicOutput[Chunk]]:
     """List the source's photos and leave out those the group already has unchanged."""
     request = _request(context)
     workers = _workers(context)
@@ -165,7 +175,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
         yield DynamicOutput(chunk, mapping_key=f"chunk_{index:04d}", output_name="chunks")
 
 
-def _not_listed(context: OpExecutionContext, listing) -> dict:
+def _not_listed(context: OpExecutionContext, listing: Listing) -> dict[str, RawMetadataValue]:
     """The entries the listing left out (links, unreadable folders...): logged, counted and shown
     in image_list's metadata, like failed photos."""
     entries = [{"path": stored_path(n.path), "reason": n.reason} for n in listing.not_listed]
@@ -179,7 +189,9 @@ def _not_listed(context: OpExecutionContext, listing) -> dict:
 PROGRESS_SECONDS = 5.0
 
 
-def _observe(context: OpExecutionContext, chunk: Chunk, images: list, **metadata) -> None:
+def _observe(
+    context: OpExecutionContext, chunk: Chunk, images: list[ImageResult], **metadata: RawMetadataValue
+) -> None:
     """An observation of `faces`: the counts of `images`, photos done since the chunk's last one,
     with the digest's running total over all its chunks (on the run page and the asset page)."""
     done, faces = _digest_so_far(context)
@@ -221,7 +233,7 @@ def _digest_so_far(context: OpExecutionContext) -> tuple[int, int]:
 
 
 @op
-def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
+def extract_faces_in_chunk(context: OpExecutionContext, chunk: Chunk, s3: S3Resource) -> ChunkResult:
     """Decode, detect, align and embed one chunk of photos; report progress as observations."""
     # the models load here, in the step's process: the definitions import no model library
     from facepipe.engine.faces import faces_in_chunk
@@ -230,7 +242,7 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk, s3: S3Resource):
     read = S3Reader(s3_client(s3, request)) if isinstance(request.source, S3Prefix) else read_listed_image
     reported, last_report = 0, time.monotonic()
 
-    def report_progress(done: list) -> None:
+    def report_progress(done: list[ImageResult]) -> None:
         nonlocal reported, last_report
         if time.monotonic() - last_report >= PROGRESS_SECONDS and len(done) < len(chunk.tasks):
             _observe(context, chunk, done[reported:])
@@ -277,12 +289,14 @@ class StoredChunk:
     faces_embedded: int
     faces_stored: int
     faces_replaced: int
-    errors: list  # {"path", "error"} of each failed photo
-    seconds: dict  # per stage, summed over the chunk's photos
+    errors: list[FailedPhoto]
+    seconds: dict[str, float]  # per stage, summed over the chunk's photos
 
 
 @op(pool=STORE_POOL, tags=STORED_FIRST)
-def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: FaceStoreResource) -> StoredChunk:
+def store_chunk(
+    context: OpExecutionContext, chunk: Chunk, chunk_result: ChunkResult, face_store: FaceStoreResource
+) -> StoredChunk:
     """Write one chunk's faces and ledger rows as soon as the chunk is done (one writer at a time)."""
     images = chunk_result.images
     counts = None
@@ -332,7 +346,7 @@ CHECKS = [
 ]
 
 
-def unsound_faces(store: FaceStore, group_id: str, profile: str, run_id: str) -> list[dict]:
+def unsound_faces(store: FaceStore, group_id: str, profile: str, run_id: str) -> list[dict[str, Any]]:
     """The `sound_vectors` check's rule: the faces a digest run stored whose vector is not a finite
     unit vector of the profile's dimension, or whose box is not inside its photo; each with its id,
     photo and problem."""
@@ -374,7 +388,9 @@ def unsound_faces(store: FaceStore, group_id: str, profile: str, run_id: str) ->
     pool=STORE_POOL,
     tags=STORE_STEP_TAGS,
 )
-def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_store: FaceStoreResource):
+def store_faces(
+    context: OpExecutionContext, image_list: ImageList, stored_chunks: list[StoredChunk], face_store: FaceStoreResource
+) -> Iterator[Output[None] | AssetCheckResult]:
     """Index what the chunks wrote, write the digest's totals to the event log, and check them.
 
     A digest that did not digest every planned photo (a re-execution from failure skips the chunks
@@ -397,7 +413,7 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         "faces_too_small": sum(c.faces_too_small for c in stored_chunks),
     }
     spec = PROFILES[image_list.profile]
-    embeddings = {
+    embeddings: dict[str, RawMetadataValue] = {
         "faces_embedded": sum(c.faces_embedded for c in stored_chunks),
         "model": spec.model_name,
         "dimension": spec.dimension,
@@ -486,7 +502,7 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
         **{spec.get_python_identifier(): GraphOut() for spec in CHECKS},
     },
 )
-def digest_graph():
+def digest_graph() -> dict[str, Any]:
     image_list, chunks = list_images()
     stored_chunks = chunks.map(lambda chunk: store_chunk(chunk, extract_faces_in_chunk(chunk)))
     faces, embeddings, stored_faces, *checks = store_faces(image_list, stored_chunks.collect())

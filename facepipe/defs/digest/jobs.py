@@ -4,6 +4,7 @@ the run config that launches it (the CLI, the run client, the sensors and schedu
 here)."""
 
 from collections.abc import Mapping
+from typing import Any
 
 from dagster import AssetSelection, ExecutorDefinition, Field, define_asset_job, multiprocess_executor
 
@@ -21,7 +22,7 @@ WORKERS_FIELD = {
 }
 
 
-def _multiprocess_config(config: dict) -> dict:
+def _multiprocess_config(config: dict[str, Any]) -> dict[str, Any]:
     valid_workers(config["workers"])  # a launch from the Launchpad or GraphQL is bounded here
     return {
         "max_concurrent": config["workers"],
@@ -30,7 +31,7 @@ def _multiprocess_config(config: dict) -> dict:
     }
 
 
-def _celery_config(config: dict) -> dict:
+def _celery_config(config: dict[str, Any]) -> dict[str, Any]:
     valid_workers(config["workers"])
     # the URLs are read from the environment by the executor: a password in one stays out of the UI
     own_backend = settings.celery_backend() != settings.celery_broker()
@@ -38,7 +39,7 @@ def _celery_config(config: dict) -> dict:
     return {"broker": {"env": "FACEPIPE_CELERY_BROKER"}, "backend": {"env": backend}}
 
 
-def local_photos(run_config: Mapping) -> str | None:
+def local_photos(run_config: Mapping[str, Any]) -> str | None:
     """The local folder a digest_job run reads, from its run config; None for an S3 prefix."""
     return list_images_config(run_config).get("source", {}).get("local_folder", {}).get("path")
 
@@ -65,7 +66,7 @@ digest_job = define_asset_job(
 )
 
 
-def digest_run_config(request: DigestRequest, workers: int) -> dict:
+def digest_run_config(request: DigestRequest, workers: int) -> dict[str, Any]:
     """The run config of a digest_job run of `request` on `workers` processes."""
     return {
         "ops": {"digest": {"ops": {"list_images": {"config": digest_config(request)}}}},

@@ -9,6 +9,7 @@
   has done it already, and this finds nothing to do.)
 """
 
+from collections.abc import Iterator
 from typing import cast
 
 from dagster import (
@@ -49,7 +50,7 @@ def build_recheck_schedule(config: WatchesConfig) -> ScheduleDefinition | None:
         description="A full digest of every watch's source (unchanged photos cost nothing), "
         "for what the sensors missed.",
     )
-    def nightly_watch_recheck(context: ScheduleEvaluationContext):
+    def nightly_watch_recheck(context: ScheduleEvaluationContext) -> Iterator[RunRequest]:
         night = context.scheduled_execution_time.isoformat()
         for watch in config.watches:
             request = watch.digest_request()
@@ -109,7 +110,7 @@ def build_recluster_schedule(config: WatchesConfig) -> ScheduleDefinition:
         description="Clusters into people the groups that got new faces since their last clustering; "
         "nothing otherwise.",
     )
-    def nightly_recluster(context: ScheduleEvaluationContext):
+    def nightly_recluster(context: ScheduleEvaluationContext) -> SkipReason | list[RunRequest]:
         changed = groups_with_new_faces(context.instance)
         if not changed:
             return SkipReason("no group got new faces since its last clustering")

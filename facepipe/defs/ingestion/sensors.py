@@ -4,6 +4,8 @@ The wiring over facepipe/domain/watching.py, which lists the source, cuts the ne
 and keeps the cursor. The watches come from the watches file, read when the code location loads.
 """
 
+from typing import NoReturn
+
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -72,7 +74,7 @@ def build_watch_sensor(watch: Watch) -> SensorDefinition:
         description=f"Digests new and changed photos of {watch.source} into group {watch.group_id}, "
         f"at most {watch.max_photos_per_run} a run.",
     )
-    def watch_sensor(context: SensorEvaluationContext, s3: S3Resource):
+    def watch_sensor(context: SensorEvaluationContext, s3: S3Resource) -> SensorResult:
         request = watch.digest_request()
         cursor = WatchCursor.read(context.cursor, request.source.url)
         files = list_source(watch, s3_client(s3, request))
@@ -108,7 +110,7 @@ def broken_watch_sensor(name: str, problem: str) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Disabled: {problem}",
     )
-    def broken_watch(context: SensorEvaluationContext):
+    def broken_watch(context: SensorEvaluationContext) -> NoReturn:
         raise WatchesError(f"{problem} (fix the watches file, then reload the code location)")
 
     return broken_watch

@@ -28,7 +28,7 @@ from facepipe.platform.notify import post_summary, webhook_payload
 WEBHOOK_INTERVAL_SECONDS = 10
 
 
-def notify(context: RunStatusSensorContext, config: WatchesConfig, event: str) -> dict:
+def notify(context: RunStatusSensorContext, config: WatchesConfig, event: str) -> dict[str, str]:
     """POST the digest's summary to every webhook; a webhook's failure is logged, never raised."""
     run = context.dagster_run
     if run.job_name != DIGEST_JOB:
@@ -56,7 +56,7 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
         default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each completed digest's summary to the webhooks.",
     )
-    def digest_succeeded_webhooks(context: RunStatusSensorContext):
+    def digest_succeeded_webhooks(context: RunStatusSensorContext) -> None:
         notify(context, config, "digest_completed")
 
     @run_failure_sensor(
@@ -66,7 +66,7 @@ def build_webhook_sensors(config: WatchesConfig) -> list[SensorDefinition]:
         default_status=DefaultSensorStatus.RUNNING,
         description="POSTs each failed digest's summary, with its errors, to the webhooks.",
     )
-    def digest_failed_webhooks(context: RunFailureSensorContext):
+    def digest_failed_webhooks(context: RunFailureSensorContext) -> None:
         notify(context, config, "digest_failed")
 
     return [digest_succeeded_webhooks, digest_failed_webhooks]

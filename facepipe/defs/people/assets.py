@@ -6,6 +6,8 @@ It opens the face store, so it runs in the store pool (one writer per embedded s
 process: clustering is one short step, not worth a worker process.
 """
 
+from typing import Any
+
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -47,7 +49,9 @@ class PeopleConfig(Config):
     description="The group's faces clustered into people: person_id on each face, and the people table.",
     kinds={"qdrant"},
 )
-def people(context: AssetExecutionContext, config: PeopleConfig, face_store: FaceStoreResource) -> MaterializeResult:
+def people(
+    context: AssetExecutionContext, config: PeopleConfig, face_store: FaceStoreResource
+) -> MaterializeResult[Any]:
     # SciPy loads here, not with the definitions (0.7 s for every code server and step process)
     from facepipe.domain.people import update_people
 
@@ -70,7 +74,7 @@ people_job = define_asset_job(
 )
 
 
-def people_run_config(profile: str = DEFAULT_PROFILE, full: bool = False) -> dict:
+def people_run_config(profile: str = DEFAULT_PROFILE, full: bool = False) -> dict[str, Any]:
     """The run config of a people_job run (the CLI, the run client and the nightly schedule)."""
     return {
         "ops": {"people": {"config": {"profile": profile, "full": full}}},

@@ -153,7 +153,7 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int):
+def clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> tuple[int, int, int, int]:
     x0, y0 = max(0, int(round(x0))), max(0, int(round(y0)))
     x1, y1 = min(width, int(round(x1))), min(height, int(round(y1)))
     return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
