@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from facepipe.cli.people import people, search, store
-from facepipe.clients.digests import DigestsClient, OnProgress, Summary
+from facepipe.clients.digests import DigestsClient, LaunchError, OnProgress, Summary
 from facepipe.domain.request import DigestChoices, default_workers, digest_request, valid_workers
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,8 +133,6 @@ def digest(
     (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`. With --remote, it
     goes to a webserver's instance over GraphQL, and PATH is a folder on that server.
     """
-    from facepipe.clients.digests import LaunchError
-
     if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
@@ -230,7 +228,7 @@ def _more(count: int, shown: list, indent: str = "") -> None:
 
 @main.group()
 def digests() -> None:
-    """Digest runs on the local Dagster instance: list, show, cancel, retry."""
+    """Digest runs on the local Dagster instance (or a webserver's, --remote): list, show, cancel, retry."""
 
 
 def _not_found(err: LookupError) -> NoReturn:

@@ -197,8 +197,9 @@ class RemoteDigests(DigestsClient):
         return self.digest_summary(run_id)
 
     def retry_digest(self, run_id: str, on_progress: OnProgress | None = None) -> Summary:
-        # Dagster's from-failure re-execution, all GraphQL offers, leaves out the chunks a canceled
-        # run never started: only the server's own instance can select every step left to do
+        # Dagster's own from-failure re-execution leaves out the chunks a canceled run never started;
+        # the steps left to do are chosen from the run's events (local.steps_to_retry), which is
+        # not written over GraphQL yet
         raise ValueError(
             f"a digest at {self.url} is retried on that server's machine: `facepipe digests retry {run_id}` there"
         )
