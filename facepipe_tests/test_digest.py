@@ -138,7 +138,7 @@ def test_bad_photos_are_recorded_as_failed_and_the_rest_is_stored(tmp_path):
         (["--group", "g", "--workers", "0"], "--workers"),
         (["--group", "g", "--profile", "nope"], "--profile"),
         (["--group", "g", "--preset", "tiny"], "--preset"),
-        (["--group", "g", "--min-face-size", "4"], "min_face_size"),
+        (["--group", "g", "--min-face-size", "4"], "--min-face-size"),
     ],
 )
 def test_invalid_requests_are_refused_naming_the_field(tmp_path, args, field):

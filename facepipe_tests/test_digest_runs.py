@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
 from facepipe_tests.conftest import (
     REPO,
@@ -181,6 +181,15 @@ def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fail
             assert not instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_START).records
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert not instance.has_dynamic_partition("digest_groups", "a/b")  # a name no group can have
+        # refused before any step: the partition is their one tag (facepipe's are added as a run starts)
+        refused = instance.get_run_records(RunsFilter(tags={"dagster/partition": "refused"}))
+        assert len(refused) == 3 and not any("facepipe/group_id" in r.dagster_run.tags for r in refused)
+
+    # a group's digests are its partition's runs, on this machine's instance and over GraphQL alike
+    for where in ((), ("--remote", url)):
+        listed = json.loads(run_facepipe(home, "digests", "list", "--group", "refused", *where, "--json").stdout)
+        assert sorted(d["run_id"] for d in listed) == sorted(r.dagster_run.run_id for r in refused), where
+        assert {(d["group_id"], d["status"]) for d in listed} == {("refused", "failed")}, where
 
 
 @pytest.mark.e2e
@@ -247,6 +256,13 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     # every CLI call opened the instance anew from its folder: the history is on disk
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert len(instance.get_run_records()) == len(everything)
+
+
+def test_a_remote_digest_is_retried_on_its_server_where_every_step_left_is_known():
+    from facepipe.clients.remote import RemoteDigests
+
+    with pytest.raises(ValueError, match="`facepipe digests retry 1234abcd` there"):
+        RemoteDigests("http://127.0.0.1:9").retry_digest("1234abcd")  # no server: refused before asking
 
 
 @pytest.mark.e2e

@@ -7,21 +7,21 @@ importing Dagster takes ~1.5 s, which `facepipe --help`, `search` and `people li
 import json
 import os
 import sys
-from datetime import UTC
+import types
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
 
+import annotated_types
 import click
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from facepipe.cli.people import people, search, store
-from facepipe.domain.request import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CONFIDENCE,
-    default_workers,
-    digest_request,
-    valid_workers,
-)
-from facepipe.engine.presets import DEFAULT_PRESET, PRESETS
-from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.clients.digests import DigestsClient, LaunchError, OnProgress, Summary
+from facepipe.domain.request import DigestChoices, default_workers, digest_request, valid_workers
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -34,7 +34,7 @@ class Commands(click.Group):
     """The `facepipe` commands: a setting facepipe cannot use, or an instance or workers' configuration
     that contradicts its settings, is one line that says what to change, not a traceback."""
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         from facepipe.platform.instance import InstanceConfigError
         from facepipe.platform.worker_check import WorkerConfigError
         from facepipe.settings import SettingError
@@ -52,28 +52,52 @@ class Commands(click.Group):
 
 
 @click.group(cls=Commands)
-def main():
+def main() -> None:
     """facepipe: find, embed and store the faces of a photo collection, on Dagster."""
 
 
-def _digests_api(remote):
-    """list, show and cancel against the local instance, or a webserver's over GraphQL."""
-    from functools import partial
-
-    from facepipe.clients import local as runs
-    from facepipe.platform import history
-
+def digests_client(remote: str | None) -> DigestsClient:
+    """The digests of the local instance, or of a webserver's over GraphQL (--remote): chosen here only."""
     if remote:
         from facepipe.clients.remote import RemoteDigests
 
-        api = RemoteDigests(remote)
-        return api.list_digests, api.digest_summary, api.cancel_digest
-    instance = runs.instance_for_digests()
-    return (
-        partial(history.list_digests, instance),
-        lambda run_id: history.digest_summary(instance, runs.full_run_id(instance, run_id)),
-        lambda run_id: runs.cancel_digest(instance, runs.full_run_id(instance, run_id)),
-    )
+        return RemoteDigests(remote)
+    from facepipe.clients.local import LocalDigests
+
+    return LocalDigests()
+
+
+def choice_option(name: str, field: FieldInfo) -> Callable[[F], F]:
+    """The click option of one of a digest's options (DigestChoices): its flag, type, bounds, default
+    and help, all read from its declaration."""
+    flag = "--" + name.replace("_", "-")
+    kind = field.annotation
+    if isinstance(kind, types.UnionType):  # an option left out unless given (`int | None`): typed as given
+        (kind,) = (arg for arg in get_args(kind) if arg is not type(None))
+    if kind is bool:
+        return click.option(flag, name, is_flag=True, default=field.default, help=field.description)
+    bounds: dict[str, Any] = {
+        "min": next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None),
+        "max": next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None),
+    }
+    click_type: click.ParamType
+    if get_origin(kind) is Literal:
+        click_type = click.Choice(get_args(kind))
+    elif kind is int:
+        click_type = click.IntRange(**bounds)
+    elif kind is float:
+        click_type = click.FloatRange(**bounds)
+    else:
+        raise TypeError(f"DigestChoices.{name} is a {kind}: say how the command line types one")
+    shown = field.default is not None
+    return click.option(flag, name, type=click_type, default=field.default, show_default=shown, help=field.description)
+
+
+def digest_choices(command: F) -> F:
+    """A command's options for each of a digest's options (DigestChoices), in their declared order."""
+    for name, field in reversed(DigestChoices.model_fields.items()):
+        command = choice_option(name, field)(command)
+    return command
 
 
 REMOTE = click.option(
@@ -84,44 +108,24 @@ REMOTE = click.option(
 @main.command()
 @click.argument("path")
 @click.option("--group", "group_id", required=True, help="The group (event, album) the faces go into.")
-@click.option(
-    "--confidence", type=float, default=DEFAULT_CONFIDENCE, show_default=True, help="Drop faces detected below this."
-)
 @click.option("--workers", type=int, default=default_workers(), show_default=True, help="Parallel worker processes.")
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
-@click.option("--redigest", is_flag=True, help="Digest photos the group already has again.")
-@click.option(
-    "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True, help="At most this many photos per step."
-)
-@click.option(
-    "--preset",
-    type=click.Choice(list(PRESETS)),
-    default=DEFAULT_PRESET,
-    show_default=True,
-    help="The smallest faces to find: " + ", ".join(f"{n} {s} px" for n, s in PRESETS.items()) + " wide.",
-)
-@click.option("--min-face-size", type=int, help="The narrowest face to find, in full-size pixels (overrides --preset).")
+@digest_choices
 @click.option("--s3-endpoint-url", help="For s3:// paths: an S3-compatible store's endpoint (MinIO, Ceph, R2...).")
 @click.option("--s3-region", help="For s3:// paths: the bucket's region.")
 @click.option("--detach", is_flag=True, help="Queue the digest on the instance and print its run id at once.")
 @REMOTE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
 def digest(
-    path,
-    group_id,
-    confidence,
-    workers,
-    profile,
-    redigest,
-    chunk_size,
-    preset,
-    min_face_size,
-    s3_endpoint_url,
-    s3_region,
-    detach,
-    remote,
-    as_json,
-):
+    path: str,
+    group_id: str,
+    workers: int,
+    s3_endpoint_url: str | None,
+    s3_region: str | None,
+    detach: bool,
+    remote: str | None,
+    as_json: bool,
+    **choices: Any,
+) -> None:
     """Digest the photos under PATH (a folder, or s3://bucket/prefix) into a group, as a Dagster run.
 
     By default the run executes in this process and the command waits, with a progress bar.
@@ -129,8 +133,6 @@ def digest(
     (`facepipe ui` runs one); follow it with `facepipe digests show RUN_ID`. With --remote, it
     goes to a webserver's instance over GraphQL, and PATH is a folder on that server.
     """
-    from facepipe.clients.local import run_digest
-
     if not remote and not path.startswith("s3://") and not os.path.isdir(path):
         raise click.BadParameter(f"{path!r} is not a folder", param_hint="PATH")
     try:
@@ -140,12 +142,7 @@ def digest(
             on_this_machine=not remote,
             s3_endpoint_url=s3_endpoint_url,
             s3_region=s3_region,
-            confidence=confidence,
-            profile=profile,
-            redigest=redigest,
-            chunk_size=chunk_size,
-            preset=preset,
-            min_face_size=min_face_size,
+            **choices,
         )
         try:
             valid_workers(workers)
@@ -154,67 +151,32 @@ def digest(
     except ValidationError as err:
         raise click.UsageError(_validation_message(err)) from None
 
-    if remote:
-        _start_remote(request, workers, remote, detach, as_json)
-        return
-    if detach:
-        _start(request, workers, as_json)
-        return
-    summary = run_digest(request, workers=workers, on_progress=_progress_bar(f"digest {group_id}"))
-    _print_summary(summary, as_json)
-    if summary["status"] != "completed":
-        sys.exit(1)
-
-
-def _start(request, workers, as_json):
-    from facepipe.clients.local import LaunchError, daemon_is_running, instance_for_digests, start_digest
-
-    instance = instance_for_digests()
+    client = digests_client(remote)
     try:
-        run_id = start_digest(request, workers=workers, instance=instance)
+        if detach:
+            run_id = client.start_digest(request, workers)
+        else:
+            bar = _progress_bar(f"digest {group_id}" + (f" at {client.where}" if remote else ""))
+            summary = client.run_digest(request, workers, on_progress=bar)
     except LaunchError as err:
         raise click.ClickException(str(err)) from None
-    if as_json:
-        click.echo(json.dumps({"run_id": run_id, "status": "queued"}))
-    else:
-        click.echo(run_id)
-    if not daemon_is_running(instance):
-        click.echo(
-            "note: no Dagster daemon is running on this instance, so the digest waits in the queue; "
-            "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`.",
-            err=True,
-        )
-
-
-def _start_remote(request, workers, remote, detach, as_json):
-    import time
-
-    from facepipe.clients.remote import RemoteDigests
-
-    api = RemoteDigests(remote)
-    run_id = api.start_digest(request, workers)
     if detach:
         click.echo(json.dumps({"run_id": run_id, "status": "queued"}) if as_json else run_id)
+        if warning := client.queue_warning():
+            click.echo(f"note: {warning}", err=True)
         return
-    show = _progress_bar(f"digest {request.group_id} at {api.url}")
-    summary = api.digest_summary(run_id)
-    while summary["status"] in ("queued", "processing"):
-        show(summary)
-        time.sleep(1)
-        summary = api.digest_summary(run_id)
-    show(summary)
     _print_summary(summary, as_json)
     if summary["status"] != "completed":
         sys.exit(1)
 
 
-def _progress_bar(description):
+def _progress_bar(description: str) -> OnProgress:
     """A progress callback for run_digest and retry_digest, drawing a bar on stderr."""
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="img", desc=description, file=sys.stderr, disable=None)
 
-    def show(summary):
+    def show(summary: Summary) -> None:
         if summary["images_to_digest"] is not None and bar.total != summary["images_to_digest"]:
             bar.reset(total=summary["images_to_digest"])
         bar.n = summary["images_done"]
@@ -226,7 +188,7 @@ def _progress_bar(description):
     return show
 
 
-def _print_summary(summary, as_json):
+def _print_summary(summary: Summary, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -265,11 +227,11 @@ def _more(count: int, shown: list, indent: str = "") -> None:
 
 
 @main.group()
-def digests():
-    """Digest runs on the local Dagster instance: list, show, cancel, retry."""
+def digests() -> None:
+    """Digest runs on the local Dagster instance (or a webserver's, --remote): list, show, cancel, retry."""
 
 
-def _not_found(err):
+def _not_found(err: LookupError) -> NoReturn:
     click.echo(f"not found: {err}", err=True)
     sys.exit(2)
 
@@ -282,12 +244,18 @@ def _not_found(err):
 @click.option("--limit", type=int, default=20, show_default=True)
 @REMOTE
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of digest summaries.")
-def list_command(group_id, status, since, until, limit, remote, as_json):
+def list_command(
+    group_id: str | None,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    remote: str | None,
+    as_json: bool,
+) -> None:
     """Digests, newest first."""
-
-    list_digests, _, _ = _digests_api(remote)
     utc = {key: value.replace(tzinfo=UTC) if value else None for key, value in (("since", since), ("until", until))}
-    found = list_digests(group_id=group_id, status=status, since=utc["since"], until=utc["until"], limit=limit)
+    found = digests_client(remote).list_digests(group_id, status, utc["since"], utc["until"], limit)
     if as_json:
         click.echo(json.dumps(found))
         return
@@ -306,14 +274,13 @@ def list_command(group_id, status, since, until, limit, remote, as_json):
 )
 @REMOTE
 @click.option("--json", "as_json", is_flag=True)
-def show_command(run_id, face_ids, remote, as_json):
+def show_command(run_id: str, face_ids: int, remote: str | None, as_json: bool) -> None:
     """One digest: status, progress, counts, times and errors."""
     from facepipe.clients.local import digest_face_ids
     from facepipe.platform.history import DigestNotFound
 
-    _, digest_summary, _ = _digests_api(remote)
     try:
-        summary = digest_summary(run_id)
+        summary = digests_client(remote).digest_summary(run_id)
     except DigestNotFound as err:
         _not_found(err)
     if face_ids:
@@ -339,13 +306,12 @@ def show_command(run_id, face_ids, remote, as_json):
 @digests.command("cancel")
 @click.argument("run_id")
 @REMOTE
-def cancel_command(run_id, remote):
+def cancel_command(run_id: str, remote: str | None) -> None:
     """Cancel a queued or running digest; the faces it stored stay, a later digest does the rest."""
     from facepipe.platform.history import DigestNotFound
 
-    _, _, cancel_digest = _digests_api(remote)
     try:
-        summary = cancel_digest(run_id)
+        summary = digests_client(remote).cancel_digest(run_id)
     except DigestNotFound as err:
         _not_found(err)
     except ValueError as err:
@@ -356,15 +322,12 @@ def cancel_command(run_id, remote):
 @digests.command("retry")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-def retry_command(run_id, as_json):
+def retry_command(run_id: str, as_json: bool) -> None:
     """Re-execute a failed or canceled digest from its failure; chunks that succeeded are not redone."""
-    from facepipe.clients.local import full_run_id, instance_for_digests, retry_digest
     from facepipe.platform.history import DigestNotFound
 
     try:
-        instance = instance_for_digests()
-        run_id = full_run_id(instance, run_id)
-        summary = retry_digest(run_id, instance, on_progress=_progress_bar(f"retry {run_id[:8]}"))
+        summary = digests_client(None).retry_digest(run_id, on_progress=_progress_bar(f"retry {run_id[:8]}"))
     except DigestNotFound as err:
         _not_found(err)
     except ValueError as err:
@@ -376,7 +339,7 @@ def retry_command(run_id, as_json):
 
 @main.command()
 @click.option("--port", type=int, default=3000, show_default=True)
-def ui(port):
+def ui(port: int) -> None:
     """Open the Dagster UI (webserver and daemon) on facepipe's instance."""
     from facepipe.clients.local import instance_for_digests, workspace_file
 
@@ -407,7 +370,7 @@ def supervise(command: list[str]) -> int:
     child = subprocess.Popen(command, start_new_session=True)
     stop_by: list[float] = []
 
-    def ask_to_stop(signum, frame) -> None:
+    def ask_to_stop(signum: int, frame: types.FrameType | None) -> None:
         if not stop_by:
             stop_by.append(time.monotonic() + STOP_SECONDS)
             _signal_group(child.pid, signal.SIGINT)
@@ -441,7 +404,7 @@ main.add_command(store)
     "--host", default="127.0.0.1", show_default=True, help="The address to listen on (0.0.0.0: every interface)."
 )
 @click.option("--port", type=int, default=8000, show_default=True)
-def serve(host, port):
+def serve(host: str, port: int) -> None:
     """Serve the HTTP API (FastAPI on uvicorn; OpenAPI docs at /docs) over the local instance and store."""
     from facepipe import settings
 
@@ -470,7 +433,7 @@ def serve(host, port):
     "--processes", type=int, default=default_workers(), show_default=True, help="Worker processes (one step each)."
 )
 @click.option("--name", help="The worker's name in the run's events (default: facepipe-PID), @ this host.")
-def worker(queues, processes, name):
+def worker(queues: tuple[str, ...], processes: int, name: str | None) -> None:
     """Run digest steps from the Celery broker at FACEPIPE_CELERY_BROKER, with the models loaded once."""
     from facepipe.clients.celery_worker import run_worker
 

@@ -14,12 +14,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, cast
 
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     ReexecutionOptions,
     RunsFilter,
@@ -29,6 +31,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from facepipe import settings
+from facepipe.clients.digests import DigestsClient, LaunchError, OnProgress, Summary
 from facepipe.definitions import get_digest_job, get_people_job
 from facepipe.defs.digest.jobs import digest_run_config, local_photos
 from facepipe.defs.partitions import GROUPS
@@ -49,6 +52,7 @@ from facepipe.domain.thumbnails import read_stored_photo
 from facepipe.engine.listing import ImageError
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.sources import S3Reader
+from facepipe.platform import history
 from facepipe.platform.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, digest_summary
 from facepipe.platform.instance import (
     EXECUTOR_HOST_TAG,
@@ -59,7 +63,7 @@ from facepipe.platform.instance import (
 )
 from facepipe.platform.worker_check import check_workers
 from facepipe.settings import STORE_POOL
-from facepipe.store import open_store_from_settings
+from facepipe.store import FaceStore, StoredPoint, open_store_from_settings
 
 # Tags only facepipe reads, under the prefix Dagster keeps out of the UI's run lists; the machine
 # and process executing a `facepipe digest` (to cancel it, and for run monitoring: facepipe.platform.instance)
@@ -114,7 +118,7 @@ def free_store_slots(instance: DagsterInstance) -> list[str]:
     return freed
 
 
-def _check_workers(instance: DagsterInstance, run_config) -> None:
+def _check_workers(instance: DagsterInstance, run_config: Mapping[str, Any]) -> None:
     """On Celery, refuse before creating a run a digest the workers cannot run (the run asks again)."""
     check_workers(instance.storage_directory(), local_photos(run_config))
 
@@ -123,7 +127,7 @@ def run_digest(
     request: DigestRequest,
     workers: int | None = None,
     instance: DagsterInstance | None = None,
-    on_progress: Callable[[dict], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> dict:
     """Digest now, as a Dagster run executed by this process, and return its summary.
 
@@ -139,9 +143,7 @@ def run_digest(
     return _execute(instance, run_tags(request, workers), on_progress, run_config=run_config)
 
 
-def retry_digest(
-    run_id: str, instance: DagsterInstance | None = None, on_progress: Callable[[dict], None] | None = None
-) -> dict:
+def retry_digest(run_id: str, instance: DagsterInstance | None = None, on_progress: OnProgress | None = None) -> dict:
     """Re-execute a failed or canceled digest here: chunks that succeeded are not redone."""
     instance = instance or instance_for_digests()
     parent = _retryable(instance, run_id)
@@ -162,7 +164,7 @@ def retry_digest(
 LISTING_FIELDS = ("images_listed", "images_skipped", "images_to_digest", "min_face_size")
 
 
-def _retryable(instance: DagsterInstance, run_id: str):
+def _retryable(instance: DagsterInstance, run_id: str) -> DagsterRun:
     parent = _digest_run(instance, run_id)
     if parent.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
         raise ValueError(
@@ -171,7 +173,7 @@ def _retryable(instance: DagsterInstance, run_id: str):
     return parent
 
 
-def _retry_tags(parent) -> dict:
+def _retry_tags(parent: DagsterRun) -> dict[str, str]:
     return {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == PARTITION_TAG}
 
 
@@ -189,7 +191,13 @@ def start_people(group_id: str, profile: str, full: bool, instance: DagsterInsta
     return _submit(instance, "people_job", people_run_config(profile, full), tags)
 
 
-def _submit(instance: DagsterInstance, job_name: str, run_config: dict, tags: dict, parent_run=None) -> str:
+def _submit(
+    instance: DagsterInstance,
+    job_name: str,
+    run_config: Mapping[str, Any],
+    tags: dict[str, str],
+    parent_run: DagsterRun | None = None,
+) -> str:
     """Create a run of `job_name` from the code location (loaded in a code server, as `dagster job
     launch` does) and submit it to the run queue; with `parent_run`, a re-execution of the steps
     steps_to_retry selects. Dagster's CLI has no command for a queued re-execution, so this uses the
@@ -272,22 +280,24 @@ def steps_to_retry(instance: DagsterInstance, run_id: str) -> ReexecutionOptions
     )
 
 
-def _execute(instance: DagsterInstance, tags: dict, on_progress, **execute_options) -> dict:
+def _execute(
+    instance: DagsterInstance, tags: dict[str, str], on_progress: OnProgress | None, **execute_options: Any
+) -> dict:
     # a launch id finds the run in storage while it executes, before execute_job returns its id
     launch_id = str(uuid.uuid4())
     tags = {**tags, LAUNCH_TAG: launch_id, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     stop = threading.Event()
 
-    def watch():
+    def watch(report: OnProgress) -> None:
         run_id = None
         while not stop.wait(0.5):
             if run_id is None:
                 found = instance.get_run_records(RunsFilter(tags={LAUNCH_TAG: launch_id}), limit=1)
                 run_id = found[0].dagster_run.run_id if found else None
             if run_id:
-                on_progress(digest_summary(instance, run_id))
+                report(digest_summary(instance, run_id))
 
-    watcher = threading.Thread(target=watch, name="facepipe-progress", daemon=True)
+    watcher = threading.Thread(target=watch, args=(on_progress,), name="facepipe-progress", daemon=True)
     if on_progress:
         watcher.start()
     try:
@@ -351,10 +361,6 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
 
 
 LAUNCH_GRPC_TIMEOUT_SECONDS = 300
-
-
-class LaunchError(RuntimeError):
-    """A digest could not be queued; the message is one line that says why."""
 
 
 EXCEPTION_LINE = re.compile(r"(?:\w+\.)*(\w+(?:Error|Exception)): (.+)")
@@ -437,11 +443,54 @@ def full_run_id(instance: DagsterInstance, run_id: str) -> str:
     return found[0] if found else run_id
 
 
-def _digest_run(instance: DagsterInstance, run_id: str):
+def _digest_run(instance: DagsterInstance, run_id: str) -> DagsterRun:
     run = instance.get_run_by_id(run_id)
     if run is None or run.job_name != DIGEST_JOB:
         raise DigestNotFound(f"no digest with run id {run_id!r}")
     return run
+
+
+class LocalDigests(DigestsClient):
+    """The digests of this machine's instance ($FACEPIPE_HOME): executed by this process, or queued
+    for its daemon. A run id may be given by its first characters (full_run_id)."""
+
+    def __init__(self, instance: DagsterInstance | None = None) -> None:
+        self.instance = instance or instance_for_digests()
+        self.where = self.instance.root_directory
+
+    def start_digest(self, request: DigestRequest, workers: int) -> str:
+        return start_digest(request, workers, self.instance)
+
+    def run_digest(self, request: DigestRequest, workers: int, on_progress: OnProgress | None = None) -> Summary:
+        # executed here, with no daemon: the steps in this machine's worker processes
+        return run_digest(request, workers, self.instance, on_progress)
+
+    def queue_warning(self) -> str | None:
+        if daemon_is_running(self.instance):
+            return None
+        return (
+            "no Dagster daemon is running on this instance, so the digest waits in the queue; "
+            "start one with `facepipe ui` (webserver and daemon) or `dagster-daemon run`."
+        )
+
+    def list_digests(
+        self,
+        group_id: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 20,
+    ) -> list[Summary]:
+        return history.list_digests(self.instance, group_id, status, since, until, limit)
+
+    def digest_summary(self, run_id: str) -> Summary:
+        return digest_summary(self.instance, full_run_id(self.instance, run_id))
+
+    def cancel_digest(self, run_id: str) -> Summary:
+        return cancel_digest(self.instance, full_run_id(self.instance, run_id))
+
+    def retry_digest(self, run_id: str, on_progress: OnProgress | None = None) -> Summary:
+        return retry_digest(full_run_id(self.instance, run_id), self.instance, on_progress)
 
 
 def _add_group(instance: DagsterInstance, group_id: str) -> None:
@@ -449,7 +498,7 @@ def _add_group(instance: DagsterInstance, group_id: str) -> None:
         instance.add_dynamic_partitions(GROUPS, [group_id])
 
 
-def adopt_group(instance: DagsterInstance, store, group_id: str, profile: str) -> bool:
+def adopt_group(instance: DagsterInstance, store: FaceStore, group_id: str, profile: str) -> bool:
     """Whether the group has faces to cluster: a partition of the instance, or faces in the store
     (open) that this instance never saw digested (a store copied or restored, an instance reset,
     digests run elsewhere), whose partition is then added so that its people runs have one."""
@@ -461,7 +510,9 @@ def adopt_group(instance: DagsterInstance, store, group_id: str, profile: str) -
     return True
 
 
-def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance=None) -> dict:
+def run_people(
+    group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False, instance: DagsterInstance | None = None
+) -> dict:
     """Materialise the group's `people` asset as a Dagster run on the local instance; its counts.
 
     Raises LookupError for a group with no faces, RuntimeError (with the step's message) if the run fails.
@@ -497,7 +548,7 @@ def run_people(group_id: str, profile: str = DEFAULT_PROFILE, full: bool = False
         return {**counts, "run_id": result.run_id}
 
 
-def photo_reader(faces) -> Callable[[str], tuple[bytes, str]]:
+def photo_reader(faces: Iterable[StoredPoint]) -> Callable[[str], tuple[bytes, str]]:
     """How to read the photos of `faces` (store records) as the digests that stored them did: a local
     file, or an S3 object through the endpoint and region of that digest's request (from its run)."""
     instance = instance_for_digests()

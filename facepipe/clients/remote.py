@@ -12,10 +12,18 @@ import requests
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
+from facepipe.clients.digests import DigestsClient, LaunchError, OnProgress, Summary
 from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
-from facepipe.domain.request import GROUP_TAG, DigestRequest, run_tags
-from facepipe.platform.history import DIGEST_JOB, STATUS_NAMES, DigestNotFound, kept_summary_parts, summarise
+from facepipe.domain.request import DigestRequest, run_tags
+from facepipe.platform.history import (
+    DIGEST_JOB,
+    DigestNotFound,
+    group_tags,
+    kept_summary_parts,
+    statuses_named,
+    summarise,
+)
 
 _METADATA = """metadataEntries { label __typename
   ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
@@ -64,12 +72,13 @@ def _metadata(entries: list[dict]) -> dict:
     return values
 
 
-class RemoteDigests:
-    """The digest operations of clients.local and platform.history, against a Dagster webserver at `url`."""
+class RemoteDigests(DigestsClient):
+    """The digests of the instance of a Dagster webserver at `url` (its code location facepipe's), over GraphQL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str) -> None:
         parsed = urlparse(url if "://" in url else f"http://{url}")
         self.url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        self.where = self.url
         self.client = DagsterGraphQLClient(
             parsed.hostname or "localhost", port_number=parsed.port, use_https=parsed.scheme == "https"
         )
@@ -87,7 +96,7 @@ class RemoteDigests:
         for repo in data.get("nodes", []):
             if any(job["name"] == DIGEST_JOB for job in repo["jobs"]):
                 return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
-        raise RuntimeError(f"no code location at {self.url} has the digest_job")
+        raise LaunchError(f"no code location at {self.url} has the digest_job: is it a `facepipe ui`?")
 
     def start_digest(self, request: DigestRequest, workers: int) -> str:
         """Submit a digest to the webserver's instance (its run queue) and return the run id."""
@@ -95,7 +104,9 @@ class RemoteDigests:
         added = self._query(ADD_PARTITION, {"selector": repository, "name": GROUPS, "key": request.group_id})
         result = added["addDynamicPartition"]
         if result["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-            raise RuntimeError(f"could not add group {request.group_id!r}: {result.get('message', result)}")
+            raise LaunchError(
+                f"could not add group {request.group_id!r} at {self.url}: {result.get('message', result)}"
+            )
         return self.client.submit_job_execution(
             DIGEST_JOB,
             repository_location_name=repository["repositoryLocationName"],
@@ -104,7 +115,7 @@ class RemoteDigests:
             tags=run_tags(request, workers),
         )
 
-    def digest_summary(self, run_id: str) -> dict:
+    def digest_summary(self, run_id: str) -> Summary:
         data = self._query(RUN_QUERY, {"runId": run_id})
         run = data["runOrError"]
         if run["__typename"] != "Run" or run["jobName"] != DIGEST_JOB:
@@ -143,12 +154,13 @@ class RemoteDigests:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 20,
-    ) -> list[dict]:
+    ) -> list[Summary]:
+        # the filter of the local history (platform/history.py), in GraphQL's words
         runs_filter: dict = {"pipelineName": DIGEST_JOB}
-        if group_id:
-            runs_filter["tags"] = [{"key": GROUP_TAG, "value": group_id}]
-        if status:
-            runs_filter["statuses"] = [s.value for s, name in STATUS_NAMES.items() if name == status]
+        if tags := group_tags(group_id):
+            runs_filter["tags"] = [{"key": key, "value": value} for key, value in tags.items()]
+        if statuses := statuses_named(status):
+            runs_filter["statuses"] = [s.value for s in statuses]
         if since:
             runs_filter["createdAfter"] = since.timestamp()
         if until:
@@ -158,7 +170,7 @@ class RemoteDigests:
             raise RuntimeError(f"could not list runs at {self.url}: {runs.get('message', runs)}")
         return [self._listed(run) for run in runs["results"]]
 
-    def _listed(self, run: dict) -> dict:
+    def _listed(self, run: dict) -> Summary:
         """A listed run's summary: from the summary a local reader kept in its tags (history.SUMMARY_TAG),
         else from its events."""
         tags = {tag["key"]: tag["value"] for tag in run["tags"]}
@@ -177,7 +189,17 @@ class RemoteDigests:
             parts["errors"],
         )
 
-    def cancel_digest(self, run_id: str) -> dict:
-        self.digest_summary(run_id)  # not found is an error of its own
+    def cancel_digest(self, run_id: str) -> Summary:
+        summary = self.digest_summary(run_id)  # not found is an error of its own
+        if summary["status"] not in ("queued", "processing"):
+            raise ValueError(f"digest {run_id} is already {summary['status']}")
         self.client.terminate_run(run_id)
         return self.digest_summary(run_id)
+
+    def retry_digest(self, run_id: str, on_progress: OnProgress | None = None) -> Summary:
+        # Dagster's own from-failure re-execution leaves out the chunks a canceled run never started;
+        # the steps left to do are chosen from the run's events (local.steps_to_retry), which is
+        # not written over GraphQL yet
+        raise ValueError(
+            f"a digest at {self.url} is retried on that server's machine: `facepipe digests retry {run_id}` there"
+        )

@@ -1,10 +1,11 @@
 """A digest request: which photos (a folder or an S3 prefix), into which group, and how.
 
 Plain pydantic, no Dagster: the CLI, the watches, the HTTP API and the Dagster run config
-(defs/digest/config.py) all build and validate a request with these classes, and the digest's
-defaults are written here only. The Launchpad asks for DigestOptions (the group is the run's
-partition); a DigestRequest is the options and the group. A request is recorded on its Dagster run as tags (`run_tags`),
-which is how the run history finds a group's digests.
+(defs/digest/config.py) all build and validate a request with these classes, and a digest's
+options are declared here only (DigestChoices). The Launchpad asks for DigestOptions (the choices,
+the source, and the window a sensor sets; the group is the run's partition); a DigestRequest is the
+options and the group. A request is recorded on its Dagster run as tags (`run_tags`), which is how
+the run history finds a group's digests.
 """
 
 import ipaddress
@@ -12,15 +13,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from facepipe import settings
+from facepipe.engine.listing import ImageFile, Listing, list_images
 from facepipe.engine.presets import DEFAULT_PRESET, PRESETS, Preset
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.engine.sources import parse_s3_url
+from facepipe.engine.sources import list_s3_images, parse_s3_url
 
 DEFAULT_CONFIDENCE = 0.5
 DEFAULT_CHUNK_SIZE = 200
@@ -212,12 +214,12 @@ class S3Prefix(BaseModel):
 ProfileName = Literal[*PROFILES]  # type: ignore[valid-type]
 
 
-class DigestOptions(BaseModel):
-    """How to digest the photos of one source: what the Launchpad asks (the group is the run's partition)."""
+class DigestChoices(BaseModel):
+    """What a person chooses of a digest besides its source and group: each option's one declaration
+    (type, default, bounds, help). `facepipe digest`'s options are made from it (cli/main.py), a
+    watch (domain/watching.py) and the Launchpad (DigestOptions, defs/digest/config.py) inherit it,
+    and facepipe_tests/test_digest_options.py checks the HTTP body against it."""
 
-    source: LocalFolder | S3Prefix = Field(
-        discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
-    )
     confidence: float = Field(
         default=DEFAULT_CONFIDENCE,
         ge=0.0,
@@ -241,6 +243,14 @@ class DigestOptions(BaseModel):
         le=MAX_FACE_SIZE,
         description="The narrowest face to find, in full-size pixels; overrides the preset's when set.",
     )
+
+
+class DigestOptions(DigestChoices):
+    """How to digest the photos of one source: what the Launchpad asks (the group is the run's partition)."""
+
+    source: LocalFolder | S3Prefix = Field(
+        discriminator="kind", description="Where the photos are: a local folder, or an S3 prefix."
+    )
     modified_after_ns: int | None = Field(
         default=None,
         description="Only photos modified after this time (ns since the epoch, exclusive); set by sensors.",
@@ -255,20 +265,17 @@ class DigestOptions(BaseModel):
         """The narrowest face this digest finds, in full-size pixels."""
         return self.min_face_size or PRESETS[self.preset]
 
-    def modified_in_window(self, files: list) -> list:
+    def modified_in_window(self, files: list[ImageFile]) -> list[ImageFile]:
         """The listed files modified in (modified_after_ns, modified_until_ns]: a sensor's batch."""
         after, until = self.modified_after_ns, self.modified_until_ns
         return [f for f in files if (after is None or f.mtime_ns > after) and (until is None or f.mtime_ns <= until)]
 
-    def list_photos(self, s3_client=None):
+    def list_photos(self, s3_client: Any = None) -> Listing:
         """The photos at this digest's source, a folder or an S3 prefix (read with `s3_client`, a
         boto3 client): a Listing (ImageFile, sorted by path, and the entries left out, with reasons).
 
         Raises OSError (a folder) or SourceError (a bucket) when the source cannot be listed at all.
         """
-        from facepipe.engine.listing import list_images
-        from facepipe.engine.sources import list_s3_images
-
         if isinstance(self.source, LocalFolder):
             return list_images(self.source.path)
         return list_s3_images(s3_client, self.source.bucket, self.source.prefix)
@@ -312,7 +319,7 @@ def digest_request(
     on_this_machine: bool = True,
     s3_endpoint_url: str | None = None,
     s3_region: str | None = None,
-    **options,
+    **options: Any,
 ) -> DigestRequest:
     """A validated request for the photos at `path`, a folder or `s3://bucket/prefix`; raises
     pydantic's ValidationError naming the bad field. `options` are DigestRequest's other fields.

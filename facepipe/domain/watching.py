@@ -12,6 +12,7 @@ the code location (the UI's Deployment page, or restarting `facepipe ui`)::
         group_id: wedding-2026
         max_photos_per_run: 500        # a flood of uploads becomes several runs of at most this
         minimum_interval_seconds: 30   # how often the folder or prefix is listed
+        preset: crowd                  # and any option of `facepipe digest` (DigestChoices), by its name
     webhooks:                          # each gets a JSON summary of every digest that ends
       - https://hooks.example.com/facepipe
       - ${SLACK_WEBHOOK_URL}           # ${VAR} is read from the environment: keep secrets out of the file
@@ -42,22 +43,21 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facepipe import settings
 from facepipe.domain.request import (
-    DEFAULT_CONFIDENCE,
+    DigestChoices,
     DigestRequest,
-    ProfileName,
     default_workers,
     digest_request,
     valid_group_id,
     valid_workers,
 )
-from facepipe.engine.presets import DEFAULT_PRESET, Preset
-from facepipe.engine.profiles import DEFAULT_PROFILE
+from facepipe.engine.listing import ImageFile
 from facepipe.engine.sources import SourceError
 
 WATCH_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")  # a sensor's name is watch_<name>
@@ -68,18 +68,15 @@ class WatchesError(ValueError):
     """The watches file is unreadable or invalid; the message names the file and the field."""
 
 
-class Watch(BaseModel):
-    """A folder or S3 prefix whose new and changed photos are digested into one group."""
+class Watch(DigestChoices):
+    """A folder or S3 prefix whose new and changed photos are digested into one group, with the
+    options of any digest (DigestChoices: confidence, profile, preset...)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Letters, digits and '_'; the sensor is watch_<name>.")
     source: str = Field(description="A local folder, or s3://bucket/prefix.")
     group_id: str
-    confidence: float = Field(default=DEFAULT_CONFIDENCE, ge=0.0, le=1.0)
-    profile: ProfileName | None = None
-    preset: Preset = DEFAULT_PRESET
-    min_face_size: int | None = Field(default=None, ge=8)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     workers: int | None = Field(default=None, ge=1, description="Default: the machine's cores.")
@@ -116,14 +113,11 @@ class Watch(BaseModel):
         return digest_request(
             self.source,
             self.group_id,
-            confidence=self.confidence,
             s3_endpoint_url=self.s3_endpoint_url,
             s3_region=self.s3_region,
-            preset=self.preset,
-            min_face_size=self.min_face_size,
-            profile=self.profile or DEFAULT_PROFILE,
             modified_after_ns=modified_after_ns,
             modified_until_ns=modified_until_ns,
+            **self.model_dump(include=set(DigestChoices.model_fields)),
         )
 
 
@@ -165,7 +159,7 @@ class WatchesConfig(BaseModel):
 
 
 def _expand(url: str) -> str:
-    def value(match):
+    def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
             raise ValueError(f"webhook {url!r}: environment variable {name} is not set")
@@ -185,7 +179,7 @@ def load_watches(path: str | os.PathLike | None = None) -> WatchesConfig:
     return parse_watches(_read(path), str(path))
 
 
-def _read(path: Path):
+def _read(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -237,7 +231,7 @@ def _problems(err: ValidationError, indent: str) -> list[str]:
     ]
 
 
-def parse_watches(data, where: str = "watches") -> WatchesConfig:
+def parse_watches(data: Any, where: str = "watches") -> WatchesConfig:
     try:
         return WatchesConfig.model_validate(data)
     except ValidationError as err:
@@ -338,7 +332,7 @@ def plan_batches(files: list, cursor: WatchCursor, max_photos: int) -> list[Batc
     return batches
 
 
-def list_source(watch: Watch, s3_client=None) -> list:
+def list_source(watch: Watch, s3_client: Any = None) -> list[ImageFile]:
     """The photos at the watch's source, as the digest will list them (path, size, mtime_ns)."""
     request = watch.digest_request()
     try:

@@ -8,9 +8,20 @@ summary is kept in its run tags (SUMMARY_TAG), so that listing a page of runs re
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+from dagster import (
+    AssetMaterialization,
+    AssetObservation,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRecord,
+    RunsFilter,
+)
+from dagster._utils.error import SerializableErrorInfo
 
 from facepipe.domain.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
 
@@ -39,15 +50,34 @@ SUMMARY_VERSION = 1
 SUMMARY_TAG_MAX_CHARS = 64_000
 
 
-def _runs_filter(group_id: str | None, status: str | None, since: datetime | None, until: datetime | None):
-    # the partition, which every digest has, however it was launched (the Launchpad adds no tag of ours)
-    tags = {PARTITION_TAG: group_id} if group_id else {}
-    statuses = None
-    if status:
-        statuses = [s for s, name in STATUS_NAMES.items() if name == status]
-        if not statuses:
-            raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
-    return RunsFilter(job_name=DIGEST_JOB, tags=tags, statuses=statuses, created_after=since, created_before=until)
+def group_tags(group_id: str | None) -> dict[str, str]:
+    """The run tags that select a group's digests, here and on a remote webserver: its partition,
+    which every digest has from its launch, however it was launched (the Launchpad adds no tag of
+    ours, and facepipe's own GROUP_TAG is added when the run starts, so a queued run, or one its
+    launcher refused, has none)."""
+    return {PARTITION_TAG: group_id} if group_id else {}
+
+
+def statuses_named(status: str | None) -> list[DagsterRunStatus] | None:
+    """The run statuses a digest status names (`queued` is three of Dagster's); None for any."""
+    if not status:
+        return None
+    statuses = [s for s, name in STATUS_NAMES.items() if name == status]
+    if not statuses:
+        raise ValueError(f"status must be one of {sorted(set(STATUS_NAMES.values()))}, not {status!r}")
+    return statuses
+
+
+def _runs_filter(
+    group_id: str | None, status: str | None, since: datetime | None, until: datetime | None
+) -> RunsFilter:
+    return RunsFilter(
+        job_name=DIGEST_JOB,
+        tags=group_tags(group_id),
+        statuses=statuses_named(status),
+        created_after=since,
+        created_before=until,
+    )
 
 
 def digest_runs(
@@ -86,7 +116,7 @@ def count_digests(
     return instance.get_runs_count(_runs_filter(group_id, status, since, until))
 
 
-def _metadata_values(entry) -> dict:
+def _metadata_values(entry: AssetMaterialization | AssetObservation) -> dict:
     return {key: value.value for key, value in entry.metadata.items()}
 
 
@@ -124,7 +154,7 @@ def _summary_of(instance: DagsterInstance, record: RunRecord) -> dict:
     )
 
 
-def kept_summary_parts(run_id: str, tags) -> dict | None:
+def kept_summary_parts(run_id: str, tags: Mapping[str, str]) -> dict | None:
     """What summarise needs of the run's events, as its SUMMARY_TAG keeps it; None without one.
     A re-execution copies its parent's tags: a summary is the run's own only with its run id."""
     kept = tags.get(SUMMARY_TAG)
@@ -186,7 +216,7 @@ def _observed(observations: list[dict]) -> dict:
     }
 
 
-def _without_class(error) -> str:
+def _without_class(error: SerializableErrorInfo) -> str:
     """An exception's message without the `module.ClassName: ` Dagster's error info starts with."""
     text = error.message.strip()
     prefix, colon, rest = text.partition(": ")
