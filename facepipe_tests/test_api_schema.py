@@ -55,6 +55,20 @@ def test_every_operation_answers_a_model_and_documents_its_errors_in_one_shape(s
     assert {"400", "404", "413", "503"} <= set(schema["paths"]["/v1/search-face"]["post"]["responses"])
 
 
+def test_operations_are_named_by_their_function_and_uploads_are_files(schema):
+    ids = [op["operationId"] for item in schema["paths"].values() for op in item.values()]
+    assert len(set(ids)) == len(ids) and {"post_digest", "get_digest", "post_search_face", "get_people"} <= set(ids)
+    uploads = [
+        (name, field)
+        for name, model in schema["components"]["schemas"].items()
+        for field, spec in model.get("properties", {}).items()
+        if spec.get("contentMediaType") == "application/octet-stream"
+    ]
+    assert len(uploads) == 4  # the selfie and the three one-photo endpoints' photo
+    for name, field in uploads:  # a client generator reads `format: binary` as a file to upload
+        assert schema["components"]["schemas"][name]["properties"][field]["format"] == "binary", name
+
+
 def test_the_digest_example_fills_one_source_and_is_accepted(schema, monkeypatch):
     body = schema["components"]["schemas"]["DigestBody"]
     [example] = body["examples"]

@@ -148,6 +148,8 @@ def create_app() -> FastAPI:
             f"Every path is under {VERSION_PREFIX}; the seed service's paths (without it) answer the same. "
             'Every error is `{"detail": ...}`: a sentence, or for a 422 one entry per bad field.'
         ),
+        # an operation's id is its function's name (post_digest, get_people): a generated client's method names
+        generate_unique_id_function=lambda route: route.name,
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,

@@ -21,7 +21,10 @@ UPLOAD_CHUNK = 1 << 20
 
 CONFIDENCE = Annotated[float, Form(ge=0.0, le=1.0, description="Faces detected below this are left out.")]
 MIN_FACE = Annotated[int, Form(ge=8, description="The narrowest face to find, in the photo's pixels.")]
-UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...).")]
+# `format: binary` beside FastAPI's contentMediaType: what client generators (openapi-python-client)
+# read as a file to upload, not a string
+BINARY = {"format": "binary"}
+UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...).", json_schema_extra=BINARY)]
 
 
 async def upload_bytes(file: UploadFile) -> bytes:

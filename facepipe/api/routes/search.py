@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from facepipe.api.dependencies import KEY, AppServices, Store, embedded, search_slot
 from facepipe.api.schemas import SearchAnswer, errors
-from facepipe.api.uploads import decoded, upload_bytes
+from facepipe.api.uploads import BINARY, decoded, upload_bytes
 from facepipe.domain.search import SearchError, group_profile, matching_photos
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.weights import MissingWeightsError
@@ -18,7 +18,7 @@ router = APIRouter(tags=["search"], dependencies=KEY)
 
 @router.post("/search-face", response_model=SearchAnswer, responses=errors(400, 404, 413, 503))
 async def post_search_face(
-    file: Annotated[UploadFile, File(description="The selfie.")],
+    file: Annotated[UploadFile, File(description="The selfie.", json_schema_extra=BINARY)],
     group_id: Annotated[str, Form()],
     app_services: AppServices,
     store: Store,
