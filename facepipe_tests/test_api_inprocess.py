@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from facepipe import settings
 from facepipe.api.app import create_app
+from facepipe.api.dependencies import StoreAccess, face_store
 from facepipe.api.schemas import DIGEST_EXAMPLE
 from facepipe.clients.local import instance_for_digests
 from facepipe.defs.digest.assets import digest
@@ -31,6 +32,7 @@ from facepipe.defs.people.assets import people, people_run_config
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.domain.request import digest_request
 from facepipe.engine.profiles import PROFILES
+from facepipe.store import RECOVER, FaceStore, StoreLease
 from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES
 
 KEY = "test-key-inprocess"
@@ -378,6 +380,26 @@ def test_people_errors_name_what_is_missing(http):
         else:
             answer = http.post(path, json=body)
         assert answer.status_code == status and words in answer.text, (path, answer.text)
+
+
+def test_a_damaged_store_is_a_500_naming_it_and_what_to_do(app, http, home, tmp_path):
+    """The store the routes are given is a dependency: here, a copy of the app's store with a file of
+    its faces' shard cut to half (test_store_damage.py has each kind of damage)."""
+    app.state.services.lease().close()  # the app lets go of its files, so that they are copied whole
+    damaged = tmp_path / "qdrant"
+    shutil.copytree(home / "qdrant", damaged)
+    (config,) = (damaged / "shards" / "faces_dlib").glob("segments/*/payload_storage/config.json")
+    os.truncate(config, config.stat().st_size // 2)
+    lease = StoreLease(lambda wait: FaceStore.open(path=damaged, wait=wait), damaged)
+    app.dependency_overrides[face_store] = lambda: StoreAccess(lease)
+    try:
+        answer = http.get("/v1/groups/party/people")
+    finally:
+        app.dependency_overrides.clear()
+        lease.close()
+    assert answer.status_code == 500, answer.text
+    assert f"the face store at {damaged} is damaged" in answer.json()["detail"] and RECOVER in answer.json()["detail"]
+    assert http.get("/v1/groups/party/people").status_code == 200  # the app's own store again
 
 
 # ------------------------------------------------------------------------------------------------
