@@ -8,8 +8,8 @@
 - DEEPFACE_HOME: deepface's model weights are in `$DEEPFACE_HOME/.deepface/weights` (default: the
   user's home), as deepface itself reads it.
 - FACEPIPE_MAX_IMAGE_PIXELS / FACEPIPE_MAX_IMAGE_BYTES: what one photo may cost (below).
-- FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS: the HTTP service (below); the
-  key is required to listen on anything but loopback (is_loopback).
+- FACEPIPE_API_KEY, FACEPIPE_ALLOWED_ROOTS, FACEPIPE_STORE_WAIT_SECONDS, FACEPIPE_CORS_ORIGINS: the HTTP
+  service (below); the key is required to listen on anything but loopback (is_loopback).
 - FACEPIPE_STORE_STEP_WAIT_SECONDS, FACEPIPE_SEARCH_WORKERS, FACEPIPE_SEARCH_QUEUE: many clients
   sharing one store (below).
 - FACEPIPE_MAX_WORKERS, FACEPIPE_S3_ENDPOINTS: what a digest request may ask for (below).
@@ -122,6 +122,12 @@ def max_image_bytes() -> int:
 def api_key() -> str | None:
     """FACEPIPE_API_KEY: when set, every HTTP request but /health and the docs needs it in X-API-Key."""
     return os.environ.get("FACEPIPE_API_KEY") or None
+
+
+def cors_origins() -> list[str]:
+    """FACEPIPE_CORS_ORIGINS: the web origins (separated by ',', e.g. `https://app.example.com`; `*` for
+    any) whose pages may call the HTTP API from a browser. Unset: none (no CORS headers are sent)."""
+    return [o.strip().rstrip("/") for o in (os.environ.get("FACEPIPE_CORS_ORIGINS") or "").split(",") if o.strip()]
 
 
 def is_loopback(host: str) -> bool:

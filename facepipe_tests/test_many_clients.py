@@ -2,13 +2,13 @@
 page of the digest history read without reading the history, a full search queue refused.
 
 The HTTP stories with a running service (a digest while 20 clients search, /health flooded while
-`facepipe search` runs) are in test_api.py, beside the service they share.
+`facepipe search` runs) are in test_api.py, beside the service they share; a full search queue
+answered 503 is in test_api_inprocess.py.
 """
 
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 
@@ -18,7 +18,6 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from facepipe.domain.request import PARTITION_TAG
 from facepipe.platform.history import SUMMARY_TAG, count_digests, digest_runs
 from facepipe.store import FaceStore, StoreBusy, StoreLease
-from facepipe_tests.conftest import SAMPLE_IMAGES
 from facepipe_tests.postgres_server import postgres_server, why_not_available
 
 
@@ -134,26 +133,3 @@ def test_a_page_of_the_digest_history_reads_the_page_not_the_history_on_postgres
             check_listing_reads_the_page(instance, monkeypatch)
         finally:
             instance.dispose()
-
-
-@pytest.mark.e2e  # the search pool's worker processes
-def test_a_search_past_the_queue_is_a_503_with_retry_after(tmp_path, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from facepipe import api
-
-    monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path))
-    monkeypatch.setattr(api, "_search_slots", threading.BoundedSemaphore(1))
-    monkeypatch.setattr(api, "_lease", None)  # this test's store
-    api._search_slots.acquire()  # the one place is taken, as by a search being embedded
-    with TestClient(api.app) as client:
-        selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
-        answer = client.post("/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "sample"})
-        assert answer.status_code == 503 and answer.headers["Retry-After"].isdigit()
-        assert "FACEPIPE_SEARCH_QUEUE" in answer.json()["detail"]
-        api._search_slots.release()  # free: the search goes on (to the store, where the group is unknown)
-        answer = client.post("/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "sample"})
-        assert answer.status_code == 404 and "unknown group 'sample'" in answer.json()["detail"]
-    api._lease.close()
-    api._search_pool.shutdown()
-    monkeypatch.setattr(api, "_search_pool", None)

@@ -1,0 +1,462 @@
+"""The HTTP API in process: the app of `facepipe serve` called with FastAPI's TestClient, on a real
+Dagster instance and a real embedded face store in a temporary FACEPIPE_HOME, with the real models
+on real photos. No server, no daemon: a posted digest is queued and stays queued (test_api.py has the
+daemon run it). Every endpoint's answers and errors, at its /v1 path and at the seed's.
+
+The group "party" is digested and clustered beforehand by the digest and people assets in this
+process (dagster.materialize, as test_assets.py does): four photos, person01 in three of them.
+"""
+
+import base64
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from dagster import materialize
+from dagster_aws.s3 import S3Resource
+from fastapi.testclient import TestClient
+
+from facepipe import settings
+from facepipe.api.app import create_app
+from facepipe.api.dependencies import StoreAccess, face_store
+from facepipe.api.schemas import DIGEST_EXAMPLE
+from facepipe.clients.local import instance_for_digests
+from facepipe.defs.digest.assets import digest
+from facepipe.defs.digest.jobs import digest_run_config
+from facepipe.defs.partitions import GROUPS
+from facepipe.defs.people.assets import people, people_run_config
+from facepipe.defs.resources import FaceStoreResource
+from facepipe.domain.request import digest_request
+from facepipe.engine.profiles import PROFILES
+from facepipe.store import RECOVER, FaceStore, StoreLease
+from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES
+
+KEY = "test-key-inprocess"
+PARTY = {"img1.jpg": "person01", "img2.jpg": "person01", "couple.jpg": "person01", "img8.jpg": "person09"}
+# this app's budgets: img26.jpg (2.47 MB) is over the byte budget, img40.jpg (14.1 MP) over the pixel budget
+MAX_BYTES, MAX_PIXELS = 2_300_000, 10_000_000
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A FACEPIPE_HOME whose store holds the group "party", digested and clustered."""
+    home = tmp_path_factory.mktemp("api_inprocess")
+    photos, allowed = home / "photos", home / "allowed"
+    photos.mkdir()
+    allowed.mkdir()  # a second allowed root, where a test can put a link
+    for name in PARTY:
+        shutil.copy(SAMPLE_IMAGES / name, photos / name)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("DAGSTER_HOME", raising=False)
+        env.setenv("FACEPIPE_HOME", str(home))
+        env.setenv("FACEPIPE_API_KEY", KEY)
+        env.setenv("FACEPIPE_ALLOWED_ROOTS", os.pathsep.join([str(SAMPLES), str(photos), str(allowed)]))
+        env.setenv("FACEPIPE_MAX_IMAGE_BYTES", str(MAX_BYTES))
+        env.setenv("FACEPIPE_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+        env.setenv("FACEPIPE_STORE_WAIT_SECONDS", "5")
+        env.setenv("FACEPIPE_SEARCH_WORKERS", "1")
+        instance = instance_for_digests()
+        instance.add_dynamic_partitions(GROUPS, ["party"])
+        store = {"face_store": FaceStoreResource(path=str(settings.qdrant_path()))}
+        request = digest_request(str(photos), "party", chunk_size=4)
+        digested = materialize(
+            [digest],
+            instance=instance,
+            partition_key="party",
+            run_config={"ops": digest_run_config(request, workers=1)["ops"]},  # the in-process executor
+            resources={**store, "s3": S3Resource()},
+        )
+        assert digested.success
+        clustered = materialize(
+            [people],
+            instance=instance,
+            partition_key="party",
+            run_config={"ops": people_run_config()["ops"]},
+            resources=store,
+        )
+        assert clustered.success
+        instance.dispose()
+        yield home
+
+
+@pytest.fixture(scope="module")
+def app(home):
+    app = create_app()
+    with TestClient(app, headers={"X-API-Key": KEY}) as client:
+        app.state.client = client
+        yield app
+
+
+@pytest.fixture
+def http(app) -> TestClient:
+    return app.state.client
+
+
+def photo(name: str) -> dict:
+    return {"file": (name, (SAMPLE_IMAGES / name).read_bytes(), "image/jpeg")}
+
+
+def no_face_photo() -> bytes:
+    """A real photo's top-left corner (400 px of couple.jpg's wall, above both faces)."""
+    image = cv2.imread(str(SAMPLE_IMAGES / "couple.jpg"))
+    assert image is not None
+    return cv2.imencode(".jpg", image[:400, :400])[1].tobytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# The key, the versioned paths, the body cap
+# ------------------------------------------------------------------------------------------------
+
+
+def test_requests_without_the_key_are_refused_and_health_says_only_up_or_not(app, home):
+    selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
+    for headers in ({}, {"X-API-Key": "wrong"}):
+        with TestClient(app, headers=headers) as stranger:
+            for prefix in ("/v1", ""):
+                for answer in (
+                    stranger.post(f"{prefix}/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g"}),
+                    stranger.get(f"{prefix}/get-digests"),
+                    stranger.get(f"{prefix}/get-digests/x"),
+                    stranger.post(
+                        f"{prefix}/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "party"}
+                    ),
+                    stranger.post(f"{prefix}/cluster-faces", json={"group_id": "party"}),
+                    stranger.get(f"{prefix}/groups/party/people"),
+                    stranger.post(f"{prefix}/get-faces", files={"file": ("s.jpg", selfie)}),
+                ):
+                    assert answer.status_code == 401 and "X-API-Key" in answer.json()["detail"], answer.text
+                    assert answer.headers["WWW-Authenticate"] == "X-API-Key"
+            assert stranger.get("/health").json() == {"status": "ok"}
+            assert stranger.get("/v1/health").json() == {"status": "ok"}
+    health = app.state.client.get("/v1/health")
+    assert health.status_code == 200
+    checks = health.json()
+    assert checks["status"] == "ok" and checks["store"] == {
+        "up": True,
+        "kind": "embedded",
+        "path": str(home / "qdrant"),
+        "exists": True,
+    }
+    assert checks["instance"] == {"up": True, "daemon": False}  # no `facepipe ui` here
+    assert checks["models"]["dlib"]["up"] and not checks["models"]["retinaface-arcface"]["up"]
+
+
+def test_a_json_body_over_the_cap_is_413_in_the_one_error_shape(http):
+    big = {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g" * (2 << 20)}
+    answer = http.post("/v1/digest", json=big)
+    assert answer.status_code == 413 and answer.json()["detail"].startswith("refused: the request is")
+
+
+# ------------------------------------------------------------------------------------------------
+# Digests: queued here (no daemon), followed, listed, canceled, retried
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def queued(app, home):
+    """The schema's example digest, its folder made one of this server's: queued, and left queued."""
+    answer = app.state.client.post("/v1/digest", json={**DIGEST_EXAMPLE, "local_dir_path": str(home / "photos")})
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def test_a_posted_digest_is_queued_with_a_seed_job_id_and_a_warning_without_a_daemon(http, home, queued):
+    assert queued["status"] == "queued" and queued["progress"] == 0.0
+    assert queued["job_id"] == f"digest-{queued['run_id']}"
+    assert (queued["group_id"], queued["source"], queued["confidence"], queued["threads"]) == (
+        "wedding",
+        str(home / "photos"),
+        0.5,
+        2,
+    )
+    assert "no Dagster daemon is running" in queued["warning"]
+    # the job id as answered, the bare run id, and the seed's path all find it
+    for path in (
+        f"/v1/get-digests/{queued['job_id']}",
+        f"/v1/get-digests/{queued['run_id']}",
+        f"/get-digests/{queued['job_id']}",
+    ):
+        job = http.get(path)
+        assert job.status_code == 200 and job.json()["job_id"] == queued["job_id"], path
+        assert "warning" not in job.json()
+    page = http.get(f"/v1/get-digests/{queued['job_id']}/face-ids").json()
+    assert page == {"job_id": queued["job_id"], "face_ids": [], "next_offset": None}  # not started: none yet
+    assert http.get(f"/v1/get-digests/{queued['job_id']}/face-ids", params={"offset": "page-2"}).status_code == 422
+
+
+def test_a_queued_digest_is_canceled_then_retried_and_the_history_counts_both(http, queued):
+    job_id = queued["job_id"]
+    canceled = http.post(f"/v1/digest/{job_id}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
+    again = http.post(f"/v1/digest/{job_id}/cancel")
+    assert again.status_code == 409 and "already canceled" in again.json()["detail"]
+    retried = http.post(f"/v1/digest/{queued['run_id']}/retry")  # the bare run id
+    assert retried.status_code == 202, retried.text
+    retry = retried.json()
+    assert retry["status"] == "queued" and retry["job_id"] == f"digest-{retry['run_id']}" != job_id
+    assert http.post(f"/v1/digest/{retry['job_id']}/retry").status_code == 409  # queued: nothing to retry
+
+    # total_jobs is the history's size for the filter; jobs is the page, newest first
+    one = http.get("/v1/get-digests", params={"group_id": "wedding", "limit": 1}).json()
+    assert one["total_jobs"] == 2 and [j["job_id"] for j in one["jobs"]] == [retry["job_id"]]
+    both = http.get("/get-digests", params={"group_id": "wedding"}).json()
+    assert [j["job_id"] for j in both["jobs"]] == [retry["job_id"], job_id]
+    assert http.get("/v1/get-digests", params={"group_id": "wedding", "status": "canceled"}).json()["total_jobs"] == 1
+    assert http.get("/v1/get-digests", params={"group_id": "wedding", "status": "failed"}).json()["total_jobs"] == 0
+    assert http.get("/v1/get-digests", params={"since": "2999-01-01T00:00:00Z"}).json() == {"total_jobs": 0, "jobs": []}
+    assert http.get("/v1/get-digests", params={"until": "2000-01-01"}).json()["total_jobs"] == 0
+    refused = http.get("/v1/get-digests", params={"status": "done"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "status"]
+
+
+def test_an_unknown_job_is_404(http):
+    for method, path in (
+        ("GET", "/v1/get-digests/no-such-run"),
+        ("GET", "/v1/get-digests/digest-no-such-run/face-ids"),
+        ("POST", "/v1/digest/no-such-run/cancel"),
+        ("POST", "/digest/no-such-run/retry"),
+    ):
+        answer = http.request(method, path)
+        assert answer.status_code == 404 and "no-such-run" in answer.json()["detail"], (path, answer.text)
+
+
+@pytest.mark.parametrize(
+    "body, field, words",
+    [
+        ({"group_id": "g"}, None, "exactly one source"),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "s3_bucket": "b", "s3_prefix": "p", "group_id": "g"},
+            None,
+            "exactly one source",
+        ),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "a group!"}, "group_id", "letters, digits"),
+        ({"local_dir_path": str(SAMPLE_IMAGES)}, "group_id", "Field required"),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": 1.5},
+            "confidence",
+            "less than or equal to 1",
+        ),
+        (
+            {"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "confidence": -0.1},
+            "confidence",
+            "greater than or equal to 0",
+        ),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "threads": 0}, "threads", "workers must be from 1 to"),
+        ({"local_dir_path": "/etc", "group_id": "g"}, "local_dir_path", "not under an allowed root"),
+        (
+            {"local_dir_path": f"{SAMPLE_IMAGES}/../../../etc", "group_id": "g"},
+            "local_dir_path",
+            "not under an allowed root",
+        ),
+        ({"local_dir_path": f"{SAMPLES}/no-such-folder", "group_id": "g"}, "local_dir_path", "is not a folder"),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "profile": "vgg"}, "profile", "Input should be"),
+        ({"local_dir_path": str(SAMPLE_IMAGES), "group_id": "g", "workers": 2}, "workers", "Extra inputs"),
+        (
+            {"s3_bucket": "photos", "s3_prefix": "p", "s3_region": "us-east-1.evil#", "group_id": "g"},
+            "s3_region",
+            "region",
+        ),
+    ],
+)
+def test_a_bad_digest_request_is_422_naming_the_field(http, body, field, words):
+    answer = http.post("/v1/digest", json=body)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["loc"] == (["body", field] if field else ["body"])
+    assert words in error["msg"]
+
+
+def test_a_symlink_out_of_an_allowed_root_is_refused(http, home, tmp_path):
+    # a link under an allowed root that leads out of it: the server resolves it before deciding
+    link = home / "allowed" / "photos"
+    link.symlink_to(tmp_path)
+    answer = http.post("/v1/digest", json={"local_dir_path": str(link), "group_id": "g"})
+    assert answer.status_code == 422 and "not under an allowed root" in answer.text
+
+
+# ------------------------------------------------------------------------------------------------
+# Search
+# ------------------------------------------------------------------------------------------------
+
+
+def test_search_with_img1_finds_her_three_photos_best_first(http):
+    answer = http.post("/v1/search-face", files=photo("img1.jpg"), data={"group_id": "party"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    found = [Path(p["image_path"]).name for p in result["photos"]]
+    assert set(found) == {name for name, who in PARTY.items() if who == "person01"} and found[0] == "img1.jpg"
+    scores = [p["score"] for p in result["photos"]]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= result["threshold"]
+    assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold
+    face = result["photos"][1]["faces"][0]
+    assert face["person_id"] is not None and set(face["facial_area"]) == set("xywh")
+    top = http.post("/search-face", files=photo("img1.jpg"), data={"group_id": "party", "top_k": 1}).json()
+    assert [p["image_path"] for p in top["photos"]] == [result["photos"][0]["image_path"]]
+    # each face of the couple: her photos, and his (he is in no other photo)
+    both = http.post("/v1/search-face", files=photo("couple.jpg"), data={"group_id": "party", "all_faces": "true"})
+    assert len(both.json()["query_faces"]) == 2
+
+
+def test_search_says_what_is_wrong(http):
+    selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
+    cases = [
+        ({"file": ("img1.jpg", selfie)}, {"group_id": "nobody-here"}, 404, "unknown group"),
+        ({"file": ("wall.jpg", no_face_photo())}, {"group_id": "party"}, 400, "no face found in the selfie 'wall.jpg'"),
+        ({"file": ("notes.jpg", b"a text file named .jpg")}, {"group_id": "party"}, 422, "not an image"),
+        ({"file": ("img1.jpg", selfie)}, {}, 422, "group_id"),
+        ({"file": ("img1.jpg", selfie)}, {"group_id": "party", "top_k": 0}, 422, "top_k"),
+        ({"file": ("img1.jpg", selfie)}, {"group_id": "party", "threshold": 2}, 422, "threshold"),
+        ({}, {"group_id": "party"}, 422, "file"),
+        (photo("img26.jpg"), {"group_id": "party"}, 413, "FACEPIPE_MAX_IMAGE_BYTES"),
+    ]
+    for files, data, status, words in cases:
+        answer = http.post("/v1/search-face", files=files or None, data=data)
+        assert answer.status_code == status and words in answer.text, (data, answer.text)
+        assert isinstance(answer.json()["detail"], str if status != 422 else (str, list))
+
+
+def test_a_search_past_the_queue_is_a_503_with_retry_after(app, http):
+    services = app.state.services
+    selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
+    saved, services.search_slots = services.search_slots, threading.BoundedSemaphore(1)
+    try:
+        services.search_slots.acquire()  # the one place is taken, as by a search being embedded
+        answer = http.post("/v1/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "party"})
+        assert answer.status_code == 503 and answer.headers["Retry-After"].isdigit()
+        assert "FACEPIPE_SEARCH_QUEUE" in answer.json()["detail"]
+        services.search_slots.release()  # free: the search goes on
+        assert http.post("/v1/search-face", files={"file": ("s.jpg", selfie)}, data={"group_id": "party"}).json()[
+            "photos"
+        ]
+    finally:
+        services.search_slots = saved
+
+
+# ------------------------------------------------------------------------------------------------
+# People
+# ------------------------------------------------------------------------------------------------
+
+
+def test_people_are_listed_shown_named_split_and_merged(http):
+    listed = http.get("/v1/groups/party/people")
+    assert listed.status_code == 200, listed.text
+    people = listed.json()
+    # her three faces, then the man beside her in the couple and person09 of img8.jpg
+    assert (people["group_id"], people["profile"], people["total_people"]) == ("party", "dlib", 3)
+    assert [p["face_count"] for p in people["people"]] == [3, 1, 1]
+    assert http.get("/groups/party/people").json() == people  # the seed's path
+
+    her = people["people"][0]["person_id"]
+    person = http.get(f"/v1/groups/party/people/{her}").json()
+    assert {Path(f["image_path"]).name for f in person["faces"]} == {"img1.jpg", "img2.jpg", "couple.jpg"}
+    assert "records" not in person and all(not f["pinned"] for f in person["faces"])
+
+    assert http.post(f"/v1/groups/party/people/{her}/name", json={"name": "Alice"}).json()["name"] == "Alice"
+    couple_face = next(f["face_id"] for f in person["faces"] if f["image_path"].endswith("couple.jpg"))
+    split = http.post(f"/v1/groups/party/people/{her}/split", json={"face_ids": [couple_face]}).json()
+    assert split["face_count"] == 1 and split["person_id"] not in {p["person_id"] for p in people["people"]}
+    merged = http.post("/v1/groups/party/people/merge", json={"keep": her, "others": [split["person_id"]]}).json()
+    assert merged["name"] == "Alice" and merged["face_count"] == 3
+    assert http.post(f"/v1/groups/party/people/{her}/name", json={"name": None}).json()["name"] is None
+
+
+def test_people_errors_name_what_is_missing(http):
+    cases = [
+        ("POST", "/v1/groups/party/people/9999/name", {"name": "x"}, 404, "no person 9999"),
+        ("GET", "/v1/groups/party/people/9999", None, 404, "no person 9999"),
+        ("GET", "/v1/groups/never-digested/people", None, 404, "unknown group 'never-digested'"),
+        ("GET", "/v1/groups/party/people", {"profile": "retinaface-arcface"}, 404, "no faces with profile"),
+        ("POST", "/v1/groups/party/people/1/split", {"face_ids": []}, 422, "face_ids"),
+        ("POST", "/v1/groups/party/people/merge", {"keep": 9999, "others": [1]}, 404, "no person 9999"),
+        ("POST", "/v1/cluster-faces", {"group_id": "never-digested"}, 404, "unknown group"),
+        ("POST", "/v1/cluster-faces", {"group_id": "party"}, 503, "no Dagster daemon is running"),
+    ]
+    for method, path, body, status, words in cases:
+        if method == "GET":
+            answer = http.get(path, params=body)
+        else:
+            answer = http.post(path, json=body)
+        assert answer.status_code == status and words in answer.text, (path, answer.text)
+
+
+def test_a_damaged_store_is_a_500_naming_it_and_what_to_do(app, http, home, tmp_path):
+    """The store the routes are given is a dependency: here, a copy of the app's store with a file of
+    its faces' shard cut to half (test_store_damage.py has each kind of damage)."""
+    app.state.services.lease().close()  # the app lets go of its files, so that they are copied whole
+    damaged = tmp_path / "qdrant"
+    shutil.copytree(home / "qdrant", damaged)
+    (config,) = (damaged / "shards" / "faces_dlib").glob("segments/*/payload_storage/config.json")
+    os.truncate(config, config.stat().st_size // 2)
+    lease = StoreLease(lambda wait: FaceStore.open(path=damaged, wait=wait), damaged)
+    app.dependency_overrides[face_store] = lambda: StoreAccess(lease)
+    try:
+        answer = http.get("/v1/groups/party/people")
+    finally:
+        app.dependency_overrides.clear()
+        lease.close()
+    assert answer.status_code == 500, answer.text
+    assert f"the face store at {damaged} is damaged" in answer.json()["detail"] and RECOVER in answer.json()["detail"]
+    assert http.get("/v1/groups/party/people").status_code == 200  # the app's own store again
+
+
+# ------------------------------------------------------------------------------------------------
+# One photo: faces, embeddings, features
+# ------------------------------------------------------------------------------------------------
+
+
+def test_faces_embedding_and_features_of_the_couple(http):
+    faces = http.post("/v1/get-faces", files=photo("couple.jpg"), data={"crops": "true"}).json()
+    assert faces["total_faces"] == 2 and faces["profile"] == "dlib"
+    for face in faces["faces"]:
+        assert len(face["landmarks"]) == 5 and face["confidence"] >= 0.5 and face["facial_area"]["w"] > 100
+        crop = cv2.imdecode(np.frombuffer(base64.b64decode(face["crop_jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
+        assert crop.shape[0] > face["facial_area"]["h"]  # the face with a margin
+    assert faces["faces"][0]["facial_area"]["x"] < faces["faces"][1]["facial_area"]["x"]  # left to right
+    plain = http.post("/get-faces", files=photo("couple.jpg")).json()
+    assert all("crop_jpeg_base64" not in f for f in plain["faces"])
+
+    embedding = http.post("/v1/get-embedding", files=photo("couple.jpg")).json()
+    assert (embedding["profile"], embedding["model"], embedding["total_faces"]) == ("dlib", "Dlib", 2)
+    vectors = np.array([f["embedding"] for f in embedding["faces"]])
+    assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    # her face in the couple is as close to img1.jpg's as the search threshold says
+    img1 = np.array(http.post("/v1/get-embedding", files=photo("img1.jpg")).json()["faces"][0]["embedding"])
+    assert max(vectors @ img1) >= PROFILES["dlib"].search_threshold > min(vectors @ img1)
+
+    # deepface's attribute weights are a download, which this machine cannot make: a 503 that names them
+    features = http.post("/v1/get-features", files=photo("couple.jpg"))
+    assert features.status_code == 503
+    folder = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights"
+    for weight in ("age_model_weights.onnx", "gender_model_weights.onnx", "facial_expression_model_weights.onnx"):
+        assert weight in features.json()["detail"]
+    assert str(folder) in features.json()["detail"]
+    landmarks = http.post("/v1/get-features", files=photo("couple.jpg"), data={"attributes": "none"}).json()
+    assert landmarks["total_faces"] == 2 and landmarks["landmark_points"] == 5
+    assert [f["landmarks"] for f in landmarks["faces"]] == [f["landmarks"] for f in faces["faces"]]
+    race = http.post("/v1/get-features", files=photo("couple.jpg"), data={"attributes": "race"})
+    assert race.status_code == 422 and race.json()["detail"][0]["loc"] == ["body", "attributes"]
+    # the other profile's weights are a download too: its name and folder, not a traceback
+    other = http.post("/v1/get-faces", files=photo("couple.jpg"), data={"profile": "retinaface-arcface"})
+    assert other.status_code == 503 and "retinaface.onnx" in other.text and str(folder) in other.text
+
+
+def test_one_photo_endpoints_refuse_what_is_not_a_photo_or_too_large(http):
+    for path in ("/v1/get-faces", "/v1/get-embedding", "/get-features"):
+        data = {"attributes": "none"} if path.endswith("features") else {}
+        empty = http.post(path, files={"file": ("wall.jpg", no_face_photo())}, data=data)
+        assert empty.status_code == 200 and empty.json()["total_faces"] == 0 and empty.json()["faces"] == []
+        text = http.post(path, files={"file": ("notes.jpg", b"a text file named .jpg")}, data=data)
+        assert text.status_code == 422 and "notes.jpg" in text.text and "not an image" in text.text
+        large = http.post(path, files=photo("img26.jpg"), data=data)  # 2.47 MB, over this server's budget
+        assert large.status_code == 413 and "FACEPIPE_MAX_IMAGE_BYTES" in large.text
+        bomb = http.post(path, files=photo("img40.jpg"), data=data)  # 14.1 MP
+        assert bomb.status_code == 413 and "FACEPIPE_MAX_IMAGE_PIXELS" in bomb.text
+        # a body longer than any photo may be is refused by its length, before it is received whole
+        huge = http.post(path, files={"file": ("huge.jpg", b"\xff\xd8\xff" + bytes(MAX_BYTES + (2 << 20)))})
+        assert huge.status_code == 413 and "the request is" in huge.text
+        missing = http.post(path, data=data)
+        assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "file"]
