@@ -49,6 +49,12 @@ def qdrant_path() -> Path:
     return facepipe_home() / "qdrant"
 
 
+def uploads_dir() -> Path:
+    """Where the HTTP service keeps the photos uploaded to it, a folder per group; its digests read
+    them whatever FACEPIPE_ALLOWED_ROOTS says."""
+    return facepipe_home() / "uploads"
+
+
 def qdrant_url() -> str | None:
     return os.environ.get("QDRANT_URL") or None
 

@@ -32,7 +32,7 @@ from facepipe.defs.people.assets import people, people_run_config
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.domain.request import digest_request
 from facepipe.engine.profiles import PROFILES
-from facepipe.store import RECOVER, FaceStore, StoreLease
+from facepipe.store import RECOVER, FaceStore, StoreLease, image_point_id
 from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES
 
 KEY = "test-key-inprocess"
@@ -460,3 +460,100 @@ def test_one_photo_endpoints_refuse_what_is_not_a_photo_or_too_large(http):
         assert huge.status_code == 413 and "the request is" in huge.text
         missing = http.post(path, data=data)
         assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+# ------------------------------------------------------------------------------------------------
+# A group's photos: uploaded, digested, listed
+# ------------------------------------------------------------------------------------------------
+
+
+def photos(*names: str) -> list:
+    return [("files", (name, (SAMPLE_IMAGES / name).read_bytes(), "image/jpeg")) for name in names]
+
+
+def test_uploaded_photos_are_kept_safely_digested_and_listed_by_id_and_relative_path(http, home):
+    upload = http.post("/v1/groups/uploaded/photos", files=photos("img1.jpg", "img8.jpg"))
+    assert upload.status_code == 202, upload.text
+    job = upload.json()
+    folder = settings.uploads_dir() / "uploaded"
+    assert job["status"] == "queued" and job["job_id"] == f"digest-{job['run_id']}"
+    assert (job["group_id"], job["source"]) == ("uploaded", str(folder))
+    assert "no Dagster daemon is running" in job["warning"]
+    # a name with folders is its file name; the same photo again is the same file; another photo
+    # by a name already taken is kept beside it, never over it
+    img2 = (SAMPLE_IMAGES / "img2.jpg").read_bytes()
+    again = [
+        ("files", ("../../../outside.jpg", img2, "image/jpeg")),
+        ("files", ("img1.jpg", (SAMPLE_IMAGES / "img1.jpg").read_bytes(), "image/jpeg")),
+        ("files", ("img8.jpg", img2, "image/jpeg")),
+    ]
+    assert http.post("/groups/uploaded/photos", files=again).status_code == 202
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(kept) == ["img1.jpg", "img8-2.jpg", "img8.jpg", "outside.jpg"]
+    assert kept["img8.jpg"] == (SAMPLE_IMAGES / "img8.jpg").read_bytes() and kept["img8-2.jpg"] == img2
+    assert not (home / "outside.jpg").exists() and not (settings.uploads_dir() / "outside.jpg").exists()
+
+    # the queued digest's request, run here (no daemon): the uploads are read though they are
+    # under no FACEPIPE_ALLOWED_ROOTS
+    instance = instance_for_digests()
+    run = instance.get_run_by_id(job["run_id"])
+    assert run is not None and run.run_config["ops"]["digest"]["ops"]["list_images"]["config"]["source"] == {
+        "local_folder": {"path": str(folder)}
+    }
+    request = digest_request(str(folder), "uploaded", chunk_size=4)
+    assert materialize(
+        [digest],
+        instance=instance,
+        partition_key="uploaded",
+        run_config={"ops": digest_run_config(request, workers=1)["ops"]},
+        resources={"face_store": FaceStoreResource(path=str(settings.qdrant_path())), "s3": S3Resource()},
+    ).success
+    instance.dispose()
+    listed = http.get("/v1/groups/uploaded/photos")
+    assert listed.status_code == 200, listed.text
+    answer = listed.json()
+    assert (answer["group_id"], answer["profile"], answer["next_offset"]) == ("uploaded", "dlib", None)
+    assert sorted(p["path"] for p in answer["photos"]) == sorted(kept)  # within the source, not the server's path
+    assert {p["photo_id"] for p in answer["photos"]} == {
+        image_point_id("uploaded", str(folder / name), "dlib") for name in kept
+    }
+    assert all(p["status"] == "done" and p["faces"] == 1 for p in answer["photos"])
+
+    # a page at a time
+    first = http.get("/v1/groups/uploaded/photos", params={"limit": 3}).json()
+    rest = http.get("/v1/groups/uploaded/photos", params={"limit": 3, "offset": first["next_offset"]}).json()
+    assert len(first["photos"]) == 3 and rest["next_offset"] is None
+    assert [p["photo_id"] for p in first["photos"] + rest["photos"]] == [p["photo_id"] for p in answer["photos"]]
+
+
+def test_the_party_photos_are_listed_within_their_folder(http):
+    answer = http.get("/v1/groups/party/photos").json()
+    faces = {p["path"]: p["faces"] for p in answer["photos"]}
+    assert faces == {"img1.jpg": 1, "img2.jpg": 1, "couple.jpg": 2, "img8.jpg": 1}
+
+
+def test_an_upload_is_refused_as_a_one_photo_endpoint_refuses_it_and_nothing_is_kept(http):
+    folder = settings.uploads_dir() / "refused"
+    for files, status, words in (
+        ([("files", ("notes.jpg", b"not a photo", "image/jpeg"))], 422, "notes.jpg"),
+        (photos("img1.jpg", "img26.jpg"), 413, "FACEPIPE_MAX_IMAGE_BYTES"),
+        (photos("img40.jpg"), 413, "FACEPIPE_MAX_IMAGE_PIXELS"),
+    ):
+        answer = http.post("/v1/groups/refused/photos", files=files)
+        assert answer.status_code == status and words in answer.json()["detail"], answer.text
+    assert not folder.exists()
+    small = [("files", (f"wall{n}.jpg", no_face_photo(), "image/jpeg")) for n in range(21)]
+    too_many = http.post("/v1/groups/refused/photos", files=small)
+    assert too_many.status_code == 422 and "at most 20" in too_many.json()["detail"][0]["msg"]
+    assert http.post("/v1/groups/refused/photos").json()["detail"][0]["loc"] == ["body", "files"]
+    bad_group = http.post("/v1/groups/..%2F..%2Fetc/photos", files=photos("img1.jpg"))
+    assert bad_group.status_code in (404, 422)
+    named = http.post("/v1/groups/a%20b/photos", files=photos("img1.jpg"))
+    assert named.status_code == 422 and named.json()["detail"][0]["loc"] == ["path", "group_id"]
+    assert not folder.exists() and not (settings.uploads_dir() / "a b").exists()
+
+
+def test_the_photos_of_an_unknown_group_are_404(http):
+    answer = http.get("/v1/groups/nobody/photos")
+    assert answer.status_code == 404 and "nobody" in answer.json()["detail"]
+    assert http.get("/v1/groups/party/photos", params={"profile": "vgg"}).status_code == 404

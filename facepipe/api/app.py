@@ -18,14 +18,15 @@ from fastapi.staticfiles import StaticFiles
 
 from facepipe import settings
 from facepipe.api.dependencies import Services
-from facepipe.api.routes import digests, faces, health, people, search
+from facepipe.api.routes import digests, faces, health, people, photos, search
+from facepipe.api.routes.photos import MAX_PHOTOS_PER_UPLOAD
 from facepipe.store import StoreDamaged, StoreNotWritable
 
 FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, beside the photo
 MAX_JSON_BYTES = 1 << 20  # a JSON body: a digest request is under 10 kB, a split's face ids a few 100 kB
 
 VERSION_PREFIX = "/v1"
-ROUTERS = [digests.router, search.router, people.router, faces.router, health.router]
+ROUTERS = [digests.router, photos.router, search.router, people.router, faces.router, health.router]
 
 # Swagger UI's and ReDoc's files, as the fastapi-offline package ships them
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -51,8 +52,13 @@ class BoundedBody:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         upload = headers.get(b"content-type", b"").startswith(b"multipart/")
-        budget = settings.max_image_bytes() + FORM_OVERHEAD if upload else MAX_JSON_BYTES
-        what = "a photo upload (FACEPIPE_MAX_IMAGE_BYTES)" if upload else "a request that is not a photo upload"
+        photos = MAX_PHOTOS_PER_UPLOAD if scope["path"].endswith("/photos") else 1
+        budget = settings.max_image_bytes() * photos + FORM_OVERHEAD if upload else MAX_JSON_BYTES
+        what = (
+            f"an upload of {photos} photo{'s' if photos > 1 else ''} (FACEPIPE_MAX_IMAGE_BYTES each)"
+            if upload
+            else "a request that is not a photo upload"
+        )
 
         def refused(size: str = "") -> str:
             return f"refused: the request is {size}more than the {budget:,} bytes {what} may take"

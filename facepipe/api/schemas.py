@@ -2,8 +2,9 @@
 model, DigestBody), every operation's answer, and the one error shape every status code uses."""
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from facepipe import settings
@@ -175,6 +176,29 @@ class JobList(BaseModel):
 class FaceIdsPage(BaseModel):
     job_id: str
     face_ids: list[str]
+    next_offset: str | None = Field(description="Pass it back as `offset` for the next page; null on the last.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Photos
+# ------------------------------------------------------------------------------------------------
+
+GroupPath = Annotated[GroupId, PathParam(description="The group: letters, digits, '-', '_', '.'.")]
+
+
+class Photo(BaseModel):
+    photo_id: str = Field(description="The photo's id in the group's ledger.")
+    path: str = Field(description="Its path within the folder or s3:// prefix it was digested from.")
+    status: Literal["done", "failed"]
+    error: str | None = Field(description="Why it could not be digested, when it failed.")
+    faces: int = Field(description="Faces found in it.")
+    digested: str | None = Field(description="When it was digested (ISO 8601, UTC).")
+
+
+class Photos(BaseModel):
+    group_id: str
+    profile: str
+    photos: list[Photo]
     next_offset: str | None = Field(description="Pass it back as `offset` for the next page; null on the last.")
 
 

@@ -377,7 +377,10 @@ def request_of_run(op_config: Mapping, partition: str | None) -> DigestRequest:
         try:
             folder = allowed_folder(request.source.path, roots)
         except ValueError as err:
-            raise RunRefused(f"invalid digest request: source.path: {err}") from None
+            try:  # the photos uploaded to the HTTP service, which its digests read
+                folder = allowed_folder(request.source.path, [settings.uploads_dir()])
+            except ValueError:
+                raise RunRefused(f"invalid digest request: source.path: {err}") from None
         # the folder as it was checked: a link changed after the check leads nowhere new
         request = request.model_copy(update={"source": LocalFolder(path=folder)})
     return request

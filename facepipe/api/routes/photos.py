@@ -1,0 +1,182 @@
+"""A group's photos: upload some (kept under $FACEPIPE_HOME/uploads/{group}/ and digested there) and
+list what the group's ledger holds, each photo by its ledger id and its path within its source."""
+
+import hashlib
+import itertools
+import os
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from dagster import DagsterInstance
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+
+from facepipe import settings
+from facepipe.api.dependencies import KEY, Instance, Store, busy
+from facepipe.api.routes.digests import job_by_id
+from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
+from facepipe.api.uploads import BINARY, decoded, upload_bytes
+from facepipe.clients.local import LaunchError, daemon_is_running, start_digest
+from facepipe.domain.request import SOURCE_TAG, default_workers, digest_request
+from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
+from facepipe.platform.worker_check import WorkerConfigError
+from facepipe.store import FaceStore, StoredPoint, Where, images_collection, local_path
+
+router = APIRouter(tags=["photos"], dependencies=KEY)
+
+MAX_PHOTOS_PER_UPLOAD = 20  # the body of an upload may hold this many photos at the byte budget each
+MAX_NAME_LENGTH = 200  # characters of an uploaded photo's file name, extension kept
+
+
+def group_uploads(group_id: str) -> Path:
+    return settings.uploads_dir() / group_id
+
+
+def safe_name(filename: str | None) -> str:
+    """The upload's file name without any folder (a client's `../../x.jpg` is `x.jpg`), without a
+    leading dot (no hidden file, no `..`), at most MAX_NAME_LENGTH characters."""
+    name = PurePosixPath((filename or "").replace("\\", "/").replace("\0", "")).name.lstrip(".")
+    if not name:
+        return "photo.jpg"
+    stem, suffix = os.path.splitext(name)
+    return stem[: MAX_NAME_LENGTH - len(suffix[:20])] + suffix[:20]
+
+
+def keep_photo(folder: Path, name: str, data: bytes) -> Path:
+    """Write the photo into `folder` as `name`, never over another photo: the same bytes under that
+    name are kept as they are; different ones get `name-2`, `name-3`, ... ."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, suffix = os.path.splitext(name)
+    digest = hashlib.sha256(data).digest()
+    for n in itertools.count(1):
+        path = folder / (name if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            with open(path, "xb") as f:  # created here, or it exists: no photo is ever overwritten
+                f.write(data)
+            return path
+        except FileExistsError:
+            if hashlib.sha256(path.read_bytes()).digest() == digest:
+                return path
+    raise AssertionError("unreachable")
+
+
+def queued_digest(folder: Path, group_id: str, instance: DagsterInstance) -> dict[str, Any]:
+    try:
+        run_id = start_digest(digest_request(str(folder), group_id), default_workers(), instance)
+    except WorkerConfigError as err:
+        raise HTTPException(503, str(err)) from None
+    except LaunchError as err:
+        raise busy(str(err)) from None
+    answer = job_by_id(instance, run_id)
+    if not daemon_is_running(instance):
+        answer["warning"] = (
+            "no Dagster daemon is running on this instance: the digest waits in the queue until "
+            "one starts (`facepipe ui` or `dagster-daemon run`)"
+        )
+    return answer
+
+
+@router.post("/groups/{group_id}/photos", status_code=202, response_model=Job, responses=errors(413, 503))
+async def post_photos(
+    group_id: GroupPath,
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"One or more photos (at most {MAX_PHOTOS_PER_UPLOAD}).", json_schema_extra={"items": {"type": "string", **BINARY}}),
+    ],
+    instance: Instance,
+) -> dict[str, Any]:
+    """Keep the photos in the group's upload folder and queue a digest of that folder (the photos
+    digested before are skipped); poll GET /v1/get-digests/{job_id}. Each photo is refused (413,
+    422) as the one-photo endpoints refuse it, and none is kept then."""
+    if len(files) > MAX_PHOTOS_PER_UPLOAD:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "files"),
+                    "msg": f"{len(files)} photos: at most {MAX_PHOTOS_PER_UPLOAD} in one request",
+                }
+            ]
+        )
+    photos = []
+    for file in files:
+        data = await upload_bytes(file)
+        await run_in_threadpool(decoded, data, file.filename)  # within the pixel budget, a photo at all
+        photos.append((safe_name(file.filename), data))
+    folder = group_uploads(group_id)
+    for name, data in photos:
+        await run_in_threadpool(keep_photo, folder, name, data)
+    return await run_in_threadpool(queued_digest, folder, group_id, instance)
+
+
+def sources_of_runs(instance: DagsterInstance, run_ids: set[str]) -> dict[str, str]:
+    """The source (folder or s3:// prefix) each digest run read, by run id."""
+    sources = {}
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.tags.get(SOURCE_TAG):
+            sources[run_id] = run.tags[SOURCE_TAG]
+    return sources
+
+
+def path_in_source(image_path: str, source: str | None) -> str:
+    """A photo's path within the source it was digested from (its file name when that is unknown):
+    an answer never shows where the server keeps its photos."""
+    path = local_path(image_path)
+    if source and path.startswith(source.rstrip("/") + "/"):
+        return path[len(source.rstrip("/")) + 1 :]
+    return PurePosixPath(path).name
+
+
+def photo_names(instance: DagsterInstance, ledger: list[StoredPoint]) -> dict[str, str]:
+    """Each ledger row's photo by its path within its digest's source, by its stored path."""
+    sources = sources_of_runs(instance, {p.payload["run_id"] for p in ledger if p.payload.get("run_id")})
+    return {
+        p.payload["image_path"]: path_in_source(p.payload["image_path"], sources.get(p.payload.get("run_id", "")))
+        for p in ledger
+    }
+
+
+def ledger_profile(store: FaceStore, group_id: str, profile: str | None) -> str:
+    """The profile whose ledger lists the group's photos: `profile`, or the first that has any."""
+    if profile:
+        return profile
+    for name in sorted(PROFILES, key=lambda p: p != DEFAULT_PROFILE):
+        if store.backend.count(images_collection(name), Where({"group_id": group_id})):
+            return name
+    raise HTTPException(404, f"unknown group {group_id!r}: no photo was digested into it")
+
+
+@router.get("/groups/{group_id}/photos", response_model=Photos, responses=errors(404, 503))
+def get_photos(
+    group_id: GroupPath,
+    store: Store,
+    instance: Instance,
+    profile: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[str | None, Query(description="The `next_offset` of the page before.")] = None,
+) -> dict[str, Any]:
+    """The group's photos as its ledger records them, a page at a time: each with its id (for
+    DELETE), its path within the source it was digested from, its status and its faces."""
+    if profile and profile not in PROFILES:
+        raise HTTPException(404, f"no profile {profile!r}: choose among {sorted(PROFILES)}")
+    with store() as faces:
+        chosen = ledger_profile(faces, group_id, profile)
+        keys = ("image_path", "status", "error", "faces", "run_id", "timestamp")
+        ledger, next_offset = faces.backend.scroll_page(
+            images_collection(chosen), Where({"group_id": group_id}), limit, offset, payload_keys=keys
+        )
+    names = photo_names(instance, ledger)
+    photos = [
+        Photo(
+            photo_id=p.id,
+            path=names[p.payload["image_path"]],
+            status=p.payload["status"],
+            error=p.payload.get("error"),
+            faces=p.payload.get("faces") or 0,
+            digested=p.payload.get("timestamp"),
+        )
+        for p in ledger
+    ]
+    return {"group_id": group_id, "profile": chosen, "photos": photos, "next_offset": next_offset}
