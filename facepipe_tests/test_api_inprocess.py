@@ -557,3 +557,42 @@ def test_the_photos_of_an_unknown_group_are_404(http):
     answer = http.get("/v1/groups/nobody/photos")
     assert answer.status_code == 404 and "nobody" in answer.json()["detail"]
     assert http.get("/v1/groups/party/photos", params={"profile": "vgg"}).status_code == 404
+
+
+# ------------------------------------------------------------------------------------------------
+# A photo in base64, wherever a file is taken
+# ------------------------------------------------------------------------------------------------
+
+
+def in_base64(name: str) -> str:
+    return base64.b64encode((SAMPLE_IMAGES / name).read_bytes()).decode()
+
+
+def test_a_photo_in_base64_is_answered_as_the_same_file(http):
+    as_file = http.post("/v1/search-face", files=photo("img1.jpg"), data={"group_id": "party"}).json()
+    as_text = http.post("/v1/search-face", data={"group_id": "party", "image_base64": in_base64("img1.jpg")})
+    assert as_text.status_code == 200, as_text.text
+    assert as_text.json() == as_file
+    data_url = f"data:image/jpeg;base64,{in_base64('couple.jpg')}"
+    for path in ("/v1/get-faces", "/v1/get-embedding", "/get-features"):
+        data = {"attributes": "none"} if path.endswith("features") else {}
+        file_answer = http.post(path, files=photo("couple.jpg"), data=data).json()
+        text_answer = http.post(path, data={**data, "image_base64": data_url})
+        assert text_answer.status_code == 200 and text_answer.json() == file_answer, (path, text_answer.text)
+
+
+def test_a_photo_in_base64_is_refused_as_a_file_is(http):
+    wall, img26 = no_face_photo(), in_base64("img26.jpg")  # img26.jpg is over this server's budget
+    for path, data in (("/v1/search-face", {"group_id": "party"}), ("/v1/get-faces", {}), ("/get-embedding", {})):
+        both = http.post(
+            path, files={"file": ("wall.jpg", wall)}, data={**data, "image_base64": base64.b64encode(wall).decode()}
+        )
+        assert both.status_code == 422 and "give one photo" in both.json()["detail"][0]["msg"], both.text
+        neither = http.post(path, data=data)
+        assert neither.status_code == 422 and neither.json()["detail"][0]["loc"] == ["body", "file"]
+        garbled = http.post(path, data={**data, "image_base64": "not base64!"})
+        assert garbled.status_code == 422 and garbled.json()["detail"][0]["loc"] == ["body", "image_base64"]
+        text = http.post(path, data={**data, "image_base64": base64.b64encode(b"a text file").decode()})
+        assert text.status_code == 422 and "image_base64" in text.json()["detail"] and "not an image" in text.text
+        large = http.post(path, data={**data, "image_base64": img26})
+        assert large.status_code == 413 and "FACEPIPE_MAX_IMAGE_BYTES" in large.json()["detail"], large.text

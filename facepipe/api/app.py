@@ -20,6 +20,7 @@ from facepipe import settings
 from facepipe.api.dependencies import Services
 from facepipe.api.routes import digests, faces, health, people, photos, search
 from facepipe.api.routes.photos import MAX_PHOTOS_PER_UPLOAD
+from facepipe.api.uploads import base64_size
 from facepipe.store import StoreDamaged, StoreNotWritable
 
 FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, beside the photo
@@ -39,10 +40,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class BoundedBody:
-    """Refuse a request body larger than it may be (a photo upload: FACEPIPE_MAX_IMAGE_BYTES and its
-    form; anything else: MAX_JSON_BYTES) before it is read: at once by its Content-Length, and else
-    (chunked, or a length that lies) by counting the bytes as they arrive, stopping at the budget, so
-    no body is ever held or parsed past it. Each upload is bounded again as it is read."""
+    """Refuse a request body larger than it may be (a form with a photo: FACEPIPE_MAX_IMAGE_BYTES, in
+    base64 or not, and the form; POST .../photos: MAX_PHOTOS_PER_UPLOAD of them; anything else:
+    MAX_JSON_BYTES) before it is read: at once by its Content-Length, and else (chunked, or a length
+    that lies) by counting the bytes as they arrive, stopping at the budget, so no body is ever held
+    or parsed past it. Each upload is bounded again as it is read."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
@@ -51,9 +53,14 @@ class BoundedBody:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        kind = headers.get(b"content-type", b"")
+        upload = kind.startswith((b"multipart/", b"application/x-www-form-urlencoded"))
         photos = MAX_PHOTOS_PER_UPLOAD if scope["path"].endswith("/photos") else 1
-        budget = settings.max_image_bytes() * photos + FORM_OVERHEAD if upload else MAX_JSON_BYTES
+        # a photo may come in base64, a third larger; URL-encoded, each of its '+' and '/' takes 3 bytes
+        escaped = 3 if kind.startswith(b"application/x-www-form-urlencoded") else 1
+        budget = (
+            base64_size(settings.max_image_bytes()) * photos * escaped + FORM_OVERHEAD if upload else MAX_JSON_BYTES
+        )
         what = (
             f"an upload of {photos} photo{'s' if photos > 1 else ''} (FACEPIPE_MAX_IMAGE_BYTES each)"
             if upload
@@ -159,6 +166,8 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # a photo in image_base64, URL-encoded at worst: refused past the byte budget once decoded
+        form_limits={"max_part_size": 3 * base64_size(settings.max_image_bytes())},
     )
     app.state.services = Services()
     app.add_middleware(BoundedBody)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from fastapi import File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
 from facepipe import settings
 from facepipe.api.dependencies import MODEL_LOCK
@@ -24,7 +25,27 @@ MIN_FACE = Annotated[int, Form(ge=8, description="The narrowest face to find, in
 # `format: binary` beside FastAPI's contentMediaType: what client generators (openapi-python-client)
 # read as a file to upload, not a string
 BINARY = {"format": "binary"}
-UPLOAD = Annotated[UploadFile, File(description="One photo (JPEG, PNG, WebP, ...).", json_schema_extra=BINARY)]
+
+
+def optional_file(schema: dict[str, Any]) -> None:
+    """An optional upload's schema as a file's (a string, format binary), not `anyOf [file, null]`:
+    a field left out of a form is what makes it optional, and a generator reads this one as a file."""
+    schema.pop("anyOf", None)
+    schema.update(type="string", contentMediaType="application/octet-stream", **BINARY)
+
+
+UPLOAD = Annotated[
+    UploadFile | None,
+    File(description="One photo (JPEG, PNG, WebP, ...); or give `image_base64`.", json_schema_extra=optional_file),
+]
+IMAGE_BASE64 = Annotated[
+    str | None, Form(description="The photo's bytes in base64 (a `data:image/...;base64,` URL too), instead of `file`.")
+]
+
+
+def base64_size(size: int) -> int:
+    """The length of `size` bytes written in base64, with room for a data: URL's header."""
+    return (size + 2) // 3 * 4 + 256
 
 
 async def upload_bytes(file: UploadFile) -> bytes:
@@ -37,6 +58,33 @@ async def upload_bytes(file: UploadFile) -> bytes:
             raise HTTPException(413, f"{file.filename}: {too_large(size, budget, 'upload')}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def one_photo_missing(msg: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", "file"), "msg": msg}])
+
+
+async def photo_bytes(file: UploadFile | None, image_base64: str | None) -> tuple[bytes, str]:
+    """The photo given as a file or in base64 (exactly one of the two), within the byte budget, and
+    a name for it in messages (the file's, or `image_base64`)."""
+    if (file is None) == (not image_base64):
+        raise one_photo_missing("give one photo: a `file`, or its bytes in `image_base64`")
+    if file is not None:
+        return await upload_bytes(file), str(file.filename)
+    assert image_base64 is not None
+    text = image_base64.split(",", 1)[1] if image_base64.startswith("data:") else image_base64
+    budget = settings.max_image_bytes()
+    if len(text) * 3 // 4 > budget + 2:  # refused by its length before it is decoded
+        raise HTTPException(413, f"image_base64: {too_large(len(text) * 3 // 4, budget, 'upload')}")
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except ValueError:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "image_base64"), "msg": "image_base64 is not base64"}]
+        ) from None
+    if len(data) > budget:
+        raise HTTPException(413, f"image_base64: {too_large(len(data), budget, 'upload')}")
+    return data, "image_base64"
 
 
 def decoded(data: bytes, name: str | None) -> np.ndarray:
@@ -57,10 +105,10 @@ def faces_of(image: np.ndarray, profile_name: str, confidence: float, min_face_s
 
 
 async def photo_faces(
-    file: UploadFile, profile: str, confidence: float, min_face_size: int
+    file: UploadFile | None, image_base64: str | None, profile: str, confidence: float, min_face_size: int
 ) -> tuple[np.ndarray, list[Face]]:
-    data = await upload_bytes(file)
-    image = await run_in_threadpool(decoded, data, file.filename)
+    data, name = await photo_bytes(file, image_base64)
+    image = await run_in_threadpool(decoded, data, name)
     faces = await run_in_threadpool(faces_of, image, profile, confidence, min_face_size)
     return image, faces
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 
 from facepipe.api.dependencies import KEY, MODEL_LOCK
 from facepipe.api.schemas import Embeddings, Faces, Features, errors
-from facepipe.api.uploads import CONFIDENCE, MIN_FACE, UPLOAD, area, crop_b64, face_fields, photo_faces
+from facepipe.api.uploads import CONFIDENCE, IMAGE_BASE64, MIN_FACE, UPLOAD, area, crop_b64, face_fields, photo_faces
 from facepipe.domain.request import DEFAULT_CONFIDENCE, ProfileName
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
@@ -23,14 +23,15 @@ PHOTO_ERRORS = errors(413, 503)
 
 @router.post("/get-faces", response_model=Faces, response_model_exclude_unset=True, responses=PHOTO_ERRORS)
 async def post_get_faces(
-    file: UPLOAD,
+    file: UPLOAD = None,
+    image_base64: IMAGE_BASE64 = None,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
     confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
     crops: Annotated[bool, Form(description="Add each face's crop, a base64 JPEG.")] = False,
 ) -> dict[str, Any]:
     """The photo's faces, left to right: box, confidence, landmarks (and a crop on request)."""
-    image, faces = await photo_faces(file, profile, confidence, min_face_size)
+    image, faces = await photo_faces(file, image_base64, profile, confidence, min_face_size)
     answer = []
     for f in faces:
         face = face_fields(f)
@@ -48,13 +49,14 @@ async def post_get_faces(
 
 @router.post("/get-embedding", response_model=Embeddings, responses=PHOTO_ERRORS)
 async def post_get_embedding(
-    file: UPLOAD,
+    file: UPLOAD = None,
+    image_base64: IMAGE_BASE64 = None,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
     confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
 ) -> dict[str, Any]:
     """Each face's embedding (unit length, as stored and searched), with the profile and model."""
-    _, faces = await photo_faces(file, profile, confidence, min_face_size)
+    _, faces = await photo_faces(file, image_base64, profile, confidence, min_face_size)
     return {
         "profile": profile,
         "model": PROFILES[profile].model_name,
@@ -90,7 +92,8 @@ def attributes_of(image: np.ndarray, box: Any, attributes: list[str]) -> dict[st
 
 @router.post("/get-features", response_model=Features, response_model_exclude_unset=True, responses=PHOTO_ERRORS)
 async def post_get_features(
-    file: UPLOAD,
+    file: UPLOAD = None,
+    image_base64: IMAGE_BASE64 = None,
     profile: Annotated[ProfileName, Form()] = DEFAULT_PROFILE,
     confidence: CONFIDENCE = DEFAULT_CONFIDENCE,
     min_face_size: MIN_FACE = DEFAULT_MIN_FACE_SIZE,
@@ -115,7 +118,7 @@ async def post_get_features(
     missing = missing_attribute_weights(wanted)
     if missing:
         raise HTTPException(503, str(missing))
-    image, faces = await photo_faces(file, profile, confidence, min_face_size)
+    image, faces = await photo_faces(file, image_base64, profile, confidence, min_face_size)
     answer = []
     for f in faces:
         face = face_fields(f)

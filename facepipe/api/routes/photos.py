@@ -82,7 +82,10 @@ async def post_photos(
     group_id: GroupPath,
     files: Annotated[
         list[UploadFile],
-        File(description=f"One or more photos (at most {MAX_PHOTOS_PER_UPLOAD}).", json_schema_extra={"items": {"type": "string", **BINARY}}),
+        File(
+            description=f"One or more photos (at most {MAX_PHOTOS_PER_UPLOAD}).",
+            json_schema_extra={"items": {"type": "string", **BINARY}},
+        ),
     ],
     instance: Instance,
 ) -> dict[str, Any]:

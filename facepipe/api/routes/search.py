@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from facepipe.api.dependencies import KEY, AppServices, Store, embedded, search_slot
 from facepipe.api.schemas import SearchAnswer, errors
-from facepipe.api.uploads import BINARY, decoded, upload_bytes
+from facepipe.api.uploads import IMAGE_BASE64, decoded, optional_file, photo_bytes
 from facepipe.domain.search import SearchError, group_profile, matching_photos
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.weights import MissingWeightsError
@@ -18,10 +18,13 @@ router = APIRouter(tags=["search"], dependencies=KEY)
 
 @router.post("/search-face", response_model=SearchAnswer, responses=errors(400, 404, 413, 503))
 async def post_search_face(
-    file: Annotated[UploadFile, File(description="The selfie.", json_schema_extra=BINARY)],
     group_id: Annotated[str, Form()],
     app_services: AppServices,
     store: Store,
+    file: Annotated[
+        UploadFile | None, File(description="The selfie; or give `image_base64`.", json_schema_extra=optional_file)
+    ] = None,
+    image_base64: IMAGE_BASE64 = None,
     top_k: Annotated[int, Form(ge=1, le=10000)] = 100,
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
     profile: Annotated[str | None, Form()] = None,
@@ -29,9 +32,9 @@ async def post_search_face(
 ) -> dict[str, Any]:
     """The group's photos showing the selfie's person (its largest face), best first, with scores,
     boxes, face ids and person ids. `threshold` defaults to the profile's calibrated one."""
-    data = await upload_bytes(file)
-    await run_in_threadpool(decoded, data, file.filename)  # a bad upload is told apart from a photo with no face
-    name = repr(file.filename)
+    data, name = await photo_bytes(file, image_base64)
+    await run_in_threadpool(decoded, data, name)  # a bad upload is told apart from a photo with no face
+    name = repr(name)
     # embedded before the store is touched, with the profile asked for, else the default: a group
     # digested with another profile is embedded again
     guessed = profile or DEFAULT_PROFILE
