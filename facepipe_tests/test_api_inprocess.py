@@ -525,6 +525,15 @@ def test_uploaded_photos_are_kept_safely_digested_and_listed_by_id_and_relative_
     assert len(first["photos"]) == 3 and rest["next_offset"] is None
     assert [p["photo_id"] for p in first["photos"] + rest["photos"]] == [p["photo_id"] for p in answer["photos"]]
 
+    # a face's crop, until its photo is gone from the folder
+    found = http.post("/v1/search-face", files=photo("img2.jpg"), data={"group_id": "uploaded"}).json()
+    face_ids = {Path(p["image_path"]).name: p["faces"][0]["face_id"] for p in found["photos"]}
+    assert set(face_ids) == {"img1.jpg", "img8-2.jpg", "outside.jpg"}  # img1.jpg and img2.jpg: person01
+    assert http.get(f"/v1/groups/uploaded/faces/{face_ids['img8-2.jpg']}/crop").status_code == 200
+    (folder / "img8-2.jpg").unlink()
+    gone = http.get(f"/v1/groups/uploaded/faces/{face_ids['img8-2.jpg']}/crop")
+    assert gone.status_code == 404 and "can no longer be read" in gone.json()["detail"]
+
 
 def test_the_party_photos_are_listed_within_their_folder(http):
     answer = http.get("/v1/groups/party/photos").json()
@@ -596,3 +605,33 @@ def test_a_photo_in_base64_is_refused_as_a_file_is(http):
         assert text.status_code == 422 and "image_base64" in text.json()["detail"] and "not an image" in text.text
         large = http.post(path, data={**data, "image_base64": img26})
         assert large.status_code == 413 and "FACEPIPE_MAX_IMAGE_BYTES" in large.json()["detail"], large.text
+
+
+def test_a_face_crop_is_the_face_cut_from_its_photo_as_a_jpeg(http):
+    person = http.get("/v1/groups/party/people").json()["people"][0]
+    faces = http.get(f"/v1/groups/party/people/{person['person_id']}").json()["faces"]
+    face = next(f for f in faces if Path(f["image_path"]).name == "img1.jpg")
+    answer = http.get(f"/v1/groups/party/faces/{face['face_id']}/crop")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    crop = cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_COLOR)
+    area = face["facial_area"]
+    side = int(max(area["w"], area["h"]) * 1.5)  # the face's box and a quarter of it on every side
+    assert abs(crop.shape[0] - side) <= 2 and abs(crop.shape[1] - side) <= 2, crop.shape
+    # the photo's own pixels there (JPEG saved again: close, not equal)
+    photo_image = cv2.imread(str(SAMPLE_IMAGES / "img1.jpg"))
+    x0 = int(area["x"] + area["w"] / 2 - side / 2)
+    y0 = int(area["y"] + area["h"] / 2 - side / 2)
+    original = photo_image[max(0, y0) : max(0, y0) + crop.shape[0], max(0, x0) : max(0, x0) + crop.shape[1]]
+    assert original.shape == crop.shape
+    assert np.abs(original.astype(int) - crop.astype(int)).mean() < 4
+
+
+def test_a_crop_of_a_face_the_group_does_not_have_is_404(http):
+    person = http.get("/v1/groups/party/people").json()["people"][0]
+    for path in (
+        f"/v1/groups/wedding/faces/{person['representative_face_id']}/crop",  # another group's face
+        "/v1/groups/party/faces/5b0c3d0e-6a86-5f53-9d4e-0b8f2f6f1c27/crop",
+        "/groups/party/faces/not-a-face/crop",
+    ):
+        answer = http.get(path)
+        assert answer.status_code == 404 and "no face" in answer.json()["detail"], (path, answer.text)

@@ -34,6 +34,27 @@ def read_stored_photo(stored: str) -> tuple[bytes, str]:
     return read_image_bytes(local_path(stored))
 
 
+def square_crop(face: StoredPoint, image: np.ndarray) -> np.ndarray:
+    """The square around the face's box, MARGIN of it added on every side, cut at the photo's edges."""
+    area = face.payload["facial_area"]
+    side = max(area["w"], area["h"]) * (1 + 2 * MARGIN)
+    cx, cy = area["x"] + area["w"] / 2, area["y"] + area["h"] / 2
+    height, width = image.shape[:2]
+    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
+    return image[y0:y1, x0:x1]
+
+
+def face_crop_jpeg(face: StoredPoint, read: Callable[[str], tuple[bytes, str]] = read_stored_photo) -> bytes | None:
+    """The face as a JPEG at its photo's resolution (the thumbnail's square, not resized), or None if
+    the photo can no longer be read (moved, deleted)."""
+    try:
+        image = decode_image(read(face.payload["image_path"])[0])
+    except ImageError:
+        return None
+    return bytes(cv2.imencode(".jpg", square_crop(face, image), [cv2.IMWRITE_JPEG_QUALITY, 90])[1])
+
+
 def face_thumbnail(
     face: StoredPoint, image: np.ndarray | None = None, read: Callable[[str], tuple[bytes, str]] = read_stored_photo
 ) -> Path | None:
@@ -50,13 +71,7 @@ def face_thumbnail(
             image = decode_image(read(face.payload["image_path"])[0])
         except ImageError:
             return None
-    area = face.payload["facial_area"]
-    side = max(area["w"], area["h"]) * (1 + 2 * MARGIN)
-    cx, cy = area["x"] + area["w"] / 2, area["y"] + area["h"] / 2
-    height, width = image.shape[:2]
-    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
-    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
-    crop = cv2.resize(image[y0:y1, x0:x1], (THUMBNAIL_SIZE, THUMBNAIL_SIZE), interpolation=cv2.INTER_AREA)
+    crop = cv2.resize(square_crop(face, image), (THUMBNAIL_SIZE, THUMBNAIL_SIZE), interpolation=cv2.INTER_AREA)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part.jpg")  # write then rename: a reader never sees half a file
     cv2.imwrite(str(partial), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])

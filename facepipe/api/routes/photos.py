@@ -4,11 +4,12 @@ list what the group's ledger holds, each photo by its ledger id and its path wit
 import hashlib
 import itertools
 import os
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from dagster import DagsterInstance
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
@@ -17,8 +18,9 @@ from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.routes.digests import job_by_id
 from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
 from facepipe.api.uploads import BINARY, decoded, upload_bytes
-from facepipe.clients.local import LaunchError, daemon_is_running, start_digest
+from facepipe.clients.local import LaunchError, daemon_is_running, photo_reader, start_digest
 from facepipe.domain.request import SOURCE_TAG, default_workers, digest_request
+from facepipe.domain.thumbnails import face_crop_jpeg, read_stored_photo
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.platform.worker_check import WorkerConfigError
 from facepipe.store import FaceStore, StoredPoint, Where, images_collection, local_path
@@ -183,3 +185,37 @@ def get_photos(
         for p in ledger
     ]
     return {"group_id": group_id, "profile": chosen, "photos": photos, "next_offset": next_offset}
+
+
+def stored_face(store: FaceStore, group_id: str, face_id: str) -> StoredPoint:
+    """The group's face by its id, whichever profile stored it; 404 if the group has none such."""
+    try:
+        face_id = str(uuid.UUID(face_id))
+    except ValueError:
+        raise HTTPException(404, f"no face {face_id!r} in group {group_id!r}: a face id is a UUID") from None
+    for profile in PROFILES:
+        for face in store.get_faces(profile, [face_id]):
+            if face.payload.get("group_id") == group_id:
+                return face
+    raise HTTPException(404, f"no face {face_id!r} in group {group_id!r}")
+
+
+@router.get(
+    "/groups/{group_id}/faces/{face_id}/crop",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "JPEG"},
+        **errors(404, 503),
+    },
+)
+def get_face_crop(group_id: GroupPath, face_id: str, store: Store) -> Response:
+    """The face cut out of its photo as a JPEG, at the photo's resolution, with a margin (a square a
+    half larger than the face's box). 404 for a face the group does not have, or whose photo can no
+    longer be read."""
+    with store() as faces:
+        face = stored_face(faces, group_id, face_id)
+    in_s3 = face.payload["image_path"].startswith("s3://")
+    jpeg = face_crop_jpeg(face, photo_reader([face]) if in_s3 else read_stored_photo)
+    if jpeg is None:
+        raise HTTPException(404, f"face {face_id!r}: its photo can no longer be read (moved or deleted)")
+    return Response(jpeg, media_type="image/jpeg")
