@@ -8,6 +8,7 @@ process (dagster.materialize, as test_assets.py does): four photos, person01 in 
 """
 
 import base64
+import json
 import os
 import shutil
 import threading
@@ -16,13 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dagster import materialize
+from dagster import DagsterRunStatus, materialize
+from dagster._core.test_utils import create_run_for_test
 from dagster_aws.s3 import S3Resource
 from fastapi.testclient import TestClient
 
 from facepipe import settings
 from facepipe.api.app import create_app
 from facepipe.api.dependencies import StoreAccess, face_store
+from facepipe.api.routes import digests as digests_routes
 from facepipe.api.schemas import DIGEST_EXAMPLE
 from facepipe.clients.local import instance_for_digests
 from facepipe.defs.digest.assets import digest
@@ -30,10 +33,10 @@ from facepipe.defs.digest.jobs import digest_run_config
 from facepipe.defs.partitions import GROUPS
 from facepipe.defs.people.assets import people, people_run_config
 from facepipe.defs.resources import FaceStoreResource
-from facepipe.domain.request import digest_request
+from facepipe.domain.request import DIGEST_JOB, PARTITION_TAG, digest_request
 from facepipe.engine.profiles import PROFILES
 from facepipe.store import RECOVER, FaceStore, StoreLease, image_point_id
-from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES
+from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, run_facepipe
 
 KEY = "test-key-inprocess"
 PARTY = {"img1.jpg": "person01", "img2.jpg": "person01", "couple.jpg": "person01", "img8.jpg": "person09"}
@@ -635,3 +638,56 @@ def test_a_crop_of_a_face_the_group_does_not_have_is_404(http):
     ):
         answer = http.get(path)
         assert answer.status_code == 404 and "no face" in answer.json()["detail"], (path, answer.text)
+
+
+# ------------------------------------------------------------------------------------------------
+# The seed's fields: face ids in the job, processing once dequeued, the CLI's JSON alike
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(app, home) -> dict:
+    """A digest of the party's photos into the group "seed" by `facepipe digest` (a run of the
+    digest job, executed here, the store handed over by the app's lease): its job."""
+    run_facepipe(home, "digest", str(home / "photos"), "--group", "seed", "--workers", "1", "--json")
+    [job] = app.state.client.get("/v1/get-digests", params={"group_id": "seed"}).json()["jobs"]
+    return job
+
+
+def test_a_finished_job_carries_its_first_face_ids_and_the_page_for_the_rest(http, finished, monkeypatch):
+    job = finished
+    assert job["status"] == "completed" and (job["confidence"], job["threads"]) == (0.5, 1)
+    page = http.get(f"/v1/get-digests/{job['job_id']}/face-ids").json()
+    assert len(job["face_ids"]) == job["total_faces"] == 5 and job["face_ids_next_offset"] is None
+    assert sorted(job["face_ids"]) == sorted(page["face_ids"])
+    assert http.get(f"/v1/get-digests/{job['job_id']}").json()["face_ids"] == job["face_ids"]
+    # past the first FACE_IDS_IN_JOB, the paged endpoint goes on where the job stops
+    monkeypatch.setattr(digests_routes, "FACE_IDS_IN_JOB", 2)
+    first = http.get(f"/v1/get-digests/{job['job_id']}").json()
+    rest = http.get(f"/v1/get-digests/{job['job_id']}/face-ids", params={"offset": first["face_ids_next_offset"]})
+    assert len(first["face_ids"]) == 2 and first["face_ids"] + rest.json()["face_ids"] == job["face_ids"]
+
+
+def test_a_dequeued_digest_is_processing(http, home):
+    instance = instance_for_digests()
+    run = create_run_for_test(
+        instance, job_name=DIGEST_JOB, status=DagsterRunStatus.STARTING, tags={PARTITION_TAG: "dequeued"}
+    )
+    instance.dispose()
+    answer = http.get(f"/v1/get-digests/digest-{run.run_id}").json()
+    assert answer["status"] == "processing" and answer["face_ids"] == []
+    listed = http.get("/v1/get-digests", params={"group_id": "dequeued", "status": "processing"}).json()
+    assert [j["run_id"] for j in listed["jobs"]] == [run.run_id]
+
+
+def test_the_cli_json_carries_the_seed_fields_of_the_http_job(http, home, finished):
+    jobs = {j["run_id"]: j for j in http.get("/v1/get-digests", params={"limit": 1000}).json()["jobs"]}
+    listed = json.loads(run_facepipe(home, "digests", "list", "--limit", "1000", "--json").stdout)
+    assert {d["run_id"] for d in listed} == set(jobs)
+    seed = ["job_id", "status", "progress", "group_id", "source", "confidence", "threads", "images_total"]
+    seed += ["images_processed", "images_failed", "faces_processed", "total_faces", "start_time", "error"]
+    for summary in listed:
+        assert {k: summary[k] for k in seed} == {k: jobs[summary["run_id"]][k] for k in seed}
+    job = finished
+    shown = json.loads(run_facepipe(home, "digests", "show", job["run_id"], "--json").stdout)
+    assert {k: shown[k] for k in seed + ["end_time"]} == {k: job[k] for k in seed + ["end_time"]}

@@ -138,8 +138,8 @@ class Job(BaseModel):
     progress: float = Field(description="Percent of the photos to digest that are done.")
     group_id: str | None
     source: str | None = Field(description="The folder or s3:// prefix digested.")
-    confidence: float | None
-    threads: int | None
+    confidence: float | None = Field(description="Faces detected below it were dropped.")
+    threads: int | None = Field(description="Worker processes.")
     images_total: int | None = Field(description="Photos listed in the source.")
     images_processed: int = Field(description="Photos done, skipped (unchanged since a digest) included.")
     images_failed: int
@@ -165,6 +165,11 @@ class Job(BaseModel):
     failed_images: list[FailedImage] = Field(description="Each photo that could not be digested, with its reason.")
     not_listed: list[dict[str, Any]] = Field(description="Entries of the source that were not listed, and why.")
     errors: list[str]
+    face_ids: list[str] = Field(
+        description="The first 100 ids of the faces it stored, once it has finished; "
+        "the rest from GET /v1/get-digests/{job_id}/face-ids?offset={face_ids_next_offset}."
+    )
+    face_ids_next_offset: str | None = Field(description="Null when face_ids holds every one.")
     warning: str | None = Field(None, description="Set when the digest will wait (no daemon is running).")
 
 

@@ -256,8 +256,10 @@ def list_command(
     """Digests, newest first."""
     utc = {key: value.replace(tzinfo=UTC) if value else None for key, value in (("since", since), ("until", until))}
     found = digests_client(remote).list_digests(group_id, status, utc["since"], utc["until"], limit)
-    if as_json:
-        click.echo(json.dumps(found))
+    if as_json:  # with the seed's fields, as the HTTP job has them
+        from facepipe.platform.history import seed_fields
+
+        click.echo(json.dumps([{**seed_fields(d), **d} for d in found]))
         return
     for d in found:
         click.echo(
@@ -277,7 +279,7 @@ def list_command(
 def show_command(run_id: str, face_ids: int, remote: str | None, as_json: bool) -> None:
     """One digest: status, progress, counts, times and errors."""
     from facepipe.clients.local import digest_face_ids
-    from facepipe.platform.history import DigestNotFound
+    from facepipe.platform.history import DigestNotFound, seed_fields
 
     try:
         summary = digests_client(remote).digest_summary(run_id)
@@ -286,7 +288,7 @@ def show_command(run_id: str, face_ids: int, remote: str | None, as_json: bool) 
     if face_ids:
         summary["face_ids"], summary["face_ids_next_offset"] = digest_face_ids(summary, limit=face_ids)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps({**seed_fields(summary), **summary}))
         return
     for key, value in summary.items():
         if key not in ("failed_images", "not_listed", "errors", "face_ids"):

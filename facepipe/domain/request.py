@@ -45,6 +45,7 @@ GROUP_TAG = TAG_PREFIX + "group_id"
 SOURCE_TAG = TAG_PREFIX + "source"
 PROFILE_TAG = TAG_PREFIX + "profile"
 WORKERS_TAG = TAG_PREFIX + "workers"
+CONFIDENCE_TAG = TAG_PREFIX + "confidence"
 WATCH_TAG = TAG_PREFIX + "watch"
 # a watch's run: the run it waited behind in the run queue when its sensor launched it
 QUEUED_BEHIND_TAG = TAG_PREFIX + "queued_behind"
@@ -394,4 +395,5 @@ def run_tags(request: DigestRequest, workers: int) -> dict[str, str]:
         SOURCE_TAG: request.source.url,
         PROFILE_TAG: request.profile,
         WORKERS_TAG: str(workers),
+        CONFIDENCE_TAG: str(request.confidence),
     }

@@ -23,18 +23,59 @@ from dagster import (
 )
 from dagster._utils.error import SerializableErrorInfo
 
-from facepipe.domain.request import DIGEST_JOB, GROUP_TAG, PARTITION_TAG, PROFILE_TAG, SOURCE_TAG, WORKERS_TAG
+from facepipe.domain.request import (
+    CONFIDENCE_TAG,
+    DIGEST_JOB,
+    GROUP_TAG,
+    PARTITION_TAG,
+    PROFILE_TAG,
+    SOURCE_TAG,
+    WORKERS_TAG,
+)
 
 STATUS_NAMES = {
     DagsterRunStatus.QUEUED: "queued",
     DagsterRunStatus.NOT_STARTED: "queued",
-    DagsterRunStatus.STARTING: "queued",
+    DagsterRunStatus.STARTING: "processing",  # dequeued: its process is starting
     DagsterRunStatus.STARTED: "processing",
     DagsterRunStatus.SUCCESS: "completed",
     DagsterRunStatus.FAILURE: "failed",
     DagsterRunStatus.CANCELING: "canceled",
     DagsterRunStatus.CANCELED: "canceled",
 }
+
+
+JOB_PREFIX = "digest-"  # a job id, as the seed's clients know a digest: `digest-{run id}`
+
+
+def job_id_of(run_id: str) -> str:
+    return f"{JOB_PREFIX}{run_id}"
+
+
+def run_id_of(job_id: str) -> str:
+    """The run id of a job id: `digest-{run id}` as answered, or the bare run id."""
+    return job_id.removeprefix(JOB_PREFIX)
+
+
+def seed_fields(summary: dict) -> dict:
+    """A digest summary's fields by the seed service's names (its HTTP job, `digests list --json`)."""
+    return {
+        "job_id": job_id_of(summary["run_id"]),
+        "status": summary["status"],
+        "progress": summary["progress_percent"],
+        "group_id": summary["group_id"],
+        "source": summary["source"],
+        "confidence": summary["confidence"],
+        "threads": summary["workers"],
+        "images_total": summary["images_listed"],
+        "images_processed": (summary["images_skipped"] or 0) + summary["images_done"],
+        "images_failed": summary["images_failed"],
+        "faces_processed": summary["faces_detected"],
+        "total_faces": summary["faces_stored"],
+        "start_time": summary["start_time"],
+        "end_time": summary["end_time"],
+        "error": "; ".join(summary["errors"]) or None,
+    }
 
 
 class DigestNotFound(LookupError):
@@ -257,6 +298,7 @@ def summarise(
         "source": tags.get(SOURCE_TAG),
         "profile": tags.get(PROFILE_TAG),
         "workers": int(tags[WORKERS_TAG]) if WORKERS_TAG in tags else None,
+        "confidence": float(tags[CONFIDENCE_TAG]) if CONFIDENCE_TAG in tags else None,
         "progress_percent": progress,
         "images_listed": listing.get("images_listed"),
         "entries_not_listed": listing.get("entries_not_listed", 0),

@@ -14,22 +14,21 @@ from pydantic import ValidationError
 from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
 from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
-from facepipe.domain.request import DigestChoices, digest_request
-from facepipe.platform.history import DigestNotFound, count_digests, digest_runs, digest_summary
+from facepipe.domain.request import DigestChoices, digest_request, list_images_config
+from facepipe.platform.history import (
+    DigestNotFound,
+    count_digests,
+    digest_runs,
+    digest_summary,
+    job_id_of,
+    run_id_of,
+    seed_fields,
+)
 from facepipe.platform.worker_check import WorkerConfigError
 
 router = APIRouter(tags=["digests"], dependencies=KEY)
 
-JOB_PREFIX = "digest-"
-
-
-def job_id_of(run_id: str) -> str:
-    return f"{JOB_PREFIX}{run_id}"
-
-
-def run_id_of(job_id: str) -> str:
-    """The run id of a job id: `digest-{run id}` as answered, or the bare run id."""
-    return job_id.removeprefix(JOB_PREFIX)
+FACE_IDS_IN_JOB = 100  # the rest: GET /get-digests/{job_id}/face-ids
 
 
 def field_errors(err: ValidationError, prefix: str = "body") -> RequestValidationError:
@@ -48,27 +47,22 @@ def field_errors(err: ValidationError, prefix: str = "body") -> RequestValidatio
 
 def job(summary: dict[str, Any], run_config: dict[str, Any] | None) -> dict[str, Any]:
     """A digest as the seed's clients know it, then everything else facepipe knows of it."""
-    request = (
-        (run_config or {}).get("ops", {}).get("digest", {}).get("ops", {}).get("list_images", {}).get("config", {})
-    )
-    seed = {
-        "job_id": job_id_of(summary["run_id"]),
-        "status": summary["status"],
-        "progress": summary["progress_percent"],
-        "group_id": summary["group_id"],
-        "source": summary["source"],
-        "confidence": request.get("confidence"),
-        "threads": summary["workers"],
-        "images_total": summary["images_listed"],
-        "images_processed": (summary["images_skipped"] or 0) + summary["images_done"],
-        "images_failed": summary["images_failed"],
-        "faces_processed": summary["faces_detected"],
-        "total_faces": summary["faces_stored"],
-        "start_time": summary["start_time"],
-        "end_time": summary["end_time"],
-        "error": "; ".join(summary["errors"]) or None,
-    }
-    return {**seed, **{k: v for k, v in summary.items() if k not in ("progress_percent", "workers")}}
+    seed = seed_fields(summary)
+    if seed["confidence"] is None:  # a run launched before its confidence was a tag
+        seed["confidence"] = list_images_config(run_config or {}).get("confidence")
+    rest = {k: v for k, v in summary.items() if k not in ("progress_percent", "workers")}
+    return {**seed, **rest, "face_ids": [], "face_ids_next_offset": None}
+
+
+def with_face_ids(answer: dict[str, Any], store: Store) -> dict[str, Any]:
+    """The job with the first FACE_IDS_IN_JOB ids of the faces it stored, once it has finished (a
+    running digest's store step may hold the store: a poll never waits for it)."""
+    if answer["status"] in ("completed", "failed", "canceled") and answer["faces_stored"] and answer["profile"]:
+        with store() as faces:
+            answer["face_ids"], answer["face_ids_next_offset"] = faces.face_ids_of_run(
+                answer["group_id"], answer["profile"], answer["run_id"], FACE_IDS_IN_JOB
+            )
+    return answer
 
 
 def job_by_id(instance: DagsterInstance, job_id: str) -> dict[str, Any]:
@@ -121,9 +115,10 @@ def post_digest(body: DigestBody, instance: Instance) -> dict[str, Any]:
     return answer
 
 
-@router.get("/get-digests", response_model=JobList, responses=errors())
+@router.get("/get-digests", response_model=JobList, responses=errors(503))
 def get_digests(
     instance: Instance,
+    store: Store,
     group_id: str | None = None,
     status: Status | None = None,
     since: datetime | None = None,
@@ -135,14 +130,15 @@ def get_digests(
     since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t for t in (since, until))
     # a page costs the page: each finished run's summary is kept in its tags (history.digest_runs)
     runs = digest_runs(instance, group_id, status, since, until, limit)
-    jobs = [job(summary, dict(run.run_config)) for summary, run in runs]
+    jobs = [with_face_ids(job(summary, dict(run.run_config)), store) for summary, run in runs]
     return {"total_jobs": count_digests(instance, group_id, status, since, until), "jobs": jobs}
 
 
-@router.get("/get-digests/{job_id}", response_model=Job, response_model_exclude_unset=True, responses=errors(404))
-def get_digest(job_id: str, instance: Instance) -> dict[str, Any]:
-    """One digest: status, progress, counts, times and errors (each failed photo with its reason)."""
-    return job_by_id(instance, job_id)
+@router.get("/get-digests/{job_id}", response_model=Job, response_model_exclude_unset=True, responses=errors(404, 503))
+def get_digest(job_id: str, instance: Instance, store: Store) -> dict[str, Any]:
+    """One digest: status, progress, counts, times and errors (each failed photo with its reason),
+    and once it has finished the first ids of the faces it stored."""
+    return with_face_ids(job_by_id(instance, job_id), store)
 
 
 @router.get("/get-digests/{job_id}/face-ids", response_model=FaceIdsPage, responses=errors(404, 503))
