@@ -24,7 +24,6 @@ from facepipe.api.schemas import (
     errors,
 )
 from facepipe.clients.local import adopt_group, start_people
-from facepipe.defs.partitions import GROUPS
 from facepipe.domain.people import (
     PersonNotFound,
     list_people,
