@@ -76,6 +76,11 @@ KEYWORD_INDEXES = {
 INTEGER_INDEXES = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
 
+# The ledger status of a photo a user deleted from its group: a tombstone, so that the next digest
+# of the same source leaves it out (facepipe.domain.forget)
+PHOTO_DELETED = "deleted"
+
+
 def face_point_id(group_id: str, image_path: str, content_hash: str, face_index: int, profile: str) -> str:
     """A face's id: its group, its photo's path and bytes, its index in the photo, the profile. The
     path is part of it, so the same photo under two names has a set of faces each: both paths are
@@ -803,13 +808,15 @@ class FaceStore:
         profile: str,
         paths: Iterable[str] | None = None,
         faces_lost: list[str] | None = None,
+        deleted: list[str] | None = None,
     ) -> dict[str, DigestedImage]:
         """Image paths of the group digested without error, with what they were when digested.
 
         With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
         is the listing's, not the group's. A photo whose ledger row counts faces that the faces
         collection no longer holds (a damaged store) is left out, so that a digest reads it again
-        rather than skip it, and its path is added to `faces_lost`.
+        rather than skip it, and its path is added to `faces_lost`. Photos a user deleted from the
+        group (a tombstone row, facepipe.domain.forget) are added to `deleted`.
         """
         keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status", "faces")
         if paths is None:
@@ -828,6 +835,8 @@ class FaceStore:
             if p.get("status") == "done":
                 image = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
                 done[p["image_path"]] = (image, p.get("faces") or 0)
+            elif p.get("status") == PHOTO_DELETED and deleted is not None:
+                deleted.append(local_path(p["image_path"]))
         # the faces each photo has in the store, by path (whatever their ids), a batch of photos at a time
         lost: set[str] = set()
         for batch in _batches([text for text, (_, n) in done.items() if n], 1024):
@@ -872,11 +881,13 @@ class FaceStore:
         redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
             counts.faces_replaced = self.drop_faces(group_id, profile, redone)
+        # the faces a user deleted from those photos stay deleted (facepipe.domain.forget)
+        deleted_faces = self._deleted_faces(group_id, profile, redone)
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):
             face_points, image_points = self._points(
-                group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now
+                group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now, deleted_faces
             )
             # faces before the ledger: a photo is recorded as digested only once its faces are stored
             self.upsert(faces, face_points)
@@ -884,6 +895,15 @@ class FaceStore:
             counts.faces_stored += len(face_points)
             counts.images_recorded += len(image_points)
         return counts
+
+    def _deleted_faces(self, group_id: str, profile: str, paths: list[str]) -> dict[str, list[dict]]:
+        """The boxes of the faces a user deleted from the group's photos at `paths`, by path."""
+        found: dict[str, list[dict]] = {}
+        for batch in _batches([image_point_id(group_id, path, profile) for path in paths], 1024):
+            for row in self.retrieve(images_collection(profile), batch):
+                if row.payload.get("deleted_faces"):
+                    found[local_path(row.payload["image_path"])] = row.payload["deleted_faces"]
+        return found
 
     def drop_faces(self, group_id: str, profile: str, paths: list[str]) -> int:
         """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
@@ -903,7 +923,7 @@ class FaceStore:
         self.delete(faces, stale)
         return dropped
 
-    def _points(self, group_id: str, profile: str, results, run_id: str, now: str):
+    def _points(self, group_id: str, profile: str, results, run_id: str, now: str, deleted_faces: dict):
         face_points, image_points = [], []
         images = images_collection(profile)
         for r in results:
@@ -914,6 +934,8 @@ class FaceStore:
                     [image_point_id(group_id, r.path, profile)],
                 )
                 continue
+            deleted = deleted_faces.get(r.path, [])
+            kept = [face for face in r.faces if not any(_same_face(face.box, area) for area in deleted)]
             image_points.append(
                 StoredPoint(
                     image_point_id(group_id, r.path, profile),
@@ -926,16 +948,17 @@ class FaceStore:
                         "size": r.size,
                         "mtime_ns": r.mtime_ns,
                         "etag": r.etag,
-                        "faces": len(r.faces),
+                        "faces": len(kept),
                         "run_id": run_id,
                         "timestamp": now,
                         "model": PROFILES[profile].model_name,
+                        **({"deleted_faces": deleted} if deleted else {}),
                     },
                 )
             )
             if r.error:
                 continue
-            for face in r.faces:
+            for face in kept:
                 x, y, w, h = face.box
                 face_points.append(
                     StoredPoint(
@@ -1092,6 +1115,61 @@ class FaceStore:
         """The group's person whose mean face is nearest to `vector` (dot product), if at least `min_score`."""
         found = self.query(people_collection(profile), vector, group_filter(group_id), limit=1, min_score=min_score)
         return found[0] if found else None
+
+    # -- deletes: facepipe.domain.forget decides what goes; these remove it -----------------------
+
+    def faces_by_id(self, profile: str, face_ids: list[str], with_vectors: bool = False) -> list[StoredPoint]:
+        return self.retrieve(faces_collection(profile), face_ids, with_vectors)
+
+    def delete_faces(self, profile: str, face_ids: list[str]) -> None:
+        if face_ids:
+            self.delete(faces_collection(profile), ids=face_ids)
+
+    def ledger_rows(self, group_id: str, profile: str, paths: Iterable[str]) -> list[StoredPoint]:
+        """The ledger rows of the group's photos at `paths` (those it has)."""
+        ids = [image_point_id(group_id, path, profile) for path in paths]
+        return [row for batch in _batches(ids, 1024) for row in self.retrieve(images_collection(profile), batch)]
+
+    def ledger_row(self, profile: str, photo_id: str) -> StoredPoint | None:
+        """A ledger row by its id (a photo's id: image_point_id)."""
+        found = self.retrieve(images_collection(profile), [photo_id])
+        return found[0] if found else None
+
+    def set_ledger_payload(self, group_id: str, profile: str, path: str, payload: dict) -> None:
+        self.set_payload(images_collection(profile), payload, [image_point_id(group_id, path, profile)])
+
+    def mark_photo_deleted(self, group_id: str, profile: str, path: str) -> None:
+        """Replace a photo's ledger row by a tombstone: only its path, so that digests leave it out."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        payload = {"group_id": group_id, "image_path": stored_path(path), "status": PHOTO_DELETED, "deleted_at": now}
+        self.upsert(images_collection(profile), [StoredPoint(image_point_id(group_id, path, profile), payload)])
+
+    def delete_ledger_row(self, group_id: str, profile: str, path: str) -> None:
+        self.delete(images_collection(profile), ids=[image_point_id(group_id, path, profile)])
+
+    def delete_group(self, group_id: str, profile: str) -> dict[str, int]:
+        """Delete every face, ledger row (tombstones too) and person of the group; how many faces,
+        photos (digested or failed) and people it had."""
+        counts = {
+            "faces": self.count_faces(group_id, profile),
+            "photos": self.count(images_collection(profile), group_filter(group_id, status=["done", "failed"])),
+            "people": self.count_people(group_id, profile),
+        }
+        for collection in (faces_collection(profile), images_collection(profile), people_collection(profile)):
+            self.delete(collection, group_filter(group_id))
+        return counts
+
+
+def _same_face(box: tuple[int, int, int, int], area: dict) -> bool:
+    """Whether a detected box (x, y, w, h) is the face at `area` (a stored facial_area): they overlap
+    by half their union at least, as detections of one face in one photo do."""
+    x, y, w, h = box
+    overlap_w = min(x + w, area["x"] + area["w"]) - max(x, area["x"])
+    overlap_h = min(y + h, area["y"] + area["h"]) - max(y, area["y"])
+    if overlap_w <= 0 or overlap_h <= 0:
+        return False
+    overlap = overlap_w * overlap_h
+    return overlap >= 0.5 * (w * h + area["w"] * area["h"] - overlap)
 
 
 def _reachable(client, url: str) -> None:

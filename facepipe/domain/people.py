@@ -156,7 +156,7 @@ def update_people(
             {},
         )
         store.write_people(group_id, profile, fresh_people)
-        _recount(store, group_id, profile, (grown | stale) & set(old_people))
+        recount_people(store, group_id, profile, (grown | stale) & set(old_people))
         new_people = len(new_ids)
 
     return {
@@ -226,7 +226,7 @@ def _person_point(group_id, profile, person, count, mean, face_id, image_path, n
     }, mean.tolist()
 
 
-def _recount(store: FaceStore, group_id: str, profile: str, persons) -> None:
+def recount_people(store: FaceStore, group_id: str, profile: str, persons) -> None:
     """Recompute some people from their faces as they are now (one filtered scroll per person, so
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
     names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}
@@ -268,7 +268,7 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], 
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
     store.set_face_payload(profile, {"person_id": keep, "person_pinned": True}, faces)
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
-    _recount(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
+    recount_people(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
 
 
@@ -288,5 +288,5 @@ def split_person(
     staying = sorted(faces - set(moving))
     store.set_face_payload(profile, {"person_pinned": True}, staying)
     store.set_face_payload(profile, {"person_id": new_id, "person_pinned": True}, moving)
-    _recount(store, group_id, profile, {person_id, new_id})
+    recount_people(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)
