@@ -12,6 +12,7 @@ from datetime import UTC
 import click
 from pydantic import ValidationError
 
+from facepipe.cli.forget import delete, forget, verify
 from facepipe.cli.people import people, search, store
 from facepipe.domain.request import (
     DEFAULT_CHUNK_SIZE,
@@ -434,6 +435,9 @@ def _signal_group(group: int, signum: int) -> None:
 main.add_command(search)
 main.add_command(people)
 main.add_command(store)
+main.add_command(delete)
+main.add_command(forget)
+main.add_command(verify)
 
 
 @main.command()
