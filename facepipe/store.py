@@ -881,8 +881,9 @@ class FaceStore:
         redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
             counts.faces_replaced = self.drop_faces(group_id, profile, redone)
-        # the faces a user deleted from those photos stay deleted (facepipe.domain.forget)
-        deleted_faces = self._deleted_faces(group_id, profile, redone)
+        # the faces a user deleted from a photo stay deleted whenever it is read again (facepipe.domain.forget);
+        # a photo that fails keeps them in its ledger row, for the digest that reads it next
+        deleted_faces = self._deleted_faces(group_id, profile, [r.path for r in results if not r.unchanged])
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):

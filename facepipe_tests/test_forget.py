@@ -39,6 +39,7 @@ from facepipe.domain.people import list_people, update_people
 from facepipe.domain.request import digest_request
 from facepipe.domain.search import group_profiles, matching_photos, selfie_faces
 from facepipe.domain.thumbnails import face_thumbnails, thumbnail_path
+from facepipe.engine.faces import Face, ImageResult
 from facepipe.engine.listing import DELETED_FROM_GROUP
 from facepipe.engine.profiles import PROFILES
 from facepipe.store import FaceStore, image_point_id
@@ -365,3 +366,30 @@ def test_the_cli_verifies_two_photos_or_a_stored_face_and_a_photo(digested, home
     cv2.imwrite(str(wall), np.full((400, 300, 3), 200, np.uint8))
     no_face = run_facepipe(home, "verify", str(wall), str(SAMPLE_IMAGES / "img1.jpg"), check=False)
     assert no_face.returncode == 1 and f"no face found in {wall}" in no_face.stderr
+
+
+def photo(
+    path: str, content_hash: str, boxes: list[tuple[int, int, int, int]], previously: bool = False
+) -> ImageResult:
+    """A digested photo as a chunk returns it, with a face (an arbitrary unit vector) at each box."""
+    vectors = np.eye(128, dtype=np.float32)
+    faces = [Face(i, box, [(1.0, 2.0)] * 5, 0.9, vectors[i]) for i, box in enumerate(boxes)]
+    return ImageResult(path, 10, 1, None, content_hash, 200, 100, faces, previously_digested=previously)
+
+
+@pytest.mark.parametrize("backend", ["edge", "local"])
+def test_a_deleted_face_stays_out_through_a_failed_read_and_changed_bytes(backend, tmp_path, monkeypatch):
+    """The ledger's boxes of deleted faces, on both backends (local mode stands in for a server)."""
+    monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path))
+    with FaceStore.open(path=tmp_path / "store", backend=backend) as store:
+        store.write("g", "dlib", [photo("/a.jpg", "h1", [(0, 0, 40, 40), (60, 0, 40, 40)])], run_id="r1")
+        (gone,) = [f for f in store.faces("g", "dlib") if f.payload["face_index"] == 0]
+        delete_face(store, "g", str(gone.id), "dlib")
+        # the photo cannot be read once, then is read again with other bytes and boxes a few pixels off
+        store.write("g", "dlib", [ImageResult("/a.jpg", 10, 2, error="cannot read file")], run_id="r2")
+        assert store.ledger_rows("g", "dlib", ["/a.jpg"])[0].payload["deleted_faces"] == [gone.payload["facial_area"]]
+        store.write("g", "dlib", [photo("/a.jpg", "h2", [(3, 2, 40, 38), (62, 0, 40, 40)])], run_id="r3")
+        new = [f for f in store.faces("g", "dlib") if f.payload["content_hash"] == "h2"]
+        assert [f.payload["facial_area"]["x"] for f in new] == [62]
+        assert store.digested_images("g", "dlib")["/a.jpg"].content_hash == "h2"
+        assert store.ledger_rows("g", "dlib", ["/a.jpg"])[0].payload["faces"] == 1
