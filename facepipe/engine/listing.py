@@ -151,7 +151,7 @@ def list_images(root: str | os.PathLike) -> Listing:
 
 # A photo a user deleted from the group (facepipe.domain.forget): its ledger keeps a tombstone, and
 # every later digest of the same source leaves the photo out, with this reason
-DELETED_FROM_GROUP = "deleted from the group by its users (facepipe delete photo): never digested into it again"
+DELETED_FROM_GROUP = "deleted from the group (facepipe delete, or the HTTP API): never digested into it again"
 
 LINK_NOT_FOLLOWED = "symbolic link, not followed (a digest reads only what is inside its folder)"
 
