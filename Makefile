@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo ui lint format typecheck validate test-fast test
+.PHONY: demo ui lint format typecheck validate docs test-fast test
 
 $(READY): pyproject.toml
 	@echo "Setting up $(VENV) with facepipe and its models (first time: a few minutes)..."
@@ -37,10 +37,15 @@ typecheck: $(READY)
 validate: $(READY)
 	PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" $(BIN)/dg check defs
 
+# The docs site (mkdocs.yml, docs/) into site/; --strict fails on a page left out of the nav or a
+# link to a missing page or heading
+docs: $(READY)
+	$(BIN)/mkdocs build --strict
+
 # In process, under 2 minutes: the engine, the store, the assets and sensors on temporary instances
 test-fast: $(READY)
 	$(BIN)/pytest -m "not e2e and not slow"
 
-# Everything CI runs: lint, types, the definitions, and every test (end to end included)
-test: lint typecheck validate
+# Everything CI runs: lint, types, the definitions, the docs, and every test (end to end included)
+test: lint typecheck validate docs
 	$(BIN)/pytest

@@ -2,7 +2,7 @@
 each, against this machine's multiprocess executor. Prints figures.
 
     .venv/bin/python benchmarks/celery_workers.py                  # 300 photos (~10 min on 2 cores)
-    .venv/bin/python benchmarks/celery_workers.py --images 1000    # ~30 min: the README's figures
+    .venv/bin/python benchmarks/celery_workers.py --images 1000    # ~30 min: docs/measurements/speed.md's figures
 
 The workload is benchmarks/digest_speed.py's (the samples and copies made from them, built once in
 --workdir). Each stage is `facepipe digest --json` on a fresh FACEPIPE_HOME, one after another:

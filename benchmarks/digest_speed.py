@@ -345,7 +345,7 @@ def stored_boxes(home: Path) -> dict[str, list]:
 
     boxes: dict[str, list] = {}
     with FaceStore.open(path=home / "qdrant") as store:
-        for point in store.faces("bench", "dlib"):
+        for point in store.scroll_faces("bench", "dlib"):
             area = point.payload["facial_area"]
             boxes.setdefault(Path(point.payload["image_path"]).name, []).append(
                 (area["x"], area["y"], area["x"] + area["w"], area["y"] + area["h"])

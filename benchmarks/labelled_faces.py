@@ -133,7 +133,7 @@ def stored_sets(store_path: str, group: str, profile: str) -> list[FaceSet]:
     from facepipe.store import FaceStore
 
     with FaceStore.open(path=store_path) as store:
-        faces = store.faces(group, profile, with_vectors=True)
+        faces = list(store.scroll_faces(group, profile, with_vectors=True))
     found = []
     for name, (folder, _, _) in SETS.items():
         mine = [f for f in faces if Path(f.payload["image_path"]).parent.resolve() == folder.resolve()]

@@ -1,5 +1,5 @@
 """Many clients against one `facepipe serve`: concurrent searches, with and without a digest running,
-and listing a page of a 1,000-run history. Prints figures (README, "Many clients at once").
+and listing a page of a 1,000-run history. Prints figures (docs/measurements/service.md).
 
     .venv/bin/python benchmarks/service_load.py                  # ~10-15 min on 2 busy cores
     .venv/bin/python benchmarks/service_load.py --skip-postgres --open-sizes 1000
@@ -66,7 +66,8 @@ def open_cost(sizes: list[int], work: Path) -> None:
                     StoredPoint(str(uuid.uuid4()), {"group_id": "g", "image_path": f"p{start + i}"}, v.tolist())
                     for i, v in enumerate(vectors)
                 ]
-                store.upsert(faces_collection("dlib"), points)
+                store.backend.upsert(faces_collection("dlib"), points)
+                store.optimize("dlib")  # as a digest's writes index as they fill
             store.optimize("dlib")
         opens, queries = [], []
         for _ in range(3):
@@ -181,7 +182,7 @@ def faces_per_photo(home: Path) -> dict[str, int]:
 
     counts: dict[str, int] = {}
     with FaceStore.open(path=home / "qdrant", wait=60) as store:
-        for face in store.faces("sample", "dlib"):
+        for face in store.scroll_faces("sample", "dlib"):
             name = face.payload["image_path"].rsplit("/", 1)[-1]
             counts[name] = counts.get(name, 0) + 1
     return counts

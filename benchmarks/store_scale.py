@@ -162,7 +162,7 @@ def probe_write(a) -> dict:
         for group, start, photos in faces.digests():
             results = faces.results(group, start, photos)
             clock = Clock()
-            store.write(group, "dlib", results, run_id=f"bench-{group}-{start}")
+            store.write_images(group, "dlib", results, run_id=f"bench-{group}-{start}")
             costs.append((clock.read()[0], written))
             written += photos * FACES_PER_PHOTO
             anon = max(anon, memory_mb()["anon_mb"])
@@ -252,7 +252,7 @@ def probe_grow(a) -> dict:
     photos = max(faces.sizes[group] // FACES_PER_PHOTO // 100, 1)
     clock = Clock()
     with open_store(a["path"]) as store:
-        store.write(group, "dlib", faces.results(group, 0, photos, prefix="new"), run_id="bench-grow")
+        store.write_images(group, "dlib", faces.results(group, 0, photos, prefix="new"), run_id="bench-grow")
     cpu, wall = clock.read()
     return {"grown_faces": photos * FACES_PER_PHOTO, "grow_cpu_s": cpu, "grow_wall_s": wall}
 
@@ -269,7 +269,7 @@ def probe_digest(a) -> dict:
     with open_store(a["path"]) as store:
         digested = store.digested_images(group, "dlib", paths=[r.path for r in results])
     with open_store(a["path"]) as store:
-        store.write(
+        store.write_images(
             group,
             "dlib",
             [replace(r, previously_digested=r.path in digested) for r in results],

@@ -114,7 +114,7 @@ def faces_by_photo(home: Path, group: str = "sample", profile: str = "dlib") -> 
     from facepipe.store import FaceStore
 
     with FaceStore.open(path=home / "qdrant", wait=60) as store:  # a service may hold it: it hands it over
-        points = store.faces(group, profile, with_vectors=True)
+        points = list(store.scroll_faces(group, profile, with_vectors=True))
     by_photo: dict[str, list] = {}
     for point in points:
         by_photo.setdefault(point.payload["image_path"].rsplit("/", 1)[-1], []).append(point)

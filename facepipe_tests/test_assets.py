@@ -66,7 +66,7 @@ def test_the_digest_assets_store_each_face_once_and_a_second_digest_skips_every_
     assert faces["failed_images"][0]["path"].endswith("broken.jpg")
     assert stored["faces_stored"] == stored["faces_in_group"] == sum(PHOTOS.values())
     with FaceStore.open(path=tmp_path / "store") as store:
-        by_photo = Counter(Path(face.payload["image_path"]).name for face in store.faces("party", "dlib"))
+        by_photo = Counter(Path(face.payload["image_path"]).name for face in store.scroll_faces("party", "dlib"))
     assert by_photo == PHOTOS
 
     # each chunk's faces are stored before the next chunk starts, so a canceled digest keeps them

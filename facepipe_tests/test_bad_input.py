@@ -700,7 +700,7 @@ def test_a_photo_whose_name_is_not_utf8_is_digested_found_and_skipped_when_uncha
         assert metadata(first, "faces")["images_failed"] == 0
         assert metadata(first, "stored_faces")["faces_stored"] == 2
         with FaceStore.open(path=tmp_path / "store") as store:
-            faces = store.faces("party", "dlib")
+            faces = list(store.scroll_faces("party", "dlib"))
             assert sorted(f.payload["image_path"] for f in faces) == sorted([text, str(folder / "café.jpg")])
             found = search_faces(store, str(SAMPLE_IMAGES / "img2.jpg"), "party")  # img2: her, as img1
         assert [p.image_path for p in found.photos][:1] == [text]

@@ -1,6 +1,6 @@
 """The deployment (Dockerfile, .dockerignore, deploy/compose.yaml, deploy/helm/), checked as far as
 this machine allows: it has no Docker daemon, no Kubernetes cluster and no helm binary, so no image
-is built and nothing is started (README, "A deployment a team can run", says what was run).
+is built and nothing is started (docs/guides/deployment.md says what was run).
 
 - deploy/compose.yaml goes through Compose itself: `docker compose config` where the Compose plugin
   is installed, else Debian's `docker-compose config` (Compose 1.29, installed by .ci/run; it checks

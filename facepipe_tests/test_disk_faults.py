@@ -61,7 +61,7 @@ def remount(disk: Path, mode: str) -> None:
 
 def face_ids(home: Path, group: str) -> set[str]:
     with FaceStore.open(path=home / "qdrant") as store:
-        return {p.id for p in store.scroll(faces_collection("dlib"), None, payload_keys=())}
+        return {p.id for p in store.backend.scroll(faces_collection("dlib"), None, payload_keys=())}
 
 
 def photos(folder: Path, names: list[str]) -> Path:

@@ -111,22 +111,26 @@ def found_by(store: FaceStore, selfie) -> set[str]:
 
 
 def faces_of(store: FaceStore, name: str) -> list:
-    return [f for f in store.faces("party", "dlib") if Path(f.payload["image_path"]).name == name]
+    return [f for f in store.scroll_faces("party", "dlib") if Path(f.payload["image_path"]).name == name]
 
 
 def people_are_counted(store: FaceStore) -> None:
     """Every person's count is their faces' count in the store, and every face has its person."""
     people = list_people(store, "party")
     held: dict[int, int] = {}
-    for face in store.faces("party", "dlib"):
+    for face in store.scroll_faces("party", "dlib"):
         held[face.payload["person_id"]] = held.get(face.payload["person_id"], 0) + 1
     assert {p["person_id"]: p["face_count"] for p in people} == held
-    faces = {str(f.id) for f in store.faces("party", "dlib")}
+    faces = {str(f.id) for f in store.scroll_faces("party", "dlib")}
     assert all(p["representative_face_id"] in faces for p in people)
 
 
+def ledger_rows(store: FaceStore, group_id: str, paths: list[str]) -> list:
+    return store.get_images("dlib", [image_point_id(group_id, path, "dlib") for path in paths])
+
+
 def ledger(store: FaceStore, folder: Path, name: str) -> dict:
-    (row,) = store.ledger_rows("party", "dlib", [str(folder / name)])
+    (row,) = ledger_rows(store, "party", [str(folder / name)])
     return row.payload
 
 
@@ -173,10 +177,7 @@ def test_an_uploaded_photo_is_deleted_from_the_disk_and_leaves_no_tombstone(dags
     with FaceStore.open(path=home / "qdrant") as store:
         deleted = delete_photo(store, "party", photo_id)  # by its id, as the HTTP API names photos
         assert (deleted.faces, deleted.photos, deleted.files) == (1, 1, 1)
-        assert (
-            not (uploads / "img8.jpg").exists()
-            and store.ledger_rows("party", "dlib", [str(uploads / "img8.jpg")]) == []
-        )
+        assert not (uploads / "img8.jpg").exists() and ledger_rows(store, "party", [str(uploads / "img8.jpg")]) == []
         assert store.count_faces("party", "dlib") == 0
         with pytest.raises(NothingToDelete, match="has no photo"):
             delete_photo(store, "party", photo_id)
@@ -248,14 +249,14 @@ def test_forget_me_deletes_every_face_search_finds_for_the_selfie_and_only_those
         assert matches.threshold == PROFILES["dlib"].search_threshold
         assert {Path(p.image_path).name for p in matches.photos} == HERS
         hers = {m.face_id for p in matches.photos for m in p.faces}
-        (person01,) = {f.payload["person_id"] for f in store.faces_by_id("dlib", sorted(hers))}
-        face_thumbnails(store.faces_by_id("dlib", sorted(hers)))
-        others = {str(f.id) for f in store.faces("party", "dlib")} - hers
+        (person01,) = {f.payload["person_id"] for f in store.get_faces("dlib", sorted(hers))}
+        face_thumbnails(store.get_faces("dlib", sorted(hers)))
+        others = {str(f.id) for f in store.scroll_faces("party", "dlib")} - hers
 
         deleted = forget(store, "party", "dlib", her_selfie)
         assert set(deleted.face_ids) == hers and deleted.faces == len(HERS) and deleted.photos == 0
         assert found_by(store, her_selfie) == set()
-        assert {str(f.id) for f in store.faces("party", "dlib")} == others
+        assert {str(f.id) for f in store.scroll_faces("party", "dlib")} == others
         assert person01 not in {p["person_id"] for p in list_people(store, "party")}
         assert not any(thumbnail_path(face_id).exists() for face_id in hers)
         people_are_counted(store)
@@ -268,15 +269,17 @@ def test_forget_me_deletes_every_face_search_finds_for_the_selfie_and_only_those
             assert found_by(store, her_selfie) == set()
 
 
-def test_a_deleted_group_leaves_nothing_behind(home):
+def test_a_deleted_group_leaves_nothing_behind(digested, home):
+    folder = digested[0]
     with FaceStore.open(path=home / "qdrant") as store:
-        face_ids = [str(f.id) for f in store.faces("party", "dlib")]
-        face_thumbnails(store.faces("party", "dlib")[:3])
+        face_ids = [str(f.id) for f in store.scroll_faces("party", "dlib")]
+        face_thumbnails(list(store.scroll_faces("party", "dlib"))[:3])
         people = len(list_people(store, "party"))
         deleted = delete_group(store, "party")
         assert (deleted.faces, deleted.photos, deleted.people) == (FACES, len(PHOTOS), people)
         assert store.count_faces("party", "dlib") == 0 and list_people(store, "party") == []
-        assert store.ledger_rows("party", "dlib", [f"/{name}" for name in PHOTOS]) == []
+        assert store.count_images("party", "dlib") == 0
+        assert ledger_rows(store, "party", [str(folder / name) for name in PHOTOS]) == []
         assert not any(thumbnail_path(face_id).exists() for face_id in face_ids)
         assert group_profiles(store, "party") == []
         with pytest.raises(NothingToDelete, match="unknown group"):
@@ -382,14 +385,14 @@ def test_a_deleted_face_stays_out_through_a_failed_read_and_changed_bytes(backen
     """The ledger's boxes of deleted faces, on both backends (local mode stands in for a server)."""
     monkeypatch.setenv("FACEPIPE_HOME", str(tmp_path))
     with FaceStore.open(path=tmp_path / "store", backend=backend) as store:
-        store.write("g", "dlib", [photo("/a.jpg", "h1", [(0, 0, 40, 40), (60, 0, 40, 40)])], run_id="r1")
-        (gone,) = [f for f in store.faces("g", "dlib") if f.payload["face_index"] == 0]
+        store.write_images("g", "dlib", [photo("/a.jpg", "h1", [(0, 0, 40, 40), (60, 0, 40, 40)])], run_id="r1")
+        (gone,) = [f for f in store.scroll_faces("g", "dlib") if f.payload["face_index"] == 0]
         delete_face(store, "g", str(gone.id), "dlib")
         # the photo cannot be read once, then is read again with other bytes and boxes a few pixels off
-        store.write("g", "dlib", [ImageResult("/a.jpg", 10, 2, error="cannot read file")], run_id="r2")
-        assert store.ledger_rows("g", "dlib", ["/a.jpg"])[0].payload["deleted_faces"] == [gone.payload["facial_area"]]
-        store.write("g", "dlib", [photo("/a.jpg", "h2", [(3, 2, 40, 38), (62, 0, 40, 40)])], run_id="r3")
-        new = [f for f in store.faces("g", "dlib") if f.payload["content_hash"] == "h2"]
+        store.write_images("g", "dlib", [ImageResult("/a.jpg", 10, 2, error="cannot read file")], run_id="r2")
+        assert ledger_rows(store, "g", ["/a.jpg"])[0].payload["deleted_faces"] == [gone.payload["facial_area"]]
+        store.write_images("g", "dlib", [photo("/a.jpg", "h2", [(3, 2, 40, 38), (62, 0, 40, 40)])], run_id="r3")
+        new = [f for f in store.scroll_faces("g", "dlib") if f.payload["content_hash"] == "h2"]
         assert [f.payload["facial_area"]["x"] for f in new] == [62]
         assert store.digested_images("g", "dlib")["/a.jpg"].content_hash == "h2"
-        assert store.ledger_rows("g", "dlib", ["/a.jpg"])[0].payload["faces"] == 1
+        assert ledger_rows(store, "g", ["/a.jpg"])[0].payload["faces"] == 1

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "facepipe"
 
 # The layers from the bottom up, each the folders and top-level modules it is made of; a module may
-# import only modules of its own layer or a lower one. README.md's map says what each holds.
+# import only modules of its own layer or a lower one. docs/architecture.md says what each holds.
 LAYERS = [
     ("settings", {"settings"}),
     ("engine", {"engine"}),
@@ -38,7 +38,7 @@ def layer_of(module: str) -> int:
     for index, (_, tops) in enumerate(LAYERS):
         if top in tops:
             return index
-    raise AssertionError(f"facepipe/{top} is in no layer: add it to LAYERS (and to the README's map)")
+    raise AssertionError(f"facepipe/{top} is in no layer: add it to LAYERS (and to docs/architecture.md's map)")
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:

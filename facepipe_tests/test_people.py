@@ -19,7 +19,7 @@ from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, digest, run_facepipe
 def people_of(home, group="sample") -> dict[str, list[int]]:
     """Photo name -> the person id of each of its faces, in face order."""
     with FaceStore.open(path=home / "qdrant") as store:
-        faces = store.faces(group, "dlib")
+        faces = list(store.scroll_faces(group, "dlib"))
     found = {}
     for face in sorted(faces, key=lambda f: f.payload["face_index"]):
         found.setdefault(Path(face.payload["image_path"]).name, []).append(face.payload.get("person_id"))

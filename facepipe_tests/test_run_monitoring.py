@@ -138,7 +138,7 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
         # the slot is free: a retry of the killed digest gets it and completes, and a next digest
         # finds every photo stored
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
         after = digest(home, SAMPLE_IMAGES, "killed")
         assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
 
@@ -168,9 +168,20 @@ def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(t
         print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
 
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
         after = digest(home, SAMPLE_IMAGES, "killed")
         assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
+
+
+def steps_of(home, summary) -> str:
+    """What a run's steps did, and the summary, for a failing assertion's message."""
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        events = [
+            f"{e.step_key} {e.dagster_event.event_type_value}"
+            for e in instance.all_logs(summary["run_id"])
+            if e.dagster_event and e.dagster_event.event_type_value.startswith(("STEP_", "ASSET_MAT"))
+        ]
+    return f"{summary}\n" + "\n".join(events)
 
 
 def digest_status(home, run_id) -> dict:
@@ -229,7 +240,7 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp
         assert listed[done["run_id"]]["faces_stored"] == done["faces_stored"] > 0
         assert listed[run_id]["status"] == ("canceled" if cancel else "failed")
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68
+        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
     print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
 
 

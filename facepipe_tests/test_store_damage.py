@@ -29,7 +29,7 @@ from facepipe.defs.partitions import GROUPS
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.domain.request import digest_request
 from facepipe.domain.search import search_faces
-from facepipe.store import RECOVER, FaceStore, StoreDamaged, faces_collection, group_filter
+from facepipe.store import RECOVER, FaceStore, StoreDamaged, Where, faces_collection, group_filter
 from facepipe_tests.conftest import SAMPLE_IMAGES
 from facepipe_tests.test_assets import PHOTOS, materialize_digest, metadata
 
@@ -113,7 +113,7 @@ def test_faces_dropped_by_a_truncated_id_tracker_are_digested_again_not_skipped(
     store = damaged_copy(digested, tmp_path, "faces_dlib", SEGMENT + "mutable_id_tracker.mappings", "zero")
     with FaceStore.open(path=store) as opened:  # Qdrant Edge opens it and says nothing
         before = opened.count_faces("party", "dlib")
-        assert before < opened.ledger_face_count("party", "dlib") == 4
+        assert before < opened.count_faces_in_ledger("party", "dlib") == 4
 
     result, _ = digest_again(folder, store)
     assert result.success
@@ -121,7 +121,7 @@ def test_faces_dropped_by_a_truncated_id_tracker_are_digested_again_not_skipped(
     assert listing["images_with_faces_lost"] >= 1
     assert listing["images_skipped"] == len(PHOTOS) - listing["images_with_faces_lost"]
     with FaceStore.open(path=store) as opened:
-        assert opened.count_faces("party", "dlib") == opened.ledger_face_count("party", "dlib") == 4
+        assert opened.count_faces("party", "dlib") == opened.count_faces_in_ledger("party", "dlib") == 4
         found = search_faces(opened, str(SELFIE), "party")
     assert {Path(p.image_path).name for p in found.photos} >= {"img1.jpg", "img2.jpg"}
 
@@ -133,7 +133,7 @@ def test_a_group_whose_faces_are_all_gone_is_damage_not_an_unknown_group(digeste
     store = tmp_path / "home" / "qdrant"
     shutil.copytree(digested[1], store)
     with FaceStore.open(path=store) as opened:
-        opened.delete(faces_collection("dlib"), group_filter("party"))
+        opened.backend.delete(faces_collection("dlib"), group_filter("party"))
     env = {**os.environ, "FACEPIPE_HOME": str(tmp_path / "home")}
     env.pop("DAGSTER_HOME", None)
     search = subprocess.run(
@@ -180,7 +180,7 @@ def test_the_same_photo_under_two_names_has_faces_of_its_own_under_each(tmp_path
     result, _ = digest_again(folder, store)
     assert result.success and metadata(result, "image_list")["images_skipped"] == 1
     with FaceStore.open(path=store) as opened:
-        assert opened.count_faces("party", "dlib") == opened.ledger_face_count("party", "dlib") == 2
+        assert opened.count_faces("party", "dlib") == opened.count_faces_in_ledger("party", "dlib") == 2
         found = search_faces(opened, str(SELFIE), "party")
     assert sorted(Path(p.image_path).name for p in found.photos) == ["a.jpg", "copy of a.jpg"]
 
@@ -188,14 +188,16 @@ def test_the_same_photo_under_two_names_has_faces_of_its_own_under_each(tmp_path
     # ledger row says done with one face
     shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "a.jpg")
     with FaceStore.open(path=store) as opened:
-        (kept,) = opened.faces("party", "dlib", with_vectors=True, image_path=str(folder / "copy of a.jpg"))
+        (kept,) = opened.scroll_faces(
+            "party", "dlib", Where({"image_path": str(folder / "copy of a.jpg")}), with_vectors=True
+        )
         ledger = opened.digested_images("party", "dlib")
         old_id = str(uuid.uuid5(ID_NAMESPACE, f"face:party:{kept.payload['content_hash']}:0:dlib"))
-        opened.delete(faces_collection("dlib"), group_filter("party"))
-        opened.upsert(faces_collection("dlib"), [type(kept)(old_id, kept.payload, kept.vector)])
+        opened.backend.delete(faces_collection("dlib"), group_filter("party"))
+        opened.backend.upsert(faces_collection("dlib"), [type(kept)(old_id, kept.payload, kept.vector)])
         # a.jpg's ledger row: the same bytes as its copy, as they are on disk now (so: unchanged)
         stat = (folder / "a.jpg").stat()
-        opened.set_payload(
+        opened.backend.set_payload(
             images_collection("dlib"),
             {
                 "content_hash": ledger[str(folder / "copy of a.jpg")].content_hash,
@@ -211,6 +213,6 @@ def test_the_same_photo_under_two_names_has_faces_of_its_own_under_each(tmp_path
     listing = metadata(result, "image_list")
     assert (listing["images_with_faces_lost"], listing["images_skipped"]) == (1, 1)
     with FaceStore.open(path=store) as opened:
-        faces = opened.faces("party", "dlib")
+        faces = list(opened.scroll_faces("party", "dlib"))
         assert sorted(Path(f.payload["image_path"]).name for f in faces) == ["a.jpg", "copy of a.jpg"]
-        assert opened.ledger_face_count("party", "dlib") == 2
+        assert opened.count_faces_in_ledger("party", "dlib") == 2

