@@ -386,6 +386,20 @@ def test_people_errors_name_what_is_missing(http):
         assert answer.status_code == status and words in answer.text, (path, answer.text)
 
 
+def test_clustering_a_group_the_instance_never_saw_digested_adopts_it_from_the_store(app, http):
+    """A store copied or restored beside a fresh instance: the group has faces but no partition. The
+    request is then refused for the daemon it needs (none runs here), not as an unknown group."""
+    instance = app.state.services.instance()
+    instance.delete_dynamic_partition(GROUPS, "party")
+    try:
+        answer = http.post("/v1/cluster-faces", json={"group_id": "party"})
+        assert answer.status_code == 503 and "no Dagster daemon is running" in answer.text, answer.text
+        assert instance.has_dynamic_partition(GROUPS, "party")
+    finally:
+        if not instance.has_dynamic_partition(GROUPS, "party"):
+            instance.add_dynamic_partitions(GROUPS, ["party"])
+
+
 def test_a_damaged_store_is_a_500_naming_it_and_what_to_do(app, http, home, tmp_path):
     """The store the routes are given is a dependency: here, a copy of the app's store with a file of
     its faces' shard cut to half (test_store_damage.py has each kind of damage)."""

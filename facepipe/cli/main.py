@@ -17,6 +17,7 @@ import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from facepipe.cli.forget import delete, forget, verify
 from facepipe.cli.people import people, search, store
 from facepipe.clients.digests import DigestsClient, LaunchError, OnProgress, Summary
 from facepipe.domain.request import DigestChoices, default_workers, digest_request, valid_workers
@@ -399,6 +400,9 @@ def _signal_group(group: int, signum: int) -> None:
 main.add_command(search)
 main.add_command(people)
 main.add_command(store)
+main.add_command(delete)
+main.add_command(forget)
+main.add_command(verify)
 
 
 @main.command()

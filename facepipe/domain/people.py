@@ -175,7 +175,7 @@ def update_people(
             {},
         )
         store.write_people(group_id, profile, fresh_people)
-        _recount(store, group_id, profile, (grown | stale) & set(old_people))
+        recount_people(store, group_id, profile, (grown | stale) & set(old_people))
         new_people = len(new_ids)
 
     return {
@@ -261,7 +261,7 @@ def _person_point(
     }, mean.tolist()
 
 
-def _recount(store: FaceStore, group_id: str, profile: str, persons: set[int]) -> None:
+def recount_people(store: FaceStore, group_id: str, profile: str, persons: set[int]) -> None:
     """Recompute some people from their faces as they are now (one filtered scroll per person, so
     the cost is those people's faces, not the group's); a person left without faces leaves the table."""
     names = {r.payload["person_id"]: r.payload.get("name") for r in store.get_people(group_id, profile, persons)}
@@ -305,7 +305,7 @@ def merge_people(
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
     store.set_faces_payload(profile, faces, {"person_id": keep, "person_pinned": True})
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
-    _recount(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
+    recount_people(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
 
 
@@ -325,5 +325,5 @@ def split_person(
     staying = sorted(faces - set(moving))
     store.set_faces_payload(profile, staying, {"person_pinned": True})
     store.set_faces_payload(profile, moving, {"person_id": new_id, "person_pinned": True})
-    _recount(store, group_id, profile, {person_id, new_id})
+    recount_people(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)

@@ -150,6 +150,10 @@ def list_images(root: str | os.PathLike[str]) -> Listing:
     return listing
 
 
+# A photo a user deleted from the group (facepipe.domain.forget): its ledger keeps a tombstone, and
+# every later digest of the same source leaves the photo out, with this reason
+DELETED_FROM_GROUP = "deleted from the group (facepipe delete, or the HTTP API): never digested into it again"
+
 LINK_NOT_FOLLOWED = "symbolic link, not followed (a digest reads only what is inside its folder)"
 
 

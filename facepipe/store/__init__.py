@@ -52,12 +52,21 @@ from facepipe.store.ids import (
 )
 from facepipe.store.lease import StoreLease, lease_from_settings
 from facepipe.store.migrate import is_local_mode_store, migrate_local_store
-from facepipe.store.records import DigestedImage, DigestTotals, StoredPoint, Where, WriteCounts, group_filter
+from facepipe.store.records import (
+    PHOTO_DELETED,
+    DigestedImage,
+    DigestTotals,
+    StoredPoint,
+    Where,
+    WriteCounts,
+    group_filter,
+)
 
 __all__ = [
     "ID_NAMESPACE",
     "INDEXING_THRESHOLD_KB",
     "MIN_FREE_BYTES",
+    "PHOTO_DELETED",
     "RECOVER",
     "Backend",
     "DigestTotals",

@@ -1,8 +1,8 @@
 """FaceStore: facepipe's face store, whichever backend holds it, in one vocabulary for faces, images
 (the ledger) and people alike: `count_`, `scroll_` (every match, a page at a time), `get_` (by id),
 `nearest_`, `write_`, `set_..._payload` and `delete_`. Each takes the group and the profile first (faces
-by id take the profile only: a face's id names it in one group), and an optional `where` narrows what
-it reads within the group. The collections themselves are the backend's (`store.backend`)."""
+and ledger rows by id take the profile only: their id names them in one group), and an optional `where`
+narrows what it reads within the group. The collections themselves are the backend's (`store.backend`)."""
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +30,7 @@ from facepipe.store.ids import (
 from facepipe.store.lock import lock_store
 from facepipe.store.migrate import copy_people, is_local_mode_store, migrate_local_store
 from facepipe.store.records import (
+    PHOTO_DELETED,
     DigestedImage,
     DigestTotals,
     Payload,
@@ -184,6 +185,11 @@ class FaceStore:
     def set_faces_payload(self, profile: str, face_ids: Sequence[str], payload: Payload) -> None:
         self._set_payload(faces_collection(profile), payload, face_ids)
 
+    def delete_faces(self, profile: str, face_ids: Sequence[str]) -> None:
+        """Delete faces by id; their people are left to facepipe.domain.people to recount."""
+        if face_ids:
+            self.backend.delete(faces_collection(profile), ids=face_ids)
+
     def delete_faces_of_images(self, group_id: str, profile: str, paths: Sequence[str]) -> int:
         """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
         and facepipe.domain.people recounts them."""
@@ -211,6 +217,9 @@ class FaceStore:
 
     # -- images: the ledger of what was digested ----------------------------------------------------
 
+    def count_images(self, group_id: str, profile: str, where: Where | None = None) -> int:
+        return self.backend.count(images_collection(profile), in_group(group_id, where))
+
     def scroll_images(
         self,
         group_id: str,
@@ -221,6 +230,32 @@ class FaceStore:
     ) -> Iterator[StoredPoint]:
         """The group's ledger rows (matching `where`), a page at a time."""
         return self.backend.scroll(images_collection(profile), in_group(group_id, where), False, payload_keys, page)
+
+    def get_images(self, profile: str, image_ids: Sequence[str]) -> list[StoredPoint]:
+        """Ledger rows by id (a photo's id: ids.image_point_id of its group and path), those the store has."""
+        images = images_collection(profile)
+        return [row for batch in _batches(image_ids, LOOKUP_BATCH) for row in self.backend.retrieve(images, batch)]
+
+    def set_images_payload(self, profile: str, image_ids: Sequence[str], payload: Payload) -> None:
+        self._set_payload(images_collection(profile), payload, image_ids)
+
+    def delete_images(self, profile: str, image_ids: Sequence[str], tombstones: bool = True) -> None:
+        """Delete ledger rows by id. With `tombstones`, each row is replaced by a tombstone (its group
+        and path only, status PHOTO_DELETED) so that later digests leave the photo out; without, the
+        photo is forgotten and the same path digested later is a new photo."""
+        if not tombstones:
+            if image_ids:
+                self.backend.delete(images_collection(profile), ids=image_ids)
+            return
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        keep = ("group_id", "image_path")
+        self._upsert(
+            images_collection(profile),
+            [
+                StoredPoint(row.id, {**{k: row.payload[k] for k in keep}, "status": PHOTO_DELETED, "deleted_at": now})
+                for row in self.get_images(profile, image_ids)
+            ],
+        )
 
     def write_images(self, group_id: str, profile: str, results: Iterable["ImageResult"], run_id: str) -> WriteCounts:
         """Store the faces of digested photos and record every photo in the ledger.
@@ -238,11 +273,14 @@ class FaceStore:
         redone = [r.path for r in results if r.previously_digested and not r.unchanged and not r.error]
         if redone:
             counts.faces_replaced = self.delete_faces_of_images(group_id, profile, redone)
+        # the faces a user deleted from a photo stay deleted whenever it is read again (facepipe.domain.forget);
+        # a photo that fails keeps them in its ledger row, for the digest that reads it next
+        deleted_faces = self._deleted_faces(group_id, profile, [r.path for r in results if not r.unchanged])
 
         # a batch of photos at a time: memory holds one batch's points, not the digest's
         for start in range(0, len(results), PHOTOS_PER_WRITE):
             face_points, image_points = self._points(
-                group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now
+                group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now, deleted_faces
             )
             # faces before the ledger: a photo is recorded as digested only once its faces are stored
             self._upsert(faces, face_points)
@@ -251,19 +289,35 @@ class FaceStore:
             counts.images_recorded += len(image_points)
         return counts
 
+    def _deleted_faces(self, group_id: str, profile: str, paths: list[str]) -> dict[str, list[Payload]]:
+        """The boxes (facial_area) of the faces a user deleted from the group's photos at `paths`, by path."""
+        rows = self.get_images(profile, [image_point_id(group_id, path, profile) for path in paths])
+        return {
+            local_path(row.payload["image_path"]): row.payload["deleted_faces"]
+            for row in rows
+            if row.payload.get("deleted_faces")
+        }
+
     def _points(
-        self, group_id: str, profile: str, results: list["ImageResult"], run_id: str, now: str
+        self,
+        group_id: str,
+        profile: str,
+        results: list["ImageResult"],
+        run_id: str,
+        now: str,
+        deleted_faces: dict[str, list[Payload]],
     ) -> tuple[list[StoredPoint], list[StoredPoint]]:
         face_points, image_points = [], []
-        images = images_collection(profile)
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
-                self._set_payload(
-                    images,
-                    {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
+                self.set_images_payload(
+                    profile,
                     [image_point_id(group_id, r.path, profile)],
+                    {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
                 )
                 continue
+            deleted = deleted_faces.get(r.path, [])
+            kept = [face for face in r.faces if not any(_same_face(face.box, area) for area in deleted)]
             image_points.append(
                 StoredPoint(
                     image_point_id(group_id, r.path, profile),
@@ -276,17 +330,18 @@ class FaceStore:
                         "size": r.size,
                         "mtime_ns": r.mtime_ns,
                         "etag": r.etag,
-                        "faces": len(r.faces),
+                        "faces": len(kept),
                         "run_id": run_id,
                         "timestamp": now,
                         "model": PROFILES[profile].model_name,
+                        **({"deleted_faces": deleted} if deleted else {}),
                     },
                 )
             )
             if r.error:
                 continue
             assert r.content_hash is not None  # a photo read without error has its hash
-            for face in r.faces:
+            for face in kept:
                 x, y, w, h = face.box
                 face_points.append(
                     StoredPoint(
@@ -317,30 +372,30 @@ class FaceStore:
         profile: str,
         paths: Iterable[str] | None = None,
         faces_lost: list[str] | None = None,
+        deleted: list[str] | None = None,
     ) -> dict[str, DigestedImage]:
         """Image paths of the group digested without error, with what they were when digested.
 
         With `paths` (a digest's listing), only those are looked up, by their ledger ids: the cost
         is the listing's, not the group's. A photo whose ledger row counts faces that the faces
         collection no longer holds (a damaged store) is left out, so that a digest reads it again
-        rather than skip it, and its path is added to `faces_lost`.
+        rather than skip it, and its path is added to `faces_lost`. Photos a user deleted from the
+        group (a tombstone row, facepipe.domain.forget) are added to `deleted`.
         """
         keys = ("image_path", "content_hash", "size", "mtime_ns", "etag", "status", "faces")
         points: Iterable[StoredPoint]
         if paths is None:
             points = self.scroll_images(group_id, profile, Where({"status": "done"}), payload_keys=keys, page=4096)
         else:
-            points = (
-                p
-                for batch in _batches([image_point_id(group_id, path, profile) for path in paths], LOOKUP_BATCH)
-                for p in self.backend.retrieve(images_collection(profile), batch)
-            )
+            points = self.get_images(profile, [image_point_id(group_id, path, profile) for path in paths])
         done: dict[str, tuple[DigestedImage, int]] = {}
         for point in points:
             p = point.payload
             if p.get("status") == "done":
                 image = DigestedImage(p["content_hash"], p["size"], p["mtime_ns"], p.get("etag"))
                 done[p["image_path"]] = (image, p.get("faces") or 0)
+            elif p.get("status") == PHOTO_DELETED and deleted is not None:
+                deleted.append(local_path(p["image_path"]))
         # the faces each photo has in the store, by path (whatever their ids), a batch of photos at a time
         lost: set[str] = set()
         for batch in _batches([text for text, (_, n) in done.items() if n], LOOKUP_BATCH):
@@ -425,8 +480,27 @@ class FaceStore:
         if ids:
             self.backend.delete(people_collection(profile), ids=ids)
 
+    # -- the group ----------------------------------------------------------------------------------
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    def delete_group(self, group_id: str, profile: str) -> None:
+        """Delete every face, ledger row (tombstones too) and person of the group."""
+        for collection in (faces_collection(profile), images_collection(profile), people_collection(profile)):
+            self.backend.delete(collection, group_filter(group_id))
+
+
+def _same_face(box: tuple[int, int, int, int], area: Payload) -> bool:
+    """Whether a detected box (x, y, w, h) is the face at `area` (a stored facial_area): they overlap
+    by half their union at least, as detections of one face in one photo do."""
+    x, y, w, h = box
+    overlap_w = min(x + w, area["x"] + area["w"]) - max(x, area["x"])
+    overlap_h = min(y + h, area["y"] + area["h"]) - max(y, area["y"])
+    if overlap_w <= 0 or overlap_h <= 0:
+        return False
+    overlap = overlap_w * overlap_h
+    return bool(overlap >= 0.5 * (w * h + area["w"] * area["h"] - overlap))
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

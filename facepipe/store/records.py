@@ -6,6 +6,10 @@ from typing import Any
 # A payload as Qdrant keeps it: JSON values by key
 Payload = dict[str, Any]
 
+# The ledger status of a photo a user deleted from its group: a tombstone, so that the next digest
+# of the same source leaves it out (facepipe.domain.forget)
+PHOTO_DELETED = "deleted"
+
 
 @dataclass(frozen=True)
 class Where:

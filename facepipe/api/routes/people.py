@@ -23,8 +23,7 @@ from facepipe.api.schemas import (
     SplitBody,
     errors,
 )
-from facepipe.clients.local import start_people
-from facepipe.defs.partitions import GROUPS
+from facepipe.clients.local import adopt_group, start_people
 from facepipe.domain.people import (
     PersonNotFound,
     list_people,
@@ -91,7 +90,9 @@ def post_cluster_faces(body: ClusterBody, instance: Instance, store: Store) -> A
     """Cluster the group's faces into people: a run of the `people` asset on the run queue, waited
     for; the people, most faces first. Past CLUSTER_WAIT_SECONDS (a digest ahead in the queue), 202
     with the run id."""
-    if not instance.has_dynamic_partition(GROUPS, body.group_id):
+    with store() as opened:  # a group digested elsewhere (a store copied or restored) gets its partition
+        known = adopt_group(instance, opened, body.group_id, body.profile)
+    if not known:
         raise HTTPException(404, f"unknown group {body.group_id!r}: digest photos into it first")
     require_daemon(instance)
     run_id = start_people(body.group_id, body.profile, body.full, instance)

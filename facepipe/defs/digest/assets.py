@@ -54,7 +54,7 @@ from facepipe.defs.digest.config import DigestConfig
 from facepipe.defs.partitions import digest_groups
 from facepipe.defs.resources import FaceStoreResource, s3_client
 from facepipe.domain.request import DigestRequest, RunRefused, S3Prefix, default_workers, request_of_run, run_tags
-from facepipe.engine.listing import Listing, read_listed_image
+from facepipe.engine.listing import DELETED_FROM_GROUP, Listing, NotListed, read_listed_image
 from facepipe.engine.planning import ImageTask, plan_images, split_into_chunks
 from facepipe.engine.profiles import PROFILES
 from facepipe.engine.results import ChunkResult, ImageResult
@@ -139,12 +139,19 @@ def list_images(
     except SourceError as err:  # no such bucket, bad credentials: nothing can work
         raise Failure(str(err), allow_retries=False) from err
     files = request.modified_in_window(listing)
-    not_listed = _not_listed(context, listing)
     faces_lost: list[str] = []
+    deleted: list[str] = []
     with face_store.open() as store:
-        digested = store.digested_images(request.group_id, request.profile, [f.path for f in files], faces_lost)
+        digested = store.digested_images(
+            request.group_id, request.profile, [f.path for f in files], faces_lost, deleted
+        )
         if faces_lost:  # what is left of their faces goes: they are digested whole again
             store.delete_faces_of_images(request.group_id, request.profile, faces_lost)
+    if deleted:  # photos a user deleted from the group stay out of it
+        gone = set(deleted)
+        files = [f for f in files if f.path not in gone]
+        listing.not_listed += [NotListed(path, DELETED_FROM_GROUP) for path in deleted]
+    not_listed = _not_listed(context, listing)
     if faces_lost:  # never skipped as unchanged: digested again, and said
         context.log.warning(
             f"{len(faces_lost)} photos the group's ledger records as digested have lost their faces in the "
