@@ -705,3 +705,113 @@ def test_the_cli_json_carries_the_seed_fields_of_the_http_job(http, home, finish
     job = finished
     shown = json.loads(run_facepipe(home, "digests", "show", job["run_id"], "--json").stdout)
     assert {k: shown[k] for k in seed + ["end_time"]} == {k: job[k] for k in seed + ["end_time"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Deletes, forget me, verify
+# ------------------------------------------------------------------------------------------------
+
+
+def digested_and_clustered(home: Path, group_id: str) -> None:
+    """The party's photos digested into `group_id` and clustered, by the assets in this process."""
+    instance = instance_for_digests()
+    instance.add_dynamic_partitions(GROUPS, [group_id])
+    store = {"face_store": FaceStoreResource(path=str(settings.qdrant_path()))}
+    request = digest_request(str(home / "photos"), group_id, chunk_size=4)
+    config = {"ops": digest_run_config(request, workers=1)["ops"]}
+    assert materialize(
+        [digest], instance=instance, partition_key=group_id, run_config=config, resources={**store, "s3": S3Resource()}
+    ).success
+    config = {"ops": people_run_config()["ops"]}
+    assert materialize([people], instance=instance, partition_key=group_id, run_config=config, resources=store).success
+    instance.dispose()
+
+
+def test_verify_says_whether_two_faces_are_one_person(http):
+    threshold = PROFILES["dlib"].search_threshold
+    same = http.post("/v1/verify", files={"file1": photo("img1.jpg")["file"], "file2": photo("img2.jpg")["file"]})
+    assert same.status_code == 200, same.text
+    assert same.json()["verified"] is True and same.json()["similarity"] >= same.json()["threshold"] == threshold
+    other = http.post(
+        "/v1/verify", data={"image_base64_1": in_base64("img1.jpg"), "image_base64_2": in_base64("img8.jpg")}
+    )
+    assert other.json()["verified"] is False and other.json()["similarity"] < threshold
+    # a stored face of the group against a photo
+    person = http.get("/v1/groups/party/people").json()["people"][0]
+    stored = http.post(
+        "/v1/verify",
+        data={"group_id": "party", "face_id": person["representative_face_id"]},
+        files={"file2": photo("img2.jpg")["file"]},
+    )
+    assert stored.status_code == 200 and stored.json()["verified"] is True, stored.text
+
+
+def test_verify_says_what_is_wrong(http):
+    img1 = photo("img1.jpg")["file"]
+    wall = http.post("/v1/verify", files={"file1": img1, "file2": ("wall.jpg", no_face_photo())})
+    assert wall.status_code == 400 and "no face found" in wall.json()["detail"]
+    missing = http.post("/v1/verify", files={"file2": img1})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "file1"]
+    no_group = http.post("/v1/verify", data={"face_id": "5b0c3d0e-6a86-5f53-9d4e-0b8f2f6f1c27"}, files={"file2": img1})
+    assert no_group.status_code == 422 and "group_id" in no_group.json()["detail"]
+    unknown = http.post(
+        "/v1/verify",
+        data={"group_id": "party", "face_id": "5b0c3d0e-6a86-5f53-9d4e-0b8f2f6f1c27"},
+        files={"file2": img1},
+    )
+    assert unknown.status_code == 404 and "has no face" in unknown.json()["detail"]
+
+
+def test_deletes_and_forget_me_take_faces_out_of_search_people_and_the_ledger(http, home):
+    digested_and_clustered(home, "forgetful")
+
+    def search(name: str) -> list[str]:
+        found = http.post("/v1/search-face", files=photo(name), data={"group_id": "forgetful"})
+        assert found.status_code == 200, found.text
+        return sorted(Path(p["image_path"]).name for p in found.json()["photos"])
+
+    assert search("img8.jpg") == ["img8.jpg"]
+    # forget me: person09's face, the photo stays without it
+    forgotten = http.post("/v1/groups/forgetful/forget", files=photo("img8.jpg"))
+    assert forgotten.status_code == 200, forgotten.text
+    assert (forgotten.json()["faces"], forgotten.json()["photo_paths"]) == (1, ["img8.jpg"])
+    assert search("img8.jpg") == []
+    gone = forgotten.json()["face_ids"][0]
+    assert http.get(f"/v1/groups/forgetful/faces/{gone}/crop").status_code == 404
+
+    # a photo by its id: gone from the listing and from search
+    listed = {p["path"]: p["photo_id"] for p in http.get("/v1/groups/forgetful/photos").json()["photos"]}
+    deleted = http.delete(f"/v1/groups/forgetful/photos/{listed['img2.jpg']}")
+    assert deleted.status_code == 200, deleted.text
+    assert (deleted.json()["photos"], deleted.json()["faces"], deleted.json()["photo_paths"]) == (1, 1, ["img2.jpg"])
+    assert "img2.jpg" not in {p["path"] for p in http.get("/v1/groups/forgetful/photos").json()["photos"]}
+    assert search("img1.jpg") == ["couple.jpg", "img1.jpg"]
+    assert http.delete(f"/v1/groups/forgetful/photos/{listed['img2.jpg']}").status_code == 404
+
+    # a face, then a person with their photos
+    her = next(p for p in http.get("/v1/groups/forgetful/people").json()["people"] if p["face_count"] == 2)
+    faces = http.get(f"/v1/groups/forgetful/people/{her['person_id']}").json()["faces"]
+    in_couple = next(f["face_id"] for f in faces if Path(f["image_path"]).name == "couple.jpg")
+    one = http.delete(f"/v1/groups/forgetful/faces/{in_couple}")
+    assert one.status_code == 200 and one.json()["face_ids"] == [in_couple]
+    assert search("img1.jpg") == ["img1.jpg"]
+    assert http.delete(f"/v1/groups/forgetful/faces/{in_couple}").status_code == 404
+    person = http.delete(f"/v1/groups/forgetful/people/{her['person_id']}", params={"with_photos": "true"})
+    assert person.status_code == 200 and person.json()["photo_paths"] == ["img1.jpg"], person.text
+    assert http.get(f"/v1/groups/forgetful/people/{her['person_id']}").status_code == 404
+    assert http.delete(f"/v1/groups/forgetful/people/{her['person_id']}").status_code == 404
+
+    # the group: every photo left, then nothing to delete
+    group = http.delete("/v1/groups/forgetful")
+    assert group.status_code == 200 and group.json()["photos"] == 2, group.text  # couple.jpg and img8.jpg
+    assert http.get("/v1/groups/forgetful/photos").status_code == 404
+    again = http.delete("/v1/groups/forgetful")
+    assert again.status_code == 404 and "forgetful" in again.json()["detail"]
+
+
+def test_forget_says_what_is_wrong(http):
+    unknown = http.post("/v1/groups/nobody/forget", files=photo("img1.jpg"))
+    assert unknown.status_code == 404 and "unknown group" in unknown.json()["detail"]
+    wall = http.post("/v1/groups/party/forget", files={"file": ("wall.jpg", no_face_photo())})
+    assert wall.status_code == 400 and "no face found" in wall.json()["detail"]
+    assert http.post("/v1/groups/party/forget").status_code == 422

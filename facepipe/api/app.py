@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from facepipe import settings
 from facepipe.api.dependencies import Services
-from facepipe.api.routes import digests, faces, health, people, photos, search
+from facepipe.api.routes import digests, faces, forget, health, people, photos, search
 from facepipe.api.routes.photos import MAX_PHOTOS_PER_UPLOAD
 from facepipe.api.uploads import base64_size
 from facepipe.store import StoreDamaged, StoreNotWritable
@@ -27,7 +27,15 @@ FORM_OVERHEAD = 1 << 20  # a multipart body's other fields and boundaries, besid
 MAX_JSON_BYTES = 1 << 20  # a JSON body: a digest request is under 10 kB, a split's face ids a few 100 kB
 
 VERSION_PREFIX = "/v1"
-ROUTERS = [digests.router, photos.router, search.router, people.router, faces.router, health.router]
+ROUTERS = [
+    digests.router,
+    photos.router,
+    search.router,
+    people.router,
+    forget.router,
+    faces.router,
+    health.router,
+]
 
 # Swagger UI's and ReDoc's files, as the fastapi-offline package ships them
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -176,7 +184,7 @@ def create_app() -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["X-API-Key", "Content-Type"],
             expose_headers=["Retry-After"],
         )

@@ -207,6 +207,25 @@ class Photos(BaseModel):
     next_offset: str | None = Field(description="Pass it back as `offset` for the next page; null on the last.")
 
 
+class Deleted(BaseModel):
+    """What a delete removed from the group."""
+
+    group_id: str
+    faces: int
+    photos: int = Field(description="Photos deleted (a tombstone keeps later digests from reading them again).")
+    people: int = Field(description="People left without faces, removed.")
+    files: int = Field(description="Uploaded photos removed from the server's disk.")
+    face_ids: list[str] = Field(description="Every face deleted (empty for a whole group).")
+    photo_paths: list[str] = Field(description="The photos that lost faces or were deleted, within their source.")
+
+
+class Verified(BaseModel):
+    verified: bool = Field(description="similarity >= threshold: the same person.")
+    similarity: float = Field(description="Cosine similarity of the two faces' embeddings.")
+    threshold: float = Field(description="The profile's search threshold.")
+    profile: str
+
+
 # ------------------------------------------------------------------------------------------------
 # Search
 # ------------------------------------------------------------------------------------------------

@@ -60,31 +60,36 @@ async def upload_bytes(file: UploadFile) -> bytes:
     return b"".join(chunks)
 
 
-def one_photo_missing(msg: str) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", "file"), "msg": msg}])
-
-
-async def photo_bytes(file: UploadFile | None, image_base64: str | None) -> tuple[bytes, str]:
+async def photo_bytes(file: UploadFile | None, image_base64: str | None, which: str = "") -> tuple[bytes, str]:
     """The photo given as a file or in base64 (exactly one of the two), within the byte budget, and
-    a name for it in messages (the file's, or `image_base64`)."""
+    a name for it in messages (the file's, or its field's). `which`: "1", "2" for verify's fields."""
+    file_field, text_field = f"file{which}", f"image_base64{'_' + which if which else ''}"
     if (file is None) == (not image_base64):
-        raise one_photo_missing("give one photo: a `file`, or its bytes in `image_base64`")
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", file_field),
+                    "msg": f"give one photo: a `{file_field}`, or its bytes in `{text_field}`",
+                }
+            ]
+        )
     if file is not None:
         return await upload_bytes(file), str(file.filename)
     assert image_base64 is not None
     text = image_base64.split(",", 1)[1] if image_base64.startswith("data:") else image_base64
     budget = settings.max_image_bytes()
     if len(text) * 3 // 4 > budget + 2:  # refused by its length before it is decoded
-        raise HTTPException(413, f"image_base64: {too_large(len(text) * 3 // 4, budget, 'upload')}")
+        raise HTTPException(413, f"{text_field}: {too_large(len(text) * 3 // 4, budget, 'upload')}")
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except ValueError:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", "image_base64"), "msg": "image_base64 is not base64"}]
+            [{"type": "value_error", "loc": ("body", text_field), "msg": f"{text_field} is not base64"}]
         ) from None
     if len(data) > budget:
-        raise HTTPException(413, f"image_base64: {too_large(len(data), budget, 'upload')}")
-    return data, "image_base64"
+        raise HTTPException(413, f"{text_field}: {too_large(len(data), budget, 'upload')}")
+    return data, text_field
 
 
 def decoded(data: bytes, name: str | None) -> np.ndarray:

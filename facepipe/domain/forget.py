@@ -70,7 +70,7 @@ class Deleted:
 
 def uploads_dir() -> Path:
     """Where photos uploaded to facepipe are kept, a folder per group."""
-    return settings.facepipe_home() / "uploads"
+    return settings.uploads_dir()
 
 
 def _uploaded_file(path: str) -> Path | None:

@@ -8,18 +8,18 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from facepipe import settings
 from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.routes.digests import job_by_id
 from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
 from facepipe.api.uploads import BINARY, decoded, upload_bytes
 from facepipe.clients.local import LaunchError, daemon_is_running, photo_reader, start_digest
-from facepipe.domain.request import SOURCE_TAG, default_workers, digest_request
+from facepipe.domain.forget import uploads_dir
+from facepipe.domain.request import PARTITION_TAG, SOURCE_TAG, default_workers, digest_request
 from facepipe.domain.thumbnails import face_crop_jpeg, read_stored_photo
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 from facepipe.platform.worker_check import WorkerConfigError
@@ -32,7 +32,7 @@ MAX_NAME_LENGTH = 200  # characters of an uploaded photo's file name, extension 
 
 
 def group_uploads(group_id: str) -> Path:
-    return settings.uploads_dir() / group_id
+    return uploads_dir() / group_id
 
 
 def safe_name(filename: str | None) -> str:
@@ -125,6 +125,19 @@ def sources_of_runs(instance: DagsterInstance, run_ids: set[str]) -> dict[str, s
     return sources
 
 
+def group_sources(instance: DagsterInstance, group_id: str) -> list[str]:
+    """The folders and s3:// prefixes digested into the group, longest first."""
+    records = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: group_id}))
+    found = {r.dagster_run.tags[SOURCE_TAG] for r in records if SOURCE_TAG in r.dagster_run.tags}
+    return sorted(found, key=len, reverse=True)
+
+
+def path_in_sources(image_path: str, sources: list[str]) -> str:
+    """A photo's path within the source of the group that holds it (the longest that does)."""
+    path = local_path(image_path)
+    return path_in_source(image_path, next((s for s in sources if path.startswith(s.rstrip("/") + "/")), None))
+
+
 def path_in_source(image_path: str, source: str | None) -> str:
     """A photo's path within the source it was digested from (its file name when that is unknown):
     an answer never shows where the server keeps its photos."""
@@ -170,7 +183,12 @@ def get_photos(
         chosen = ledger_profile(faces, group_id, profile)
         keys = ("image_path", "status", "error", "faces", "run_id", "timestamp")
         ledger, next_offset = faces.backend.scroll_page(
-            images_collection(chosen), Where({"group_id": group_id}), limit, offset, payload_keys=keys
+            # a deleted photo's tombstone is no photo of the group
+            images_collection(chosen),
+            Where({"group_id": group_id, "status": ["done", "failed"]}),
+            limit,
+            offset,
+            payload_keys=keys,
         )
     names = photo_names(instance, ledger)
     photos = [
