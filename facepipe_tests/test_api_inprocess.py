@@ -286,12 +286,15 @@ def test_a_symlink_out_of_an_allowed_root_is_refused(http, home, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_search_with_img1_finds_her_three_photos_best_first(http):
+def test_search_with_img1_finds_her_three_photos_best_first(http, home):
     answer = http.post("/v1/search-face", files=photo("img1.jpg"), data={"group_id": "party"})
     assert answer.status_code == 200, answer.text
     result = answer.json()
-    found = [Path(p["image_path"]).name for p in result["photos"]]
+    found = [p["image_path"] for p in result["photos"]]  # within the digested folder, not the server's path
     assert set(found) == {name for name, who in PARTY.items() if who == "person01"} and found[0] == "img1.jpg"
+    assert [p["photo_id"] for p in result["photos"]] == [
+        image_point_id("party", str(home / "photos" / name), "dlib") for name in found
+    ]
     scores = [p["score"] for p in result["photos"]]
     assert scores == sorted(scores, reverse=True) and min(scores) >= result["threshold"]
     assert result["profile"] == "dlib" and result["threshold"] == PROFILES["dlib"].search_threshold
@@ -344,7 +347,7 @@ def test_a_search_past_the_queue_is_a_503_with_retry_after(app, http):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_people_are_listed_shown_named_split_and_merged(http):
+def test_people_are_listed_shown_named_split_and_merged(http, home):
     listed = http.get("/v1/groups/party/people")
     assert listed.status_code == 200, listed.text
     people = listed.json()
@@ -355,7 +358,14 @@ def test_people_are_listed_shown_named_split_and_merged(http):
 
     her = people["people"][0]["person_id"]
     person = http.get(f"/v1/groups/party/people/{her}").json()
-    assert {Path(f["image_path"]).name for f in person["faces"]} == {"img1.jpg", "img2.jpg", "couple.jpg"}
+    # each photo by its path within the digested folder, and its id
+    assert {f["image_path"] for f in person["faces"]} == {"img1.jpg", "img2.jpg", "couple.jpg"}
+    assert person["representative_image_path"] in {"img1.jpg", "img2.jpg", "couple.jpg"}
+    assert all(
+        f["photo_id"] == image_point_id("party", str(home / "photos" / f["image_path"]), "dlib")
+        for f in person["faces"]
+    )
+    assert all(not p["representative_image_path"].startswith("/") for p in people["people"])
     assert "records" not in person and all(not f["pinned"] for f in person["faces"])
 
     assert http.post(f"/v1/groups/party/people/{her}/name", json={"name": "Alice"}).json()["name"] == "Alice"

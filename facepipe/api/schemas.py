@@ -126,7 +126,7 @@ Status = Literal["queued", "processing", "completed", "failed", "canceled"]
 
 
 class FailedImage(BaseModel):
-    path: str
+    path: str = Field(description="Its path within the digest's source.")
     error: str
 
 
@@ -252,8 +252,12 @@ class MatchedFace(BaseModel):
     query_face: int = Field(description="Which face of the selfie it matched (with all_faces).")
 
 
+IN_SOURCE = "The photo's path within the folder or s3:// prefix it was digested from."
+
+
 class MatchedPhoto(BaseModel):
-    image_path: str
+    photo_id: str = Field(description="The photo's id (GET and DELETE /v1/groups/{group_id}/photos).")
+    image_path: str = Field(description=IN_SOURCE)
     score: float = Field(description="Its best face's score.")
     faces: list[MatchedFace]
 
@@ -299,7 +303,7 @@ class Person(BaseModel):
     name: str | None
     face_count: int
     representative_face_id: str
-    representative_image_path: str
+    representative_image_path: str = Field(description=IN_SOURCE)
     group_id: str
     profile: str
     updated: str | None = Field(None, description="When clustering last changed the person (ISO 8601, UTC).")
@@ -307,7 +311,8 @@ class Person(BaseModel):
 
 class PersonFace(BaseModel):
     face_id: str
-    image_path: str
+    photo_id: str
+    image_path: str = Field(description=IN_SOURCE)
     face_index: int
     facial_area: FacialArea
     pinned: bool = Field(description="Kept with this person by a merge or split through later clustering.")

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from facepipe.api.dependencies import KEY, Instance, Store, busy
+from facepipe.api.paths import path_in_source
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
 from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
 from facepipe.domain.request import DigestChoices, digest_request, list_images_config
@@ -51,6 +52,9 @@ def job(summary: dict[str, Any], run_config: dict[str, Any] | None) -> dict[str,
     if seed["confidence"] is None:  # a run launched before its confidence was a tag
         seed["confidence"] = list_images_config(run_config or {}).get("confidence")
     rest = {k: v for k, v in summary.items() if k not in ("progress_percent", "workers")}
+    # each photo by its path within the source, not where the server keeps it
+    for key in ("failed_images", "not_listed"):
+        rest[key] = [{**entry, "path": path_in_source(entry["path"], summary["source"])} for entry in rest[key]]
     return {**seed, **rest, "face_ids": [], "face_ids_next_offset": None}
 
 

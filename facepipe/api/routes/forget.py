@@ -7,7 +7,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from facepipe.api.dependencies import KEY, MODEL_LOCK, AppServices, Instance, Store, embedded, search_slot
-from facepipe.api.routes.photos import group_sources, path_in_sources
+from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import Deleted, GroupPath, Verified, errors
 from facepipe.api.uploads import IMAGE_BASE64, decoded, optional_file, photo_bytes
 from facepipe.domain.forget import (

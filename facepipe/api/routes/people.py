@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 
 from facepipe.api.dependencies import KEY, Instance, Store, require_daemon
+from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import (
     ClusterBody,
     Clustered,
@@ -34,7 +35,7 @@ from facepipe.domain.people import (
 )
 from facepipe.domain.search import group_profiles
 from facepipe.platform.history import STATUS_NAMES
-from facepipe.store import FaceStore
+from facepipe.store import FaceStore, image_point_id
 
 router = APIRouter(tags=["people"], dependencies=KEY)
 
@@ -50,10 +51,21 @@ def profile_of(store: FaceStore, group_id: str, profile: str | None) -> str:
     return profile or profiles[0]
 
 
-def people_of(store: Store, group_id: str, profile: str | None) -> dict[str, Any]:
+def within_sources(person: dict[str, Any], instance: DagsterInstance) -> dict[str, Any]:
+    """The person with their photos by their paths within their sources (and their ids)."""
+    sources = group_sources(instance, person["group_id"])
+    person["representative_image_path"] = path_in_sources(person["representative_image_path"], sources)
+    for face in person.get("faces", []):
+        face["photo_id"] = image_point_id(person["group_id"], face["image_path"], person["profile"])
+        face["image_path"] = path_in_sources(face["image_path"], sources)
+    return person
+
+
+def people_of(store: Store, instance: DagsterInstance, group_id: str, profile: str | None) -> dict[str, Any]:
     with store() as faces:
         profile = profile_of(faces, group_id, profile)
         people = list_people(faces, group_id, profile)
+    people = [within_sources(person, instance) for person in people]
     return {"group_id": group_id, "profile": profile, "total_people": len(people), "people": people}
 
 
@@ -110,43 +122,50 @@ def post_cluster_faces(body: ClusterBody, instance: Instance, store: Store) -> A
             f"clustering run {run_id} {STATUS_NAMES.get(run.status)}: "
             f"{failures[0] if failures else 'see the run in the Dagster UI'}",
         )
-    return {"run_id": run_id, **people_of(store, body.group_id, body.profile)}
+    return {"run_id": run_id, **people_of(store, instance, body.group_id, body.profile)}
 
 
 @router.get("/groups/{group_id}/people", response_model=People, responses=errors(404, 503))
-def get_people(group_id: str, store: Store, profile: str | None = None) -> dict[str, Any]:
+def get_people(group_id: str, store: Store, instance: Instance, profile: str | None = None) -> dict[str, Any]:
     """The group's people, most faces first (POST /cluster-faces places new faces first)."""
-    return people_of(store, group_id, profile)
+    return people_of(store, instance, group_id, profile)
 
 
 @router.get("/groups/{group_id}/people/{person_id}", response_model=PersonWithFaces, responses=errors(404, 503))
-def get_one_person(group_id: str, person_id: int, store: Store, profile: str | None = None) -> dict[str, Any]:
+def get_one_person(
+    group_id: str, person_id: int, store: Store, instance: Instance, profile: str | None = None
+) -> dict[str, Any]:
     """One person: name, face count and every face (id, photo, box)."""
     with store() as faces, person_errors():
         person = person_with_faces(faces, group_id, person_id, profile_of(faces, group_id, profile))
     del person["records"]
-    return person
+    return within_sources(person, instance)
 
 
 @router.post("/groups/{group_id}/people/{person_id}/name", response_model=Person, responses=errors(404, 503))
 def post_name(
-    group_id: str, person_id: int, body: NameBody, store: Store, profile: str | None = None
+    group_id: str, person_id: int, body: NameBody, store: Store, instance: Instance, profile: str | None = None
 ) -> dict[str, Any]:
     with store() as faces, person_errors():
-        return name_person(faces, group_id, person_id, body.name, profile_of(faces, group_id, profile))
+        named = name_person(faces, group_id, person_id, body.name, profile_of(faces, group_id, profile))
+    return within_sources(named, instance)
 
 
 @router.post("/groups/{group_id}/people/merge", response_model=Person, responses=errors(404, 503))
-def post_merge(group_id: str, body: MergeBody, store: Store, profile: str | None = None) -> dict[str, Any]:
+def post_merge(
+    group_id: str, body: MergeBody, store: Store, instance: Instance, profile: str | None = None
+) -> dict[str, Any]:
     """Merge `others` into `keep`; their faces stay with `keep` through later clustering."""
     with store() as faces, person_errors():
-        return merge_people(faces, group_id, body.keep, body.others, profile_of(faces, group_id, profile))
+        merged = merge_people(faces, group_id, body.keep, body.others, profile_of(faces, group_id, profile))
+    return within_sources(merged, instance)
 
 
 @router.post("/groups/{group_id}/people/{person_id}/split", response_model=Person, responses=errors(404, 503))
 def post_split(
-    group_id: str, person_id: int, body: SplitBody, store: Store, profile: str | None = None
+    group_id: str, person_id: int, body: SplitBody, store: Store, instance: Instance, profile: str | None = None
 ) -> dict[str, Any]:
     """Move some faces of a person out to a new person; the new person."""
     with store() as faces, person_errors():
-        return split_person(faces, group_id, person_id, body.face_ids, profile_of(faces, group_id, profile))
+        split = split_person(faces, group_id, person_id, body.face_ids, profile_of(faces, group_id, profile))
+    return within_sources(split, instance)

@@ -6,12 +6,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from facepipe.api.dependencies import KEY, AppServices, Store, embedded, search_slot
+from facepipe.api.dependencies import KEY, AppServices, Instance, Store, embedded, search_slot
+from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import SearchAnswer, errors
 from facepipe.api.uploads import IMAGE_BASE64, decoded, optional_file, photo_bytes
 from facepipe.domain.search import SearchError, group_profile, matching_photos
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.weights import MissingWeightsError
+from facepipe.store import image_point_id
 
 router = APIRouter(tags=["search"], dependencies=KEY)
 
@@ -21,6 +23,7 @@ async def post_search_face(
     group_id: Annotated[str, Form()],
     app_services: AppServices,
     store: Store,
+    instance: Instance,
     file: Annotated[
         UploadFile | None, File(description="The selfie; or give `image_base64`.", json_schema_extra=optional_file)
     ] = None,
@@ -58,4 +61,9 @@ async def post_search_face(
         raise HTTPException(404 if "unknown group" in str(err) else 400, str(err)) from None
     except MissingWeightsError as err:
         raise HTTPException(503, str(err)) from None
-    return result.to_dict()
+    answer = result.to_dict()
+    sources = await run_in_threadpool(group_sources, instance, group_id)
+    for found in answer["photos"]:
+        found["photo_id"] = image_point_id(group_id, found["image_path"], answer["profile"])
+        found["image_path"] = path_in_sources(found["image_path"], sources)
+    return answer
