@@ -566,6 +566,8 @@ def test_the_party_photos_are_listed_within_their_folder(http):
     answer = http.get("/v1/groups/party/photos").json()
     faces = {p["path"]: p["faces"] for p in answer["photos"]}
     assert faces == {"img1.jpg": 1, "img2.jpg": 1, "couple.jpg": 2, "img8.jpg": 1}
+    bad_page = http.get("/v1/groups/party/photos", params={"offset": "page-2"})
+    assert bad_page.status_code == 422 and bad_page.json()["detail"][0]["loc"] == ["query", "offset"]
 
 
 def test_an_upload_is_refused_as_a_one_photo_endpoint_refuses_it_and_nothing_is_kept(http):

@@ -15,7 +15,7 @@ from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.paths import path_in_source
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
 from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
-from facepipe.domain.request import DigestChoices, digest_request, list_images_config
+from facepipe.domain.request import DigestChoices, DigestRequest, digest_request, list_images_config
 from facepipe.platform.history import (
     DigestNotFound,
     count_digests,
@@ -44,6 +44,22 @@ def field_errors(err: ValidationError, prefix: str = "body") -> RequestValidatio
             for e in err.errors(include_url=False, include_context=False, include_input=False)
         ]
     )
+
+
+def page_offset(offset: str | None, what: str) -> str | None:
+    """A page's `offset` as the store takes it (an id), or a 422 naming it."""
+    try:
+        return str(uuid.UUID(offset)) if offset else None
+    except ValueError:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "offset"),
+                    "msg": f"offset must be {what}: the next_offset of the page before",
+                }
+            ]
+        ) from None
 
 
 def job(summary: dict[str, Any], run_config: dict[str, Any] | None) -> dict[str, Any]:
@@ -104,8 +120,13 @@ def post_digest(body: DigestBody, instance: Instance) -> dict[str, Any]:
         raise field_errors(err) from None
     except ValueError as err:  # an s3 path the parser refuses
         raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(err)}]) from None
+    return queued_job(request, body.threads, instance)
+
+
+def queued_job(request: DigestRequest, workers: int, instance: DagsterInstance) -> dict[str, Any]:
+    """The digest queued, as a job; with a warning when no daemon would start it."""
     try:
-        run_id = start_digest(request, workers=body.threads, instance=instance)
+        run_id = start_digest(request, workers=workers, instance=instance)
     except WorkerConfigError as err:  # no Celery worker would run it, or one would split the store
         raise HTTPException(503, str(err)) from None
     except LaunchError as err:  # the code server did not answer in time: a busy machine
@@ -154,18 +175,7 @@ def get_digest_face_ids(
     offset: Annotated[str | None, Query(description="The `next_offset` of the page before.")] = None,
 ) -> dict[str, Any]:
     """The ids of the faces the digest stored, a page at a time: pass `next_offset` back as `offset`."""
-    try:
-        offset = str(uuid.UUID(offset)) if offset else None
-    except ValueError:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "offset"),
-                    "msg": "offset must be a face id: the next_offset of the page before",
-                }
-            ]
-        ) from None
+    offset = page_offset(offset, "a face id")
     run_id = run_id_of(job_id)
     try:
         summary = digest_summary(instance, run_id)

@@ -8,22 +8,20 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from dagster import DagsterInstance
 from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from facepipe.api.dependencies import KEY, Instance, Store, busy
+from facepipe.api.dependencies import KEY, Instance, Store
 from facepipe.api.paths import photo_names
-from facepipe.api.routes.digests import job_by_id
+from facepipe.api.routes.digests import page_offset, queued_job
 from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
 from facepipe.api.uploads import BINARY, decoded, upload_bytes
-from facepipe.clients.local import LaunchError, daemon_is_running, photo_reader, start_digest
+from facepipe.clients.local import photo_reader
 from facepipe.domain.forget import uploads_dir
 from facepipe.domain.request import default_workers, digest_request
 from facepipe.domain.thumbnails import face_crop_jpeg, read_stored_photo
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.platform.worker_check import WorkerConfigError
 from facepipe.store import FaceStore, StoredPoint, Where, images_collection
 
 router = APIRouter(tags=["photos"], dependencies=KEY)
@@ -64,22 +62,6 @@ def keep_photo(folder: Path, name: str, data: bytes) -> Path:
     raise AssertionError("unreachable")
 
 
-def queued_digest(folder: Path, group_id: str, instance: DagsterInstance) -> dict[str, Any]:
-    try:
-        run_id = start_digest(digest_request(str(folder), group_id), default_workers(), instance)
-    except WorkerConfigError as err:
-        raise HTTPException(503, str(err)) from None
-    except LaunchError as err:
-        raise busy(str(err)) from None
-    answer = job_by_id(instance, run_id)
-    if not daemon_is_running(instance):
-        answer["warning"] = (
-            "no Dagster daemon is running on this instance: the digest waits in the queue until "
-            "one starts (`facepipe ui` or `dagster-daemon run`)"
-        )
-    return answer
-
-
 @router.post("/groups/{group_id}/photos", status_code=202, response_model=Job, responses=errors(413, 503))
 async def post_photos(
     group_id: GroupPath,
@@ -113,7 +95,7 @@ async def post_photos(
     folder = group_uploads(group_id)
     for name, data in photos:
         await run_in_threadpool(keep_photo, folder, name, data)
-    return await run_in_threadpool(queued_digest, folder, group_id, instance)
+    return await run_in_threadpool(queued_job, digest_request(str(folder), group_id), default_workers(), instance)
 
 
 def ledger_profile(store: FaceStore, group_id: str, profile: str | None) -> str:
@@ -139,6 +121,7 @@ def get_photos(
     DELETE), its path within the source it was digested from, its status and its faces."""
     if profile and profile not in PROFILES:
         raise HTTPException(404, f"no profile {profile!r}: choose among {sorted(PROFILES)}")
+    offset = page_offset(offset, "a photo id")
     with store() as faces:
         chosen = ledger_profile(faces, group_id, profile)
         keys = ("image_path", "status", "error", "faces", "run_id", "timestamp")
