@@ -54,15 +54,21 @@ def wait_until_finished(home, run_id, timeout=300, *extra):
     raise AssertionError(f"digest {run_id} still {seen[-1]} after {timeout} s")
 
 
+# the tests of one `facepipe ui`: on one xdist worker, which starts it once
+ON_THE_UI = pytest.mark.xdist_group("digest_runs_ui")
+
+
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
-    """`facepipe ui` (webserver + daemon) on a temporary instance and a free port."""
+    """`facepipe ui` (webserver + daemon) on a temporary instance and a free port; each test digests
+    into groups of its own."""
     home = tmp_path_factory.mktemp("ui_home")
     with facepipe_ui(home) as url:
         yield home, url
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_ui, tmp_path):
     home, _ = dagster_ui
     folder = small_folder(tmp_path / "photos")
@@ -80,6 +86,7 @@ def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_u
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
     home, url = dagster_ui
     folder = small_folder(tmp_path / "photos", bad=False)
@@ -109,6 +116,7 @@ def graphql(url, query, variables):
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_path):
     _, url = dagster_ui
     selector = {**LOCATION, "pipelineName": "digest_job"}
@@ -143,6 +151,7 @@ LAUNCHPAD = """query Launchpad($selector: PipelineSelector!) {
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fails_before_any_step(dagster_ui, tmp_path):
     """As the UI does: the Launchpad's initial config (rootDefaultYaml), its partition picker, and
     launches through the mutation it uses; a run its values doom fails at its launch, in one line."""
@@ -184,6 +193,7 @@ def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fail
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_ui, tmp_path):
     """No facepipe tags, only the partition the Launchpad's picker sets, through the mutation the UI uses."""
     from dagster_graphql import DagsterGraphQLClient
@@ -223,6 +233,7 @@ def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_
 
 
 @pytest.mark.e2e
+@ON_THE_UI
 def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     home, url = dagster_ui
     # a digest of a folder the server does not have fails before any work
@@ -233,15 +244,18 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     )
     assert failed["status"] == "failed"
     assert any("source: cannot list" in error for error in failed["errors"]), failed["errors"]
+    # and one that completes (the other tests on this ui add theirs)
+    done = digest(home, small_folder(tmp_path / "photos", bad=False), "history", "--workers", "1")
+    assert done["status"] == "completed"
 
     everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
-    assert len(everything) >= 3
+    assert {failed["run_id"], done["run_id"]} <= {d["run_id"] for d in everything}
     remote_failed = json.loads(
         run_facepipe(home, "digests", "list", "--group", "remote", "--status", "failed", "--json").stdout
     )
     assert [d["run_id"] for d in remote_failed] == [failed["run_id"]]
     completed = json.loads(run_facepipe(home, "digests", "list", "--status", "completed", "--json").stdout)
-    assert completed and all(d["status"] == "completed" for d in completed)
+    assert done["run_id"] in {d["run_id"] for d in completed} and all(d["status"] == "completed" for d in completed)
     future = json.loads(run_facepipe(home, "digests", "list", "--since", "2999-01-01", "--json").stdout)
     assert future == []
     # every CLI call opened the instance anew from its folder: the history is on disk
