@@ -69,8 +69,22 @@ def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
-# a digest of the 64 samples, 8 photos a step on one worker: slow enough to cancel or kill mid-run
-SLOW_SAMPLE_DIGEST = ("digest", str(SAMPLE_IMAGES), "--group", "g", "--workers", "1", "--chunk-size", "8", "--json")
+# a digest of 32 of the samples, 8 photos a step on one worker: slow enough to cancel or kill mid-run
+# (canceled once the first chunk is stored, it has three more to do)
+SLOW_DIGEST_PHOTOS = 32
+SLOW_DIGEST_FACES = 33  # the faces a digest of those 32 stores
+SLOW_DIGEST = ("--group", "g", "--workers", "1", "--chunk-size", "8", "--json")
+
+
+@pytest.fixture(scope="session")
+def slow_digest_photos(tmp_path_factory) -> Path:
+    """The photos of SLOW_DIGEST: the first SLOW_DIGEST_PHOTOS samples."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("slow_digest_photos")
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:SLOW_DIGEST_PHOTOS]:
+        shutil.copy(path, folder)
+    return folder
 
 
 def start_facepipe(home: Path, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
