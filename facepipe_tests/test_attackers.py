@@ -188,8 +188,6 @@ def test_a_detached_digest_whose_launch_times_out_says_so_in_one_line(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 MAX_BYTES = 2_000_000  # this server's photo budget: an upload may be ~3 MB with its form
-# the tests of one `facepipe serve`: on one xdist worker, which starts it once
-ON_THE_SERVER = pytest.mark.xdist_group("attacked_server")
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +246,6 @@ def _chunked(total: int, size: int = 1 << 16, first: bytes = b""):
 
 
 @pytest.mark.e2e
-@ON_THE_SERVER
 def test_a_chunked_upload_without_a_length_is_refused_at_the_cap_not_after_it(server):
     """The photo budget plus its form is ~3 MB; 256 MiB are offered, chunked with no Content-Length:
     the server answers 413 once it has read past the cap, and reads no further."""
@@ -265,7 +262,6 @@ def test_a_chunked_upload_without_a_length_is_refused_at_the_cap_not_after_it(se
 
 
 @pytest.mark.e2e
-@ON_THE_SERVER
 def test_a_json_body_is_capped_by_its_length_and_as_it_streams(server):
     import httpx
 
@@ -279,7 +275,6 @@ def test_a_json_body_is_capped_by_its_length_and_as_it_streams(server):
 
 
 @pytest.mark.e2e
-@ON_THE_SERVER
 @pytest.mark.parametrize(
     "body, field, words",
     [
@@ -310,7 +305,6 @@ def test_a_hostile_digest_request_is_a_422_naming_the_field_and_leaves_nothing(s
 
 
 @pytest.mark.e2e
-@ON_THE_SERVER
 def test_the_server_still_answers_after_the_attacks(server):
     import httpx
 

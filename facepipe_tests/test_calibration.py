@@ -31,10 +31,6 @@ LOOK_ALIKES = (
 HARD_SLICE = [f"{person}_{n:04d}.jpg" for person in LOOK_ALIKES for n in range(1, 7)]
 
 
-# the slices are embedded once per module: its tests on one xdist worker
-pytestmark = pytest.mark.xdist_group("calibration")
-
-
 @pytest.fixture(scope="module")
 def lfw_slice():
     return embedded_set("lfw10", "dlib", only=SLICE)

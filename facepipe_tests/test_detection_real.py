@@ -42,10 +42,6 @@ YUNET_FLOORS = {"all": 0.74, "frontal": 0.65, "non-frontal": 0.78}
 YUNET_MOST_FALSE_PER_10_PHOTOS = 40.0
 
 
-# the tests of one detection run: on one xdist worker, which makes it once
-ON_THE_RUN = pytest.mark.xdist_group("detection_real")
-
-
 # detects the faces of six real photos (3.3 MP in all), with both profiles
 @pytest.fixture(scope="module")
 def ci_run():
@@ -55,7 +51,6 @@ def ci_run():
 
 
 @pytest.mark.slow
-@ON_THE_RUN
 def test_the_ci_subset_has_turned_faces_to_find(ci_run):
     faces = ci_run["results"][DEFAULT_PRESET]["faces"]
     assert ci_run["photos"] >= 5 and faces["all"] >= 50
@@ -63,7 +58,6 @@ def test_the_ci_subset_has_turned_faces_to_find(ci_run):
 
 
 @pytest.mark.slow
-@ON_THE_RUN
 def test_the_default_finds_the_faces_of_real_photos(ci_run):
     result = ci_run["results"][DEFAULT_PRESET]
     for group, floor in FLOORS.items():
@@ -72,7 +66,6 @@ def test_the_default_finds_the_faces_of_real_photos(ci_run):
 
 
 @pytest.mark.slow
-@ON_THE_RUN
 def test_the_yunet_profile_finds_the_turned_faces_hog_misses(ci_run):
     result, hog = ci_run["results"][YUNET], ci_run["results"][DEFAULT_PRESET]
     for group, floor in YUNET_FLOORS.items():

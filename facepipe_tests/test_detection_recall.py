@@ -11,10 +11,7 @@ from benchmarks import detection_recall
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE, PRESETS
 from facepipe_tests.conftest import REPORTS
 
-pytestmark = [
-    pytest.mark.slow,  # detects faces in nine photos of 1 to 4 MP, three ways
-    pytest.mark.xdist_group("detection_recall"),  # on one xdist worker, which detects them once
-]
+pytestmark = pytest.mark.slow  # detects faces in nine photos of 1 to 4 MP, three ways
 
 # recall floors of the default preset, by face width at full size (px); none below min_face_size
 FLOORS = {"32-40": 0.95, "40-64": 0.97, "64-96": 0.97, "96-160": 0.97, ">= 160": 1.0}

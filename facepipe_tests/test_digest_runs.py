@@ -56,10 +56,6 @@ def wait_until_finished(home, run_id, timeout=300, *extra):
     raise AssertionError(f"digest {run_id} still {seen[-1]} after {timeout} s")
 
 
-# the tests of one `facepipe ui`: on one xdist worker, which starts it once
-ON_THE_UI = pytest.mark.xdist_group("digest_runs_ui")
-
-
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
     """`facepipe ui` (webserver + daemon) on a temporary instance and a free port; each test digests
@@ -70,7 +66,6 @@ def dagster_ui(tmp_path_factory):
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_ui, tmp_path):
     home, _ = dagster_ui
     folder = small_folder(tmp_path / "photos")
@@ -88,7 +83,6 @@ def test_a_queued_digest_moves_to_completed_with_its_counts_and_errors(dagster_u
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_launch_over_graphql_shows_up_in_the_history(dagster_ui, tmp_path):
     home, url = dagster_ui
     folder = small_folder(tmp_path / "photos", bad=False)
@@ -118,7 +112,6 @@ def graphql(url, query, variables):
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_the_launchpad_refuses_what_the_config_schema_can_tell(dagster_ui, tmp_path):
     _, url = dagster_ui
     selector = {**LOCATION, "pipelineName": "digest_job"}
@@ -153,7 +146,6 @@ LAUNCHPAD = """query Launchpad($selector: PipelineSelector!) {
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fails_before_any_step(dagster_ui, tmp_path):
     """As the UI does: the Launchpad's initial config (rootDefaultYaml), its partition picker, and
     launches through the mutation it uses; a run its values doom fails at its launch, in one line."""
@@ -195,7 +187,6 @@ def test_the_launchpad_opens_on_a_folder_to_type_and_a_launch_it_would_fail_fail
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_ui, tmp_path):
     """No facepipe tags, only the partition the Launchpad's picker sets, through the mutation the UI uses."""
     from dagster_graphql import DagsterGraphQLClient
@@ -235,7 +226,6 @@ def test_a_digest_launched_as_the_launchpad_does_is_a_digest_to_the_cli(dagster_
 
 
 @pytest.mark.e2e
-@ON_THE_UI
 def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     home, url = dagster_ui
     # a digest of a folder the server does not have fails before any work

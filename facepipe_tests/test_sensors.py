@@ -272,10 +272,6 @@ def test_an_unreadable_source_fails_the_tick_with_a_clear_message(instance, tmp_
 # -- real digests, shared by the schedule and webhook tests --------------------------------------------
 
 
-# the tests of one instance with real digests, made once per module: on one xdist worker
-ON_THE_DIGESTS = pytest.mark.xdist_group("sensors_digested")
-
-
 @pytest.fixture(scope="module")
 def digested(tmp_path_factory):
     """An instance with real digests: groups 'alpha' and 'beta' of one photo each, and a failed one."""
@@ -304,7 +300,6 @@ def recluster_requests(home):
 
 
 @pytest.mark.e2e
-@ON_THE_DIGESTS
 def test_the_nightly_recluster_asks_only_for_groups_with_new_faces(digested):
     home, folders, _ = digested
     assert recluster_requests(home) == [("alpha", "dlib"), ("beta", "dlib")]  # never clustered
@@ -342,7 +337,6 @@ def test_the_nightly_recheck_digests_every_watch_in_full(tmp_path, instance):
 
 
 @pytest.mark.e2e
-@ON_THE_DIGESTS
 def test_webhooks_receive_the_success_and_failure_summaries_with_retries(digested, receiver, monkeypatch, capsys):
     home, _, runs = digested
     monkeypatch.setenv("HOOK_PORT", str(receiver.server.server_address[1]))

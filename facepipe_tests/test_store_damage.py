@@ -36,10 +36,6 @@ from facepipe_tests.test_assets import PHOTOS, materialize_digest, metadata
 SELFIE = SAMPLE_IMAGES / "img4.jpg"  # person01, as img1.jpg and img2.jpg
 
 
-# the digest is made once per module: its tests on one xdist worker
-pytestmark = pytest.mark.xdist_group("store_damage")
-
-
 @pytest.fixture(scope="module")
 def digested(tmp_path_factory):
     """A real in-process digest of three photos (4 faces) into group 'party': its folder and store."""

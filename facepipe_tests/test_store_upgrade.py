@@ -54,10 +54,6 @@ def write_as_local_mode(path, faces, people) -> None:
     client.close()
 
 
-# the tests of one old store, made once per module: on one xdist worker
-ON_THE_OLD_STORE = pytest.mark.xdist_group("old_store")
-
-
 @pytest.fixture(scope="module")
 def old_store(sample_people, tmp_path_factory):
     """The clustered sample group rewritten in the old layout, beside the searches it answered."""
@@ -77,7 +73,6 @@ def old_store(sample_people, tmp_path_factory):
 
 
 @pytest.mark.e2e
-@ON_THE_OLD_STORE
 def test_a_local_mode_store_is_migrated_on_first_open_and_answers_as_before(old_store, tmp_path):
     source, n_faces, expected, expected_people = old_store
     home = tmp_path / "home"
@@ -100,7 +95,6 @@ def test_a_local_mode_store_is_migrated_on_first_open_and_answers_as_before(old_
 
 
 @pytest.mark.e2e
-@ON_THE_OLD_STORE
 def test_facepipe_store_migrate_does_it_on_demand(old_store, tmp_path):
     source, n_faces, _, _ = old_store
     home = tmp_path / "home"
@@ -213,7 +207,6 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
 
 
 @pytest.mark.e2e
-@ON_THE_OLD_STORE
 def test_people_on_a_server_store_match_the_embedded_ones_and_old_people_get_vectors(
     old_store, sample_people, tmp_path
 ):
