@@ -20,6 +20,7 @@ from facepipe_tests.conftest import (
     REPO,
     SAMPLE_IMAGES,
     SLOW_DIGEST,
+    SLOW_DIGEST_CHUNK,
     SLOW_DIGEST_FACES,
     SLOW_DIGEST_PHOTOS,
     digest,
@@ -300,13 +301,13 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(slow_digest_
     run_facepipe(home, "digests", "list")  # creates the instance, so the polling below never races its creation
     running = start_facepipe(home, "digest", str(slow_digest_photos), *SLOW_DIGEST, stdout=subprocess.PIPE)
     try:
-        run_id = digest_at(home, 8)
+        run_id = digest_at(home, SLOW_DIGEST_CHUNK)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:
         running.kill()
     canceled = show(home, run_id)
-    assert canceled["status"] == "canceled" and 8 <= canceled["images_done"] < SLOW_DIGEST_PHOTOS
+    assert canceled["status"] == "canceled" and SLOW_DIGEST_CHUNK <= canceled["images_done"] < SLOW_DIGEST_PHOTOS
 
     # Dagster's own "Re-execute from failure" (the UI's button) re-runs the store step but not the
     # chunks that never started: it must fail, saying how many photos are missing, never end green

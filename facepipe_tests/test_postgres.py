@@ -20,6 +20,7 @@ from facepipe_tests.conftest import (
     REPORTS,
     SAMPLE_IMAGES,
     SLOW_DIGEST,
+    SLOW_DIGEST_CHUNK,
     SLOW_DIGEST_FACES,
     SLOW_DIGEST_PHOTOS,
     digest,
@@ -100,7 +101,7 @@ def test_cancel_then_retry_on_postgres(database, slow_digest_photos, tmp_path):
     run_facepipe(home, "digests", "list")  # creates the instance before the polling below
     running = start_facepipe(home, "digest", str(slow_digest_photos), *SLOW_DIGEST, stdout=subprocess.PIPE)
     try:
-        run_id = digest_at(home, 8)
+        run_id = digest_at(home, SLOW_DIGEST_CHUNK)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:

@@ -241,7 +241,7 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(sam
     print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
 
 
-def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(samples, tmp_path):
+def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(tmp_path):
     """Cancel, at once, a digest waiting in the run queue and one as soon as a step of it has claimed
     the store's slot: neither keeps a slot (read from the instance's claimed slots), and the next
     digest completes."""
@@ -251,8 +251,11 @@ def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(s
         shutil.copy(path, photos)
     detach = ("--detach", "--workers", "1")
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        # in small chunks: still running when it is canceled
-        starting = run_facepipe(home, "digest", str(samples), "--group", "a", "--detach", *CHUNKS).stdout.strip()
+        # the 64 samples in small chunks: still running when it is canceled, though launching the
+        # second digest may take a minute on a loaded machine, longer than a digest of 16 photos
+        starting = run_facepipe(
+            home, "digest", str(SAMPLE_IMAGES), "--group", "a", *detach, "--chunk-size", "8"
+        ).stdout.strip()
         # one digest at a time (the embedded store): the second waits in the queue
         queued = run_facepipe(home, "digest", str(photos), "--group", "b", *detach).stdout.strip()
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
