@@ -44,8 +44,8 @@ docs: $(READY)
 
 # In process, under 2 minutes: the engine, the store, the assets and sensors on temporary instances
 test-fast: $(READY)
-	$(BIN)/pytest -m "not e2e and not slow"
+	$(BIN)/pytest -n 2 -m "not e2e and not slow"
 
 # Everything CI runs: lint, types, the definitions, the docs, and every test (end to end included)
 test: lint typecheck validate docs
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2

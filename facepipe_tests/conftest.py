@@ -27,6 +27,17 @@ S3_SECRET = "moto-dummy-secret-key"
 REPORTS: list[str] = []  # tables that tests measured (recall per face size...), printed after the run
 
 
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller prints what it measured
+        workeroutput["reports"] = REPORTS
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller
+def pytest_testnodedown(node, error):
+    REPORTS.extend(getattr(node, "workeroutput", {}).get("reports", []))
+
+
 def pytest_terminal_summary(terminalreporter):
     for report in REPORTS:
         terminalreporter.write_sep("-", report.split("\n", 1)[0])
@@ -58,8 +69,24 @@ def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
-# a digest of the 64 samples, 8 photos a step on one worker: slow enough to cancel or kill mid-run
-SLOW_SAMPLE_DIGEST = ("digest", str(SAMPLE_IMAGES), "--group", "g", "--workers", "1", "--chunk-size", "8", "--json")
+# a digest of 32 of the samples, 4 photos a step on one worker: slow enough to cancel or kill mid-run
+# (canceled once its first chunk is stored, it has seven to do: a minute or more on a loaded machine,
+# where the `facepipe` commands that see it and cancel it take up to half a minute each)
+SLOW_DIGEST_PHOTOS = 32
+SLOW_DIGEST_FACES = 33  # the faces a digest of those 32 stores
+SLOW_DIGEST_CHUNK = 4
+SLOW_DIGEST = ("--group", "g", "--workers", "1", "--chunk-size", str(SLOW_DIGEST_CHUNK), "--json")
+
+
+@pytest.fixture(scope="session")
+def slow_digest_photos(tmp_path_factory) -> Path:
+    """The photos of SLOW_DIGEST: the first SLOW_DIGEST_PHOTOS samples."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("slow_digest_photos")
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:SLOW_DIGEST_PHOTOS]:
+        shutil.copy(path, folder)
+    return folder
 
 
 def start_facepipe(home: Path, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
@@ -89,12 +116,42 @@ def digest(home: Path, folder: Path, group: str, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder `make(folder)` fills, made once per test session, then copied for this worker.
+
+    Under pytest-xdist every worker asks for it: the first makes it in the session's shared temporary
+    folder under a file lock, the others wait and copy it, so each worker has a copy of its own (an
+    embedded store is held by one process at a time)."""
+    import shutil
+
+    from filelock import FileLock
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no xdist: this process is the whole session
+        folder = tmp_path_factory.mktemp(name) / "made"
+        make(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent / name  # the session's folder, above the workers'
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "made.done").exists():
+            shutil.rmtree(shared, ignore_errors=True)
+            make(shared / "made")
+            (shared / "made.done").touch()
+    copy = tmp_path_factory.mktemp(name) / "made"
+    shutil.copytree(shared / "made", copy)
+    return copy
+
+
+def _sample_digest(folder: Path) -> None:
+    summary = digest(folder / "home", SAMPLE_IMAGES, "sample", "--workers", "2")
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
 @pytest.fixture(scope="session")
 def sample_digest(tmp_path_factory):
-    """One real digest of the 64 sample photos into group 'sample', shared by the read-only tests."""
-    home = tmp_path_factory.mktemp("facepipe_home")
-    summary = digest(home, SAMPLE_IMAGES, "sample", "--workers", "2")
-    return home, summary
+    """One real digest of the 64 sample photos into group 'sample', shared by the read-only tests
+    (made once per session, whatever the number of xdist workers)."""
+    folder = made_once(tmp_path_factory, "sample_digest", _sample_digest)
+    return folder / "home", json.loads((folder / "summary.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +160,13 @@ def sample_people(sample_digest, tmp_path_factory):
     by the read-only search, people and notebook tests."""
     import shutil
 
-    home = tmp_path_factory.mktemp("people_home") / "home"
-    shutil.copytree(sample_digest[0], home)
-    result = run_facepipe(home, "people", "cluster", "--group", "sample", "--json")
-    return home, json.loads(result.stdout)
+    def cluster(folder: Path) -> None:
+        shutil.copytree(sample_digest[0], folder / "home")
+        result = run_facepipe(folder / "home", "people", "cluster", "--group", "sample", "--json")
+        (folder / "counts.json").write_text(result.stdout)
+
+    folder = made_once(tmp_path_factory, "sample_people", cluster)
+    return folder / "home", json.loads((folder / "counts.json").read_text())
 
 
 def faces_by_photo(home: Path, group: str = "sample", profile: str = "dlib") -> dict[str, list]:
@@ -159,35 +219,54 @@ def s3_endpoint():
 @contextmanager
 def facepipe_server(home: Path, command: str, ready, **env_vars: str):
     """`facepipe COMMAND --port P` (ui, serve) on `home` and a free loopback port, its output in
-    `home/COMMAND.log`; yields its URL once `ready(url)` says so, and stops its process group after."""
+    `home/COMMAND.log`; yields its URL once `ready(url)` says so, and stops its process group after.
+    A port taken between finding it free and the server binding it (another xdist worker, another
+    test run on the machine) is tried again on another."""
+    tries = 3
+    for _ in range(tries):
+        server, url, log_path = _start_server(home, command, env_vars)
+        try:
+            deadline = time.time() + 120
+            while not _answers(ready, url):
+                if server.poll() is not None and "address already in use" in log_path.read_text().lower():
+                    break
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"facepipe {command} did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            else:
+                yield url
+                return
+        finally:
+            _stop_server(server)
+    raise RuntimeError(f"facepipe {command} found no free port in {tries} tries")
+
+
+def _start_server(home: Path, command: str, env_vars: dict) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     env = {**os.environ, "FACEPIPE_HOME": str(home), **env_vars}
     env.pop("DAGSTER_HOME", None)
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / f"{command}.log"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "facepipe.cli", command, "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "facepipe.cli", command, "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return server, f"http://127.0.0.1:{port}", log_path
+
+
+def _stop_server(server: subprocess.Popen) -> None:
     try:
-        deadline = time.time() + 120
-        while not _answers(ready, url):
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError(f"facepipe {command} did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
         os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+    except ProcessLookupError:
+        return
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 def _answers(ready, url: str) -> bool:

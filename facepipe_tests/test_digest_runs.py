@@ -19,7 +19,10 @@ from dagster import DagsterEventType, DagsterInstance, RunsFilter
 from facepipe_tests.conftest import (
     REPO,
     SAMPLE_IMAGES,
-    SLOW_SAMPLE_DIGEST,
+    SLOW_DIGEST,
+    SLOW_DIGEST_CHUNK,
+    SLOW_DIGEST_FACES,
+    SLOW_DIGEST_PHOTOS,
     digest,
     digest_at,
     facepipe_ui,
@@ -56,7 +59,8 @@ def wait_until_finished(home, run_id, timeout=300, *extra):
 
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
-    """`facepipe ui` (webserver + daemon) on a temporary instance and a free port."""
+    """`facepipe ui` (webserver + daemon) on a temporary instance and a free port; each test digests
+    into groups of its own."""
     home = tmp_path_factory.mktemp("ui_home")
     with facepipe_ui(home) as url:
         yield home, url
@@ -242,15 +246,18 @@ def test_history_filters_by_group_status_and_time(dagster_ui, tmp_path):
     )
     assert failed["status"] == "failed"
     assert any("source: cannot list" in error for error in failed["errors"]), failed["errors"]
+    # and one that completes (the other tests on this ui add theirs)
+    done = digest(home, small_folder(tmp_path / "photos", bad=False), "history", "--workers", "1")
+    assert done["status"] == "completed"
 
     everything = json.loads(run_facepipe(home, "digests", "list", "--json").stdout)
-    assert len(everything) >= 3
+    assert {failed["run_id"], done["run_id"]} <= {d["run_id"] for d in everything}
     remote_failed = json.loads(
         run_facepipe(home, "digests", "list", "--group", "remote", "--status", "failed", "--json").stdout
     )
     assert [d["run_id"] for d in remote_failed] == [failed["run_id"]]
     completed = json.loads(run_facepipe(home, "digests", "list", "--status", "completed", "--json").stdout)
-    assert completed and all(d["status"] == "completed" for d in completed)
+    assert done["run_id"] in {d["run_id"] for d in completed} and all(d["status"] == "completed" for d in completed)
     future = json.loads(run_facepipe(home, "digests", "list", "--since", "2999-01-01", "--json").stdout)
     assert future == []
     # every CLI call opened the instance anew from its folder: the history is on disk
@@ -305,18 +312,18 @@ with execute_job(reconstructable(get_digest_job), instance, reexecution_options=
 
 
 @pytest.mark.e2e
-def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
+def test_cancel_then_retry_completes_without_redoing_or_duplicating(slow_digest_photos, tmp_path):
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance, so the polling below never races its creation
-    running = start_facepipe(home, *SLOW_SAMPLE_DIGEST, stdout=subprocess.PIPE)
+    running = start_facepipe(home, "digest", str(slow_digest_photos), *SLOW_DIGEST, stdout=subprocess.PIPE)
     try:
-        run_id = digest_at(home, 16)
+        run_id = digest_at(home, SLOW_DIGEST_CHUNK)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:
         running.kill()
     canceled = show(home, run_id)
-    assert canceled["status"] == "canceled" and 16 <= canceled["images_done"] < 64
+    assert canceled["status"] == "canceled" and SLOW_DIGEST_CHUNK <= canceled["images_done"] < SLOW_DIGEST_PHOTOS
 
     # Dagster's own "Re-execute from failure" (the UI's button) re-runs the store step but not the
     # chunks that never started: it must fail, saying how many photos are missing, never end green
@@ -327,19 +334,21 @@ def test_cancel_then_retry_completes_without_redoing_or_duplicating(tmp_path):
     )
     outcome = json.loads(from_failure.stdout.strip().splitlines()[-1])
     assert outcome["success"] is False and outcome["complete_check"] is False, (outcome, from_failure.stderr[-3000:])
-    assert re.match(r"\d+ of 64 photos were not digested .*facepipe digests retry", outcome["failure"])
+    missing = rf"\d+ of {SLOW_DIGEST_PHOTOS} photos were not digested .*facepipe digests retry"
+    assert re.match(missing, outcome["failure"])
 
     retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
     assert retried["status"] == "completed"
-    assert retried["images_done"] == 64 and retried["faces_in_group"] == retried["faces_stored"] == 68
+    assert retried["images_done"] == SLOW_DIGEST_PHOTOS
+    assert retried["faces_in_group"] == retried["faces_stored"] == SLOW_DIGEST_FACES
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         redone = {e.step_key for e in instance.all_logs(retried["run_id"], of_type=DagsterEventType.STEP_START)}
         done_before = {e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
     assert "digest.list_images" not in redone and not (redone & done_before)
 
     # a later digest of the same source finds everything stored: nothing to do, nothing duplicated
-    again = digest(home, SAMPLE_IMAGES, "g")
-    assert again["images_skipped"] == 64 and again["faces_in_group"] == 68
+    again = digest(home, slow_digest_photos, "g")
+    assert again["images_skipped"] == SLOW_DIGEST_PHOTOS and again["faces_in_group"] == SLOW_DIGEST_FACES
 
 
 @pytest.mark.e2e

@@ -19,7 +19,10 @@ from dagster import DagsterEventType, DagsterInstance
 from facepipe_tests.conftest import (
     REPORTS,
     SAMPLE_IMAGES,
-    SLOW_SAMPLE_DIGEST,
+    SLOW_DIGEST,
+    SLOW_DIGEST_CHUNK,
+    SLOW_DIGEST_FACES,
+    SLOW_DIGEST_PHOTOS,
     digest,
     digest_at,
     facepipe_ui,
@@ -93,12 +96,12 @@ def test_digest_list_show_and_people_keep_their_history_in_postgres(server, data
             assert PASSWORD.encode() not in text and quote(PASSWORD, safe="").encode() not in text, path
 
 
-def test_cancel_then_retry_on_postgres(database, tmp_path):
+def test_cancel_then_retry_on_postgres(database, slow_digest_photos, tmp_path):
     home = tmp_path / "home"
     run_facepipe(home, "digests", "list")  # creates the instance before the polling below
-    running = start_facepipe(home, *SLOW_SAMPLE_DIGEST, stdout=subprocess.PIPE)
+    running = start_facepipe(home, "digest", str(slow_digest_photos), *SLOW_DIGEST, stdout=subprocess.PIPE)
     try:
-        run_id = digest_at(home, 16)
+        run_id = digest_at(home, SLOW_DIGEST_CHUNK)
         run_facepipe(home, "digests", "cancel", run_id)
         assert json.loads(running.communicate(timeout=120)[0])["status"] == "canceled"
     finally:
@@ -106,7 +109,8 @@ def test_cancel_then_retry_on_postgres(database, tmp_path):
 
     retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
     assert retried["status"] == "completed"
-    assert retried["images_done"] == 64 and retried["faces_in_group"] == retried["faces_stored"] == 68
+    assert retried["images_done"] == SLOW_DIGEST_PHOTOS
+    assert retried["faces_in_group"] == retried["faces_stored"] == SLOW_DIGEST_FACES
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         # dagster-postgres' own storage, named in dagster.yaml through facepipe's URL translation
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"

@@ -36,6 +36,21 @@ from facepipe_tests.conftest import SAMPLE_IMAGES, digest, digest_at, facepipe_u
 
 pytestmark = pytest.mark.e2e  # digests killed under a real daemon
 
+# 16 of the samples, four photos a step on one worker: four chunks to write, so the run is still
+# listing or storing when it is killed, in a quarter of the time of the 64
+PHOTOS = 16
+FACES = 17  # the faces a digest of those 16 stores
+CHUNKS = ("--workers", "1", "--chunk-size", "4")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("samples")
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:PHOTOS]:
+        shutil.copy(path, folder)
+    return folder
+
+
 # the longest the daemon may take: the run marked failed, one monitoring poll to see it ended,
 # the grace period, one more poll, and slack for two loaded cores
 BOUND_SECONDS = 2 * RUN_MONITORING["poll_interval_seconds"] + RUN_MONITORING["free_slots_after_run_end_seconds"] + 30
@@ -118,14 +133,11 @@ KILLS = {
 
 @pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
 def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(
-    tmp_path, steps, with_workers
+    samples, tmp_path, steps, with_workers
 ):
     home = tmp_path / "home"
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        # small chunks and one worker: the run is still listing or storing when it is killed
-        run_id = run_facepipe(
-            home, "digest", str(SAMPLE_IMAGES), "--group", "killed", "--detach", "--workers", "1", "--chunk-size", "8"
-        ).stdout.strip()
+        run_id = run_facepipe(home, "digest", str(samples), "--group", "killed", "--detach", *CHUNKS).stdout.strip()
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             pid = run_process_pid(instance, run_id)
             holding = wait_for_claimed_slot(instance, run_id, steps)
@@ -138,18 +150,16 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
         # the slot is free: a retry of the killed digest gets it and completes, and a next digest
         # finds every photo stored
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
-        after = digest(home, SAMPLE_IMAGES, "killed")
-        assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
+        assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
+        after = digest(home, samples, "killed")
+        assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
 
 
 @pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
-def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(tmp_path, steps, with_workers):
+def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(samples, tmp_path, steps, with_workers):
     home = tmp_path / "home"
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        running = start_facepipe(
-            home, "digest", str(SAMPLE_IMAGES), "--group", "killed", "--workers", "1", "--chunk-size", "8"
-        )
+        running = start_facepipe(home, "digest", str(samples), "--group", "killed", *CHUNKS)
         try:
             with DagsterInstance.from_config(str(home / "dagster")) as instance:
                 deadline, records = time.time() + 120, []
@@ -168,9 +178,9 @@ def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(t
         print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
 
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
-        after = digest(home, SAMPLE_IMAGES, "killed")
-        assert after["status"] == "completed" and after["images_skipped"] == 64 and after["faces_in_group"] == 68
+        assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
+        after = digest(home, samples, "killed")
+        assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
 
 
 def steps_of(home, summary) -> str:
@@ -201,7 +211,7 @@ UI_STOPS = {
 
 
 @pytest.mark.parametrize(("stop", "cancel"), UI_STOPS.values(), ids=UI_STOPS.keys())
-def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp_path, stop, cancel):
+def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(samples, tmp_path, stop, cancel):
     """`facepipe ui` (webserver, daemon, code server) stopped while a `--detach` digest executes a store
     step, and started again on the same FACEPIPE_HOME."""
     home, photos = tmp_path / "home", tmp_path / "photos"
@@ -211,9 +221,7 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp
     daemons = ("QUEUED_RUN_COORDINATOR", "MONITORING")
     with facepipe_ui(home, daemons=daemons):
         done = digest(home, photos, "before")  # a completed digest in the history
-        run_id = run_facepipe(
-            home, "digest", str(SAMPLE_IMAGES), "--group", "g", "--detach", "--workers", "1", "--chunk-size", "8"
-        ).stdout.strip()
+        run_id = run_facepipe(home, "digest", str(samples), "--group", "g", "--detach", *CHUNKS).stdout.strip()
         with DagsterInstance.from_config(str(home / "dagster")) as instance:
             pid = run_process_pid(instance, run_id)
             wait_for_claimed_slot(instance, run_id, STORE_WRITES)
@@ -240,7 +248,7 @@ def test_a_restarted_ui_keeps_its_history_and_fails_the_run_it_was_executing(tmp
         assert listed[done["run_id"]]["faces_stored"] == done["faces_stored"] > 0
         assert listed[run_id]["status"] == ("canceled" if cancel else "failed")
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == 68, steps_of(home, retried)
+        assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
     print(f"restarted {time.time() - stopped_at:.0f} s after the stop")
 
 
@@ -254,7 +262,8 @@ def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(t
         shutil.copy(path, photos)
     detach = ("--detach", "--workers", "1")
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        # the 64 samples in small chunks: still running when it is canceled
+        # the 64 samples in small chunks: still running when it is canceled, though launching the
+        # second digest may take a minute on a loaded machine, longer than a digest of 16 photos
         starting = run_facepipe(
             home, "digest", str(SAMPLE_IMAGES), "--group", "a", *detach, "--chunk-size", "8"
         ).stdout.strip()
