@@ -137,7 +137,9 @@ class Job(BaseModel):
     status: Status
     progress: float = Field(description="Percent of the photos to digest that are done.")
     group_id: str | None
-    source: str | None = Field(description="The folder or s3:// prefix digested.")
+    source: str | None = Field(
+        description="The folder or s3:// prefix digested; `uploads/{group_id}` for photos uploaded to the service."
+    )
     confidence: float | None = Field(description="Faces detected below it were dropped.")
     threads: int | None = Field(description="Worker processes.")
     images_total: int | None = Field(description="Photos listed in the source.")

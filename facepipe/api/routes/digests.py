@@ -15,6 +15,7 @@ from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.paths import path_in_source
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
 from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
+from facepipe.domain.forget import uploads_dir
 from facepipe.domain.request import DigestChoices, DigestRequest, digest_request, list_images_config
 from facepipe.platform.history import (
     DigestNotFound,
@@ -71,7 +72,12 @@ def job(summary: dict[str, Any], run_config: dict[str, Any] | None) -> dict[str,
     # each photo by its path within the source, not where the server keeps it
     for key in ("failed_images", "not_listed"):
         rest[key] = [{**entry, "path": path_in_source(entry["path"], summary["source"])} for entry in rest[key]]
-    return {**seed, **rest, "face_ids": [], "face_ids_next_offset": None}
+    answer = {**seed, **rest, "face_ids": [], "face_ids_next_offset": None}
+    # the photos uploaded to the service: their folder by its name under $FACEPIPE_HOME
+    uploads = str(uploads_dir())
+    if answer["source"] and answer["source"].startswith(uploads + "/"):
+        answer["source"] = "uploads/" + answer["source"].removeprefix(uploads + "/")
+    return answer
 
 
 def with_face_ids(answer: dict[str, Any], store: Store) -> dict[str, Any]:
