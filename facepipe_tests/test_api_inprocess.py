@@ -714,7 +714,7 @@ def test_the_cli_json_carries_the_seed_fields_of_the_http_job(http, home, finish
     seed += ["images_processed", "images_failed", "faces_processed", "total_faces", "start_time", "error"]
     for summary in listed:
         http_job = jobs[summary["run_id"]]
-        if http_job["source"].startswith("uploads/"):
+        if (http_job["source"] or "").startswith("uploads/"):
             # the service names its own uploads folder within its home; the CLI, on the server, by its path
             assert summary["source"] == str(home / http_job["source"])
             http_job = {**http_job, "source": summary["source"]}
