@@ -7,6 +7,7 @@ Digests run through the real `facepipe` command in a subprocess, on a temporary 
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,11 +82,9 @@ SLOW_DIGEST = ("--group", "g", "--workers", "1", "--chunk-size", str(SLOW_DIGEST
 @pytest.fixture(scope="session")
 def slow_digest_photos(tmp_path_factory) -> Path:
     """The photos of SLOW_DIGEST: the first SLOW_DIGEST_PHOTOS samples."""
-    import shutil
 
     folder = tmp_path_factory.mktemp("slow_digest_photos")
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:SLOW_DIGEST_PHOTOS]:
-        shutil.copy(path, folder)
+    copy_samples(folder, SLOW_DIGEST_PHOTOS)
     return folder
 
 
@@ -144,6 +143,15 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
 def _sample_digest(folder: Path) -> None:
     summary = digest(folder / "home", SAMPLE_IMAGES, "sample", "--workers", "2")
     (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def copy_samples(folder: Path, count: int) -> Path:
+    """The first `count` sample photos (by name) copied into `folder` (made if missing): a digest of
+    a few real photos, for tests whose point needs fewer than the 64."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:count]:
+        shutil.copy(path, folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ mount namespace with an empty tmpfs over them: the namespace stands in for anoth
 """
 
 import json
-import shutil
 import socket
 import time
 from contextlib import ExitStack
@@ -19,7 +18,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from facepipe.settings import DEFAULT_QUEUE, STORE_QUEUE
 from facepipe_tests.celery_workers import facepipe_worker, redis_server, why_no_mount_namespace, why_no_redis, workers
-from facepipe_tests.conftest import SAMPLE_IMAGES, facepipe_ui, faces_by_photo, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, copy_samples, facepipe_ui, faces_by_photo, run_facepipe
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +37,7 @@ def broker():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("celery_photos")
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:PHOTOS]:
-        shutil.copy(path, folder)
+    copy_samples(folder, PHOTOS)
     return folder
 
 

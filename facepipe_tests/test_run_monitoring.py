@@ -32,7 +32,15 @@ from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.platform.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
-from facepipe_tests.conftest import SAMPLE_IMAGES, digest, digest_at, facepipe_ui, run_facepipe, start_facepipe
+from facepipe_tests.conftest import (
+    SAMPLE_IMAGES,
+    copy_samples,
+    digest,
+    digest_at,
+    facepipe_ui,
+    run_facepipe,
+    start_facepipe,
+)
 
 pytestmark = pytest.mark.e2e  # digests killed under a real daemon
 
@@ -46,8 +54,7 @@ CHUNKS = ("--workers", "1", "--chunk-size", "4")
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     folder = tmp_path_factory.mktemp("samples")
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:PHOTOS]:
-        shutil.copy(path, folder)
+    copy_samples(folder, PHOTOS)
     return folder
 
 
@@ -257,9 +264,7 @@ def test_canceling_a_queued_and_a_starting_detached_digest_leaks_no_store_slot(t
     the store's slot: neither keeps a slot (read from the instance's claimed slots), and the next
     digest completes."""
     home, photos = tmp_path / "home", tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
-        shutil.copy(path, photos)
+    copy_samples(photos, 4)
     detach = ("--detach", "--workers", "1")
     with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
         # the 64 samples in small chunks: still running when it is canceled, though launching the
@@ -306,9 +311,7 @@ def test_without_a_daemon_the_cli_frees_the_store_slot_its_stopped_digest_held(t
     claimed for ever, and every later digest "blocked by limit for pool facepipe_store". The CLI
     gives it back: cancel (of the dead run), retry and the next digest each free what ended runs hold."""
     home, photos, few = tmp_path / "home", tmp_path / "photos", tmp_path / "few"
-    few.mkdir()
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:8]:
-        shutil.copy(path, few)
+    copy_samples(few, 8)
     # one worker, two photos a step: five store steps (the listing, four writes) to be stopped in
     running = start_facepipe(home, "digest", str(few), "--group", "g", "--workers", "1", "--chunk-size", "2")
     try:
@@ -349,9 +352,7 @@ def test_a_killed_digests_forkserver_ends_with_it(tmp_path):
     and a killed digest's orphaned step process keeps it for as long as its step runs (minutes).
     SIGKILL the `facepipe digest` process alone while a step runs: its forkserver ends within 5 s."""
     home, photos = tmp_path / "home", tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:32]:
-        shutil.copy(path, photos)
+    copy_samples(photos, 32)
     # one step of 32 photos: its orphan, and a forkserver that waits for it, would run for 15 s or more
     running = start_facepipe(home, "digest", str(photos), "--group", "g", "--workers", "1", "--chunk-size", "32")
     forkserver, steps = None, []

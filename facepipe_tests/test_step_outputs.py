@@ -4,13 +4,12 @@ workers). The endpoint is the AWS configuration's (AWS_ENDPOINT_URL), as a deplo
 """
 
 import json
-import shutil
 
 import boto3
 import pytest
 
 from facepipe import settings
-from facepipe_tests.conftest import SAMPLE_IMAGES, run_facepipe
+from facepipe_tests.conftest import SAMPLE_IMAGES, copy_samples, run_facepipe
 
 # moto's server keeps its buckets in this process, shared by every test module's server: names of our own
 BUCKET = "multiprocess-step-outputs"
@@ -21,9 +20,7 @@ def test_a_digest_keeps_its_step_outputs_in_s3_and_none_in_the_instance(s3_endpo
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=BUCKET)
     photos = tmp_path / "photos"
-    photos.mkdir()
-    for path in sorted(SAMPLE_IMAGES.glob("*.jpg"))[:4]:
-        shutil.copy(path, photos)
+    copy_samples(photos, 4)
     home = tmp_path / "home"
     env = {"FACEPIPE_STEP_OUTPUTS": f"s3://{BUCKET}", "AWS_ENDPOINT_URL": s3_endpoint, "FACEPIPE_CELERY_BROKER": ""}
 
