@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from facepipe.cli.people import AS_JSON, GROUP, PROFILE, _store
+from facepipe.cli.people import AS_JSON, GROUP, PROFILE, THRESHOLD, open_store
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def delete_photo_command(photo: str, group_id: str, profile: str | None, as_json
     is removed from the disk too."""
     from facepipe.domain.forget import NothingToDelete, delete_photo
 
-    with _store() as store:
+    with open_store() as store:
         try:
             deleted = delete_photo(store, group_id, _photo(photo), profile)
         except NothingToDelete as err:
@@ -72,7 +72,7 @@ def delete_face_command(face_id: str, group_id: str, profile: str | None, as_jso
     """Delete one face (its id, from `search` or `people show`); its photo stays without it."""
     from facepipe.domain.forget import NothingToDelete, delete_face
 
-    with _store() as store:
+    with open_store() as store:
         try:
             deleted = delete_face(store, group_id, face_id, profile)
         except NothingToDelete as err:
@@ -90,7 +90,7 @@ def delete_person_command(person_id: int, group_id: str, with_photos: bool, prof
     """Delete a person and their faces (their photos stay, without them, unless --with-photos)."""
     from facepipe.domain.forget import NothingToDelete, delete_person
 
-    with _store() as store:
+    with open_store() as store:
         try:
             deleted = delete_person(store, group_id, person_id, profile, with_photos)
         except NothingToDelete as err:
@@ -106,7 +106,7 @@ def delete_group_command(group_id: str, as_json: bool) -> None:
     """Delete GROUP_ID whole: faces, photo records, people, thumbnails and uploaded photos."""
     from facepipe.domain.forget import NothingToDelete, delete_group
 
-    with _store() as store:
+    with open_store() as store:
         try:
             deleted = delete_group(store, group_id)
         except NothingToDelete as err:
@@ -117,12 +117,7 @@ def delete_group_command(group_id: str, as_json: bool) -> None:
 @click.command()
 @click.argument("selfie", type=click.Path(dir_okay=False))
 @GROUP
-@click.option(
-    "--threshold",
-    type=click.FloatRange(-1, 1),
-    default=None,
-    help="Least cosine similarity (default: the profile's search threshold, 0.93 for dlib).",
-)
+@THRESHOLD
 @PROFILE
 @click.option("--dry-run", is_flag=True, help="Show the faces that would be deleted, delete nothing.")
 @AS_JSON
@@ -141,11 +136,11 @@ def forget(
         # embedded before the store is opened, with the profile asked for or the default (search does so)
         guessed = profile or DEFAULT_PROFILE
         faces = selfie_faces(selfie, guessed)
-        with _store() as store:
+        with open_store() as store:
             chosen = group_profile(store, group_id, profile)
         if chosen != guessed:
             faces = selfie_faces(selfie, chosen)
-        with _store() as store:
+        with open_store() as store:
             if dry_run:
                 matches = faces_to_forget(store, group_id, chosen, faces, threshold)
             else:
@@ -192,7 +187,7 @@ def verify(
         else:
             if len(photos) != 1 or not group_id:
                 raise click.UsageError("with --face, give --group and one photo")
-            with _store() as store:
+            with open_store() as store:
                 result = verify_face(store, group_id, face_id, photos[0], profile)
     except VerifyError as err:
         raise click.ClickException(str(err)) from None

@@ -33,11 +33,17 @@ PROFILE = click.option(
     default=None,
     help="The model profile (default: the one the group was digested with).",
 )
+THRESHOLD = click.option(
+    "--threshold",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Least cosine similarity (default: the profile's search threshold, 0.93 for dlib).",
+)
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 
 
 @contextmanager
-def _store() -> Iterator[FaceStore]:
+def open_store() -> Iterator[FaceStore]:
     """The face store, with a clear message if there is none yet or a run holds its lock."""
     if not settings.qdrant_url() and not settings.qdrant_path().exists():
         raise click.ClickException(f"no face store at {settings.qdrant_path()}: digest photos first")
@@ -73,12 +79,7 @@ def _area(area: "FacialArea") -> str:
     show_default=True,
     help="At most this many matching faces per selfie face.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(-1, 1),
-    default=None,
-    help="Least cosine similarity (default: the profile's calibrated one, 0.93 for dlib).",
-)
+@THRESHOLD
 @PROFILE
 @click.option("--all-faces", is_flag=True, help="Search with every face in the selfie, not only the largest.")
 @AS_JSON
@@ -101,12 +102,12 @@ def search(
             raise SearchError(f"no such selfie file: {selfie}")
         guessed = profile or DEFAULT_PROFILE
         faces = selfie_faces(selfie, guessed, all_faces)
-        with _store() as store:
+        with open_store() as store:
             chosen = group_profile(store, group_id, profile)
             result = matching_photos(store, group_id, chosen, faces, top_k, threshold) if chosen == guessed else None
         if result is None:
             faces = selfie_faces(selfie, chosen, all_faces)
-            with _store() as store:
+            with open_store() as store:
                 result = matching_photos(store, group_id, chosen, faces, top_k, threshold)
     except SearchError as err:
         raise click.ClickException(str(err)) from None
@@ -162,7 +163,7 @@ def list_command(group_id: str, profile: str | None, as_json: bool) -> None:
     """The group's people, most faces first."""
     from facepipe.domain.people import list_people
 
-    with _store() as store:
+    with open_store() as store:
         found = list_people(store, group_id, _profile_of(store, group_id, profile))
     if as_json:
         click.echo(json.dumps(found))
@@ -186,7 +187,7 @@ def show_command(person_id: int, group_id: str, profile: str | None, as_json: bo
     from facepipe.domain.people import PersonNotFound, person_with_faces
     from facepipe.domain.thumbnails import face_thumbnails, read_stored_photo
 
-    with _store() as store:
+    with open_store() as store:
         profile = _profile_of(store, group_id, profile)
         try:
             person = person_with_faces(store, group_id, person_id, profile)
@@ -221,7 +222,7 @@ def name_command(person_id: int, name: str, group_id: str, profile: str | None) 
     """Name a person (an empty NAME clears it)."""
     from facepipe.domain.people import PersonNotFound, name_person
 
-    with _store() as store:
+    with open_store() as store:
         try:
             person = name_person(store, group_id, person_id, name, _profile_of(store, group_id, profile))
         except PersonNotFound as err:
@@ -238,7 +239,7 @@ def merge_command(keep: int, others: tuple[int, ...], group_id: str, profile: st
     """Merge OTHERS into KEEP: their faces become KEEP's, and stay so through re-clustering."""
     from facepipe.domain.people import PersonNotFound, merge_people
 
-    with _store() as store:
+    with open_store() as store:
         try:
             person = merge_people(store, group_id, keep, list(others), _profile_of(store, group_id, profile))
         except PersonNotFound as err:
@@ -255,7 +256,7 @@ def split_command(person_id: int, face_ids: tuple[str, ...], group_id: str, prof
     """Move FACE_IDS (see `people show`) out of a person into a new person."""
     from facepipe.domain.people import PersonNotFound, split_person
 
-    with _store() as store:
+    with open_store() as store:
         try:
             person = split_person(store, group_id, person_id, list(face_ids), _profile_of(store, group_id, profile))
         except (PersonNotFound, ValueError) as err:
