@@ -38,6 +38,9 @@ UPLOAD = Annotated[
     UploadFile | None,
     File(description="One photo (JPEG, PNG, WebP, ...); or give `image_base64`.", json_schema_extra=optional_file),
 ]
+SELFIE = Annotated[
+    UploadFile | None, File(description="The selfie; or give `image_base64`.", json_schema_extra=optional_file)
+]
 IMAGE_BASE64 = Annotated[
     str | None, Form(description="The photo's bytes in base64 (a `data:image/...;base64,` URL too), instead of `file`.")
 ]

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from facepipe.api.dependencies import KEY, MODEL_LOCK, AppServices, Instance, Store, embedded, search_slot
 from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import Deleted, GroupPath, Verified, errors
-from facepipe.api.uploads import IMAGE_BASE64, decoded, optional_file, photo_bytes
+from facepipe.api.uploads import IMAGE_BASE64, SELFIE, decoded, optional_file, photo_bytes
 from facepipe.domain.forget import (
     NothingToDelete,
     VerifyError,
@@ -80,9 +80,7 @@ async def post_forget(
     app_services: AppServices,
     store: Store,
     instance: Instance,
-    file: Annotated[
-        UploadFile | None, File(description="The selfie; or give `image_base64`.", json_schema_extra=optional_file)
-    ] = None,
+    file: SELFIE = None,
     image_base64: IMAGE_BASE64 = None,
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
 ) -> dict[str, Any]:

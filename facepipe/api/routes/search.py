@@ -3,13 +3,13 @@ in the face store (one store operation, never held while a model runs)."""
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Form, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from facepipe.api.dependencies import KEY, AppServices, Instance, Store, embedded, search_slot
 from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import SearchAnswer, errors
-from facepipe.api.uploads import IMAGE_BASE64, decoded, optional_file, photo_bytes
+from facepipe.api.uploads import IMAGE_BASE64, SELFIE, decoded, photo_bytes
 from facepipe.domain.search import SearchError, group_profile, matching_photos
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.weights import MissingWeightsError
@@ -24,9 +24,7 @@ async def post_search_face(
     app_services: AppServices,
     store: Store,
     instance: Instance,
-    file: Annotated[
-        UploadFile | None, File(description="The selfie; or give `image_base64`.", json_schema_extra=optional_file)
-    ] = None,
+    file: SELFIE = None,
     image_base64: IMAGE_BASE64 = None,
     top_k: Annotated[int, Form(ge=1, le=10000)] = 100,
     threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
