@@ -68,17 +68,12 @@ class Deleted:
         return asdict(self)
 
 
-def uploads_dir() -> Path:
-    """Where photos uploaded to facepipe are kept, a folder per group."""
-    return settings.uploads_dir()
-
-
 def _uploaded_file(path: str) -> Path | None:
-    """The file of a photo uploaded to facepipe (under uploads_dir()); None for any other photo."""
+    """The file of a photo uploaded to facepipe (under settings.uploads_dir()); None for any other photo."""
     if path.startswith("s3://"):
         return None
     real = Path(os.path.realpath(path))
-    return real if real.is_relative_to(os.path.realpath(uploads_dir())) else None
+    return real if real.is_relative_to(os.path.realpath(settings.uploads_dir())) else None
 
 
 def _profile_of(store: FaceStore, group_id: str, profile: str | None) -> str:
@@ -216,9 +211,9 @@ def delete_group(store: FaceStore, group_id: str) -> Deleted:
         deleted.photos += store.count_images(group_id, profile, Where({"status": ["done", "failed"]}))
         deleted.people += store.count_people(group_id, profile)
         store.delete_group(group_id, profile)
-    folder = uploads_dir() / group_id
+    folder = settings.uploads_dir() / group_id
     # a group id is a file name ('.', '..' are not groups): only a folder directly under uploads/
-    if folder.is_dir() and folder.resolve().parent == uploads_dir().resolve():
+    if folder.is_dir() and folder.resolve().parent == settings.uploads_dir().resolve():
         deleted.files = sum(1 for item in folder.rglob("*") if item.is_file())
         shutil.rmtree(folder)
     if not (deleted.faces or deleted.photos or deleted.people or deleted.files):

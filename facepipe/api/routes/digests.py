@@ -11,11 +11,11 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from facepipe import settings
 from facepipe.api.dependencies import KEY, Instance, Store, busy
 from facepipe.api.paths import path_in_source
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
 from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
-from facepipe.domain.forget import uploads_dir
 from facepipe.domain.request import DigestChoices, DigestRequest, digest_request, list_images_config
 from facepipe.platform.history import (
     DigestNotFound,
@@ -74,7 +74,7 @@ def job(summary: dict[str, Any], run_config: dict[str, Any] | None) -> dict[str,
         rest[key] = [{**entry, "path": path_in_source(entry["path"], summary["source"])} for entry in rest[key]]
     answer = {**seed, **rest, "face_ids": [], "face_ids_next_offset": None}
     # the photos uploaded to the service: their folder by its name under $FACEPIPE_HOME
-    uploads = str(uploads_dir())
+    uploads = str(settings.uploads_dir())
     if answer["source"] and answer["source"].startswith(uploads + "/"):
         answer["source"] = "uploads/" + answer["source"].removeprefix(uploads + "/")
     return answer

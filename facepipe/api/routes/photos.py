@@ -12,13 +12,13 @@ from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
+from facepipe import settings
 from facepipe.api.dependencies import KEY, Instance, Store
 from facepipe.api.paths import photo_names
 from facepipe.api.routes.digests import page_offset, queued_job
 from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
 from facepipe.api.uploads import BINARY, decoded, upload_bytes
 from facepipe.clients.local import photo_reader
-from facepipe.domain.forget import uploads_dir
 from facepipe.domain.request import default_workers, digest_request
 from facepipe.domain.thumbnails import face_crop_jpeg, read_stored_photo
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
@@ -31,7 +31,7 @@ MAX_NAME_LENGTH = 200  # characters of an uploaded photo's file name, extension 
 
 
 def group_uploads(group_id: str) -> Path:
-    return uploads_dir() / group_id
+    return settings.uploads_dir() / group_id
 
 
 def safe_name(filename: str | None) -> str:
