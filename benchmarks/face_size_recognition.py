@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.labelled_faces import SETS, identities_of
-from facepipe.engine.detection import detect_faces, detection_scale
+from facepipe.engine.faces import find_faces
 from facepipe.engine.images import decode_image
 from facepipe.engine.profiles import PROFILES, Detection, load_profile
 
@@ -44,8 +44,7 @@ def labelled_photos() -> list[tuple[Path, str]]:
 
 def central_face(profile, image: np.ndarray):
     """The face nearest the photo's centre (lfw10 photos may show others behind), found down to 40 px."""
-    found = [f for f in detect_faces(profile, image, detection_scale(profile.smallest_face, 40)) if f.confidence >= 0.5]
-    faces = profile.align(image, found)
+    faces = find_faces(profile, image, 0.5, 40).faces
     if not faces:
         return None
     height, width = image.shape[:2]

@@ -11,13 +11,14 @@ from benchmarks import detection_real
 from facepipe.engine.presets import DEFAULT_PRESET
 from facepipe_tests.conftest import REPORTS
 
-# Floors at today's default (dlib HOG, the photo doubled) as measured on the CI subset, less a small
-# margin: 0.46 of the 63 faces of 32 px or more, 0.65 of the 17 frontal, 0.39 of the 46 others, no
-# false detection. They catch a detector that breaks; they are not yet the targets of issue 21
-# (>= 0.90, non-frontal >= 0.80, frontal >= 0.98, at most 1 false detection per 10 photos): raise
-# them when a better default lands.
-FLOORS = {"all": 0.40, "frontal": 0.55, "non-frontal": 0.30}
-MOST_FALSE_PER_10_PHOTOS = 2.0
+# Floors at the default (dlib's HOG and YuNet) as measured on the CI subset, less a small margin:
+# 0.785 of the 65 faces of 32 px or more, 0.842 of the 19 frontal, 0.761 of the 46 others, 2 false
+# detections. The subset is the hardest six photos (crowds of small turned faces); on all 36 photos
+# the default finds 0.90 (docs/measurements/detection.md).
+FLOORS = {"all": 0.74, "frontal": 0.78, "non-frontal": 0.70}
+MOST_FALSE_PER_10_PHOTOS = 4.0
+# the default as it was before YuNet joined HOG: 0.446 overall, 0.391 of the others
+HOG_ALONE = "default-hog-only"
 
 
 def test_a_detection_finds_a_face_by_overlap_or_by_its_centre_and_ignored_regions_are_no_errors():
@@ -34,18 +35,10 @@ def test_a_detection_finds_a_face_by_overlap_or_by_its_centre_and_ignored_region
     assert detection_real.match(truth, [], ignore=[]) == ([False, False], [])
 
 
-# The yunet profile (YuNet, then dlib's alignment and embedding) at the default preset, measured on
-# the CI subset: 0.794 overall, 0.706 frontal, 0.826 others, 19 detections the labels do not have
-# (many are real faces behind others, which the labels, proposed by HOG, CNN and Haar, miss).
-YUNET = f"yunet:{DEFAULT_PRESET}"
-YUNET_FLOORS = {"all": 0.74, "frontal": 0.65, "non-frontal": 0.78}
-YUNET_MOST_FALSE_PER_10_PHOTOS = 40.0
-
-
-# detects the faces of six real photos (3.3 MP in all), with both profiles
+# detects the faces of six real photos (3.3 MP in all), with the default and with HOG alone
 @pytest.fixture(scope="module")
 def ci_run():
-    run = detection_real.run([DEFAULT_PRESET, YUNET], ci=True)
+    run = detection_real.run([DEFAULT_PRESET, HOG_ALONE], ci=True)
     REPORTS.append("detection on real photos (benchmarks/detection_real.py --ci)\n" + detection_real.recall_table(run))
     return run
 
@@ -66,9 +59,8 @@ def test_the_default_finds_the_faces_of_real_photos(ci_run):
 
 
 @pytest.mark.slow
-def test_the_yunet_profile_finds_the_turned_faces_hog_misses(ci_run):
-    result, hog = ci_run["results"][YUNET], ci_run["results"][DEFAULT_PRESET]
-    for group, floor in YUNET_FLOORS.items():
-        assert result["recall"][group] >= floor, (group, result["recall"], result["photos"])
-    assert result["recall"]["non-frontal"] >= 2 * hog["recall"]["non-frontal"]
-    assert result["false_per_10_photos"] <= YUNET_MOST_FALSE_PER_10_PHOTOS, result["photos"]
+def test_yunet_finds_the_turned_faces_hog_misses(ci_run):
+    result, hog = ci_run["results"][DEFAULT_PRESET], ci_run["results"][HOG_ALONE]
+    assert result["recall"]["non-frontal"] >= 1.8 * hog["recall"]["non-frontal"], (result["recall"], hog["recall"])
+    for photo, by_hog in hog["photos"].items():  # YuNet adds faces; it loses none HOG finds
+        assert result["photos"][photo]["found"] >= by_hog["found"], photo

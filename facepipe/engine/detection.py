@@ -1,18 +1,18 @@
 """Find every face of at least `min_face_size` pixels, whatever the size of the photo.
 
-A detector sees faces down to its own smallest size (`profile.smallest_face`, in the pixels it is
-given: 40 px for the dlib profile's YuNet). To find faces of `min_face_size` pixels in the full-size photo,
-the photo is scaled by smallest_face / min_face_size before detection: shrunk when only large faces
-are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
+A detector sees faces down to its own smallest size (`smallest_face`, in the pixels it is given:
+64 px for dlib's HOG, 40 px for YuNet). To find faces of `min_face_size` pixels in the full-size
+photo, the photo is scaled by smallest_face / min_face_size before detection: shrunk when only
+large faces are wanted, enlarged when small ones are. No fixed pixel budget decides what is found.
 
-When the scaled photo is larger than the detector takes whole (`profile.tile_size` a side: a
+When the scaled photo is larger than the detector takes whole (`detector.tile_size` a side: a
 memory bound for dlib, the network's input for RetinaFace), it is cut into as few overlapping
 tiles as cover it, each scaled on its own so that the enlarged photo never exists in memory. A
 face smaller than the overlap lies wholly inside a tile; the photo is also seen whole at a third
 of the scale, where the faces too large for the overlap are found. Detections cut by a tile's
 inner edge are dropped and duplicates merged.
 
-A detector that sees faces only up to a size (`profile.largest_face`: YuNet's anchors end at 256
+A detector that sees faces only up to a size (`detector.largest_face`: YuNet's anchors end at 256
 px) is given a pyramid instead: the photo at the scale, then each view `largest_face /
 smallest_face` times smaller, down to the one where the whole photo is no wider than its largest
 face. Each view keeps the faces of its own band (a face too large for a view is cut into
@@ -26,7 +26,7 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import Detection, Profile
+from facepipe.engine.profiles import Detection, FaceDetector
 
 # A part of the photo in its pixels: x0, y0, x1, y1
 Region = tuple[int, int, int, int]
@@ -42,46 +42,46 @@ def detection_scale(smallest_face: int, min_face_size: float) -> float:
     return smallest_face / min_face_size
 
 
-def detect_faces(profile: Profile, image: np.ndarray, scale: float) -> list[Detection]:
-    """Every face `profile` finds in `image` seen at `scale`, in `image`'s pixels, best first."""
-    pixels = profile.detector_input(image)
+def detect_faces(detector: FaceDetector, image: np.ndarray, scale: float) -> list[Detection]:
+    """Every face `detector` finds in `image` seen at `scale`, in `image`'s pixels, best first."""
+    pixels = detector.detector_input(image)
     height, width = pixels.shape[:2]
-    tile = profile.tile_size
-    if profile.largest_face is not None:
-        return merge_duplicates(_detect_pyramid(profile, pixels, scale, profile.largest_face))
+    tile = detector.tile_size
+    if detector.largest_face is not None:
+        return merge_duplicates(_detect_pyramid(detector, pixels, scale, detector.largest_face))
     if max(width, height) * scale <= tile:
-        return merge_duplicates(_detect_region(profile, pixels, scale, (0, 0, width, height)))
+        return merge_duplicates(_detect_region(detector, pixels, scale, (0, 0, width, height)))
 
     # the whole photo at a third of the scale (or less, to fit one tile), for the faces too large
     # for the overlap: a third keeps the overlap small and the whole view cheap (~1/9 of the tiles)
     whole_scale = min(scale / 3, tile / max(width, height))
-    found = _detect_region(profile, pixels, whole_scale, (0, 0, width, height))
+    found = _detect_region(detector, pixels, whole_scale, (0, 0, width, height))
     # tiles at `scale`, overlapping by more than the largest face the whole view may miss
-    overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * profile.smallest_face * scale / whole_scale))
+    overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * detector.smallest_face * scale / whole_scale))
     for x0, y0, x1, y1 in tiles(width, height, scale, tile, overlap):
         inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
-        for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
+        for face in _detect_region(detector, pixels, scale, (x0, y0, x1, y1)):
             if not _cut_by_edge(face, (x0, y0, x1, y1), inner, EDGE / scale):
                 found.append(face)
     return merge_duplicates(found)
 
 
-def _detect_pyramid(profile: Profile, pixels: np.ndarray, scale: float, largest: int) -> list[Detection]:
+def _detect_pyramid(detector: FaceDetector, pixels: np.ndarray, scale: float, largest: int) -> list[Detection]:
     height, width = pixels.shape[:2]
-    tile = profile.tile_size
+    tile = detector.tile_size
     overlap = min(tile // 2, math.ceil(OVERLAP_MARGIN * largest))
     found: list[Detection] = []
     while True:
         coarsest = max(width, height) * scale <= largest
         for x0, y0, x1, y1 in tiles(width, height, scale, tile, overlap):
             inner = (x0 > 0, y0 > 0, x1 < width, y1 < height)
-            for face in _detect_region(profile, pixels, scale, (x0, y0, x1, y1)):
+            for face in _detect_region(detector, pixels, scale, (x0, y0, x1, y1)):
                 in_band = coarsest or face.width * scale <= largest
                 if in_band and _centre_in_core(face, (x0, y0, x1, y1), inner, overlap / 2 / scale):
                     found.append(face)
         if coarsest:
             return found
-        scale /= largest / profile.smallest_face
+        scale /= largest / detector.smallest_face
 
 
 def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> list[Region]:
@@ -98,7 +98,7 @@ def tiles(width: int, height: int, scale: float, tile: int, overlap: int) -> lis
     return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
-def _detect_region(profile: Profile, pixels: np.ndarray, scale: float, region: Region) -> list[Detection]:
+def _detect_region(detector: FaceDetector, pixels: np.ndarray, scale: float, region: Region) -> list[Detection]:
     x0, y0, x1, y1 = region
     crop = pixels[y0:y1, x0:x1]
     size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
@@ -106,7 +106,7 @@ def _detect_region(profile: Profile, pixels: np.ndarray, scale: float, region: R
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     fx, fy = (x1 - x0) / size[0], (y1 - y0) / size[1]  # back to the photo's pixels
     found = []
-    for face in profile.detect(crop):
+    for face in detector.detect(crop):
         bx0, by0, bx1, by1 = face.box
         landmarks = None if face.landmarks is None else face.landmarks * (fx, fy) + (x0, y0)
         found.append(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facepipe.engine.detection import detect_faces, detection_scale
+from facepipe.engine.detection import detect_faces, detection_scale, merge_duplicates
 from facepipe.engine.images import decode_image_reduced, one_line
 from facepipe.engine.listing import ImageError, read_listed_image
 from facepipe.engine.planning import ImageTask
@@ -31,9 +31,9 @@ TOO_SMALL_FRACTION = 0.95
 
 
 def decode_reduction(profile: Profile, min_face_size: float) -> float:
-    """How much a photo may be shrunk in decoding: the detector needs no more pixels than it sees
-    faces of min_face_size in, nor the aligned chips."""
-    return min_face_size / max(profile.smallest_face, CHIP_SOURCE_FACE)
+    """How much a photo may be shrunk in decoding: no detector needs more pixels than it sees faces
+    of min_face_size in, nor the aligned chips."""
+    return min_face_size / max(*(d.smallest_face for d in profile.detectors), CHIP_SOURCE_FACE)
 
 
 @dataclass
@@ -60,7 +60,11 @@ def find_faces(
     full_size = full_size or (image.shape[1], image.shape[0])
     pixel_scale = image.shape[1] / full_size[0]  # decoded pixels per full-size pixel
     smallest = min_face_size * pixel_scale
-    detected = detect_faces(profile, image, detection_scale(profile.smallest_face, smallest))
+    # each detector sees the photo at its own scale; a face two of them find is kept once, as the
+    # more confident one saw it
+    detected = merge_duplicates(
+        [face for d in profile.detectors for face in detect_faces(d, image, detection_scale(d.smallest_face, smallest))]
+    )
     large = [f for f in detected if f.width >= TOO_SMALL_FRACTION * smallest]
     kept = [f for f in large if f.confidence >= confidence]
     aligned = profile.align(image, kept)

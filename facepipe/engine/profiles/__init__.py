@@ -1,8 +1,8 @@
 """Model profiles: a detector, an alignment and a recognition model, built from deepface's registry.
 
-A profile finds faces in a view of a photo (`detect`; engine/detection.py chooses the view's scale
-and tiles), cuts aligned chips from the decoded photo (`align`) and turns chips into embeddings
-(`embed`). Adding a profile is adding one module here and its ProfileSpec in PROFILES.
+A profile's detectors find faces in views of a photo (`detect`; engine/detection.py chooses each
+view's scale and tiles), it cuts aligned chips from the decoded photo (`align`) and turns chips into
+embeddings (`embed`). Adding a profile is adding one module here and its ProfileSpec in PROFILES.
 """
 
 from dataclasses import dataclass, field, replace
@@ -35,20 +35,28 @@ class DetectedFace:
     chip: np.ndarray = field(repr=False)
 
 
-class Profile(Protocol):
-    spec: "ProfileSpec"
-    smallest_face: int  # the narrowest face (box width, px) the detector finds in the pixels it is given
-    tile_size: int  # the longest side it is given whole; larger views are tiled (engine/detection.py)
+class FaceDetector(Protocol):
+    """One face detector and the views it needs (engine/detection.py scales and tiles for it)."""
+
+    smallest_face: int  # the narrowest face (box width, px) it finds in the pixels it is given
+    tile_size: int  # the longest side it is given whole; larger views are tiled
     # the widest face it finds whole, None if any: larger faces are found in smaller views of the photo
     largest_face: int | None
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
-        """What the detector scans, from a decoded BGR photo (dlib: gray), before any scaling."""
+        """What it scans, from a decoded BGR photo (dlib's HOG: gray), before any scaling."""
         ...
 
     def detect(self, pixels: np.ndarray) -> list[Detection]:
-        """The faces in a view made by detector_input, in its pixels."""
+        """The faces in a view made by detector_input, in its pixels; confidences on one scale for
+        all detectors, 0.5 being the digest's default threshold (DEFAULT_CONFIDENCE)."""
         ...
+
+
+class Profile(Protocol):
+    spec: "ProfileSpec"
+    # each finds faces on its own; their faces are pooled and duplicates merged (engine/faces.py)
+    detectors: tuple[FaceDetector, ...]
 
     def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
         """Landmarks and aligned chips of `faces` (in `image`'s pixels), cut from the decoded photo."""
@@ -109,7 +117,7 @@ PROFILES: dict[str, ProfileSpec] = {
         # YuNet's boxes, aligned and embedded by dlib as above: the same faces give the same
         # embeddings (cosine median 0.9997, least 0.9982 on ../shared/faces/images), so the same
         # weights, threshold and cut. Its own collections: a group is digested and searched with one profile.
-        replace(DLIB, name="yunet", implementation="facepipe.engine.profiles.yunet:YuNetProfile"),
+        replace(DLIB, name="yunet", implementation="facepipe.engine.profiles.dlib:YuNetProfile"),
         # The seed system's models. Not calibrated here (their weights cannot be downloaded where facepipe
         # was measured): deepface's ArcFace cosine distance of 0.68, as a similarity 0.32 for search.
         ProfileSpec(

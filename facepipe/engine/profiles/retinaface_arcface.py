@@ -8,7 +8,7 @@ built on first use inside the worker process (they must not cross a fork).
 import cv2
 import numpy as np
 
-from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, clip_box, unit_rows
+from facepipe.engine.profiles import PROFILES, DetectedFace, Detection, FaceDetector, clip_box, unit_rows
 from facepipe.engine.weights import build_or_explain
 
 # retina-face's scores are probabilities; candidates down to this are returned, for the digest's
@@ -30,7 +30,7 @@ class RetinaFaceArcFaceProfile:
     # retina-face shrinks any input whose short side passes 1024 px (or long side 1980 px) before
     # the network sees it: larger views are tiled instead, so that small faces survive
     tile_size = 1024
-    largest_face = None
+    largest_face: int | None = None
 
     def __init__(self) -> None:
         from deepface import DeepFace
@@ -40,6 +40,8 @@ class RetinaFaceArcFaceProfile:
             lambda: DeepFace.build_model("retinaface", task="face_detector"), retinaface_weight
         )
         self._arcface = build_or_explain(lambda: DeepFace.build_model("ArcFace"), arcface_weight)
+        # one network finds the faces and their landmarks: the profile is its own detector
+        self.detectors: tuple[FaceDetector, ...] = (self,)
 
     def detector_input(self, image: np.ndarray) -> np.ndarray:
         return image
