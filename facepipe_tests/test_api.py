@@ -22,7 +22,15 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.engine.profiles import PROFILES
-from facepipe_tests.conftest import SAMPLE_IMAGES, SAMPLES, facepipe_server, facepipe_ui, faces_by_photo, run_facepipe
+from facepipe_tests.conftest import (
+    SAMPLE_FACES,
+    SAMPLE_IMAGES,
+    SAMPLES,
+    facepipe_server,
+    facepipe_ui,
+    faces_by_photo,
+    run_facepipe,
+)
 
 pytestmark = pytest.mark.e2e  # every test runs against `facepipe serve` and `facepipe ui`
 
@@ -100,7 +108,7 @@ def test_a_posted_digest_is_queued_then_completed_by_the_daemon(service, sample_
         2,
     )
     assert job["images_total"] == job["images_processed"] == 64 and job["images_failed"] == 0
-    assert job["total_faces"] == job["faces_in_group"] == 68 and job["faces_processed"] >= 68
+    assert job["total_faces"] == job["faces_in_group"] == SAMPLE_FACES and job["faces_processed"] >= SAMPLE_FACES
     assert job["start_time"] and job["end_time"] and job["error"] is None and job["failed_images"] == []
     # the job is a Dagster run: the daemon executed it, from the instance's queue
     with DagsterInstance.from_config(str(service.home / "dagster")) as instance:
@@ -129,7 +137,7 @@ def test_digests_are_listed_with_filters_and_their_face_ids_paged(service, sampl
         offset = page["next_offset"]
         if offset is None:
             break
-    assert len(ids) == len(set(ids)) == 68
+    assert len(ids) == len(set(ids)) == SAMPLE_FACES
 
 
 def test_a_photo_that_cannot_be_read_is_listed_with_its_reason(service, sample_job):
@@ -181,7 +189,7 @@ def test_the_daemon_clusters_the_group_and_her_person_is_every_photo_of_her(serv
     assert answer.status_code == 200, answer.text
     clustered = answer.json()
     people = clustered["people"]
-    assert clustered["total_people"] == len(people) and sum(p["face_count"] for p in people) == 68
+    assert clustered["total_people"] == len(people) and sum(p["face_count"] for p in people) == SAMPLE_FACES
     assert all({"person_id", "name", "face_count", "representative_face_id"} <= set(p) for p in people)
     with DagsterInstance.from_config(str(service.home / "dagster")) as instance:
         run = instance.get_run_by_id(clustered["run_id"])
@@ -236,7 +244,7 @@ def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_j
     retried = service.http.post(f"/digest/{job_id}/retry")
     assert retried.status_code == 202, retried.text
     job, _ = wait_for(service, retried.json()["job_id"])
-    assert job["status"] == "completed" and job["images_done"] == 64 and job["faces_in_group"] == 68
+    assert job["status"] == "completed" and job["images_done"] == 64 and job["faces_in_group"] == SAMPLE_FACES
     with DagsterInstance.from_config(str(service.home / "dagster")) as instance:
         run = instance.get_run_by_id(job["run_id"])
         assert run.parent_run_id == run_id and run.remote_job_origin is not None

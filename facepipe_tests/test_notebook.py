@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from facepipe_tests.conftest import REPO
+from facepipe_tests.conftest import REPO, SAMPLE_FACES
 
 NOTEBOOK = REPO / "notebooks" / "cluster_analysis.ipynb"
 
@@ -33,7 +33,8 @@ def test_the_cluster_analysis_notebook_runs_on_the_sample_group(sample_people, t
     ).execute()
 
     text = "\n".join(out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", []))
-    assert "group 'sample': 68 faces, 16 people, 0 faces without a person" in text
+    people = sample_people[1]["people"]
+    assert f"group 'sample': {SAMPLE_FACES} faces, {people} people, 0 faces without a person" in text
     images = [out for cell in notebook.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert len(images) == 4  # sizes, montage, map, histogram
-    assert len(list((home / "thumbnails").rglob("*.jpg"))) == 68
+    assert len(list((home / "thumbnails").rglob("*.jpg"))) == SAMPLE_FACES

@@ -13,15 +13,16 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from facepipe.engine.clustering import pairwise_scores
 from facepipe.store import FaceStore
-from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, digest, run_facepipe
+from facepipe_tests.conftest import REPO, SAMPLE_FACES, SAMPLE_IMAGES, digest, run_facepipe
 
 
 def people_of(home, group="sample") -> dict[str, list[int | None]]:
-    """Photo name -> the person id of each of its faces, in face order."""
+    """Photo name -> the person id of each of its faces, largest first: the photo's subject, then
+    the people behind (conftest.PEOPLE_BEHIND)."""
     with FaceStore.open(path=home / "qdrant") as store:
         faces = list(store.scroll_faces(group, "dlib"))
     found: dict[str, list[int | None]] = {}
-    for face in sorted(faces, key=lambda f: f.payload["face_index"]):
+    for face in sorted(faces, key=lambda f: -f.payload["facial_area"]["w"]):
         found.setdefault(Path(face.payload["image_path"]).name, []).append(face.payload.get("person_id"))
     return found
 
@@ -37,7 +38,7 @@ def people_json(home, *args, group="sample"):
 @pytest.mark.e2e
 def test_clustering_the_labelled_sample_photos_reaches_pairwise_f1_098(sample_people, identities):
     home, counts = sample_people
-    assert counts["faces"] == 68 and counts["faces_assigned"] == 68
+    assert counts["faces"] == counts["faces_assigned"] == SAMPLE_FACES
     people = people_of(home)
     assert all(None not in ids for ids in people.values())
     labelled = [name for name in identities if name in people]
@@ -112,7 +113,8 @@ def test_a_second_digest_into_the_group_keeps_person_ids(tmp_path):
 def test_names_merges_and_splits_survive_a_full_recluster(sample_people, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(sample_people[0], home)
-    ids = {name: faces[0] for name, faces in people_of(home).items()}
+    before = people_of(home)
+    ids = {name: faces[0] for name, faces in before.items()}  # each photo's subject
     her, person05, person06 = ids["img1.jpg"], ids["img29.jpg"], ids["img34.jpg"]
 
     people_cli(home, "name", str(her), "Alice")
@@ -133,7 +135,7 @@ def test_names_merges_and_splits_survive_a_full_recluster(sample_people, tmp_pat
     assert after["img11_reflection.jpg"] == [split_off] and after["img11.jpg"] == [her]  # still split
     # every other face kept its person
     assert all(
-        after[name] == [ids[name]]
+        after[name] == before[name]
         for name in ids
         if name not in ("img11_reflection.jpg", "couple.jpg", "selfie-many-people.jpg") and ids[name] != person06
     )
@@ -172,7 +174,7 @@ def test_a_group_whose_faces_are_in_the_store_is_clustered_though_this_instance_
     home = tmp_path / "home"
     shutil.copytree(sample_digest[0] / "qdrant", home / "qdrant")
     counts = people_json(home, "cluster")
-    assert counts["faces"] == 68 and counts["faces_assigned"] == 68
+    assert counts["faces"] == counts["faces_assigned"] == SAMPLE_FACES
     assert all(None not in ids for ids in people_of(home).values())
     # still no other group: one with no faces is unknown
     result = run_facepipe(home, "people", "cluster", "--group", "nobody", check=False)
