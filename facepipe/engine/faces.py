@@ -28,6 +28,11 @@ CHIP_SOURCE_FACE = 80
 # A face narrower than this share of min_face_size is too small: the detector's own rounding can
 # give a face of exactly min_face_size a pixel or two less.
 TOO_SMALL_FRACTION = 0.95
+# Two detectors box a turned face differently (HOG's square from the brow, YuNet's from the
+# hairline, shifted to the side the head turns to): a box half inside a better one is the same
+# face. On the real photos this merges 2 duplicates more than the within-detector 0.7 and no face
+# (benchmarks/detection_real.py).
+SAME_FACE_INSIDE = 0.5
 
 
 def decode_reduction(profile: Profile, min_face_size: float) -> float:
@@ -62,9 +67,10 @@ def find_faces(
     smallest = min_face_size * pixel_scale
     # each detector sees the photo at its own scale; a face two of them find is kept once, as the
     # more confident one saw it
-    detected = merge_duplicates(
-        [face for d in profile.detectors for face in detect_faces(d, image, detection_scale(d.smallest_face, smallest))]
-    )
+    seen = [
+        face for d in profile.detectors for face in detect_faces(d, image, detection_scale(d.smallest_face, smallest))
+    ]
+    detected = merge_duplicates(seen, inside=SAME_FACE_INSIDE)
     large = [f for f in detected if f.width >= TOO_SMALL_FRACTION * smallest]
     kept = [f for f in large if f.confidence >= confidence]
     aligned = profile.align(image, kept)
