@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
+from facepipe.engine.faces import TOO_SMALL_FRACTION
 from facepipe.store import FaceStore
 from facepipe_tests.conftest import (
     PEOPLE_BEHIND,
@@ -285,7 +286,7 @@ def test_a_preset_for_large_faces_finds_only_those_and_says_so(tmp_path):
     assert len(faces["img1.jpg"]) == 1 and len(faces["selfie-many-people.jpg"]) == 2
     for face in sum(faces.values(), []):
         box = face.payload["facial_area"]
-        assert box["w"] >= 0.95 * 160 or box["x"] + box["w"] == face.payload["image_width"]
+        assert box["w"] >= TOO_SMALL_FRACTION * 160 or box["x"] + box["w"] == face.payload["image_width"]
 
     smaller = digest(tmp_path / "smaller", folder, "p", "--min-face-size", "48", "--workers", "1")
     assert smaller["min_face_size"] == 48

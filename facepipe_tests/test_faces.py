@@ -206,7 +206,7 @@ def test_retinaface_follows_the_min_face_size_contract_where_its_weights_are_pre
     from pathlib import Path
 
     from benchmarks.detection_recall import make_photos, match, sources
-    from facepipe.engine.faces import find_faces
+    from facepipe.engine.faces import TOO_SMALL_FRACTION, find_faces
     from facepipe.engine.profiles import PROFILES, load_profile
 
     home = Path(os.environ.get("FACEPIPE_TEST_DEEPFACE_HOME", Path.home()))
@@ -221,4 +221,4 @@ def test_retinaface_follows_the_min_face_size_contract_where_its_weights_are_pre
     found = find_faces(retinaface, pixels, 0.5, 16)
     hits, extra = match(truth, [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in found.faces)])
     assert sum(hits) >= 0.95 * len(truth) and extra <= 2
-    assert all(f.box[2] >= 0.95 * 16 for f in found.faces)
+    assert all(f.box[2] >= TOO_SMALL_FRACTION * 16 for f in found.faces)
