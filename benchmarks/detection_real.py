@@ -23,6 +23,9 @@ Configurations:
                              detection at the preset's min_face_size and confidence, alignment
   default-hog-only           the default with its HOG detector only, without YuNet (the default
                              until 2026-12-02)
+  default-too-small-0.95     levers of the default: faces dropped as too small below 0.95 of
+  default-hog-at-80            min_face_size (0.8 now); HOG seeing a face of min_face_size at 80 px
+  default-yunet-at-48          (64 now); YuNet seeing it at 48 px (40 now)
   yunet:default, ...         the other profiles whose models ship in packages, at each preset
   dlib-hog                   dlib's HOG on the full-size colour photo upsampled once, as
                              face_recognition and the seed ran it
@@ -50,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from facepipe.domain.request import DEFAULT_CONFIDENCE
+from facepipe.engine import faces
 from facepipe.engine.faces import decode_reduction, find_faces
 from facepipe.engine.images import decode_image, decode_image_reduced
 from facepipe.engine.presets import PRESETS
@@ -73,17 +77,32 @@ def band_name(band: tuple[int, int]) -> str:
 # ---------------------------------------------------------------- configurations
 
 
-def preset_detector(profile_name: str, min_face_size: int, hog_alone: bool = False) -> Detector:
-    """A digest's decode, detection and alignment of a photo at `min_face_size`; with `hog_alone`,
-    the dlib profile with its HOG detector only (the default before YuNet joined it)."""
+def preset_detector(
+    profile_name: str,
+    min_face_size: int,
+    hog_alone: bool = False,
+    smallest_faces: tuple[int, ...] | None = None,
+    too_small: float | None = None,
+) -> Detector:
+    """A digest's decode, detection and alignment of a photo at `min_face_size`. Levers: with
+    `hog_alone`, the dlib profile with its HOG detector only (the default before YuNet joined it);
+    `smallest_faces`, each detector's smallest face (the scale it sees the photo at); `too_small`,
+    the share of min_face_size below which a face is dropped (faces.TOO_SMALL_FRACTION)."""
     profile = load_profile(profile_name)
-    if hog_alone:
+    if hog_alone or smallest_faces:
         profile = copy.copy(profile)
-        profile.detectors = profile.detectors[:1]
+        profile.detectors = profile.detectors[:1] if hog_alone else tuple(copy.copy(d) for d in profile.detectors)
+        for detector, smallest in zip(profile.detectors, smallest_faces or ()):
+            detector.smallest_face = smallest
 
     def detect(data: bytes) -> list[tuple[Box, float]]:
         image, full_size = decode_image_reduced(data, decode_reduction(profile, min_face_size))
-        found = find_faces(profile, image, DEFAULT_CONFIDENCE, min_face_size, full_size)
+        default_too_small = faces.TOO_SMALL_FRACTION
+        faces.TOO_SMALL_FRACTION = too_small or default_too_small
+        try:
+            found = find_faces(profile, image, DEFAULT_CONFIDENCE, min_face_size, full_size)
+        finally:
+            faces.TOO_SMALL_FRACTION = default_too_small
         return [((x, y, x + w, y + h), f.confidence) for f in found.faces for x, y, w, h in [f.box]]
 
     return detect
@@ -164,7 +183,13 @@ def configurations(profile_name: str = DEFAULT_PROFILE) -> dict[str, Callable[[]
             for name, size in PRESETS.items():
                 found[f"{other}:{name}"] = partial(preset_detector, other, size)
     if profile_name == "dlib":
-        found["default-hog-only"] = partial(preset_detector, profile_name, PRESETS["default"], hog_alone=True)
+        default = partial(preset_detector, profile_name, PRESETS["default"])
+        found["default-hog-only"] = partial(default, hog_alone=True)
+        # the levers docs/measurements/detection.md reports: the former too-small tolerance, HOG
+        # seeing the photo at 2.5 times, YuNet seeing faces at 48 px
+        found["default-too-small-0.95"] = partial(default, too_small=0.95)
+        found["default-hog-at-80"] = partial(default, smallest_faces=(80, 40))
+        found["default-yunet-at-48"] = partial(default, smallest_faces=(64, 48))
     for name, factory in BASELINES.items():
 
         def make(factory=factory) -> Detector:
