@@ -219,7 +219,7 @@ def _raw(url: str, head: str, chunks, read_after_each: bool = True) -> tuple[byt
             try:
                 answer = conn.recv(65536)
                 if answer:
-                    return answer, sent
+                    return _whole(conn, answer), sent
             except BlockingIOError:
                 pass
             try:
@@ -231,9 +231,28 @@ def _raw(url: str, head: str, chunks, read_after_each: bool = True) -> tuple[byt
             sent += len(chunk)
         conn.settimeout(60)
         try:
-            return conn.recv(65536), sent
+            return _whole(conn, conn.recv(65536)), sent
         except ConnectionResetError:
             return b"", sent
+
+
+def _whole(conn: socket.socket, answer: bytes) -> bytes:
+    """The answer whose first bytes came, read up to the end of its body: a loaded server may send
+    the head and the body apart."""
+    conn.settimeout(10)
+    while answer:
+        head, ended, body = answer.partition(b"\r\n\r\n")
+        lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        if ended and len(body) >= int(lengths[0] if lengths else 0):
+            return answer
+        try:
+            more = conn.recv(65536)
+        except OSError:  # reset, or nothing more within the timeout
+            return answer
+        if not more:
+            return answer
+        answer += more
+    return answer
 
 
 def _chunked(total: int, size: int = 1 << 16, first: bytes = b""):
