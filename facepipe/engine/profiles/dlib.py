@@ -3,8 +3,8 @@ and its ResNet embeds them (128-d).
 
 HOG finds the frontal faces, small ones included; YuNet (yunet.py) the turned, profile, tilted
 and masked ones HOG misses. Together they find 0.96 of the faces of real group photos (0.90 of the
-turned ones) where HOG alone found 0.68 (0.40), at 3.4 times its CPU (benchmarks/detection_real.py). dlib's models come from deepface's registry; the
-weights ship with face_recognition_models.
+turned ones) where HOG alone found 0.68 (0.40), at 3.4 times its CPU (benchmarks/detection_real.py).
+dlib's models come from deepface's registry; the weights ship with face_recognition_models.
 We call the dlib objects deepface built directly, because deepface's per-image pipeline crops
 and rotates the face itself, while dlib's ResNet was trained on dlib's own 5-point chips
 (`get_face_chip`), which are both faster to make and more accurate.
