@@ -81,19 +81,21 @@ def preset_detector(
     profile_name: str,
     min_face_size: int,
     hog_alone: bool = False,
-    smallest_faces: tuple[int, ...] | None = None,
+    smallest_faces: tuple[int | None, ...] | None = None,
     too_small: float | None = None,
 ) -> Detector:
     """A digest's decode, detection and alignment of a photo at `min_face_size`. Levers: with
     `hog_alone`, the dlib profile with its HOG detector only (the default before YuNet joined it);
-    `smallest_faces`, each detector's smallest face (the scale it sees the photo at); `too_small`,
-    the share of min_face_size below which a face is dropped (faces.TOO_SMALL_FRACTION)."""
+    `smallest_faces`, each detector's smallest face (the scale it sees the photo at; None keeps
+    the detector's own); `too_small`, the share of min_face_size below which a face is dropped
+    (faces.TOO_SMALL_FRACTION)."""
     profile = load_profile(profile_name)
     if hog_alone or smallest_faces:
         profile = copy.copy(profile)
         profile.detectors = profile.detectors[:1] if hog_alone else tuple(copy.copy(d) for d in profile.detectors)
         for detector, smallest in zip(profile.detectors, smallest_faces or ()):
-            detector.smallest_face = smallest
+            if smallest is not None:
+                detector.smallest_face = smallest
 
     def detect(data: bytes) -> list[tuple[Box, float]]:
         image, full_size = decode_image_reduced(data, decode_reduction(profile, min_face_size))
@@ -188,8 +190,8 @@ def configurations(profile_name: str = DEFAULT_PROFILE) -> dict[str, Callable[[]
         # the levers docs/measurements/detection.md reports: the former too-small tolerance, HOG
         # seeing the photo at 2.5 times, YuNet seeing faces at 48 px
         found["default-too-small-0.95"] = partial(default, too_small=0.95)
-        found["default-hog-at-80"] = partial(default, smallest_faces=(80, 40))
-        found["default-yunet-at-48"] = partial(default, smallest_faces=(64, 48))
+        found["default-hog-at-80"] = partial(default, smallest_faces=(80, None))
+        found["default-yunet-at-48"] = partial(default, smallest_faces=(None, 48))
     for name, factory in BASELINES.items():
 
         def make(factory=factory) -> Detector:

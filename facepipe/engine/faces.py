@@ -32,8 +32,8 @@ CHIP_SOURCE_FACE = 80
 TOO_SMALL_FRACTION = 0.8
 # Two detectors box a turned face differently (HOG's square from the brow, YuNet's from the
 # hairline, shifted to the side the head turns to): a box half inside a better one is the same
-# face. On the real photos this merges 2 duplicates more than the within-detector 0.7 and no face
-# (benchmarks/detection_real.py).
+# face. On the real photos this merged 2 duplicates more than the within-detector 0.7 and no face
+# (a one-off run, 2026-12-02: docs/measurements/detection.md).
 SAME_FACE_INSIDE = 0.5
 
 
