@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +207,12 @@ def _floor_warm(barrier) -> None:
         barrier.wait()
 
 
-def _floor_batch(paths: list[str]) -> tuple[int, dict, dict[str, float], float]:
-    """Photos done, face boxes by file name, seconds per stage, peak memory."""
+def _floor_batch(paths: list[str], processes: int = 1) -> tuple[int, dict, dict[str, float], float]:
+    """Photos done, face boxes by file name, seconds per stage, peak memory; `processes` run it at once."""
     from facepipe.engine.faces import faces_in_chunk
     from facepipe.engine.planning import ImageTask
 
-    result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5)
+    result = faces_in_chunk([ImageTask(p) for p in paths], "dlib", 0.5, processes=processes)
     boxes = {
         Path(r.path).name: [(x, y, x + w, y + h) for x, y, w, h in (f.box for f in r.faces)] for r in result.images
     }
@@ -265,7 +266,7 @@ def run_stage(stage: str, paths: list[str]) -> dict:
         }
     if stage == "floor2":
         batches = [paths[i : i + FLOOR_BATCH] for i in range(0, len(paths), FLOOR_BATCH)]
-        results, seconds = _in_pool(_floor_warm, _floor_batch, batches, 2)
+        results, seconds = _in_pool(_floor_warm, partial(_floor_batch, processes=2), batches, 2)
         stages = {}
         boxes = {}
         for _, batch_boxes, batch_stages, _ in results:

@@ -20,7 +20,7 @@ from fastapi.security import APIKeyHeader
 from facepipe import settings
 from facepipe.clients.local import daemon_is_running, instance_for_digests
 from facepipe.domain.search import selfie_faces_in
-from facepipe.engine.profiles import DEFAULT_PROFILE, load_profile
+from facepipe.engine.profiles import DEFAULT_PROFILE, load_profile, share_cores
 from facepipe.store import FaceStore, StoreBusy, StoreLease, StoreUnavailable, lease_from_settings
 
 RETRY_AFTER_SECONDS = 10
@@ -53,6 +53,12 @@ def busy(message: str) -> HTTPException:
     )
 
 
+def start_search_worker(workers: int) -> None:
+    """A search worker's start: the default profile's models, and its share of the cores."""
+    load_profile(DEFAULT_PROFILE)
+    share_cores(workers)
+
+
 class Services:
     """What one app keeps between requests, each made on first use: the store's lease, the Dagster
     instance (making one reads its folder and its yaml), the search workers and their queue."""
@@ -83,11 +89,12 @@ class Services:
             if self.search_pool is None:
                 # spawned, not forked from this threaded process; each worker loads the default
                 # profile's models once, before its first selfie
+                workers = settings.search_workers()
                 self.search_pool = ProcessPoolExecutor(
-                    settings.search_workers(),
+                    workers,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=load_profile,
-                    initargs=(DEFAULT_PROFILE,),
+                    initializer=start_search_worker,
+                    initargs=(workers,),
                 )
             return self.search_pool
 

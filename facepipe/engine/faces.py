@@ -19,7 +19,7 @@ from facepipe.engine.images import decode_image_reduced, one_line
 from facepipe.engine.listing import ImageError, read_listed_image
 from facepipe.engine.planning import ImageTask
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
-from facepipe.engine.profiles import DetectedFace, Profile, clip_box, load_profile
+from facepipe.engine.profiles import DetectedFace, Profile, clip_box, load_profile, share_cores
 from facepipe.engine.results import ChunkResult, Face, ImageResult
 
 # A face keeps at least this many pixels in the decoded photo its chip is cut from: JPEGs are
@@ -121,9 +121,11 @@ def faces_in_chunk(
     redigest: bool = False,
     read: Callable[[str], tuple[bytes, str]] = read_listed_image,
     on_photo: Callable[[list[ImageResult]], None] | None = None,
+    processes: int = 1,
 ) -> ChunkResult:
     """The faces of each task's photo; `read` fetches a photo's bytes and SHA-256 (local files by
-    default); `on_photo` is called with the results so far after each photo (progress).
+    default); `on_photo` is called with the results so far after each photo (progress); `processes`
+    is how many processes of this machine run chunks at once (each takes its share of the cores).
 
     Each photo's error is one line: a bad file (ImageError: unreadable, too large, a decompression
     bomb, not an image), or anything a model raised on it, named by its type.
@@ -134,31 +136,32 @@ def faces_in_chunk(
     seconds["load_models"] = time.perf_counter() - start  # ~0 where a worker preloaded them
     most_reduction = decode_reduction(profile, min_face_size)
     results = []
-    for task in tasks:
-        result = ImageResult(
-            task.path, task.size, task.mtime_ns, task.etag, previously_digested=task.previous_hash is not None
-        )
-        results.append(result)
-        try:
-            start = time.perf_counter()
-            data, result.content_hash = read(task.path)
-            seconds["read"] += time.perf_counter() - start
-            if result.content_hash == task.previous_hash and not redigest:
-                result.unchanged = True  # touched, not changed: no need to decode
-                continue
-            start = time.perf_counter()
-            image, (result.width, result.height) = decode_image_reduced(data, most_reduction)
-            del data
-            seconds["decode"] += time.perf_counter() - start
-            result.faces, found = faces_in_image(
-                profile, image, confidence, min_face_size, seconds, (result.width, result.height)
+    with share_cores(processes):
+        for task in tasks:
+            result = ImageResult(
+                task.path, task.size, task.mtime_ns, task.etag, previously_digested=task.previous_hash is not None
             )
-            result.faces_dropped, result.faces_too_small = found.dropped, found.too_small
-        except ImageError as err:
-            result.error = str(err)
-        except Exception as err:  # a photo that breaks a model must not break the digest
-            result.error = f"{type(err).__name__}: {one_line(str(err))}"
-        finally:
-            if on_photo:
-                on_photo(results)
+            results.append(result)
+            try:
+                start = time.perf_counter()
+                data, result.content_hash = read(task.path)
+                seconds["read"] += time.perf_counter() - start
+                if result.content_hash == task.previous_hash and not redigest:
+                    result.unchanged = True  # touched, not changed: no need to decode
+                    continue
+                start = time.perf_counter()
+                image, (result.width, result.height) = decode_image_reduced(data, most_reduction)
+                del data
+                seconds["decode"] += time.perf_counter() - start
+                result.faces, found = faces_in_image(
+                    profile, image, confidence, min_face_size, seconds, (result.width, result.height)
+                )
+                result.faces_dropped, result.faces_too_small = found.dropped, found.too_small
+            except ImageError as err:
+                result.error = str(err)
+            except Exception as err:  # a photo that breaks a model must not break the digest
+                result.error = f"{type(err).__name__}: {one_line(str(err))}"
+            finally:
+                if on_photo:
+                    on_photo(results)
     return ChunkResult(results, dict(seconds))

@@ -263,6 +263,8 @@ def extract_faces_in_chunk(context: OpExecutionContext, chunk: Chunk, s3: S3Reso
         request.redigest,
         read=read,
         on_photo=report_progress,
+        # chunks run side by side in the run's worker processes, which share this machine's cores
+        processes=_workers(context),
     )
     for error in _errors(result.images):
         context.log.warning(f"image failed: {error['path']}: {error['error']}")

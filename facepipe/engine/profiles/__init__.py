@@ -5,11 +5,13 @@ view's scale and tiles), it cuts aligned chips from the decoded photo (`align`) 
 embeddings (`embed`). Adding a profile is adding one module here and its ProfileSpec in PROFILES.
 """
 
+import os
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 @dataclass
@@ -152,6 +154,15 @@ def load_profile(name: str) -> Profile:
 
     module_name, class_name = PROFILES[name].implementation.split(":")
     return getattr(importlib.import_module(module_name), class_name)()
+
+
+def share_cores(processes: int) -> threadpool_limits:
+    """Give this process's model libraries (YuNet's OpenMP, OpenBLAS) its share of the cores, while
+    `processes` processes run models side by side; call it once the profile is loaded (it limits the
+    libraries loaded so far), use it as a context manager. Each library starts a thread per core:
+    two digest workers with two threads each took 1.31x as long as with one each
+    (docs/measurements/speed.md), and one alone with one thread 1.19x as long."""
+    return threadpool_limits(max(1, (os.cpu_count() or 1) // max(1, processes)))
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
