@@ -254,12 +254,17 @@ def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_j
     assert service.http.post(f"/digest/{job['job_id']}/retry").status_code == 409  # completed: nothing to retry
 
 
-def test_a_digest_queued_over_http_stores_every_face_while_20_clients_search(service, sample_job):
+def test_a_digest_queued_over_http_stores_every_face_while_20_clients_search_its_group(service, sample_job):
+    # 8 more photos for "sample" (copies of 8 of its own, under new names), digested while 20 clients
+    # search "sample": the group the digest writes is the one every search reads. The later tests of
+    # this module need only that "sample" holds person01's photos.
     names = [f"img{i}.jpg" for i in range(1, 9)]
-    folder = service.home / "allowed" / "crowd"  # under the server's second allowed root
+    folder = service.home / "allowed" / "more"  # under the server's second allowed root
     folder.mkdir()
     for name in names:
-        shutil.copy(SAMPLE_IMAGES / name, folder / name)
+        shutil.copy(SAMPLE_IMAGES / name, folder / f"more-{name}")
+    before = faces_by_photo(service.home)
+    new_faces = sum(len(faces) for name, faces in before.items() if name in names)
     selfie = (SAMPLE_IMAGES / "img1.jpg").read_bytes()
     answers: list[int] = []
     digest_done = threading.Event()
@@ -276,7 +281,7 @@ def test_a_digest_queued_over_http_stores_every_face_while_20_clients_search(ser
         client.start()
     try:
         started = service.http.post(
-            "/digest", json={"local_dir_path": str(folder), "group_id": "crowd", "threads": 1, "chunk_size": 2}
+            "/digest", json={"local_dir_path": str(folder), "group_id": "sample", "threads": 1, "chunk_size": 2}
         )
         assert started.status_code == 202, started.text
         job, _ = wait_for(service, started.json()["job_id"])
@@ -286,8 +291,9 @@ def test_a_digest_queued_over_http_stores_every_face_while_20_clients_search(ser
             client.join()
     assert job["status"] == "completed", job["error"]
     assert job["images_processed"] == 8 and job["images_failed"] == 0
-    expected = sum(len(faces) for name, faces in faces_by_photo(service.home).items() if name in names)
-    assert job["total_faces"] == job["faces_in_group"] == expected > 0
+    assert job["total_faces"] == new_faces > 0 and job["faces_in_group"] == sum(map(len, before.values())) + new_faces
+    after = faces_by_photo(service.home)
+    assert sum(len(after[f"more-{name}"]) for name in names) == new_faces
     assert len(answers) >= 20 and set(answers) == {200}, answers  # no search failed, none was refused
 
 
