@@ -42,6 +42,7 @@ def test_facepipes_file_limits_the_embedded_store_and_monitors_runs(home):
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
         assert isinstance(instance.run_launcher, RunLauncher)
+        assert instance.run_coordinator.dequeue_interval_seconds == 1  # a queued digest starts within a second
 
 
 def test_with_a_qdrant_server_the_store_limits_are_lifted_and_come_back_without_it(home, monkeypatch):

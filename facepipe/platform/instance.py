@@ -235,7 +235,13 @@ def instance_config() -> dict[str, Any]:
         config.update(POSTGRES_STORAGE)
     if settings.qdrant_url() is None:
         config["concurrency"] = {"pools": {"default_limit": 1}, "runs": {"max_concurrent_runs": 1}}
-    config["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}
+    # the daemon looks at the queue every second (Dagster's default is 5 s): a digest over HTTP is
+    # `processing` within about a second of being accepted, as the seed's clients expect
+    config["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
     config["run_launcher"] = {"module": "facepipe.platform.instance", "class": "RunLauncher"}
     config["run_monitoring"] = dict(RUN_MONITORING)
     config["telemetry"] = {"enabled": False}
@@ -245,7 +251,7 @@ def instance_config() -> dict[str, Any]:
 COMMENTS = {
     "run_storage": "runs, events and schedules in PostgreSQL, at FACEPIPE_POSTGRES_URL (read from the environment)",
     "concurrency": "the embedded face store admits one process at a time: one store step, and one digest, at a time",
-    "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs",
+    "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs; looked at every second",
     "run_launcher": "Dagster's default launcher, which also tells run monitoring when the process executing a run died",
     "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
 }
