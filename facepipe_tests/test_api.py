@@ -26,6 +26,9 @@ from facepipe_tests.conftest import (
     SAMPLE_FACES,
     SAMPLE_IMAGES,
     SAMPLES,
+    SLOW_DIGEST_FACES,
+    SLOW_DIGEST_PHOTOS,
+    copy_samples,
     facepipe_server,
     facepipe_ui,
     faces_by_photo,
@@ -223,8 +226,10 @@ def test_a_store_held_by_another_process_is_a_503_with_retry_after(service, samp
 
 
 def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_job):
+    # the 32 photos of conftest's SLOW_DIGEST, 8 a chunk on one worker: canceled after 2 chunks
+    folder = copy_samples(service.home / "allowed" / "stopped", SLOW_DIGEST_PHOTOS)
     answer = service.http.post(
-        "/digest", json={"local_dir_path": str(SAMPLE_IMAGES), "group_id": "stopped", "threads": 1, "chunk_size": 8}
+        "/digest", json={"local_dir_path": str(folder), "group_id": "stopped", "threads": 1, "chunk_size": 8}
     )
     job_id, run_id = answer.json()["job_id"], answer.json()["run_id"]
     wait_for(
@@ -238,13 +243,14 @@ def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_j
         while not instance.get_run_by_id(run_id).is_finished and time.time() < deadline:
             time.sleep(1)
     stopped = service.http.get(f"/get-digests/{job_id}").json()
-    assert stopped["status"] == "canceled" and 16 <= stopped["images_done"] < 64
+    assert stopped["status"] == "canceled" and 16 <= stopped["images_done"] < SLOW_DIGEST_PHOTOS
     assert service.http.post(f"/digest/{job_id}/cancel").status_code == 409  # already canceled
 
     retried = service.http.post(f"/digest/{job_id}/retry")
     assert retried.status_code == 202, retried.text
     job, _ = wait_for(service, retried.json()["job_id"])
-    assert job["status"] == "completed" and job["images_done"] == 64 and job["faces_in_group"] == SAMPLE_FACES
+    assert job["status"] == "completed" and job["images_done"] == SLOW_DIGEST_PHOTOS
+    assert job["faces_in_group"] == SLOW_DIGEST_FACES
     with DagsterInstance.from_config(str(service.home / "dagster")) as instance:
         run = instance.get_run_by_id(job["run_id"])
         assert run.parent_run_id == run_id and run.remote_job_origin is not None
