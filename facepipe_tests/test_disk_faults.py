@@ -24,7 +24,14 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.store import MIN_FREE_BYTES, FaceStore, faces_collection
-from facepipe_tests.conftest import SAMPLE_FACES, SAMPLE_IMAGES, digest, run_facepipe, start_facepipe
+from facepipe_tests.conftest import (
+    SAMPLE_IMAGES,
+    SLOW_DIGEST_FACES,
+    SLOW_DIGEST_PHOTOS,
+    digest,
+    run_facepipe,
+    start_facepipe,
+)
 
 pytestmark = pytest.mark.e2e  # real digests through the CLI on a mounted file system
 
@@ -119,8 +126,8 @@ def test_a_full_disk_fails_the_digest_in_one_line_and_once_freed_the_store_has_e
         before = face_ids(home, "g")
         assert len(before) == first["faces_in_group"] > 0
 
-        photos(folder, names[16:])  # the rest of the samples: a digest of 48 new photos, 8 a step
-        digest_args = ("digest", str(folder), "--group", "g", "--json", "--workers", "1", "--chunk-size", "8")
+        photos(folder, names[16:SLOW_DIGEST_PHOTOS])  # a digest of 16 new photos, 4 a step
+        digest_args = ("digest", str(folder), "--group", "g", "--json", "--workers", "1", "--chunk-size", "4")
         running = start_facepipe(home, *digest_args, stdout=subprocess.PIPE)
         try:
             run_id = wait_until_extracting(home, first["run_id"])
@@ -147,13 +154,13 @@ def test_a_full_disk_fails_the_digest_in_one_line_and_once_freed_the_store_has_e
         assert shown["status"] == "completed" and shown["faces_stored"] == first["faces_stored"]
 
         retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == SAMPLE_FACES
-        assert before < face_ids(home, "g") and len(face_ids(home, "g")) == SAMPLE_FACES  # no face stored twice
+        assert retried["status"] == "completed" and retried["faces_in_group"] == SLOW_DIGEST_FACES
+        assert before < face_ids(home, "g") and len(face_ids(home, "g")) == SLOW_DIGEST_FACES  # none stored twice
         found = json.loads(run_facepipe(home, "search", str(SELFIE), "--group", "g", "--json").stdout)
         assert found["photos"][0]["image_path"].endswith("/img1.jpg")
         again = digest(home, folder, "g")
-        assert again["status"] == "completed" and again["images_skipped"] == 64
-        assert again["faces_in_group"] == SAMPLE_FACES
+        assert again["status"] == "completed" and again["images_skipped"] == SLOW_DIGEST_PHOTOS
+        assert again["faces_in_group"] == SLOW_DIGEST_FACES
 
 
 def test_a_read_only_store_folder_fails_digest_and_search_clearly_and_works_once_writable(tmp_path):

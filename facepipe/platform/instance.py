@@ -55,7 +55,7 @@ MANAGED = "# Written by facepipe from its settings; rewritten when they change. 
 # costs more than one query a poll.
 RUN_MONITORING = {
     "enabled": True,
-    "poll_interval_seconds": 15,
+    "poll_interval_seconds": 5,  # a run whose process died is failed within about 5 s
     "free_slots_after_run_end_seconds": 10,
     # the default run launcher cannot resume a run in a new worker; any other value is refused by Dagster
     "max_resume_run_attempts": 0,
