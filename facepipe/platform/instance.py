@@ -251,7 +251,7 @@ def instance_config() -> dict[str, Any]:
 COMMENTS = {
     "run_storage": "runs, events and schedules in PostgreSQL, at FACEPIPE_POSTGRES_URL (read from the environment)",
     "concurrency": "the embedded face store admits one process at a time: one store step, and one digest, at a time",
-    "run_coordinator": "a run queue: `facepipe digest --detach` and the sensors queue their runs; looked at every second",
+    "run_coordinator": "a run queue, looked at every second: `facepipe digest --detach` and the sensors queue runs",
     "run_launcher": "Dagster's default launcher, which also tells run monitoring when the process executing a run died",
     "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
 }
