@@ -79,11 +79,12 @@ def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = 
     return result
 
 
-# a digest of 32 of the samples, 4 photos a step on one worker: slow enough to cancel or kill mid-run
-# (canceled once its first chunk is stored, it has seven to do: a minute or more on a loaded machine,
-# where the `facepipe` commands that see it and cancel it take up to half a minute each)
-SLOW_DIGEST_PHOTOS = 32
-SLOW_DIGEST_FACES = 33  # the faces a digest of those 32 stores
+# a digest of 24 of the samples, 4 photos a step on one worker: slow enough to cancel or kill mid-run
+# (canceled once its first chunk is stored, it has five to do at the default's detection, HOG and
+# YuNet: a minute or more on a loaded machine, where the `facepipe` commands that see it and cancel
+# it take up to half a minute each)
+SLOW_DIGEST_PHOTOS = 24
+SLOW_DIGEST_FACES = 25  # the faces a digest of those 24 stores
 SLOW_DIGEST_CHUNK = 4
 SLOW_DIGEST = ("--group", "g", "--workers", "1", "--chunk-size", str(SLOW_DIGEST_CHUNK), "--json")
 

@@ -26,6 +26,7 @@ from facepipe_tests.conftest import (
     SAMPLE_FACES,
     SAMPLE_IMAGES,
     SAMPLES,
+    SLOW_DIGEST_CHUNK,
     SLOW_DIGEST_FACES,
     SLOW_DIGEST_PHOTOS,
     copy_samples,
@@ -226,14 +227,17 @@ def test_a_store_held_by_another_process_is_a_503_with_retry_after(service, samp
 
 
 def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_job):
-    # the 32 photos of conftest's SLOW_DIGEST, 8 a chunk on one worker: canceled after 2 chunks
+    # the photos of conftest's SLOW_DIGEST, as it digests them: canceled after its first chunk
     folder = copy_samples(service.home / "allowed" / "stopped", SLOW_DIGEST_PHOTOS)
     answer = service.http.post(
-        "/digest", json={"local_dir_path": str(folder), "group_id": "stopped", "threads": 1, "chunk_size": 8}
+        "/digest",
+        json={"local_dir_path": str(folder), "group_id": "stopped", "threads": 1, "chunk_size": SLOW_DIGEST_CHUNK},
     )
     job_id, run_id = answer.json()["job_id"], answer.json()["run_id"]
     wait_for(
-        service, job_id, until=lambda job: job["images_done"] >= 16 or job["status"] not in ("queued", "processing")
+        service,
+        job_id,
+        until=lambda job: job["images_done"] >= SLOW_DIGEST_CHUNK or job["status"] not in ("queued", "processing"),
     )
     canceled = service.http.post(f"/digest/{job_id}/cancel")
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
@@ -243,7 +247,7 @@ def test_cancel_then_retry_over_http_completes_without_redoing(service, sample_j
         while not instance.get_run_by_id(run_id).is_finished and time.time() < deadline:
             time.sleep(1)
     stopped = service.http.get(f"/get-digests/{job_id}").json()
-    assert stopped["status"] == "canceled" and 16 <= stopped["images_done"] < SLOW_DIGEST_PHOTOS
+    assert stopped["status"] == "canceled" and SLOW_DIGEST_CHUNK <= stopped["images_done"] < SLOW_DIGEST_PHOTOS
     assert service.http.post(f"/digest/{job_id}/cancel").status_code == 409  # already canceled
 
     retried = service.http.post(f"/digest/{job_id}/retry")

@@ -126,7 +126,7 @@ def test_a_full_disk_fails_the_digest_in_one_line_and_once_freed_the_store_has_e
         before = face_ids(home, "g")
         assert len(before) == first["faces_in_group"] > 0
 
-        photos(folder, names[16:SLOW_DIGEST_PHOTOS])  # a digest of 16 new photos, 4 a step
+        photos(folder, names[16:SLOW_DIGEST_PHOTOS])  # a digest of the next 8 photos, 4 a step
         digest_args = ("digest", str(folder), "--group", "g", "--json", "--workers", "1", "--chunk-size", "4")
         running = start_facepipe(home, *digest_args, stdout=subprocess.PIPE)
         try:
