@@ -66,9 +66,9 @@ def open_cost(sizes: list[int], work: Path) -> None:
                     StoredPoint(str(uuid.uuid4()), {"group_id": "g", "image_path": f"p{start + i}"}, v.tolist())
                     for i, v in enumerate(vectors)
                 ]
-                store.backend.upsert(faces_collection("dlib"), points)
-                store.optimize("dlib")  # as a digest's writes index as they fill
-            store.optimize("dlib")
+                store.backend.upsert(faces_collection("dlib"), "g", points)
+                store.optimize("g", "dlib")  # as a digest's writes index as they fill
+            store.optimize("g", "dlib")
         opens, queries = [], []
         for _ in range(3):
             started = time.process_time()

@@ -20,7 +20,7 @@ the writer's resident memory, anonymous apart from mapped files); then, each in 
 in a small one, with the store's segments; a full `people cluster --full` of the largest group (when
 at most --full-limit faces) and, after 1 % more faces, the incremental one (CPU, peak memory); and
 the store steps of a digest of the 64 sample photos into the largest group, beside the same into a
-new group and into an empty store, then the first search after that digest.
+small group, a new group and an empty store, then the first search after that digest.
 
 The digest probes need the 64 samples' faces: one detection pass (~10 min on a busy machine),
 cached in --samples (kept between runs); `--no-digest` skips them.
@@ -166,7 +166,7 @@ def probe_write(a) -> dict:
             costs.append((clock.read()[0], written))
             written += photos * FACES_PER_PHOTO
             anon = max(anon, memory_mb()["anon_mb"])
-        segments = store.backend._shard("faces_dlib").info().segments_count
+        segments = store.backend._shard("faces_dlib", largest_group(a["layout"])).info().segments_count
     cpu, wall = total.read()
     worst, at = max(costs)
     return {
@@ -227,7 +227,7 @@ def probe_open(a) -> dict:
         if small := small_group(a["layout"]):
             row["small_group_faces"] = store.count_faces(small, "dlib")
             row.update({f"small_search_{k}": v for k, v in _search(store, faces, small, QUERIES).items()})
-        info = store.backend._shard(faces_collection("dlib")).info()
+        info = store.backend._shard(faces_collection("dlib"), group).info()
         row.update(
             {"segments": info.segments_count, "indexed": info.indexed_vectors_count, "points": info.points_count}
         )
@@ -327,15 +327,21 @@ def sample_results(path: Path) -> Path:
     return path
 
 
-def measure(work: Path, n: int, layout: str, samples: Path | None, full_limit: int) -> dict:
+def measure(work: Path, n: int, layout: str, samples: Path | None, full_limit: int, reuse: bool = False) -> dict:
     path = str(work / f"{layout}-{n}")
     args = {"path": path, "n": n, "layout": layout}
     row: dict = {"faces": n, "layout": layout, "load_before": os.getloadavg()[0]}
-    row.update(run_probe("write", **args))
+    if reuse and Path(path).is_dir():
+        print(f"reusing the store at {path} (written before: no write probe)", flush=True)
+    else:
+        row.update(run_probe("write", **args))
     row.update(run_probe("open", **args))
     if samples:
         fresh = run_probe("digest", **args, samples=str(samples), group="fresh")
         row.update({f"new_group_{k}": v for k, v in fresh.items()})
+        if small := small_group(layout):
+            into_small = run_probe("digest", **args, samples=str(samples), group=small)
+            row.update({f"small_group_{k}": v for k, v in into_small.items()})
         row.update(run_probe("digest", **args, samples=str(samples), group=largest_group(layout)))
         row.update(run_probe("search_after", **args))
     big = groups_of(layout, n)[largest_group(layout)]
@@ -358,7 +364,8 @@ def table(rows: list[dict], empty: dict | None) -> None:
     print(
         "\n| faces | groups | write: faces/s, CPU ms a face, costliest write (CPU s), writer peak anon | "
         "open CPU (wall) | RSS after open (anon) | search CPU p50 / p99 (wall p50), largest group | "
-        "same, a small group | first search after a digest | digest store steps CPU (new group; empty store) | "
+        "same, a small group | first search after a digest | digest store steps CPU, largest group (a small group; "
+        "a new group; an empty store) | "
         "full re-cluster CPU (peak) | +1 % incremental CPU (peak) | segments | load |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -382,7 +389,8 @@ def table(rows: list[dict], empty: dict | None) -> None:
             else ""
         )
         digest = (
-            f"{fmt(r.get('digest_cpu_s'), '.2f')} s ({fmt(r.get('new_group_digest_cpu_s'), '.2f')} s; "
+            f"{fmt(r.get('digest_cpu_s'), '.2f')} s ({fmt(r.get('small_group_digest_cpu_s'), '.2f')} s; "
+            f"{fmt(r.get('new_group_digest_cpu_s'), '.2f')} s; "
             f"{fmt((empty or {}).get('digest_cpu_s'), '.2f')} s)"
             if r.get("digest_cpu_s") is not None
             else ""
@@ -415,6 +423,9 @@ def main() -> None:
     parser.add_argument("--no-digest", action="store_true", help="skip the digest probes (and their detection pass)")
     parser.add_argument("--samples", type=Path, default=SAMPLES_CACHE, help="the 64 samples' faces, made once, kept")
     parser.add_argument("--work", help="folder for the stores (default: a temporary one, removed at the end)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --work: probe a store written by an earlier run, not write it again"
+    )
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="store_scale_"))
@@ -426,7 +437,7 @@ def main() -> None:
     if samples:
         empty = run_probe("digest", path=str(work / "empty"), n=0, layout="one", samples=str(samples), group="sample")
     rows = [
-        measure(work, int(n), layout, samples, args.full_limit)
+        measure(work, int(n), layout, samples, args.full_limit, args.reuse)
         for n in args.sizes.split(",")
         if n
         for layout in args.layouts.split(",")

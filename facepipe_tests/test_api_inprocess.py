@@ -416,7 +416,7 @@ def test_a_damaged_store_is_a_500_naming_it_and_what_to_do(app, http, home, tmp_
     app.state.services.lease().close()  # the app lets go of its files, so that they are copied whole
     damaged = tmp_path / "qdrant"
     shutil.copytree(home / "qdrant", damaged)
-    (config,) = (damaged / "shards" / "faces_dlib").glob("segments/*/payload_storage/config.json")
+    (config,) = (damaged / "groups" / "party" / "faces_dlib").glob("segments/*/payload_storage/config.json")
     os.truncate(config, config.stat().st_size // 2)
     lease = StoreLease(lambda wait: FaceStore.open(path=damaged, wait=wait), damaged)
     app.dependency_overrides[face_store] = lambda: StoreAccess(lease)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance
 
-from facepipe.store import MIN_FREE_BYTES, FaceStore, faces_collection
+from facepipe.store import MIN_FREE_BYTES, FaceStore
 from facepipe_tests.conftest import (
     SAMPLE_IMAGES,
     SLOW_DIGEST_FACES,
@@ -68,7 +68,7 @@ def remount(disk: Path, mode: str) -> None:
 
 def face_ids(home: Path, group: str) -> set[str]:
     with FaceStore.open(path=home / "qdrant") as store:
-        return {p.id for p in store.backend.scroll(faces_collection("dlib"), None, payload_keys=())}
+        return {p.id for p in store.scroll_faces(group, "dlib", payload_keys=())}
 
 
 def photos(folder: Path, names: list[str]) -> Path:

@@ -126,7 +126,7 @@ def people_are_counted(store: FaceStore) -> None:
 
 
 def ledger_rows(store: FaceStore, group_id: str, paths: list[str]) -> list:
-    return store.get_images("dlib", [image_point_id(group_id, path, "dlib") for path in paths])
+    return store.get_images(group_id, "dlib", [image_point_id(group_id, path, "dlib") for path in paths])
 
 
 def ledger(store: FaceStore, folder: Path, name: str) -> dict:
@@ -249,8 +249,8 @@ def test_forget_me_deletes_every_face_search_finds_for_the_selfie_and_only_those
         assert matches.threshold == PROFILES["dlib"].search_threshold
         assert {Path(p.image_path).name for p in matches.photos} == HERS
         hers = {m.face_id for p in matches.photos for m in p.faces}
-        (person01,) = {f.payload["person_id"] for f in store.get_faces("dlib", sorted(hers))}
-        face_thumbnails(store.get_faces("dlib", sorted(hers)))
+        (person01,) = {f.payload["person_id"] for f in store.get_faces("party", "dlib", sorted(hers))}
+        face_thumbnails(store.get_faces("party", "dlib", sorted(hers)))
         others = {str(f.id) for f in store.scroll_faces("party", "dlib")} - hers
 
         deleted = forget(store, "party", "dlib", her_selfie)

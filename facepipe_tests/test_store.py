@@ -9,7 +9,7 @@ import pytest
 
 from facepipe.defs.digest.assets import unsound_faces
 from facepipe.engine.faces import Face, ImageResult
-from facepipe.store import FaceStore, face_point_id, faces_collection, group_filter
+from facepipe.store import FaceStore, Where, face_point_id, faces_collection
 
 
 def result(path, content_hash, faces=1, previously=False) -> ImageResult:
@@ -82,7 +82,7 @@ def test_a_digests_totals_count_its_own_work_and_see_a_face_gone_missing(open_st
         assert (totals.faces_in_group, totals.faces_of_run, totals.faces_in_ledger_of_run) == (6, 3, 3)
         assert unsound_faces(store, "g", "dlib", "r2") == []
         # a face of the run gone from the store (a damaged store, a write lost): the ledger disagrees
-        store.backend.delete(faces_collection("dlib"), group_filter("g", image_path="/b.jpg"))
+        store.backend.delete(faces_collection("dlib"), "g", Where({"image_path": "/b.jpg"}))
         totals = store.finish_digest("g", "dlib", "r2")
         assert (totals.faces_of_run, totals.faces_in_ledger_of_run) == (2, 3)
 

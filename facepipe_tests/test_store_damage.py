@@ -29,7 +29,7 @@ from facepipe.defs.partitions import GROUPS
 from facepipe.defs.resources import FaceStoreResource
 from facepipe.domain.request import digest_request
 from facepipe.domain.search import search_faces
-from facepipe.store import RECOVER, FaceStore, StoreDamaged, Where, faces_collection, group_filter
+from facepipe.store import RECOVER, FaceStore, StoreDamaged, Where, faces_collection
 from facepipe_tests.conftest import SAMPLE_IMAGES
 from facepipe_tests.test_assets import PHOTOS, materialize_digest, metadata
 
@@ -54,7 +54,7 @@ def damaged_copy(digested, tmp_path, collection: str, file: str, size: str) -> P
     """A copy of the digested store with `file` (a glob under the collection's shard) cut to `size`."""
     store = tmp_path / "store"
     shutil.copytree(digested[1], store)
-    (path,) = (store / "shards" / collection).glob(file)
+    (path,) = (store / "groups" / "party" / collection).glob(file)
     os.truncate(path, 0 if size == "zero" else path.stat().st_size // 2)
     return store
 
@@ -91,7 +91,8 @@ def test_an_unreadable_store_file_fails_the_digest_and_search_naming_the_store(
 ):
     folder, _ = digested
     store = damaged_copy(digested, tmp_path, collection, file, size)
-    expected = f"the face store at {store} is damaged: its collection {collection} ({store}/shards/{collection})"
+    shard = store / "groups" / "party" / collection
+    expected = f"the face store at {store} is damaged: its collection {collection} ({shard})"
 
     result, events = digest_again(folder, store)
     assert not result.success
@@ -133,7 +134,7 @@ def test_a_group_whose_faces_are_all_gone_is_damage_not_an_unknown_group(digeste
     store = tmp_path / "home" / "qdrant"
     shutil.copytree(digested[1], store)
     with FaceStore.open(path=store) as opened:
-        opened.backend.delete(faces_collection("dlib"), group_filter("party"))
+        opened.backend.drop_group(faces_collection("dlib"), "party")
     env = {**os.environ, "FACEPIPE_HOME": str(tmp_path / "home")}
     env.pop("DAGSTER_HOME", None)
     search = subprocess.run(
@@ -193,12 +194,13 @@ def test_the_same_photo_under_two_names_has_faces_of_its_own_under_each(tmp_path
         )
         ledger = opened.digested_images("party", "dlib")
         old_id = str(uuid.uuid5(ID_NAMESPACE, f"face:party:{kept.payload['content_hash']}:0:dlib"))
-        opened.backend.delete(faces_collection("dlib"), group_filter("party"))
-        opened.backend.upsert(faces_collection("dlib"), [type(kept)(old_id, kept.payload, kept.vector)])
+        opened.backend.drop_group(faces_collection("dlib"), "party")
+        opened.backend.upsert(faces_collection("dlib"), "party", [type(kept)(old_id, kept.payload, kept.vector)])
         # a.jpg's ledger row: the same bytes as its copy, as they are on disk now (so: unchanged)
         stat = (folder / "a.jpg").stat()
         opened.backend.set_payload(
             images_collection("dlib"),
+            "party",
             {
                 "content_hash": ledger[str(folder / "copy of a.jpg")].content_hash,
                 "size": stat.st_size,

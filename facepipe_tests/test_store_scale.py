@@ -1,5 +1,7 @@
-"""The embedded store as it grows: faces are indexed segment by segment as writes fill them, and an
-optimisation killed midway leaves nothing that later opens keep.
+"""The embedded store as it grows: each group in shards of its own, so that work in one group opens
+nothing of the others; faces indexed segment by segment as writes fill them; an optimisation
+killed midway leaves nothing that later opens keep; a store of one shard per collection (facepipe
+before) is split by group when opened.
 
 Real Qdrant Edge stores of synthetic faces (random unit vectors: what is tested is where they are
 kept and indexed, not who they are); the speed of it all is benchmarks/store_scale.py's.
@@ -41,22 +43,80 @@ def photos(group: str, first: int, count: int, seed: int) -> list[ImageResult]:
 
 @pytest.mark.slow
 def test_writes_index_the_faces_as_a_segment_fills_leaving_a_tail_below_the_threshold(tmp_path):
-    """As digests write (1,000 photos at a time here), the write that takes the unindexed segment
-    past the threshold indexes it: no digest step or search later finds a backlog."""
+    """As digests write (1,000 photos at a time here), the write that takes the group's unindexed
+    segment past the threshold indexes it: no digest step or search later finds a backlog."""
     with FaceStore.open(path=tmp_path / "store") as store:
         written = 0
         for n in range(12):
-            group = "big" if n % 3 else "small"
-            store.write_images(group, "dlib", photos(group, n * 1000, 1000, seed=n), run_id=f"r{n}")
+            store.write_images("big", "dlib", photos("big", n * 1000, 1000, seed=n), run_id=f"r{n}")
             written += 2000
-        info = store.backend._shard(faces_collection("dlib")).info()
+        info = store.backend._shard(faces_collection("dlib"), "big").info()
         assert info.points_count == written == 24_000
         assert info.indexed_vectors_count >= FACES_TO_INDEX  # the first 20,000 faces, indexed by the tenth write
         assert written - info.indexed_vectors_count < FACES_TO_INDEX
-        assert store.count_faces("big", "dlib") + store.count_faces("small", "dlib") == written
+        assert store.count_faces("big", "dlib") == written
         query = photos("big", 1000, 1, seed=1)[0].faces[0].embedding  # a face of the second write
         (best,) = store.nearest_faces("big", "dlib", query, limit=1)
         assert np.isclose(best.score, 1.0) and best.payload["image_path"] == "/photos/big/1000.jpg"
+
+
+def test_work_in_one_group_opens_only_that_groups_shards(tmp_path):
+    """A digest's store steps and a search read their group's shards and no other's: what they cost
+    does not grow with the other groups (benchmarks/store_scale.py measures it)."""
+    path = tmp_path / "store"
+    with FaceStore.open(path=path) as store:
+        for group in ("big", "small"):
+            store.write_images(group, "dlib", photos(group, 0, 50, seed=len(group)), run_id="r")
+    assert sorted(p.name for p in (path / "groups").iterdir()) == ["big", "small"]
+    with FaceStore.open(path=path) as store:
+        query = photos("small", 0, 1, seed=5)[0].faces[0].embedding
+        (best,) = store.nearest_faces("small", "dlib", query, limit=1)
+        assert best.payload["image_path"] == "/photos/small/0.jpg"
+        assert store.count_images("small", "dlib") == 50 and store.count_faces("small", "dlib") == 100
+        assert {group for _, group in store.backend.shards} == {"small"}
+        assert store.get_faces("small", "dlib", [best.id]) and not store.get_faces("big", "dlib", [best.id])
+        store.delete_group("small", "dlib")
+    assert sorted(p.name for p in (path / "groups").iterdir()) == ["big"]
+
+
+OLD_LAYOUT = {"faces_dlib": 128, "images_dlib": 1}
+
+
+def test_a_store_of_one_shard_per_collection_is_split_by_group_when_opened(tmp_path):
+    """facepipe before kept one Qdrant Edge shard per collection (`shards/<name>`): written here as it
+    did, with Qdrant Edge itself; the first open moves every point to its group's shard."""
+    import qdrant_edge as q
+
+    path = tmp_path / "store"
+    for name, size in OLD_LAYOUT.items():
+        config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=size, distance=q.Distance.Cosine))
+        shard = q.EdgeShard.create(str(path / "shards" / name), config)
+        for group in ("a", "b"):
+            points = []
+            for r in photos(group, 0, 700, seed=0):  # past a scroll page (1,024) in all
+                image = {"group_id": group, "image_path": r.path, "status": "done", "faces": 2}
+                if size == 1:
+                    points.append(q.Point(str(uuid.uuid5(uuid.NAMESPACE_URL, r.path)), [1.0], image))
+                    continue
+                for face in r.faces:
+                    face_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{r.path}{face.face_index}"))
+                    payload = {"group_id": group, "image_path": r.path, "face_index": face.face_index}
+                    points.append(q.Point(face_id, face.embedding.tolist(), payload))
+            shard.update(q.UpdateOperation.upsert_points(points))
+        shard.close()
+
+    with FaceStore.open(path=path) as store:
+        assert not (path / "shards").exists() and sorted(p.name for p in (path / "groups").iterdir()) == ["a", "b"]
+        for group in ("a", "b"):
+            assert store.count_faces(group, "dlib") == 1400 and store.count_images(group, "dlib") == 700
+            query = photos(group, 0, 1, seed=0)[0].faces[1].embedding
+            (best,) = store.nearest_faces(group, "dlib", query, limit=1)
+            assert np.isclose(best.score, 1.0) and best.payload == {
+                "group_id": group,
+                "image_path": f"/photos/{group}/0.jpg",
+                "face_index": 1,
+            }
+        assert not store.count_faces("c", "dlib")
 
 
 UNINDEXED_STORE = """
@@ -73,9 +133,9 @@ with FaceStore.open(path=sys.argv[1]) as store:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = [str(uuid.UUID(int=start + i + 1)) for i in range(2000)]
         points = [StoredPoint(id, {{"group_id": "g"}}, v.tolist()) for id, v in zip(ids, vectors)]
-        store.backend.upsert(faces_collection("dlib"), points)
+        store.backend.upsert(faces_collection("dlib"), "g", points)
     print("written", flush=True)
-    store.optimize("dlib")
+    store.optimize("g", "dlib")
     print("optimised", flush=True)
 """
 
@@ -88,7 +148,7 @@ def test_an_optimisation_killed_midway_leaves_nothing_the_next_open_keeps(tmp_pa
     script = tmp_path / "optimise.py"
     script.write_text(textwrap.dedent(UNINDEXED_STORE.format(faces=faces)))
     path = tmp_path / "store"
-    shard = path / "shards" / faces_collection("dlib")
+    shard = path / "groups" / "g" / faces_collection("dlib")
     process = subprocess.Popen(
         [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True, env=os.environ
     )

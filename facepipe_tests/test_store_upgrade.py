@@ -14,6 +14,7 @@ import pytest
 
 from facepipe.domain.people import list_people
 from facepipe.domain.search import search_faces
+from facepipe.engine.results import ImageResult
 from facepipe.store import FaceStore, StoreBusy, is_local_mode_store
 from facepipe_tests.conftest import REPO, SAMPLE_IMAGES, run_facepipe
 
@@ -143,7 +144,7 @@ def test_faces_acknowledged_before_a_sigkill_are_there_after_it(tmp_path):
     writer.wait()
     acknowledged += (writer.stdout.read() or "").split()  # lines printed before the kill landed
     with FaceStore.open(path=store_path) as store:
-        found = {p.id for p in store.get_faces("dlib", acknowledged)}
+        found = {p.id for p in store.get_faces("g", "dlib", acknowledged)}
         assert found == set(acknowledged)
         assert store.count_faces("g", "dlib") >= len(acknowledged)
         assert len(store.digested_images("g", "dlib")) >= len(acknowledged) // 2
@@ -152,7 +153,7 @@ def test_faces_acknowledged_before_a_sigkill_are_there_after_it(tmp_path):
 def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
     store_path = tmp_path / "qdrant"
     with FaceStore.open(path=store_path) as store:
-        store.ensure_collections("dlib")
+        store.write_images("g", "dlib", [ImageResult("/a.jpg", 1, 1, content_hash="a", faces=[])], run_id="r")
     # facepipe's own lock file, held by another facepipe process
     holder = subprocess.Popen(
         [
@@ -187,7 +188,7 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
             textwrap.dedent(f"""
         import time
         from qdrant_edge import EdgeShard
-        shard = EdgeShard.load({str(store_path / "shards" / "faces_dlib")!r})
+        shard = EdgeShard.load({str(store_path / "groups" / "g" / "images_dlib")!r})
         print("open", flush=True)
         time.sleep(60)
     """),
@@ -200,7 +201,7 @@ def test_a_store_held_by_another_process_is_busy_whatever_holds_it(tmp_path):
         assert holder.stdout.readline().strip() == "open"
         with FaceStore.open(path=store_path) as store:
             with pytest.raises(StoreBusy, match="in use by another process"):
-                store.count_faces("g", "dlib")
+                store.count_images("g", "dlib")  # the shard the holder holds
     finally:
         holder.kill()
         holder.wait()

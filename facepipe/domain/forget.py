@@ -92,7 +92,7 @@ def _remove_faces(
     if not faces:
         return
     ids = [str(face.id) for face in faces]
-    store.delete_faces(profile, ids)
+    store.delete_faces(group_id, profile, ids)
     for face_id in ids:
         thumbnail_path(face_id).unlink(missing_ok=True)
     persons = {face.payload["person_id"] for face in faces if face.payload.get("person_id") is not None}
@@ -104,9 +104,10 @@ def _remove_faces(
     for face in faces:
         by_photo[face.payload["image_path"]].append(face.payload["facial_area"])
     if photos_stay:
-        for row in store.get_images(profile, _photo_ids(group_id, profile, by_photo)):
+        for row in store.get_images(group_id, profile, _photo_ids(group_id, profile, by_photo)):
             boxes = by_photo[row.payload["image_path"]]
             store.set_images_payload(
+                group_id,
                 profile,
                 [row.id],
                 {
@@ -131,7 +132,7 @@ def _ledger_row(store: FaceStore, group_id: str, profile: str, photo: str) -> St
         photo_id = str(uuid.UUID(photo))
     except ValueError:  # not an id: a path
         photo_id = image_point_id(group_id, photo, profile)
-    rows = [row for row in store.get_images(profile, [photo_id]) if row.payload.get("group_id") == group_id]
+    rows = store.get_images(group_id, profile, [photo_id])
     if not rows or rows[0].payload.get("status") == PHOTO_DELETED:
         raise NothingToDelete(f"group {group_id!r} has no photo {photo!r} (with profile {profile})")
     return rows[0]
@@ -156,7 +157,7 @@ def _delete_photos(store: FaceStore, group_id: str, profile: str, rows: list[Sto
             uploaded.unlink()
             deleted.files += 1
         # an uploaded photo leaves no tombstone: nothing can list it again
-        store.delete_images(profile, [row.id], tombstones=uploaded is None)
+        store.delete_images(group_id, profile, [row.id], tombstones=uploaded is None)
         deleted.photos += 1
         if stored not in deleted.image_paths:
             deleted.image_paths.append(stored)
@@ -167,10 +168,10 @@ def delete_face(store: FaceStore, group_id: str, face_id: str, profile: str | No
     """Delete one face of the group; its photo stays, without it."""
     profile = _profile_of(store, group_id, profile)
     try:
-        found = store.get_faces(profile, [str(uuid.UUID(face_id))])
+        found = store.get_faces(group_id, profile, [str(uuid.UUID(face_id))])
     except ValueError:
         raise NothingToDelete(f"{face_id!r} is not a face id (a UUID, as search and `people show` give)") from None
-    if not found or found[0].payload.get("group_id") != group_id:
+    if not found:
         raise NothingToDelete(f"group {group_id!r} has no face {face_id} (with profile {profile})")
     deleted = Deleted(group_id)
     _remove_faces(store, group_id, profile, found, deleted, photos_stay=True)
@@ -189,7 +190,8 @@ def delete_person(
         raise NothingToDelete(str(err)) from None
     faces = person_faces(store, group_id, person_id, profile)
     if with_photos:
-        rows = store.get_images(profile, _photo_ids(group_id, profile, {face.payload["image_path"] for face in faces}))
+        photos = {face.payload["image_path"] for face in faces}
+        rows = store.get_images(group_id, profile, _photo_ids(group_id, profile, photos))
         deleted = _delete_photos(store, group_id, profile, sorted(rows, key=lambda row: row.payload["image_path"]))
     else:
         deleted = Deleted(group_id)
@@ -238,7 +240,7 @@ def forget(
     matches = faces_to_forget(store, group_id, profile, selfie_faces, threshold)
     face_ids = [match.face_id for photo in matches.photos for match in photo.faces]
     deleted = Deleted(group_id)
-    _remove_faces(store, group_id, profile, store.get_faces(profile, face_ids), deleted, photos_stay=True)
+    _remove_faces(store, group_id, profile, store.get_faces(group_id, profile, face_ids), deleted, photos_stay=True)
     return deleted
 
 
@@ -314,10 +316,10 @@ def verify_face(
     (~0.3 s with dlib)."""
     profile = _profile_of(store, group_id, profile)
     try:
-        found = store.get_faces(profile, [str(uuid.UUID(face_id))], with_vectors=True)
+        found = store.get_faces(group_id, profile, [str(uuid.UUID(face_id))], with_vectors=True)
     except ValueError:
         raise VerifyError(f"{face_id!r} is not a face id (a UUID, as search and `people show` give)") from None
-    if not found or found[0].payload.get("group_id") != group_id:
+    if not found:
         raise VerifyError(f"group {group_id!r} has no face {face_id} (with profile {profile})")
     stored = found[0]
     name = photo if isinstance(photo, str) else "the photo"

@@ -142,7 +142,7 @@ def update_people(
         assigned = carry_over_ids(cluster_embeddings(vectors, max_distance), previous, pinned, next_id)
         # pinned faces stay where a person put them, whatever the clustering says
         assigned = [prev if pin and prev is not None else new for prev, new, pin in zip(previous, assigned, pinned)]
-        changed = _assign(store, profile, ids, previous, assigned)
+        changed = _assign(store, group_id, profile, ids, previous, assigned)
         people = _people_from(
             group_id, profile, ids, vectors, [p["image_path"] for p in payloads], assigned, old_people
         )
@@ -160,7 +160,7 @@ def update_people(
         labels = cluster_embeddings(vectors[waiting], max_distance) if waiting else np.zeros(0, int)
         fresh = dict(zip(waiting, carry_over_ids(labels, [None] * len(waiting), [False] * len(waiting), next_id)))
         assigned = [found[0].payload["person_id"] if found else fresh[i] for i, found in enumerate(nearest)]
-        changed = _assign(store, profile, ids, [None] * len(ids), assigned)
+        changed = _assign(store, group_id, profile, ids, [None] * len(ids), assigned)
         grown = {assigned[i] for i in set(range(len(ids))) - set(waiting)}
         stale = {p for p, payload in old_people.items() if payload.get("stale")}
         new_ids = sorted(set(assigned) - set(old_people))
@@ -186,14 +186,16 @@ def update_people(
     }
 
 
-def _assign(store: FaceStore, profile: str, ids: list[str], previous: list[int | None], assigned: list[int]) -> int:
+def _assign(
+    store: FaceStore, group_id: str, profile: str, ids: list[str], previous: list[int | None], assigned: list[int]
+) -> int:
     """Write each face's new person, one payload update per person; the number of faces moved."""
     changed: defaultdict[int, list[str]] = defaultdict(list)
     for face_id, before, after in zip(ids, previous, assigned):
         if before != after:
             changed[after].append(face_id)
     for person, moved in changed.items():
-        store.set_faces_payload(profile, moved, {"person_id": person})
+        store.set_faces_payload(group_id, profile, moved, {"person_id": person})
     return sum(len(moved) for moved in changed.values())
 
 
@@ -303,7 +305,7 @@ def merge_people(
     target = get_person(store, group_id, keep, profile)
     sources = [get_person(store, group_id, other, profile) for other in others if other != keep]
     faces = [f.id for p in (target, *sources) for f in person_faces(store, group_id, p["person_id"], profile)]
-    store.set_faces_payload(profile, faces, {"person_id": keep, "person_pinned": True})
+    store.set_faces_payload(group_id, profile, faces, {"person_id": keep, "person_pinned": True})
     name = target["name"] or next((s["name"] for s in sources if s["name"]), None)
     recount_people(store, group_id, profile, {keep, *(s["person_id"] for s in sources)})
     return name_person(store, group_id, keep, name, profile)
@@ -323,7 +325,7 @@ def split_person(
         raise ValueError("a split moves some of the person's faces, not none or all")
     new_id = max([p["person_id"] for p in list_people(store, group_id, profile)] + [0]) + 1
     staying = sorted(faces - set(moving))
-    store.set_faces_payload(profile, staying, {"person_pinned": True})
-    store.set_faces_payload(profile, moving, {"person_id": new_id, "person_pinned": True})
+    store.set_faces_payload(group_id, profile, staying, {"person_pinned": True})
+    store.set_faces_payload(group_id, profile, moving, {"person_id": new_id, "person_pinned": True})
     recount_people(store, group_id, profile, {person_id, new_id})
     return get_person(store, group_id, new_id, profile)

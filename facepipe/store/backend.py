@@ -23,7 +23,10 @@ INTEGER_INDEXES: dict[str, tuple[str, ...]] = {"faces": ("person_id",), "images"
 
 
 class Backend(ABC):
-    """Collections of points on one Qdrant. A collection that does not exist reads as empty."""
+    """Collections of points on one Qdrant, each point in one group. Every read and write names its
+    group (`group_id`) and sees that group's points only: the embedded store keeps a shard per group
+    (edge.py), a server filters by the `group_id` payload (server.py). A `where` narrows within the
+    group. A collection, or a group of it, that does not exist reads as empty."""
 
     # Where the store is, for messages: "the face store at <location>"
     location: str
@@ -44,12 +47,18 @@ class Backend(ABC):
         """Delete the collection `name` and everything in it."""
 
     @abstractmethod
-    def upsert(self, name: str, points: Sequence[StoredPoint]) -> None: ...
+    def drop_group(self, name: str, group_id: str) -> None:
+        """Delete every point of the group in collection `name`."""
+
+    @abstractmethod
+    def upsert(self, name: str, group_id: str, points: Sequence[StoredPoint]) -> None:
+        """Write points of the group (their payloads carry its `group_id`)."""
 
     @abstractmethod
     def scroll_page(
         self,
         name: str,
+        group_id: str | None,
         where: Where | None,
         limit: int,
         offset: str | None = None,
@@ -59,23 +68,25 @@ class Backend(ABC):
         """Up to `limit` points matching `where` from `offset` on, and the next page's offset (None: the last)."""
 
     @abstractmethod
-    def count(self, name: str, where: Where | None = None) -> int: ...
+    def count(self, name: str, group_id: str, where: Where | None = None) -> int: ...
 
     @abstractmethod
-    def delete(self, name: str, where: Where | None = None, ids: Sequence[str] | None = None) -> None:
+    def delete(self, name: str, group_id: str, where: Where | None = None, ids: Sequence[str] | None = None) -> None:
         """Delete the points with `ids`, or else those matching `where`."""
 
     @abstractmethod
-    def set_payload(self, name: str, payload: Payload, ids: Sequence[str]) -> None:
+    def set_payload(self, name: str, group_id: str, payload: Payload, ids: Sequence[str]) -> None:
         """Set these payload fields (others kept) on the points with `ids`."""
 
     @abstractmethod
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]: ...
+    def retrieve(self, name: str, group_id: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+        """The group's points among `ids` (an id of another group is not found)."""
 
     @abstractmethod
     def query(
         self,
         name: str,
+        group_id: str,
         vector: Sequence[float],
         where: Where | None,
         limit: int,
@@ -85,8 +96,8 @@ class Backend(ABC):
         """The points matching `where` nearest to `vector` (by the collection's distance), best first."""
 
     @abstractmethod
-    def optimize(self, name: str) -> None:
-        """Index what is due in the collection `name` (a server does it by itself)."""
+    def optimize(self, name: str, group_id: str) -> None:
+        """Index what is due in the group's points of `name` (a server does it by itself)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -94,15 +105,17 @@ class Backend(ABC):
     def scroll(
         self,
         name: str,
+        group_id: str | None,
         where: Where | None = None,
         with_vectors: bool = False,
         payload_keys: Iterable[str] | None = None,
         page: int = SCROLL_PAGE,
     ) -> Iterator[StoredPoint]:
-        """Every point matching `where`, a page at a time (memory holds one page)."""
+        """Every point of the group matching `where`, a page at a time (memory holds one page).
+        `group_id` None: every group's (a migration's read of a whole collection)."""
         offset = None
         while True:
-            points, offset = self.scroll_page(name, where, page, offset, with_vectors, payload_keys)
+            points, offset = self.scroll_page(name, group_id, where, page, offset, with_vectors, payload_keys)
             yield from points
             if offset is None:
                 return

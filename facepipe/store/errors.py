@@ -57,11 +57,11 @@ def busy(where: str | os.PathLike[str]) -> StoreBusy:
     )
 
 
-def damaged(root: Path, name: str, err: BaseException) -> StoreDamaged:
+def damaged(root: Path, name: str, err: BaseException, path: Path | None = None) -> StoreDamaged:
     reason = " ".join(str(err).split())
     reason = reason if len(reason) <= 300 else reason[:300] + "..."
     return StoreDamaged(
-        f"the face store at {root} is damaged: its collection {name} ({root}/shards/{name}) cannot be read "
+        f"the face store at {root} is damaged: its collection {name} ({path or root}) cannot be read "
         f"({reason}); {RECOVER}"
     )
 
@@ -123,8 +123,8 @@ def _is_storage_error(err: BaseException) -> bool:
     return type(err).__name__ == "PanicException" or str(err).startswith("Service runtime error")
 
 
-def edge_error(root: Path, name: str, err: BaseException) -> StoreError | None:
-    """What an error of the embedded store (of its collection `name`) means for a user: another
+def edge_error(root: Path, name: str, err: BaseException, path: Path | None = None) -> StoreError | None:
+    """What an error of the embedded store (of its collection `name`, in the shard at `path`) means for a user: another
     process holds it (StoreBusy), a full or read-only disk (StoreNotWritable; not a damaged store),
     or a file of the store it cannot read (StoreDamaged); None for any other error."""
     if "WouldBlock" in str(err):  # "failed to open WAL ...: Kind(WouldBlock)": another process
@@ -132,17 +132,17 @@ def edge_error(root: Path, name: str, err: BaseException) -> StoreError | None:
     if code := _disk_errno(err):
         return not_writable(root, code)
     if _is_storage_error(err):
-        return damaged(root, name, err)
+        return damaged(root, name, err, path)
     return None
 
 
 @contextmanager
-def store_errors(root: Path, name: str = "") -> Iterator[None]:
-    """The errors of the embedded store at `root` (of its collection `name`) as what they mean to a
-    user (see edge_error); any other error as it is."""
+def store_errors(root: Path, name: str = "", path: Path | None = None) -> Iterator[None]:
+    """The errors of the embedded store at `root` (of its collection `name`, in the shard at `path`)
+    as what they mean to a user (see edge_error); any other error as it is."""
     try:
         yield
     except BaseException as err:  # qdrant_edge raises plain Exception, or panics
-        if known := edge_error(root, name, err):
+        if known := edge_error(root, name, err, path):
             raise known from None
         raise

@@ -28,7 +28,13 @@ from facepipe.store.ids import (
     stored_path,
 )
 from facepipe.store.lock import lock_store
-from facepipe.store.migrate import copy_people, is_local_mode_store, migrate_local_store
+from facepipe.store.migrate import (
+    copy_people,
+    is_local_mode_store,
+    is_shard_per_collection_store,
+    migrate_local_store,
+    split_shards_by_group,
+)
 from facepipe.store.records import (
     PHOTO_DELETED,
     DigestedImage,
@@ -37,8 +43,6 @@ from facepipe.store.records import (
     StoredPoint,
     Where,
     WriteCounts,
-    group_filter,
-    in_group,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +75,9 @@ class FaceStore:
 
         `backend="local"` opens `path` with qdrant-client's local mode instead of Qdrant Edge (the
         tests' stand-in for a server; the old default). An embedded folder still in that old
-        layout is migrated to Qdrant Edge on first open, its old files kept in a backup folder.
+        layout is migrated to Qdrant Edge on first open, its old files kept in a backup folder; one
+        of Qdrant Edge with a shard per collection (before facepipe kept a shard per group) is split
+        by group on first open.
         """
         if url or backend == "local":
             from facepipe.store.server import ServerBackend  # qdrant-client takes seconds to import
@@ -93,6 +99,8 @@ class FaceStore:
         try:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, locked=True)
+            if migrate and is_shard_per_collection_store(root):
+                split_shards_by_group(root)
             store = cls(EdgeBackend(root))
             try:
                 yield store
@@ -119,39 +127,40 @@ class FaceStore:
         """
         name, dimension = people_collection(profile), PROFILES[profile].dimension
         if self.backend.exists(name) and not self.backend.has_vectors(name):
-            people = list(self.backend.scroll(name))
+            people = list(self.backend.scroll(name, None))
             self.backend.drop(name)
             self.backend.create(name, dimension, "dot")
             copy_people(self.backend, self.backend, name, people)
             return
         self._create(name, dimension, distance="dot")
 
-    def _upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
-        self.backend.upsert(collection, points)
-        self._index_as_it_fills(collection)
+    def _upsert(self, collection: str, group_id: str, points: Sequence[StoredPoint]) -> None:
+        self.backend.upsert(collection, group_id, points)
+        self._index_as_it_fills(collection, group_id)
 
-    def _set_payload(self, collection: str, payload: Payload, ids: Sequence[str]) -> None:
-        self.backend.set_payload(collection, payload, ids)
-        self._index_as_it_fills(collection)  # Qdrant moves an indexed face it updates into the unindexed tail
+    def _set_payload(self, collection: str, group_id: str, payload: Payload, ids: Sequence[str]) -> None:
+        self.backend.set_payload(collection, group_id, payload, ids)
+        self._index_as_it_fills(collection, group_id)  # Qdrant moves an indexed point it updates into the tail
 
-    def _index_as_it_fills(self, collection: str) -> None:
-        """Index the faces segment a write took past the indexing threshold, in that write: the
-        unindexed tail (scanned by every search, held by every writer) never grows past the
-        threshold and one write's batch. Free (~50 µs) when no segment is due; when one is, bounded
-        by MAX_SEGMENT_KB, whatever the store holds."""
-        if kind_of(collection) == "faces":
-            self.backend.optimize(collection)
+    def _index_as_it_fills(self, collection: str, group_id: str) -> None:
+        """Index the group's segment a write of faces or ledger rows took past the indexing
+        threshold, in that write: the unindexed tail (scanned by every search, read by every open)
+        never grows past the threshold and one write's batch. Free (~50 µs) when no segment is due;
+        when one is, bounded by the largest segment it may build (edge.py), whatever the group holds."""
+        if kind_of(collection) in ("faces", "images"):
+            self.backend.optimize(collection, group_id)
 
-    def optimize(self, profile: str) -> None:
-        """Index what is due (Qdrant Edge builds HNSW graphs only when asked; a server does it by
-        itself). Every write to the faces already does (see _index_as_it_fills): this is for a
-        store written by an older facepipe, or by hand."""
-        self.backend.optimize(faces_collection(profile))
+    def optimize(self, group_id: str, profile: str) -> None:
+        """Index what is due in the group (Qdrant Edge builds indexes only when asked; a server does
+        it by itself). Every write already does (see _index_as_it_fills): this is for a store written
+        by an older facepipe, or by hand."""
+        for collection in (faces_collection(profile), images_collection(profile)):
+            self.backend.optimize(collection, group_id)
 
     # -- faces --------------------------------------------------------------------------------------
 
     def count_faces(self, group_id: str, profile: str, where: Where | None = None) -> int:
-        return self.backend.count(faces_collection(profile), in_group(group_id, where))
+        return self.backend.count(faces_collection(profile), group_id, where)
 
     def scroll_faces(
         self,
@@ -163,12 +172,13 @@ class FaceStore:
         page: int = SCROLL_PAGE,
     ) -> Iterator[StoredPoint]:
         """The group's faces (matching `where`), a page at a time."""
-        return self.backend.scroll(
-            faces_collection(profile), in_group(group_id, where), with_vectors, payload_keys, page
-        )
+        return self.backend.scroll(faces_collection(profile), group_id, where, with_vectors, payload_keys, page)
 
-    def get_faces(self, profile: str, face_ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
-        return self.backend.retrieve(faces_collection(profile), face_ids, with_vectors)
+    def get_faces(
+        self, group_id: str, profile: str, face_ids: Sequence[str], with_vectors: bool = False
+    ) -> list[StoredPoint]:
+        """The group's faces among `face_ids` (a face of another group is not found)."""
+        return self.backend.retrieve(faces_collection(profile), group_id, face_ids, with_vectors)
 
     def nearest_faces(
         self,
@@ -180,30 +190,30 @@ class FaceStore:
         where: Where | None = None,
     ) -> list[StoredPoint]:
         """The group's faces most similar (cosine) to `vector`, best first."""
-        return self.backend.query(faces_collection(profile), vector, in_group(group_id, where), limit, min_score)
+        return self.backend.query(faces_collection(profile), group_id, vector, where, limit, min_score)
 
-    def set_faces_payload(self, profile: str, face_ids: Sequence[str], payload: Payload) -> None:
-        self._set_payload(faces_collection(profile), payload, face_ids)
+    def set_faces_payload(self, group_id: str, profile: str, face_ids: Sequence[str], payload: Payload) -> None:
+        self._set_payload(faces_collection(profile), group_id, payload, face_ids)
 
-    def delete_faces(self, profile: str, face_ids: Sequence[str]) -> None:
+    def delete_faces(self, group_id: str, profile: str, face_ids: Sequence[str]) -> None:
         """Delete faces by id; their people are left to facepipe.domain.people to recount."""
         if face_ids:
-            self.backend.delete(faces_collection(profile), ids=face_ids)
+            self.backend.delete(faces_collection(profile), group_id, ids=face_ids)
 
     def delete_faces_of_images(self, group_id: str, profile: str, paths: Sequence[str]) -> int:
         """Delete the faces of the group's photos at `paths`; how many. Their people are marked stale,
         and facepipe.domain.people recounts them."""
         faces = faces_collection(profile)
-        stale = group_filter(group_id, image_path=[stored_path(path) for path in paths])
-        dropped = self.backend.count(faces, stale)
+        stale = Where({"image_path": [stored_path(path) for path in paths]})
+        dropped = self.backend.count(faces, group_id, stale)
         losing = {
             p.payload["person_id"]
-            for p in self.backend.scroll(faces, stale, payload_keys=("person_id",))
+            for p in self.backend.scroll(faces, group_id, stale, payload_keys=("person_id",))
             if p.payload.get("person_id") is not None
         }
         if losing:
             self.set_people_payload(group_id, profile, losing, {"stale": True})
-        self.backend.delete(faces, stale)
+        self.backend.delete(faces, group_id, stale)
         return dropped
 
     def face_ids_of_run(
@@ -211,14 +221,14 @@ class FaceStore:
     ) -> tuple[list[str], str | None]:
         """A page of the ids of the faces a digest run stored, and the next page's offset."""
         points, next_offset = self.backend.scroll_page(
-            faces_collection(profile), group_filter(group_id, run_id=run_id), limit, offset, payload_keys=[]
+            faces_collection(profile), group_id, Where({"run_id": run_id}), limit, offset, payload_keys=[]
         )
         return [p.id for p in points], next_offset
 
     # -- images: the ledger of what was digested ----------------------------------------------------
 
     def count_images(self, group_id: str, profile: str, where: Where | None = None) -> int:
-        return self.backend.count(images_collection(profile), in_group(group_id, where))
+        return self.backend.count(images_collection(profile), group_id, where)
 
     def scroll_images(
         self,
@@ -229,31 +239,49 @@ class FaceStore:
         page: int = SCROLL_PAGE,
     ) -> Iterator[StoredPoint]:
         """The group's ledger rows (matching `where`), a page at a time."""
-        return self.backend.scroll(images_collection(profile), in_group(group_id, where), False, payload_keys, page)
+        return self.backend.scroll(images_collection(profile), group_id, where, False, payload_keys, page)
 
-    def get_images(self, profile: str, image_ids: Sequence[str]) -> list[StoredPoint]:
-        """Ledger rows by id (a photo's id: ids.image_point_id of its group and path), those the store has."""
+    def images_page(
+        self,
+        group_id: str,
+        profile: str,
+        where: Where | None,
+        limit: int,
+        offset: str | None = None,
+        payload_keys: Iterable[str] | None = None,
+    ) -> tuple[list[StoredPoint], str | None]:
+        """A page of the group's ledger rows (matching `where`) from `offset` on, and the next page's offset."""
+        return self.backend.scroll_page(
+            images_collection(profile), group_id, where, limit, offset, payload_keys=payload_keys
+        )
+
+    def get_images(self, group_id: str, profile: str, image_ids: Sequence[str]) -> list[StoredPoint]:
+        """The group's ledger rows by id (a photo's id: ids.image_point_id of its group and path),
+        those the store has."""
         images = images_collection(profile)
-        return [row for batch in _batches(image_ids, LOOKUP_BATCH) for row in self.backend.retrieve(images, batch)]
+        return [
+            row for batch in _batches(image_ids, LOOKUP_BATCH) for row in self.backend.retrieve(images, group_id, batch)
+        ]
 
-    def set_images_payload(self, profile: str, image_ids: Sequence[str], payload: Payload) -> None:
-        self._set_payload(images_collection(profile), payload, image_ids)
+    def set_images_payload(self, group_id: str, profile: str, image_ids: Sequence[str], payload: Payload) -> None:
+        self._set_payload(images_collection(profile), group_id, payload, image_ids)
 
-    def delete_images(self, profile: str, image_ids: Sequence[str], tombstones: bool = True) -> None:
+    def delete_images(self, group_id: str, profile: str, image_ids: Sequence[str], tombstones: bool = True) -> None:
         """Delete ledger rows by id. With `tombstones`, each row is replaced by a tombstone (its group
         and path only, status PHOTO_DELETED) so that later digests leave the photo out; without, the
         photo is forgotten and the same path digested later is a new photo."""
         if not tombstones:
             if image_ids:
-                self.backend.delete(images_collection(profile), ids=image_ids)
+                self.backend.delete(images_collection(profile), group_id, ids=image_ids)
             return
         now = datetime.now(UTC).isoformat(timespec="seconds")
         keep = ("group_id", "image_path")
         self._upsert(
             images_collection(profile),
+            group_id,
             [
                 StoredPoint(row.id, {**{k: row.payload[k] for k in keep}, "status": PHOTO_DELETED, "deleted_at": now})
-                for row in self.get_images(profile, image_ids)
+                for row in self.get_images(group_id, profile, image_ids)
             ],
         )
 
@@ -283,15 +311,15 @@ class FaceStore:
                 group_id, profile, results[start : start + PHOTOS_PER_WRITE], run_id, now, deleted_faces
             )
             # faces before the ledger: a photo is recorded as digested only once its faces are stored
-            self._upsert(faces, face_points)
-            self._upsert(images, image_points)
+            self._upsert(faces, group_id, face_points)
+            self._upsert(images, group_id, image_points)
             counts.faces_stored += len(face_points)
             counts.images_recorded += len(image_points)
         return counts
 
     def _deleted_faces(self, group_id: str, profile: str, paths: list[str]) -> dict[str, list[Payload]]:
         """The boxes (facial_area) of the faces a user deleted from the group's photos at `paths`, by path."""
-        rows = self.get_images(profile, [image_point_id(group_id, path, profile) for path in paths])
+        rows = self.get_images(group_id, profile, [image_point_id(group_id, path, profile) for path in paths])
         return {
             local_path(row.payload["image_path"]): row.payload["deleted_faces"]
             for row in rows
@@ -311,6 +339,7 @@ class FaceStore:
         for r in results:
             if r.unchanged:  # same bytes, new mtime: keep its faces, note the mtime
                 self.set_images_payload(
+                    group_id,
                     profile,
                     [image_point_id(group_id, r.path, profile)],
                     {"mtime_ns": r.mtime_ns, "size": r.size, "etag": r.etag},
@@ -387,7 +416,7 @@ class FaceStore:
         if paths is None:
             points = self.scroll_images(group_id, profile, Where({"status": "done"}), payload_keys=keys, page=4096)
         else:
-            points = self.get_images(profile, [image_point_id(group_id, path, profile) for path in paths])
+            points = self.get_images(group_id, profile, [image_point_id(group_id, path, profile) for path in paths])
         done: dict[str, tuple[DigestedImage, int]] = {}
         for point in points:
             p = point.payload
@@ -441,28 +470,29 @@ class FaceStore:
     # -- people: facepipe.domain.people decides who is who; these read and write its records -------
 
     def count_people(self, group_id: str, profile: str, where: Where | None = None) -> int:
-        return self.backend.count(people_collection(profile), in_group(group_id, where))
+        return self.backend.count(people_collection(profile), group_id, where)
 
     def scroll_people(
         self, group_id: str, profile: str, where: Where | None = None, payload_keys: Iterable[str] | None = None
     ) -> Iterator[StoredPoint]:
         """The group's people (matching `where`), a page at a time."""
-        return self.backend.scroll(people_collection(profile), in_group(group_id, where), payload_keys=payload_keys)
+        return self.backend.scroll(people_collection(profile), group_id, where, payload_keys=payload_keys)
 
     def get_people(self, group_id: str, profile: str, person_ids: Iterable[int]) -> list[StoredPoint]:
         ids = [person_point_id(group_id, p, profile) for p in person_ids]
-        return self.backend.retrieve(people_collection(profile), ids)
+        return self.backend.retrieve(people_collection(profile), group_id, ids)
 
     def nearest_people(
         self, group_id: str, profile: str, vector: Sequence[float], limit: int = 1, min_score: float | None = None
     ) -> list[StoredPoint]:
         """The group's people whose mean face is nearest to `vector` (dot product), best first."""
-        return self.backend.query(people_collection(profile), vector, group_filter(group_id), limit, min_score)
+        return self.backend.query(people_collection(profile), group_id, vector, None, limit, min_score)
 
     def write_people(self, group_id: str, profile: str, people: Iterable[tuple[Payload, list[float]]]) -> None:
         """Upsert people, each a payload (with its `person_id`) and its vector (the mean of its faces)."""
         self._upsert(
             people_collection(profile),
+            group_id,
             [
                 StoredPoint(person_point_id(group_id, payload["person_id"], profile), payload, vector)
                 for payload, vector in people
@@ -473,19 +503,19 @@ class FaceStore:
         """Set these payload fields on the group's people `person_ids` (those the store has)."""
         if self.backend.exists(people_collection(profile)):
             ids = [person_point_id(group_id, p, profile) for p in person_ids]
-            self._set_payload(people_collection(profile), payload, ids)
+            self._set_payload(people_collection(profile), group_id, payload, ids)
 
     def delete_people(self, group_id: str, profile: str, person_ids: Iterable[int]) -> None:
         ids = [person_point_id(group_id, p, profile) for p in person_ids]
         if ids:
-            self.backend.delete(people_collection(profile), ids=ids)
+            self.backend.delete(people_collection(profile), group_id, ids=ids)
 
     # -- the group ----------------------------------------------------------------------------------
 
     def delete_group(self, group_id: str, profile: str) -> None:
         """Delete every face, ledger row (tombstones too) and person of the group."""
         for collection in (faces_collection(profile), images_collection(profile), people_collection(profile)):
-            self.backend.delete(collection, group_filter(group_id))
+            self.backend.drop_group(collection, group_id)
 
 
 def _same_face(box: tuple[int, int, int, int], area: Payload) -> bool:

@@ -1,21 +1,29 @@
-"""From qdrant-client's local mode (facepipe's embedded store before Qdrant Edge) to Qdrant Edge, and
-people collections of a server from before people had vectors."""
+"""Stores written by earlier facepipes, brought to the current layout when opened: qdrant-client's
+local mode (the embedded store before Qdrant Edge) and Qdrant Edge with one shard per collection
+(before a shard per group) become a shard per group and collection; people collections of a
+server from before people had vectors get them."""
 
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facepipe.engine.profiles import PROFILES
-from facepipe.store.backend import UPSERT_BATCH, Backend
-from facepipe.store.edge import EdgeBackend
+from facepipe.store.backend import SCROLL_PAGE, UPSERT_BATCH, Backend, stored_point
+from facepipe.store.edge import SPECS, EdgeBackend
+from facepipe.store.errors import store_errors
 from facepipe.store.ids import faces_collection, kind_of, profile_of
 from facepipe.store.lock import lock_store
-from facepipe.store.records import StoredPoint, Where
+from facepipe.store.records import StoredPoint
+
+if TYPE_CHECKING:
+    import qdrant_edge
 
 
 def is_local_mode_store(root: str | os.PathLike[str]) -> bool:
@@ -44,7 +52,7 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
         old = ServerBackend.connect(path=root)
         copied: dict[str, int] = {}
         try:
-            new = EdgeBackend(building)  # shards.migrating/shards/<name>
+            new = EdgeBackend(building)  # shards.migrating/groups/<group>/<name>
             try:
                 names = [c.name for c in old.client.get_collections().collections]
                 # faces first: people vectors are the mean of their faces
@@ -56,8 +64,7 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
             old.close()
         backup = root / "local-mode-backup"
         backup.mkdir(exist_ok=True)
-        shutil.rmtree(root / "shards", ignore_errors=True)  # nothing in it: the old layout had none
-        (building / "shards").rename(root / "shards")
+        _move_in(building, root)
         for item in ("collection", "meta.json", ".lock"):
             if (root / item).exists():
                 (root / item).rename(backup / item)
@@ -69,7 +76,7 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
                     "points": copied,
                     "note": "qdrant-client local-mode files, as they were before facepipe moved this store to "
                     "Qdrant Edge "
-                    "(../shards). Delete this folder once the migrated store has served you well.",
+                    "(../groups). Delete this folder once the migrated store has served you well.",
                 },
                 indent=2,
             )
@@ -80,34 +87,99 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
             lock.close()
 
 
+def is_shard_per_collection_store(root: str | os.PathLike[str]) -> bool:
+    """A Qdrant Edge store with one shard per collection (`<root>/shards/<name>`), facepipe's layout
+    before a shard per group."""
+    return (Path(root) / "shards").is_dir()
+
+
+def split_shards_by_group(root: str | os.PathLike[str]) -> dict[str, int]:
+    """Copy each collection's shard of a store at `root` (`shards/<name>`) into a shard per group
+    (`groups/<group>/<name>`), same ids, payloads and vectors; then delete the old shards. Returns
+    points per collection. The caller holds the store's lock.
+
+    Safe to interrupt: the new shards are built in `<root>/groups.migrating` and take their place
+    only once complete; the old ones are renamed away (`shards.migrated`) before they are deleted,
+    so a store is always one layout or the other.
+    """
+    import qdrant_edge
+
+    root = Path(root)
+    building = root / "groups.migrating"
+    shutil.rmtree(building, ignore_errors=True)
+    copied: dict[str, int] = {}
+    new = EdgeBackend(building)
+    try:
+        for old_path in sorted(p for p in (root / "shards").iterdir() if (p / "edge_config.json").is_file()):
+            name = old_path.name
+            vectors = json.loads((old_path / "edge_config.json").read_text())["vectors"][""]
+            size = None if kind_of(name) == "images" else vectors["size"]  # the ledger's is a placeholder
+            new.create(name, size, "dot" if vectors["distance"] == "Dot" else "cosine")
+            with store_errors(root, name, old_path):
+                old = qdrant_edge.EdgeShard.load(str(old_path))
+            try:
+                copied[name] = _upsert_in_batches(new, name, _shard_points(old, with_vectors=size is not None))
+            finally:
+                old.close()
+    finally:
+        new.close()
+    _move_in(building, root)
+    (root / "shards").rename(root / "shards.migrated")
+    shutil.rmtree(root / "shards.migrated")
+    shutil.rmtree(building)
+    return copied
+
+
+def _shard_points(shard: "qdrant_edge.EdgeShard", with_vectors: bool) -> Iterator[StoredPoint]:
+    """Every point of a Qdrant Edge shard, a page at a time."""
+    import qdrant_edge
+
+    offset = None
+    while True:
+        records, offset = shard.scroll(
+            qdrant_edge.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=with_vectors)
+        )
+        yield from (stored_point(r, with_vectors) for r in records)
+        if offset is None:
+            return
+
+
+def _move_in(building: Path, root: Path) -> None:
+    """The shards built in `building` (an EdgeBackend's folder) become the store's at `root`."""
+    (building / SPECS).replace(root / SPECS)
+    shutil.rmtree(root / "groups", ignore_errors=True)  # what an interrupted migration left
+    (building / "groups").rename(root / "groups")
+
+
 def _copy_collection(old: Backend, new: Backend, name: str) -> int:
     kind, dimension = kind_of(name), PROFILES[profile_of(name)].dimension
     if kind == "people":
         # people were vectorless; their vector is now the mean of their faces' unit embeddings
         new.create(name, dimension, distance="dot")
-        return copy_people(new, new, name, old.scroll(name))
+        return copy_people(new, new, name, old.scroll(name, None))
     new.create(name, dimension if kind == "faces" else None)
-    return _upsert_in_batches(new, name, old.scroll(name, with_vectors=kind == "faces"))
+    return _upsert_in_batches(new, name, old.scroll(name, None, with_vectors=kind == "faces"))
 
 
 def _upsert_in_batches(backend: Backend, name: str, points: Iterable[StoredPoint]) -> int:
-    """Write `points` UPSERT_BATCH at a time (they may come from a scroll of any size); how many.
-    Faces are indexed as they fill, as FaceStore writes them."""
-    n, batch = 0, []
+    """Write `points` (of any groups) UPSERT_BATCH of a group at a time (they may come from a scroll
+    of any size); how many. Indexed as they fill, as FaceStore writes them."""
+    n, batches = 0, defaultdict(list)
     for point in points:
-        batch.append(point)
+        group_id = point.payload["group_id"]
+        batches[group_id].append(point)
         n += 1
-        if len(batch) == UPSERT_BATCH:
-            _upsert(backend, name, batch)
-            batch = []
-    _upsert(backend, name, batch)
+        if len(batches[group_id]) == UPSERT_BATCH:
+            _upsert(backend, name, group_id, batches.pop(group_id))
+    for group_id, batch in batches.items():
+        _upsert(backend, name, group_id, batch)
     return n
 
 
-def _upsert(backend: Backend, name: str, points: list[StoredPoint]) -> None:
-    backend.upsert(name, points)
-    if kind_of(name) == "faces":
-        backend.optimize(name)  # free unless this write took a segment past the indexing threshold
+def _upsert(backend: Backend, name: str, group_id: str, points: list[StoredPoint]) -> None:
+    backend.upsert(name, group_id, points)
+    if kind_of(name) in ("faces", "images"):
+        backend.optimize(name, group_id)  # free unless this write took a segment past the indexing threshold
 
 
 def copy_people(faces_from: Backend, to: Backend, name: str, people: Iterable[StoredPoint]) -> int:
@@ -117,7 +189,7 @@ def copy_people(faces_from: Backend, to: Backend, name: str, people: Iterable[St
     sums: dict[tuple[str, int], np.ndarray] = {}
     counts: dict[tuple[str, int], int] = {}
     for face in faces_from.scroll(
-        faces_collection(profile), Where(), with_vectors=True, payload_keys=("group_id", "person_id")
+        faces_collection(profile), None, with_vectors=True, payload_keys=("group_id", "person_id")
     ):
         person = face.payload.get("person_id")
         if person is None:

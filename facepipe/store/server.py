@@ -21,7 +21,7 @@ from facepipe.store.backend import (
 )
 from facepipe.store.errors import StoreUnavailable, busy
 from facepipe.store.ids import kind_of
-from facepipe.store.records import Payload, StoredPoint, Where
+from facepipe.store.records import Payload, StoredPoint, Where, in_group
 
 
 class ServerBackend(Backend):
@@ -81,8 +81,21 @@ class ServerBackend(Backend):
     def drop(self, name: str) -> None:
         self.client.delete_collection(name)
 
+    def drop_group(self, name: str, group_id: str) -> None:
+        if self.exists(name):
+            self.client.delete(name, points_selector=models.FilterSelector(filter=self._filter(group_id, None)))
+
     @staticmethod
-    def _filter(where: Where | None) -> models.Filter | None:
+    def _ids_in_group(group_id: str, ids: Sequence[str]) -> models.Filter:
+        """The group's points among `ids` (an id names a point of one group; this makes sure)."""
+        in_the_group = models.FieldCondition(key="group_id", match=models.MatchValue(value=group_id))
+        return models.Filter(must=[models.HasIdCondition(has_id=list(ids)), in_the_group])
+
+    @staticmethod
+    def _filter(group_id: str | None, where: Where | None) -> models.Filter | None:
+        """`where` within the group (None: the whole collection)."""
+        if group_id is not None:
+            where = in_group(group_id, where)
         if where is None:
             return None
 
@@ -99,7 +112,7 @@ class ServerBackend(Backend):
         must_not: list[models.Condition] = [condition(k, v) for k, v in where.exclude.items()]
         return models.Filter(must=must or None, must_not=must_not or None)
 
-    def upsert(self, name: str, points: Sequence[StoredPoint]) -> None:
+    def upsert(self, name: str, group_id: str, points: Sequence[StoredPoint]) -> None:
         for start in range(0, len(points), UPSERT_BATCH):
             self.client.upsert(
                 name,
@@ -112,6 +125,7 @@ class ServerBackend(Backend):
     def scroll_page(
         self,
         name: str,
+        group_id: str | None,
         where: Where | None,
         limit: int,
         offset: str | None = None,
@@ -122,7 +136,7 @@ class ServerBackend(Backend):
             return [], None
         records, next_offset = self.client.scroll(
             name,
-            scroll_filter=self._filter(where),
+            scroll_filter=self._filter(group_id, where),
             limit=limit,
             offset=offset,
             with_payload=list(payload_keys) if payload_keys is not None else True,
@@ -131,35 +145,37 @@ class ServerBackend(Backend):
         points = [stored_point(r, with_vectors) for r in records]
         return points, (str(next_offset) if next_offset is not None else None)
 
-    def count(self, name: str, where: Where | None = None) -> int:
+    def count(self, name: str, group_id: str, where: Where | None = None) -> int:
         if not self.exists(name):
             return 0
-        return self.client.count(name, count_filter=self._filter(where), exact=True).count
+        return self.client.count(name, count_filter=self._filter(group_id, where), exact=True).count
 
-    def delete(self, name: str, where: Where | None = None, ids: Sequence[str] | None = None) -> None:
+    def delete(self, name: str, group_id: str, where: Where | None = None, ids: Sequence[str] | None = None) -> None:
         if not self.exists(name):
             return
         selector: models.PointIdsList | models.FilterSelector
         if ids is not None:
-            selector = models.PointIdsList(points=list(ids))
+            selector = models.FilterSelector(filter=self._ids_in_group(group_id, ids))
         elif where is not None:
-            selector = models.FilterSelector(filter=self._filter(where))
+            selector = models.FilterSelector(filter=self._filter(group_id, where))
         else:
             raise ValueError(f"a delete from {name} names neither its points nor a filter")
         self.client.delete(name, points_selector=selector)
 
-    def set_payload(self, name: str, payload: Payload, ids: Sequence[str]) -> None:
+    def set_payload(self, name: str, group_id: str, payload: Payload, ids: Sequence[str]) -> None:
         if ids:
-            self.client.set_payload(name, payload=payload, points=list(ids))
+            self.client.set_payload(name, payload=payload, points=self._ids_in_group(group_id, ids))
 
-    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+    def retrieve(self, name: str, group_id: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
         if not ids or not self.exists(name):
             return []
-        return [stored_point(r, with_vectors) for r in self.client.retrieve(name, list(ids), with_vectors=with_vectors)]
+        found = self.client.retrieve(name, list(ids), with_vectors=with_vectors)
+        return [stored_point(r, with_vectors) for r in found if (r.payload or {}).get("group_id") == group_id]
 
     def query(
         self,
         name: str,
+        group_id: str,
         vector: Sequence[float],
         where: Where | None,
         limit: int,
@@ -171,7 +187,7 @@ class ServerBackend(Backend):
         found = self.client.query_points(
             name,
             query=[float(x) for x in vector],
-            query_filter=self._filter(where),
+            query_filter=self._filter(group_id, where),
             limit=limit,
             score_threshold=min_score,
             with_payload=True,
@@ -179,7 +195,7 @@ class ServerBackend(Backend):
         ).points
         return [stored_point(r, with_vectors) for r in found]
 
-    def optimize(self, name: str) -> None:
+    def optimize(self, name: str, group_id: str) -> None:
         pass  # a server's optimizers run by themselves; local mode has no index
 
     def close(self) -> None:

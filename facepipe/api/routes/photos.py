@@ -22,7 +22,7 @@ from facepipe.clients.local import photo_reader
 from facepipe.domain.request import default_workers, digest_request
 from facepipe.domain.thumbnails import face_crop_jpeg, read_stored_photo
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
-from facepipe.store import FaceStore, StoredPoint, Where, images_collection
+from facepipe.store import FaceStore, StoredPoint, Where
 
 router = APIRouter(tags=["photos"], dependencies=KEY)
 
@@ -103,7 +103,7 @@ def ledger_profile(store: FaceStore, group_id: str, profile: str | None) -> str:
     if profile:
         return profile
     for name in sorted(PROFILES, key=lambda p: p != DEFAULT_PROFILE):
-        if store.backend.count(images_collection(name), Where({"group_id": group_id})):
+        if store.count_images(group_id, name):
             return name
     raise HTTPException(404, f"unknown group {group_id!r}: no photo was digested into it")
 
@@ -125,14 +125,9 @@ def get_photos(
     with store() as faces:
         chosen = ledger_profile(faces, group_id, profile)
         keys = ("image_path", "status", "error", "faces", "run_id", "timestamp")
-        ledger, next_offset = faces.backend.scroll_page(
-            # a deleted photo's tombstone is no photo of the group
-            images_collection(chosen),
-            Where({"group_id": group_id, "status": ["done", "failed"]}),
-            limit,
-            offset,
-            payload_keys=keys,
-        )
+        # a deleted photo's tombstone is no photo of the group
+        where = Where({"status": ["done", "failed"]})
+        ledger, next_offset = faces.images_page(group_id, chosen, where, limit, offset, payload_keys=keys)
     names = photo_names(instance, ledger)
     photos = [
         Photo(
@@ -155,9 +150,8 @@ def stored_face(store: FaceStore, group_id: str, face_id: str) -> StoredPoint:
     except ValueError:
         raise HTTPException(404, f"no face {face_id!r} in group {group_id!r}: a face id is a UUID") from None
     for profile in PROFILES:
-        for face in store.get_faces(profile, [face_id]):
-            if face.payload.get("group_id") == group_id:
-                return face
+        for face in store.get_faces(group_id, profile, [face_id]):
+            return face
     raise HTTPException(404, f"no face {face_id!r} in group {group_id!r}")
 
 
