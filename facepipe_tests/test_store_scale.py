@@ -20,6 +20,7 @@ import pytest
 
 from facepipe.engine.faces import Face, ImageResult
 from facepipe.store import INDEXING_THRESHOLD_KB, FaceStore, faces_collection
+from facepipe_tests.conftest import run_facepipe
 
 FACES_TO_INDEX = INDEXING_THRESHOLD_KB * 1024 // (128 * 4)  # dlib faces in a segment due for indexing
 
@@ -82,12 +83,13 @@ def test_work_in_one_group_opens_only_that_groups_shards(tmp_path):
 OLD_LAYOUT = {"faces_dlib": 128, "images_dlib": 1}
 
 
-def test_a_store_of_one_shard_per_collection_is_split_by_group_when_opened(tmp_path):
+@pytest.mark.parametrize("how", ["first open", "facepipe store migrate"])
+def test_a_store_of_one_shard_per_collection_is_split_by_group(tmp_path, how):
     """facepipe before kept one Qdrant Edge shard per collection (`shards/<name>`): written here as it
-    did, with Qdrant Edge itself; the first open moves every point to its group's shard."""
+    did, with Qdrant Edge itself; the first open (or the CLI) moves every point to its group's shard."""
     import qdrant_edge as q
 
-    path = tmp_path / "store"
+    path = tmp_path / "qdrant"  # FACEPIPE_HOME's store
     for name, size in OLD_LAYOUT.items():
         config = q.EdgeConfig(vectors=q.EdgeVectorParams(size=size, distance=q.Distance.Cosine))
         shard = q.EdgeShard.create(str(path / "shards" / name), config)
@@ -105,6 +107,10 @@ def test_a_store_of_one_shard_per_collection_is_split_by_group_when_opened(tmp_p
             shard.update(q.UpdateOperation.upsert_points(points))
         shard.close()
 
+    if how == "facepipe store migrate":
+        out = run_facepipe(tmp_path, "store", "migrate").stdout
+        assert f"split {path} into a shard per group: 2800 faces_dlib, 1400 images_dlib" in out
+        assert "nothing to migrate" in run_facepipe(tmp_path, "store", "migrate").stdout
     with FaceStore.open(path=path) as store:
         assert not (path / "shards").exists() and sorted(p.name for p in (path / "groups").iterdir()) == ["a", "b"]
         for group in ("a", "b"):

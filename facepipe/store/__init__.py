@@ -11,8 +11,9 @@ Per model profile there are three collections (ids.py):
 
 Two backends behind one typed base class (backend.py), chosen in `FaceStore.open` (face_store.py):
 - embedded (the default, `path=`): Qdrant Edge (`qdrant-edge-py`, edge.py), Qdrant's own engine
-  inside the process: one shard folder per collection under `<path>/shards/`, persistent segments,
-  a write-ahead log, payload indexes. Opening costs ~0.1 s whatever the size, and memory does not
+  inside the process: a shard folder per group and collection under `<path>/groups/<group>/`,
+  persistent segments, a write-ahead log, payload indexes. A group's shards are opened when first
+  used, so what a digest or a search costs does not grow with the other groups, and memory does not
   grow with the store (segments are memory-mapped).
 - a Qdrant server (`url=`), through qdrant-client (server.py). qdrant-client's local mode
   (`QdrantClient(path=)`) goes through the same backend: the tests use it as the server's stand-in,
@@ -51,7 +52,12 @@ from facepipe.store.ids import (
     stored_path,
 )
 from facepipe.store.lease import StoreLease, lease_from_settings
-from facepipe.store.migrate import is_local_mode_store, migrate_local_store
+from facepipe.store.migrate import (
+    is_local_mode_store,
+    is_shard_per_collection_store,
+    migrate_local_store,
+    split_shards_by_group,
+)
 from facepipe.store.records import (
     PHOTO_DELETED,
     DigestedImage,
@@ -88,11 +94,13 @@ __all__ = [
     "image_point_id",
     "images_collection",
     "is_local_mode_store",
+    "is_shard_per_collection_store",
     "lease_from_settings",
     "local_path",
     "migrate_local_store",
     "open_store_from_settings",
     "people_collection",
     "person_point_id",
+    "split_shards_by_group",
     "stored_path",
 ]

@@ -100,7 +100,7 @@ class FaceStore:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, locked=True)
             if migrate and is_shard_per_collection_store(root):
-                split_shards_by_group(root)
+                split_shards_by_group(root, locked=True)
             store = cls(EdgeBackend(root))
             try:
                 yield store

@@ -15,8 +15,8 @@ from facepipe.store.lock import LOCK_POLL_SECONDS, others_wait
 class StoreLease:
     """The face store kept open by a long-lived process (the HTTP service) between its operations.
 
-    Opening the embedded store costs more as it grows (its shards' files are mapped and read again:
-    benchmarks/service_load.py), so a service that opened it per request would spend its time
+    Opening a group's shards of the embedded store costs more as the group grows (their files are
+    mapped and read again: benchmarks/service_load.py), so a service that opened it per request would spend its time
     opening. A lease keeps it open, one thread using it at a time (`use`), and closes it when idle
     for `idle_seconds`, and as soon as another process waits for it (a digest step, `facepipe
     search`): that process gets it after at most the one operation in progress. The next `use`

@@ -93,10 +93,10 @@ def is_shard_per_collection_store(root: str | os.PathLike[str]) -> bool:
     return (Path(root) / "shards").is_dir()
 
 
-def split_shards_by_group(root: str | os.PathLike[str]) -> dict[str, int]:
+def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) -> dict[str, int]:
     """Copy each collection's shard of a store at `root` (`shards/<name>`) into a shard per group
     (`groups/<group>/<name>`), same ids, payloads and vectors; then delete the old shards. Returns
-    points per collection. The caller holds the store's lock.
+    points per collection. `locked`: the caller holds the store's lock already.
 
     Safe to interrupt: the new shards are built in `<root>/groups.migrating` and take their place
     only once complete; the old ones are renamed away (`shards.migrated`) before they are deleted,
@@ -105,29 +105,36 @@ def split_shards_by_group(root: str | os.PathLike[str]) -> dict[str, int]:
     import qdrant_edge
 
     root = Path(root)
-    building = root / "groups.migrating"
-    shutil.rmtree(building, ignore_errors=True)
-    copied: dict[str, int] = {}
-    new = EdgeBackend(building)
+    lock = None if locked else lock_store(root)
     try:
-        for old_path in sorted(p for p in (root / "shards").iterdir() if (p / "edge_config.json").is_file()):
-            name = old_path.name
-            vectors = json.loads((old_path / "edge_config.json").read_text())["vectors"][""]
-            size = None if kind_of(name) == "images" else vectors["size"]  # the ledger's is a placeholder
-            new.create(name, size, "dot" if vectors["distance"] == "Dot" else "cosine")
-            with store_errors(root, name, old_path):
-                old = qdrant_edge.EdgeShard.load(str(old_path))
-            try:
-                copied[name] = _upsert_in_batches(new, name, _shard_points(old, with_vectors=size is not None))
-            finally:
-                old.close()
+        if not is_shard_per_collection_store(root):
+            return {}
+        building = root / "groups.migrating"
+        shutil.rmtree(building, ignore_errors=True)
+        copied: dict[str, int] = {}
+        new = EdgeBackend(building)
+        try:
+            for old_path in sorted(p for p in (root / "shards").iterdir() if (p / "edge_config.json").is_file()):
+                name = old_path.name
+                vectors = json.loads((old_path / "edge_config.json").read_text())["vectors"][""]
+                size = None if kind_of(name) == "images" else vectors["size"]  # the ledger's is a placeholder
+                new.create(name, size, "dot" if vectors["distance"] == "Dot" else "cosine")
+                with store_errors(root, name, old_path):
+                    old = qdrant_edge.EdgeShard.load(str(old_path))
+                try:
+                    copied[name] = _upsert_in_batches(new, name, _shard_points(old, with_vectors=size is not None))
+                finally:
+                    old.close()
+        finally:
+            new.close()
+        _move_in(building, root)
+        (root / "shards").rename(root / "shards.migrated")
+        shutil.rmtree(root / "shards.migrated")
+        shutil.rmtree(building)
+        return copied
     finally:
-        new.close()
-    _move_in(building, root)
-    (root / "shards").rename(root / "shards.migrated")
-    shutil.rmtree(root / "shards.migrated")
-    shutil.rmtree(building)
-    return copied
+        if lock is not None:
+            lock.close()
 
 
 def _shard_points(shard: "qdrant_edge.EdgeShard", with_vectors: bool) -> Iterator[StoredPoint]:
