@@ -85,6 +85,7 @@ def run_facepipe(home: Path, *args: str, check: bool = True, env: dict | None = 
 # it take up to half a minute each)
 SLOW_DIGEST_PHOTOS = 24
 SLOW_DIGEST_FACES = 25  # the faces a digest of those 24 stores
+FIRST_16_SAMPLES_FACES = 17  # the faces a digest of the first 16 stores, at the default preset as at `portraits`
 SLOW_DIGEST_CHUNK = 4
 SLOW_DIGEST = ("--group", "g", "--workers", "1", "--chunk-size", str(SLOW_DIGEST_CHUNK), "--json")
 

@@ -25,6 +25,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from facepipe.store import MIN_FREE_BYTES, FaceStore
 from facepipe_tests.conftest import (
+    FIRST_16_SAMPLES_FACES,
     SAMPLE_IMAGES,
     SLOW_DIGEST_FACES,
     SLOW_DIGEST_PHOTOS,
@@ -167,14 +168,17 @@ def test_a_read_only_store_folder_fails_digest_and_search_clearly_and_works_once
     home = tmp_path / "home"
     names = sorted(p.name for p in SAMPLE_IMAGES.iterdir())
     folder = photos(tmp_path / "photos", names[:8])
+    # the portraits preset finds the same faces in these photos at a twentieth of the default's
+    # detection time: what is tested is the store's disk, not the detector
+    portraits = ("--preset", "portraits")
     with small_disk(home / "qdrant") as disk:
-        first = digest(home, folder, "g")
+        first = digest(home, folder, "g", *portraits)
         assert first["status"] == "completed"
         before = face_ids(home, "g")
 
         remount(disk, "ro")
         photos(folder, names[8:16])
-        failed = digest(home, folder, "g")
+        failed = digest(home, folder, "g", *portraits)
         error = one_store_error(failed)
         print(f"read-only: {error}")
         assert error.startswith("digest.list_images: ") and f"the face store at {disk} is on a read-only" in error
@@ -188,7 +192,6 @@ def test_a_read_only_store_folder_fails_digest_and_search_clearly_and_works_once
         remount(disk, "rw")
         assert face_ids(home, "g") == before
         retried = json.loads(run_facepipe(home, "digests", "retry", failed["run_id"], "--json").stdout)
-        expected = digest(home, photos(tmp_path / "clean", names[:16]), "clean")["faces_in_group"]
-        assert retried["status"] == "completed" and retried["faces_in_group"] == expected
+        assert retried["status"] == "completed" and retried["faces_in_group"] == FIRST_16_SAMPLES_FACES
         found = json.loads(run_facepipe(home, "search", str(SELFIE), "--group", "g", "--json").stdout)
         assert found["photos"][0]["image_path"].endswith("/img1.jpg")

@@ -33,6 +33,7 @@ from dagster import DagsterEventType, DagsterInstance
 from facepipe.platform.instance import RUN_MONITORING, process_alive
 from facepipe.settings import STORE_POOL
 from facepipe_tests.conftest import (
+    FIRST_16_SAMPLES_FACES,
     SAMPLE_IMAGES,
     copy_samples,
     digest,
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.e2e  # digests killed under a real daemon
 # listing or storing when it is killed. These tests are about the run, not the faces: the portraits
 # preset finds the same 17 faces in these photos at a twentieth of the default's detection time.
 PHOTOS = 16
-FACES = 17  # the faces a digest of those 16 stores, at the portraits preset as at the default
+FACES = FIRST_16_SAMPLES_FACES
 CHUNKS = ("--workers", "1", "--chunk-size", "4", "--preset", "portraits")
 
 
@@ -57,6 +58,16 @@ def samples(tmp_path_factory):
     folder = tmp_path_factory.mktemp("samples")
     copy_samples(folder, PHOTOS)
     return folder
+
+
+@pytest.fixture(scope="module")
+def monitored_home(tmp_path_factory):
+    """One `facepipe ui` (webserver, daemon with run monitoring) for the kill tests, each killing a
+    digest of a group of its own: what they test is the run, the slot and the daemon, never a
+    fresh instance (the restart tests below start their own)."""
+    home = tmp_path_factory.mktemp("monitored") / "home"
+    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
+        yield home
 
 
 # the longest the daemon may take: the run marked failed, one monitoring poll to see it ended,
@@ -141,54 +152,55 @@ KILLS = {
 
 @pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
 def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(
-    samples, tmp_path, steps, with_workers
+    samples, monitored_home, steps, with_workers
 ):
-    home = tmp_path / "home"
-    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        run_id = run_facepipe(home, "digest", str(samples), "--group", "killed", "--detach", *CHUNKS).stdout.strip()
-        with DagsterInstance.from_config(str(home / "dagster")) as instance:
-            pid = run_process_pid(instance, run_id)
-            holding = wait_for_claimed_slot(instance, run_id, steps)
-            kill(pid, with_workers)
-            held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
-        assert held
-        print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
+    home, group = monitored_home, f"detached-{'with-workers' if with_workers else 'alone'}"
+    run_id = run_facepipe(home, "digest", str(samples), "--group", group, "--detach", *CHUNKS).stdout.strip()
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        pid = run_process_pid(instance, run_id)
+        holding = wait_for_claimed_slot(instance, run_id, steps)
+        kill(pid, with_workers)
+        held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+    assert held
+    print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
 
-        assert json.loads(run_facepipe(home, "digests", "show", run_id, "--json").stdout)["status"] == "failed"
-        # the slot is free: a retry of the killed digest gets it and completes, and a next digest
-        # finds every photo stored
-        retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
-        after = digest(home, samples, "killed")
-        assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
+    assert json.loads(run_facepipe(home, "digests", "show", run_id, "--json").stdout)["status"] == "failed"
+    # the slot is free: a retry of the killed digest gets it and completes, and a next digest
+    # finds every photo stored
+    retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+    assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
+    after = digest(home, samples, group)
+    assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
 
 
 @pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
-def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(samples, tmp_path, steps, with_workers):
-    home = tmp_path / "home"
-    with facepipe_ui(home, daemons=("QUEUED_RUN_COORDINATOR", "MONITORING")):
-        running = start_facepipe(home, "digest", str(samples), "--group", "killed", *CHUNKS)
+def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(
+    samples, monitored_home, steps, with_workers
+):
+    home, group = monitored_home, f"process-{'with-workers' if with_workers else 'alone'}"
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        earlier = {record.dagster_run.run_id for record in instance.get_run_records()}  # the other tests'
+        running = start_facepipe(home, "digest", str(samples), "--group", group, *CHUNKS)
         try:
-            with DagsterInstance.from_config(str(home / "dagster")) as instance:
-                deadline, records = time.time() + 120, []
-                while not records and time.time() < deadline:
-                    records = instance.get_run_records()
-                    time.sleep(0.2)
-                run_id = records[0].dagster_run.run_id
-                holding = wait_for_claimed_slot(instance, run_id, steps)
-                # SIGKILL; the `facepipe digest` process alone orphans its step workers
-                kill(running.pid, with_workers)
-                running.wait()  # reaped, as a shell would (a zombie still has its pid)
-                held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
+            deadline, new = time.time() + 120, []
+            while not new and time.time() < deadline:
+                new = [r.dagster_run.run_id for r in instance.get_run_records() if r.dagster_run.run_id not in earlier]
+                time.sleep(0.2)
+            (run_id,) = new
+            holding = wait_for_claimed_slot(instance, run_id, steps)
+            # SIGKILL; the `facepipe digest` process alone orphans its step workers
+            kill(running.pid, with_workers)
+            running.wait()  # reaped, as a shell would (a zombie still has its pid)
+            held, failed_after, freed_after = wait_until_failed_and_freed(instance, run_id, time.time())
         finally:
             running.kill()
-        assert held
-        print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
+    assert held
+    print(f"killed during {holding}: failed after {failed_after:.0f} s, slot freed after {freed_after:.0f} s")
 
-        retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
-        assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
-        after = digest(home, samples, "killed")
-        assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
+    retried = json.loads(run_facepipe(home, "digests", "retry", run_id, "--json").stdout)
+    assert retried["status"] == "completed" and retried["faces_in_group"] == FACES, steps_of(home, retried)
+    after = digest(home, samples, group)
+    assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
 
 
 def steps_of(home, summary) -> str:
