@@ -125,6 +125,17 @@ def test_a_store_of_one_shard_per_collection_is_split_by_group(tmp_path, how):
         assert not store.count_faces("c", "dlib")
 
 
+def test_a_store_of_the_old_layout_that_holds_nothing_opens_as_a_new_one(tmp_path):
+    """facepipe before made `shards/` at the first open, before any write: such a store (a home
+    whose store was opened, never written) is split into nothing, and takes writes."""
+    path = tmp_path / "store"
+    (path / "shards").mkdir(parents=True)
+    with FaceStore.open(path=path) as store:
+        assert not (path / "shards").exists() and not store.count_faces("g", "dlib")
+        store.write_images("g", "dlib", photos("g", 0, 2, seed=0), run_id="r")
+        assert store.count_faces("g", "dlib") == 4
+
+
 UNINDEXED_STORE = """
 import sys
 import uuid

@@ -13,7 +13,8 @@ SCROLL_PAGE = 1024
 
 Distance = Literal["cosine", "dot"]
 
-# Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids).
+# Payload fields filtered on, indexed by both backends (keyword: exact match; integer: person ids);
+# the embedded store leaves out group_id, which is its shard (edge.py).
 KEYWORD_INDEXES = {
     "faces": ("group_id", "image_path", "run_id"),
     "images": ("group_id", "image_path", "status", "run_id"),

@@ -153,7 +153,8 @@ def _shard_points(shard: "qdrant_edge.EdgeShard", with_vectors: bool) -> Iterato
 
 def _move_in(building: Path, root: Path) -> None:
     """The shards built in `building` (an EdgeBackend's folder) become the store's at `root`."""
-    (building / SPECS).replace(root / SPECS)
+    if (building / SPECS).is_file():  # none when the old store had no collection yet
+        (building / SPECS).replace(root / SPECS)
     shutil.rmtree(root / "groups", ignore_errors=True)  # what an interrupted migration left
     (building / "groups").rename(root / "groups")
 
