@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from facepipe.engine.faces import Face, ImageResult
-from facepipe.store import INDEXING_THRESHOLD_KB, FaceStore, faces_collection
+from facepipe.store import INDEXING_THRESHOLD_KB, FaceStore, edge, faces_collection
 from facepipe_tests.conftest import run_facepipe
 
 FACES_TO_INDEX = INDEXING_THRESHOLD_KB * 1024 // (128 * 4)  # dlib faces in a segment due for indexing
@@ -78,6 +78,21 @@ def test_work_in_one_group_opens_only_that_groups_shards(tmp_path):
         assert store.get_faces("small", "dlib", [best.id]) and not store.get_faces("big", "dlib", [best.id])
         store.delete_group("small", "dlib")
     assert sorted(p.name for p in (path / "groups").iterdir()) == ["big"]
+
+
+def test_a_long_lived_process_keeps_at_most_open_shards_and_reopens_a_closed_one(tmp_path, monkeypatch):
+    """A service that serves many groups keeps OPEN_SHARDS shards open at most (the least recently
+    used closed, its Qdrant Edge lock released); a group whose shards were closed reads again."""
+    monkeypatch.setattr(edge, "OPEN_SHARDS", 3)
+    with FaceStore.open(path=tmp_path / "store") as store:
+        for group in ("a", "b", "c"):
+            store.write_images(group, "dlib", photos(group, 0, 3, seed=1), run_id="r")  # two shards each
+            assert len(store.backend.shards) <= 3
+        assert ("faces_dlib", "a") not in store.backend.shards
+        query = photos("a", 0, 1, seed=1)[0].faces[0].embedding
+        (best,) = store.nearest_faces("a", "dlib", query, limit=1)
+        assert best.payload["image_path"] == "/photos/a/0.jpg" and store.count_images("a", "dlib") == 3
+        assert len(store.backend.shards) <= 3
 
 
 OLD_LAYOUT = {"faces_dlib": 128, "images_dlib": 1}
