@@ -265,8 +265,10 @@ class EdgeBackend(Backend):
             shard.update(operation)
 
     def set_payload(self, name: str, group_id: str, payload: Payload, ids: Sequence[str]) -> None:
+        if not ids:
+            return
         shard = self._shard(name, group_id)
-        if ids and shard is not None:
+        if shard is not None:
             shard.update(self.q.UpdateOperation.set_payload(list(ids), payload))
 
     def retrieve(self, name: str, group_id: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
