@@ -22,6 +22,10 @@ KEYWORD_INDEXES = {
 }
 INTEGER_INDEXES: dict[str, tuple[str, ...]] = {"faces": ("person_id",), "images": (), "people": ("person_id",)}
 
+# What is indexed as it fills: every write to these kinds of collection ends with optimize(), which
+# indexes the segment the write took past its threshold (FaceStore._index_as_it_fills).
+INDEXED_AS_THEY_FILL = ("faces", "images")
+
 
 class Backend(ABC):
     """Collections of points on one Qdrant, each point in one group. Every read and write names its

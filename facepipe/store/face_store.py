@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from facepipe import settings
 from facepipe.engine.profiles import PROFILES
-from facepipe.store.backend import SCROLL_PAGE, Backend, Distance
+from facepipe.store.backend import INDEXED_AS_THEY_FILL, SCROLL_PAGE, Backend, Distance
 from facepipe.store.edge import EdgeBackend
 from facepipe.store.errors import RECOVER, StoreDamaged, check_room, store_errors
 from facepipe.store.ids import (
@@ -147,7 +147,7 @@ class FaceStore:
         threshold, in that write: the unindexed tail (scanned by every search, read by every open)
         never grows past the threshold and one write's batch. Free (~50 µs) when no segment is due;
         when one is, bounded by the largest segment it may build (edge.py), whatever the group holds."""
-        if kind_of(collection) in ("faces", "images"):
+        if kind_of(collection) in INDEXED_AS_THEY_FILL:
             self.backend.optimize(collection, group_id)
 
     def optimize(self, group_id: str, profile: str) -> None:

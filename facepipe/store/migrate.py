@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facepipe.engine.profiles import PROFILES
-from facepipe.store.backend import SCROLL_PAGE, UPSERT_BATCH, Backend, stored_point
+from facepipe.store.backend import INDEXED_AS_THEY_FILL, SCROLL_PAGE, UPSERT_BATCH, Backend, stored_point
 from facepipe.store.edge import SPECS, EdgeBackend
 from facepipe.store.errors import store_errors
 from facepipe.store.ids import faces_collection, kind_of, profile_of
@@ -186,7 +186,7 @@ def _upsert_in_batches(backend: Backend, name: str, points: Iterable[StoredPoint
 
 def _upsert(backend: Backend, name: str, group_id: str, points: list[StoredPoint]) -> None:
     backend.upsert(name, group_id, points)
-    if kind_of(name) in ("faces", "images"):
+    if kind_of(name) in INDEXED_AS_THEY_FILL:
         backend.optimize(name, group_id)  # free unless this write took a segment past the indexing threshold
 
 
