@@ -8,6 +8,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,8 +43,7 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
     from facepipe.store.server import ServerBackend  # qdrant-client takes seconds to import
 
     root = Path(root)
-    lock = None if locked else lock_store(root)
-    try:
+    with _held(root, locked):
         if not is_local_mode_store(root):
             return {}
         building = root / "shards.migrating"
@@ -82,9 +82,6 @@ def migrate_local_store(root: str | os.PathLike[str], locked: bool = False) -> d
             )
         )
         return copied
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def is_shard_per_collection_store(root: str | os.PathLike[str]) -> bool:
@@ -105,8 +102,7 @@ def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) ->
     import qdrant_edge
 
     root = Path(root)
-    lock = None if locked else lock_store(root)
-    try:
+    with _held(root, locked):
         if not is_shard_per_collection_store(root):
             return {}
         building = root / "groups.migrating"
@@ -132,9 +128,6 @@ def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) ->
         shutil.rmtree(root / "shards.migrated")
         shutil.rmtree(building)
         return copied
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _shard_points(shard: "qdrant_edge.EdgeShard", with_vectors: bool) -> Iterator[StoredPoint]:
@@ -149,6 +142,17 @@ def _shard_points(shard: "qdrant_edge.EdgeShard", with_vectors: bool) -> Iterato
         yield from (stored_point(r, with_vectors) for r in records)
         if offset is None:
             return
+
+
+@contextmanager
+def _held(root: Path, locked: bool) -> Iterator[None]:
+    """The store's lock for a migration, unless its caller holds it already (`locked`)."""
+    lock = None if locked else lock_store(root)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def _move_in(building: Path, root: Path) -> None:
