@@ -8,6 +8,7 @@ kept and indexed, not who they are); the speed of it all is benchmarks/store_sca
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,41 @@ def test_writes_index_the_faces_as_a_segment_fills_leaving_a_tail_below_the_thre
         query = photos("big", 1000, 1, seed=1)[0].faces[0].embedding  # a face of the second write
         (best,) = store.nearest_faces("big", "dlib", query, limit=1)
         assert np.isclose(best.score, 1.0) and best.payload["image_path"] == "/photos/big/1000.jpg"
+
+
+def cached_fraction(files: list) -> float:
+    """How much of `files` is in the OS's page cache (util-linux's fincore)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES,SIZE", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    resident, size = sum(map(int, out[0::2])), sum(map(int, out[1::2]))
+    return resident / size
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore to see the OS's cache")
+def test_the_first_search_of_a_shard_reads_its_vectors_and_graph_in_whole(tmp_path):
+    """Qdrant Edge drops a shard's files from the OS's cache when it is closed; the next process's
+    first search reads the group's vectors and graph back in one pass, not a page at a time as the
+    search wanders the graph (benchmarks/store_scale.py measures what that saves)."""
+    with FaceStore.open(path=tmp_path / "store") as store:
+        for n in range(11):  # 22,000 faces: one indexed segment
+            store.write_images("big", "dlib", photos("big", n * 1000, 1000, seed=n), run_id=f"r{n}")
+    shard = tmp_path / "store" / "groups" / "big" / faces_collection("dlib")
+    searched = [f for part in edge.SEARCHED_FILES for f in shard.glob(f"segments/*/{part}/**/*") if f.is_file()]
+    graphs = [f for f in searched if "vector_index" in f.parts and f.stat().st_size > 0]
+    assert graphs, "the faces were never indexed: nothing to read in"
+    assert cached_fraction(searched) < 0.5  # what closing the store left in the cache
+    with FaceStore.open(path=tmp_path / "store") as store:
+        store.count_faces("big", "dlib")  # the shard opened: its files are not read yet
+        assert cached_fraction(searched) < 0.5
+        query = photos("big", 1000, 1, seed=1)[0].faces[0].embedding
+        (best,) = store.nearest_faces("big", "dlib", query, limit=1)
+        assert best.payload["image_path"] == "/photos/big/1000.jpg"
+        assert cached_fraction(searched) > 0.95
 
 
 def test_work_in_one_group_opens_only_that_groups_shards(tmp_path):
