@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from facepipe.engine.faces import TOO_SMALL_FRACTION
 from facepipe.store import FaceStore
@@ -270,6 +270,22 @@ def test_a_digest_waits_for_a_store_held_by_another_command(tmp_path):
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         (run,) = instance.get_run_records()
         assert not instance.all_logs(run.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+
+
+@pytest.mark.e2e
+def test_a_digest_in_a_terminal_prints_its_summary_not_dagsters_debug_lines(tmp_path):
+    """What a first-time user's `make demo` shows: the summary, not a DEBUG line for each step
+    process Dagster starts (its console logger's level is the instance's python_logs level)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE_IMAGES / "img1.jpg", folder / "img1.jpg")
+    result = run_facepipe(tmp_path / "home", "digest", str(folder), "--group", "g", "--preset", "portraits")
+    assert result.stdout.startswith("digest completed: 1 images listed"), result.stdout
+    assert " - DEBUG - " not in result.stderr, result.stderr
+    # the events Dagster logs at DEBUG are kept in the run's history all the same
+    with DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
+        (run,) = instance.get_runs()
+        assert instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_WORKER_STARTED)
 
 
 @pytest.mark.e2e

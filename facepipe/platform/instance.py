@@ -244,6 +244,7 @@ def instance_config() -> dict[str, Any]:
     }
     config["run_launcher"] = {"module": "facepipe.platform.instance", "class": "RunLauncher"}
     config["run_monitoring"] = dict(RUN_MONITORING)
+    config["python_logs"] = {"python_log_level": "INFO"}
     config["telemetry"] = {"enabled": False}
     return config
 
@@ -254,6 +255,8 @@ COMMENTS = {
     "run_coordinator": "a run queue, looked at every second: `facepipe digest --detach` and the sensors queue runs",
     "run_launcher": "Dagster's default launcher, which also tells run monitoring when the process executing a run died",
     "run_monitoring": "a run whose process died is marked failed, and its store pool slot freed",
+    "python_logs": "a terminal shows INFO and above (not each step process's DEBUG start line); "
+    "the run's events are all kept whatever the level",
 }
 
 
