@@ -21,6 +21,14 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs two test workers on the 2 cores (pytest -n 2), each digest's YuNet on OpenMP threads
+# sized to the cores: two processes' idle threads then spin for work on the core the other needs.
+# Asleep instead ("PASSIVE"), the engine's loop on 16 samples took 18.5 s in each of two processes
+# side by side, against 26.7 s. A user's one digest at a time is not oversubscribed
+# (engine.profiles.share_cores), and benchmarks/digest_speed.py showed no gain there, so facepipe
+# itself keeps OpenMP's default. Set before any test loads a model; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "faces"
 SAMPLE_IMAGES = SAMPLES / "images"
