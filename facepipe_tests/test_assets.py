@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster._core.event_api import PartitionKeyFilter
 from dagster_aws.s3 import S3Resource
 
 from facepipe.defs.digest.assets import digest
@@ -33,14 +34,14 @@ def instance():
         yield instance
 
 
-def materialize_digest(instance: DagsterInstance, folder, store_path, **options):
-    request = digest_request(str(folder), "party", chunk_size=1, **options)
+def materialize_digest(instance: DagsterInstance, folder, store_path, group="party", **options):
+    request = digest_request(str(folder), group, chunk_size=1, **options)
     # the in-process executor: the run config without the multiprocess executor's workers
     run_config = {"ops": digest_run_config(request, workers=1)["ops"]}
     return materialize(
         [digest],
         instance=instance,
-        partition_key="party",
+        partition_key=group,
         run_config=run_config,
         resources={"face_store": FaceStoreResource(path=str(store_path)), "s3": S3Resource()},
     )
@@ -122,6 +123,30 @@ def test_the_checks_pass_on_a_clean_digest(instance, tmp_path):
     result = materialize_digest(instance, folder, tmp_path / "store")
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"complete": True, "few_failed_photos": True, "sound_vectors": True, "count_matches_ledger": True}
+
+
+def test_each_groups_check_results_are_kept_as_that_groups_own(instance, tmp_path):
+    """The checks are partitioned as their assets are, so the UI's check page shows a group's own
+    latest result, not whichever group's digest ran (or runs) last."""
+    instance.add_dynamic_partitions(GROUPS, ["other"])
+    for group, photo in (("party", "couple.jpg"), ("other", "img1.jpg")):
+        folder = tmp_path / group
+        folder.mkdir()
+        shutil.copy(SAMPLE_IMAGES / photo, folder / photo)
+    (tmp_path / "other" / "notes.jpg").write_text("not a photo")  # one of two failed: past the warning's 5 %
+    materialize_digest(instance, tmp_path / "party", tmp_path / "store")
+    result = materialize_digest(instance, tmp_path / "other", tmp_path / "store", group="other")
+    assert {e.partition for e in result.get_asset_check_evaluations()} == {"other"}
+
+    key = AssetCheckKey(AssetKey("faces"), "few_failed_photos")
+    latest = {
+        group: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [key], partition_filter=PartitionKeyFilter(key=group)
+        )[key]
+        for group in ("party", "other")
+    }
+    assert {group: record.partition for group, record in latest.items()} == {"party": "party", "other": "other"}
+    assert latest["party"].evaluation.passed and not latest["other"].evaluation.passed
 
 
 @pytest.mark.parametrize(

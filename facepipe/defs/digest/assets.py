@@ -330,26 +330,32 @@ def store_chunk(
 # A digest where more than this share of the photos failed is worth a look (a warning on `faces`)
 FAILED_SHARE_WARNING = 0.05
 
+# Partitioned as their assets are: the UI shows each group's latest result, not whichever group's
+# digest ran last (Dagster's partitioned asset checks, a preview in 1.13).
 CHECKS = [
     AssetCheckSpec(
         "complete",
         asset="stored_faces",
+        partitions_def=digest_groups,
         description="Every photo the listing planned was digested or recorded as failed.",
     ),
     AssetCheckSpec(
         "few_failed_photos",
         asset="faces",
+        partitions_def=digest_groups,
         description=f"At most {FAILED_SHARE_WARNING:.0%} of the digested photos failed (a warning).",
     ),
     AssetCheckSpec(
         "sound_vectors",
         asset="embeddings",
+        partitions_def=digest_groups,
         description="Every face stored by the digest has a finite unit vector of the profile's "
         "dimension and a box inside its photo.",
     ),
     AssetCheckSpec(
         "count_matches_ledger",
         asset="stored_faces",
+        partitions_def=digest_groups,
         description="The faces the digest stored are as many as its ledger rows say its photos have.",
     ),
 ]
