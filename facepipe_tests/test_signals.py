@@ -78,11 +78,13 @@ def _assert_stops_on_sigterm(process: subprocess.Popen, log: Path, children_expe
         process.wait()
 
 
-def test_ui_stops_on_sigterm_with_its_webserver_daemon_and_code_server(tmp_path):
+def test_ui_starts_without_a_warning_and_stops_on_sigterm_with_its_webserver_daemon_and_code_server(tmp_path):
     port = free_port()
     log = tmp_path / "ui.log"
     process = _background_job(tmp_path / "home", ["ui", "--port", str(port)], log)
     _wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2), process, log)
+    # a first-time user reads Dagster's INFO lines, not its note that `dg dev` supersedes `dagster dev`
+    assert "Warning" not in log.read_text(), log.read_text()
     _assert_stops_on_sigterm(process, log)
 
 

@@ -347,8 +347,14 @@ def ui(port: int) -> None:
     from facepipe.clients.local import instance_for_digests, workspace_file
 
     workspace = workspace_file(instance_for_digests())
+    # `dagster dev` serves a workspace file's code locations with the webserver and the daemon; each
+    # start it warns that `dg dev` supersedes it, which a facepipe user has nothing to do about
+    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_DEV_COMMAND]))
     # the dagster of this interpreter, whether or not its environment is activated
-    code = supervise([sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)])
+    code = supervise(
+        [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)],
+        env={**os.environ, "PYTHONWARNINGS": warnings},
+    )
     # at once: a normal exit would first wind down the Dagster instance this process opened to find
     # the workspace, seconds on a busy machine, and a process manager waits for us to be gone
     sys.stdout.flush()
@@ -358,9 +364,10 @@ def ui(port: int) -> None:
 
 # How long `dagster dev` gets to stop its webserver, daemon and code servers before they are killed
 STOP_SECONDS = 7
+QUIET_DEV_COMMAND = "ignore:Function `dev_command` is superseded"
 
 
-def supervise(command: list[str]) -> int:
+def supervise(command: list[str], env: dict[str, str] | None = None) -> int:
     """Run `command` in a process group of its own until it ends, or until this process is asked to
     stop (SIGTERM from a process manager, SIGINT from Ctrl-C): then the group is asked with SIGINT,
     which `dagster dev` handles, and whatever is left of it is killed after STOP_SECONDS. (A shell's
@@ -370,7 +377,7 @@ def supervise(command: list[str]) -> int:
     import subprocess
     import time
 
-    child = subprocess.Popen(command, start_new_session=True)
+    child = subprocess.Popen(command, start_new_session=True, env=env)
     stop_by: list[float] = []
 
     def ask_to_stop(signum: int, frame: types.FrameType | None) -> None:
