@@ -9,8 +9,12 @@ READY := $(VENV)/.installed
 $(READY): pyproject.toml
 	@echo "Setting up $(VENV) with facepipe and its models (first time: a few minutes)..."
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install --quiet --upgrade pip
-	@$(BIN)/pip install --quiet -e ".[dev]"
+	@# -qq: pip's errors only, not its warnings (an index location a machine's pip.conf names that
+	@# is not there, setuptools' note on editable installs), which would fill a first-time user's screen
+	@echo "  upgrading pip"
+	@$(BIN)/pip install -qq --upgrade pip
+	@echo "  installing facepipe and its dependencies (Dagster, deepface, the models, Qdrant Edge): the long part"
+	@$(BIN)/pip install -qq -e ".[dev]"
 	@touch $(READY)
 	@echo "$(VENV) is ready."
 
