@@ -187,6 +187,20 @@ def test_a_store_of_the_old_layout_that_holds_nothing_opens_as_a_new_one(tmp_pat
         assert store.count_faces("g", "dlib") == 4
 
 
+def test_the_old_shards_a_killed_split_left_are_deleted_at_the_next_open(tmp_path):
+    """A split killed after the new shards took their place, while it deleted the old ones
+    (`shards.migrated`, as big as the store), leaves them to the next open to delete."""
+    path = tmp_path / "store"
+    with FaceStore.open(path=path) as store:
+        store.write_images("g", "dlib", photos("g", 0, 2, seed=0), run_id="r")
+    leftover = path / "shards.migrated" / faces_collection("dlib") / "segments"
+    leftover.mkdir(parents=True)
+    (leftover / "points.dat").write_bytes(b"old" * 1000)
+    with FaceStore.open(path=path) as store:
+        assert not (path / "shards.migrated").exists()
+        assert store.count_faces("g", "dlib") == 4
+
+
 UNINDEXED_STORE = """
 import sys
 import uuid

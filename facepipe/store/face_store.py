@@ -31,8 +31,8 @@ from facepipe.store.lock import lock_store
 from facepipe.store.migrate import (
     copy_people,
     is_local_mode_store,
-    is_shard_per_collection_store,
     migrate_local_store,
+    split_is_due,
     split_shards_by_group,
 )
 from facepipe.store.records import (
@@ -99,7 +99,7 @@ class FaceStore:
         try:
             if migrate and is_local_mode_store(root):
                 migrate_local_store(root, locked=True)
-            if migrate and is_shard_per_collection_store(root):
+            if migrate and split_is_due(root):
                 split_shards_by_group(root, locked=True)
             store = cls(EdgeBackend(root))
             try:

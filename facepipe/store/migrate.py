@@ -90,6 +90,11 @@ def is_shard_per_collection_store(root: str | os.PathLike[str]) -> bool:
     return (Path(root) / "shards").is_dir()
 
 
+def split_is_due(root: str | os.PathLike[str]) -> bool:
+    """A store of one shard per collection to split, or the old shards a killed split left to delete."""
+    return is_shard_per_collection_store(root) or (Path(root) / "shards.migrated").exists()
+
+
 def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) -> dict[str, int]:
     """Copy each collection's shard of a store at `root` (`shards/<name>`) into a shard per group
     (`groups/<group>/<name>`), same ids, payloads and vectors; then delete the old shards. Returns
@@ -97,12 +102,14 @@ def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) ->
 
     Safe to interrupt: the new shards are built in `<root>/groups.migrating` and take their place
     only once complete; the old ones are renamed away (`shards.migrated`) before they are deleted,
-    so a store is always one layout or the other.
+    so a store is always one layout or the other (and the next open deletes what a kill left there).
     """
     import qdrant_edge
 
     root = Path(root)
     with _held(root, locked):
+        # the old shards of a split killed after the new ones took their place (see below)
+        shutil.rmtree(root / "shards.migrated", ignore_errors=True)
         if not is_shard_per_collection_store(root):
             return {}
         building = root / "groups.migrating"
