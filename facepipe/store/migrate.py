@@ -90,9 +90,13 @@ def is_shard_per_collection_store(root: str | os.PathLike[str]) -> bool:
     return (Path(root) / "shards").is_dir()
 
 
+# where a split puts the old shards while it deletes them
+OLD_SHARDS = "shards.migrated"
+
+
 def split_is_due(root: str | os.PathLike[str]) -> bool:
     """A store of one shard per collection to split, or the old shards a killed split left to delete."""
-    return is_shard_per_collection_store(root) or (Path(root) / "shards.migrated").exists()
+    return is_shard_per_collection_store(root) or (Path(root) / OLD_SHARDS).exists()
 
 
 def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) -> dict[str, int]:
@@ -109,7 +113,7 @@ def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) ->
     root = Path(root)
     with _held(root, locked):
         # the old shards of a split killed after the new ones took their place (see below)
-        shutil.rmtree(root / "shards.migrated", ignore_errors=True)
+        shutil.rmtree(root / OLD_SHARDS, ignore_errors=True)
         if not is_shard_per_collection_store(root):
             return {}
         building = root / "groups.migrating"
@@ -131,8 +135,8 @@ def split_shards_by_group(root: str | os.PathLike[str], locked: bool = False) ->
         finally:
             new.close()
         _move_in(building, root)
-        (root / "shards").rename(root / "shards.migrated")
-        shutil.rmtree(root / "shards.migrated")
+        (root / "shards").rename(root / OLD_SHARDS)
+        shutil.rmtree(root / OLD_SHARDS)
         shutil.rmtree(building)
         return copied
 
