@@ -317,6 +317,12 @@ def test_search_says_what_is_wrong(http):
         ({"file": ("img1.jpg", selfie)}, {"group_id": "party", "top_k": 0}, 422, "top_k"),
         ({"file": ("img1.jpg", selfie)}, {"group_id": "party", "threshold": 2}, 422, "threshold"),
         ({}, {"group_id": "party"}, 422, "file"),
+        (
+            [("file", ("a.jpg", b"a")), ("file", ("b.jpg", b"b"))],  # FastAPI would read b.jpg alone
+            {"group_id": "party"},
+            422,
+            "give one `file`, not 2",
+        ),
         (photo("img26.jpg"), {"group_id": "party"}, 413, "FACEPIPE_MAX_IMAGE_BYTES"),
     ]
     for files, data, status, words in cases:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import cv2
 import numpy as np
-from fastapi import File, Form, HTTPException, UploadFile
+from fastapi import Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
@@ -44,6 +44,21 @@ SELFIE = Annotated[
 IMAGE_BASE64 = Annotated[
     str | None, Form(description="The photo's bytes in base64 (a `data:image/...;base64,` URL too), instead of `file`.")
 ]
+
+
+async def each_part_once(request: Request) -> None:
+    """422 for a form that repeats a part (two `file` parts to a one-photo endpoint): FastAPI would
+    read the last and drop the others unsaid. The form is the one FastAPI parsed (Starlette keeps it)."""
+    form = await request.form()
+    for key in form:
+        if (given := len(form.getlist(key))) > 1:
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("body", key), "msg": f"give one `{key}`, not {given}"}]
+            )
+
+
+# the dependency of each endpoint that takes one photo (or one of each of verify's two)
+ONE_PHOTO = [Depends(each_part_once)]
 
 
 def base64_size(size: int) -> int:

@@ -10,7 +10,17 @@ from fastapi.exceptions import RequestValidationError
 
 from facepipe.api.dependencies import KEY, MODEL_LOCK
 from facepipe.api.schemas import Embeddings, Faces, Features, errors
-from facepipe.api.uploads import CONFIDENCE, IMAGE_BASE64, MIN_FACE, UPLOAD, area, crop_b64, face_fields, photo_faces
+from facepipe.api.uploads import (
+    CONFIDENCE,
+    IMAGE_BASE64,
+    MIN_FACE,
+    ONE_PHOTO,
+    UPLOAD,
+    area,
+    crop_b64,
+    face_fields,
+    photo_faces,
+)
 from facepipe.domain.request import DEFAULT_CONFIDENCE, ProfileName
 from facepipe.engine.presets import DEFAULT_MIN_FACE_SIZE
 from facepipe.engine.profiles import DEFAULT_PROFILE, PROFILES
@@ -21,7 +31,13 @@ router = APIRouter(tags=["one photo"], dependencies=KEY)
 PHOTO_ERRORS = errors(413, 503)
 
 
-@router.post("/get-faces", response_model=Faces, response_model_exclude_unset=True, responses=PHOTO_ERRORS)
+@router.post(
+    "/get-faces",
+    dependencies=ONE_PHOTO,
+    response_model=Faces,
+    response_model_exclude_unset=True,
+    responses=PHOTO_ERRORS,
+)
 async def post_get_faces(
     file: UPLOAD = None,
     image_base64: IMAGE_BASE64 = None,
@@ -47,7 +63,7 @@ async def post_get_faces(
     }
 
 
-@router.post("/get-embedding", response_model=Embeddings, responses=PHOTO_ERRORS)
+@router.post("/get-embedding", dependencies=ONE_PHOTO, response_model=Embeddings, responses=PHOTO_ERRORS)
 async def post_get_embedding(
     file: UPLOAD = None,
     image_base64: IMAGE_BASE64 = None,
@@ -90,7 +106,13 @@ def attributes_of(image: np.ndarray, box: Any, attributes: list[str]) -> dict[st
     return json.loads(json.dumps({k: found[k] for a in attributes for k in keep[a] if k in found}, default=float))
 
 
-@router.post("/get-features", response_model=Features, response_model_exclude_unset=True, responses=PHOTO_ERRORS)
+@router.post(
+    "/get-features",
+    dependencies=ONE_PHOTO,
+    response_model=Features,
+    response_model_exclude_unset=True,
+    responses=PHOTO_ERRORS,
+)
 async def post_get_features(
     file: UPLOAD = None,
     image_base64: IMAGE_BASE64 = None,

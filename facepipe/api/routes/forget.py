@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from facepipe.api.dependencies import KEY, MODEL_LOCK, AppServices, Instance, Store, embedded, search_slot
 from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import Deleted, GroupPath, Verified, errors
-from facepipe.api.uploads import IMAGE_BASE64, SELFIE, decoded, optional_file, photo_bytes
+from facepipe.api.uploads import IMAGE_BASE64, ONE_PHOTO, SELFIE, decoded, optional_file, photo_bytes
 from facepipe.domain.forget import (
     NothingToDelete,
     VerifyError,
@@ -74,7 +74,9 @@ def delete_whole_group(group_id: GroupPath, store: Store, instance: Instance) ->
     return answer(deleting(store, delete_group, group_id), instance)
 
 
-@router.post("/groups/{group_id}/forget", response_model=Deleted, responses=errors(400, 404, 413, 503))
+@router.post(
+    "/groups/{group_id}/forget", dependencies=ONE_PHOTO, response_model=Deleted, responses=errors(400, 404, 413, 503)
+)
 async def post_forget(
     group_id: GroupPath,
     app_services: AppServices,
@@ -109,7 +111,7 @@ async def post_forget(
     return answer(deleted, instance)
 
 
-@router.post("/verify", response_model=Verified, responses=errors(400, 404, 413, 503))
+@router.post("/verify", dependencies=ONE_PHOTO, response_model=Verified, responses=errors(400, 404, 413, 503))
 async def post_verify(
     store: Store,
     file1: PHOTO_FIELD = None,

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from facepipe.api.dependencies import KEY, AppServices, Instance, Store, embedded, search_slot
 from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import SearchAnswer, errors
-from facepipe.api.uploads import IMAGE_BASE64, SELFIE, decoded, photo_bytes
+from facepipe.api.uploads import IMAGE_BASE64, ONE_PHOTO, SELFIE, decoded, photo_bytes
 from facepipe.domain.search import SearchError, group_profile, matching_photos
 from facepipe.engine.profiles import DEFAULT_PROFILE
 from facepipe.engine.weights import MissingWeightsError
@@ -18,7 +18,7 @@ from facepipe.store import image_point_id
 router = APIRouter(tags=["search"], dependencies=KEY)
 
 
-@router.post("/search-face", response_model=SearchAnswer, responses=errors(400, 404, 413, 503))
+@router.post("/search-face", dependencies=ONE_PHOTO, response_model=SearchAnswer, responses=errors(400, 404, 413, 503))
 async def post_search_face(
     group_id: Annotated[str, Form()],
     app_services: AppServices,
