@@ -84,7 +84,7 @@ def test_the_first_search_of_a_shard_reads_its_vectors_and_graph_in_whole(tmp_pa
         for n in range(11):  # 22,000 faces: one indexed segment
             store.write_images("big", "dlib", photos("big", n * 1000, 1000, seed=n), run_id=f"r{n}")
     shard = tmp_path / "store" / "groups" / "big" / faces_collection("dlib")
-    searched = [f for part in edge.SEARCHED_FILES for f in shard.glob(f"segments/*/{part}/**/*") if f.is_file()]
+    searched = list(edge.searched_files(shard))
     graphs = [f for f in searched if "vector_index" in f.parts and f.stat().st_size > 0]
     assert graphs, "the faces were never indexed: nothing to read in"
     assert cached_fraction(searched) < 0.5  # what closing the store left in the cache

@@ -352,13 +352,16 @@ def read_in(shard: Path) -> None:
     says what is wrong with it.
     """
     buffer = bytearray(READ_BUFFER)
+    for file in searched_files(shard):
+        try:
+            with open(file, "rb", buffering=0) as f:
+                while f.readinto(buffer):
+                    pass
+        except OSError:
+            continue
+
+
+def searched_files(shard: Path) -> Iterator[Path]:
+    """The files of a shard's segments that a search reads: their vectors and graphs (SEARCHED_FILES)."""
     for part in SEARCHED_FILES:
-        for file in shard.glob(f"segments/*/{part}/**/*"):
-            if not file.is_file():
-                continue
-            try:
-                with open(file, "rb", buffering=0) as f:
-                    while f.readinto(buffer):
-                        pass
-            except OSError:
-                continue
+        yield from (file for file in shard.glob(f"segments/*/{part}/**/*") if file.is_file())
