@@ -349,11 +349,11 @@ def ui(port: int) -> None:
     workspace = workspace_file(instance_for_digests())
     # `dagster dev` serves a workspace file's code locations with the webserver and the daemon; each
     # start it warns that `dg dev` supersedes it, which a facepipe user has nothing to do about
-    warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_DEV_COMMAND]))
+    python_warnings = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_DEV_COMMAND]))
     # the dagster of this interpreter, whether or not its environment is activated
     code = supervise(
         [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", str(port)],
-        env={**os.environ, "PYTHONWARNINGS": warnings},
+        env={**os.environ, "PYTHONWARNINGS": python_warnings},
     )
     # at once: a normal exit would first wind down the Dagster instance this process opened to find
     # the workspace, seconds on a busy machine, and a process manager waits for us to be gone
