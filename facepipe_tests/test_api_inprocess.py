@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from dagster import DagsterRunStatus, materialize
 from dagster._core.test_utils import create_run_for_test
+from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster_aws.s3 import S3Resource
 from fastapi.testclient import TestClient
 
@@ -191,7 +192,12 @@ def test_a_posted_digest_is_queued_with_a_seed_job_id_and_a_warning_without_a_da
     assert http.get(f"/v1/get-digests/{queued['job_id']}/face-ids", params={"offset": "page-2"}).status_code == 422
 
 
-def test_a_queued_digest_is_canceled_then_retried_and_the_history_counts_both(http, queued):
+def test_a_queued_digest_is_canceled_then_retried_and_the_history_counts_both(http, queued, monkeypatch):
+    # the service plans its runs in the code server it loaded for the first one (`queued`'s): a retry
+    # loads none (loading one is the slow part of a submission)
+    loaded = []
+    load = WorkspaceProcessContext.__init__
+    monkeypatch.setattr(WorkspaceProcessContext, "__init__", lambda *a, **k: loaded.append(1) or load(*a, **k))
     job_id = queued["job_id"]
     canceled = http.post(f"/v1/digest/{job_id}/cancel")
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
@@ -199,6 +205,7 @@ def test_a_queued_digest_is_canceled_then_retried_and_the_history_counts_both(ht
     assert again.status_code == 409 and "already canceled" in again.json()["detail"]
     retried = http.post(f"/v1/digest/{queued['run_id']}/retry")  # the bare run id
     assert retried.status_code == 202, retried.text
+    assert loaded == []
     retry = retried.json()
     assert retry["status"] == "queued" and retry["job_id"] == f"digest-{retry['run_id']}" != job_id
     assert http.post(f"/v1/digest/{retry['job_id']}/retry").status_code == 409  # queued: nothing to retry

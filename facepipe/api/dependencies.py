@@ -18,7 +18,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 
 from facepipe import settings
-from facepipe.clients.local import daemon_is_running, instance_for_digests
+from facepipe.clients.local import CodeServer, daemon_is_running, instance_for_digests
 from facepipe.domain.search import selfie_faces_in
 from facepipe.engine.profiles import DEFAULT_PROFILE, load_profile, share_cores
 from facepipe.store import FaceStore, StoreBusy, StoreLease, StoreUnavailable, lease_from_settings
@@ -61,12 +61,14 @@ def start_search_worker(workers: int) -> None:
 
 class Services:
     """What one app keeps between requests, each made on first use: the store's lease, the Dagster
-    instance (making one reads its folder and its yaml), the search workers and their queue."""
+    instance (making one reads its folder and its yaml), the code server runs are planned in, the
+    search workers and their queue."""
 
     def __init__(self) -> None:
         self._made = threading.Lock()
         self._lease: StoreLease | None = None
         self._instance: DagsterInstance | None = None
+        self._code_server: CodeServer | None = None
         self.search_pool: ProcessPoolExecutor | None = None
         self.search_slots = threading.BoundedSemaphore(settings.search_queue())
         self.health: tuple[float, dict[str, Any]] | None = None  # when it was checked, and what was found
@@ -83,6 +85,13 @@ class Services:
             if self._instance is None:
                 self._instance = instance_for_digests()
             return self._instance
+
+    def code_server(self, instance: DagsterInstance) -> CodeServer:
+        """Where the runs queued on `instance` are planned: loaded once (~3 s), then ~10 ms a run."""
+        with self._made:
+            if self._code_server is None:
+                self._code_server = CodeServer(instance)
+            return self._code_server
 
     def search_workers(self) -> ProcessPoolExecutor:
         with self._made:
@@ -105,10 +114,12 @@ class Services:
                 self.search_pool = None
 
     def close(self) -> None:
-        """Hand the store back and stop the search workers (the app's shutdown)."""
+        """Hand the store back, stop the code server and the search workers (the app's shutdown)."""
         with self._made:
             if self._lease is not None:
                 self._lease.close()
+            if self._code_server is not None:
+                self._code_server.close()
             if self.search_pool is not None:
                 self.search_pool.shutdown()
                 self.search_pool = None
@@ -146,8 +157,16 @@ def dagster_instance(app_services: Annotated[Services, Depends(services)]) -> Da
     return app_services.instance()
 
 
+def code_server(
+    app_services: Annotated[Services, Depends(services)],
+    instance: Annotated[DagsterInstance, Depends(dagster_instance)],
+) -> CodeServer:
+    return app_services.code_server(instance)
+
+
 Store = Annotated[StoreAccess, Depends(face_store)]
 Instance = Annotated[DagsterInstance, Depends(dagster_instance)]
+CodeServerDep = Annotated[CodeServer, Depends(code_server)]
 AppServices = Annotated[Services, Depends(services)]
 
 

@@ -4,16 +4,14 @@ Launch a digest here (`run_digest`) or on the instance's run queue (`start_diges
 cancel one, cluster a group (`run_people`). What a run did is read by facepipe/platform/history.py.
 """
 
-import json
 import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
@@ -28,6 +26,13 @@ from dagster import (
     execute_job,
     reconstructable,
 )
+from dagster import __version__ as dagster_version
+from dagster._cli.workspace.cli_target import get_remote_job_from_remote_repo, get_remote_repository_from_code_location
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.execution.plan.state import KnownExecutionState
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
+from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_aws.s3 import S3Resource
 
 from facepipe import settings
@@ -82,7 +87,7 @@ def instance_for_digests() -> DagsterInstance:
 
 def workspace_file(instance: DagsterInstance) -> str:
     """A workspace file in the instance's folder naming the code location as workspace.yaml does, for
-    `dagster dev` (facepipe ui) and `dagster job launch`."""
+    `dagster dev` (facepipe ui) and the CodeServer that plans queued runs."""
     path = os.path.join(instance.root_directory, "workspace.yaml")
     with open(path, "w") as f:
         f.write(
@@ -177,18 +182,64 @@ def _retry_tags(parent: DagsterRun) -> dict[str, str]:
     return {key: value for key, value in parent.tags.items() if key.startswith(TAG_PREFIX) or key == PARTITION_TAG}
 
 
-def start_retry(run_id: str, instance: DagsterInstance) -> str:
+def start_retry(run_id: str, instance: DagsterInstance, code_server: "CodeServer | None" = None) -> str:
     """Submit a re-execution of a failed or canceled digest to the run queue (the steps retry_digest
     would redo) and return its run id without waiting for it."""
     parent = _retryable(instance, run_id)
     free_store_slots(instance)
-    return _submit(instance, DIGEST_JOB, parent.run_config, _retry_tags(parent), parent)
+    return _submit(instance, DIGEST_JOB, parent.run_config, _retry_tags(parent), parent, code_server)
 
 
-def start_people(group_id: str, profile: str, full: bool, instance: DagsterInstance) -> str:
+def start_people(
+    group_id: str, profile: str, full: bool, instance: DagsterInstance, code_server: "CodeServer | None" = None
+) -> str:
     """Submit a run of the group's people asset to the run queue; its run id."""
     tags = {PARTITION_TAG: group_id, GROUP_TAG: group_id, PROFILE_TAG: profile}
-    return _submit(instance, "people_job", people_run_config(profile, full), tags)
+    return _submit(instance, "people_job", people_run_config(profile, full), tags, code_server=code_server)
+
+
+class CodeServer:
+    """facepipe's code location loaded in a Dagster code server, as the daemon and `dagster job
+    launch` load it (workspace_file), so that a run created through it knows its code location (the
+    daemon launches it, the UI re-executes it). Loading it costs ~3 s (a process that imports the
+    definitions), each run planned through it ~10 ms: a process that queues many runs (the HTTP
+    service) keeps one open; a command opens one for its one run. Close it to stop the code server."""
+
+    def __init__(self, instance: DagsterInstance):
+        self.instance = instance
+        self._process: WorkspaceProcessContext | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "CodeServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._process is not None:
+                self._process.__exit__(None, None, None)
+                self._process = None
+
+    def workspace(self) -> WorkspaceRequestContext:
+        """The workspace with the code location loaded; LaunchError (one line) when it cannot be."""
+        with self._lock, warnings.catch_warnings():
+            # Dagster warns a failed load with its whole traceback; the LaunchError below says it in a line
+            warnings.filterwarnings("ignore", "Error loading repository location", UserWarning)
+            if self._process is None:
+                target = WorkspaceFileTarget(paths=[workspace_file(self.instance)])
+                self._process = WorkspaceProcessContext(
+                    self.instance, target, version=dagster_version, read_only=False, code_server_log_level="WARNING"
+                )
+                self._process.__enter__()
+            elif self._process.create_request_context().has_code_location_error(LOCATION_NAME):
+                self._process.reload_code_location(LOCATION_NAME)  # it failed before (a busy machine?): again
+            workspace = self._process.create_request_context()
+        if workspace.has_code_location_error(LOCATION_NAME):
+            error = workspace.get_code_location_error(LOCATION_NAME)
+            raise LaunchError(_launch_failure(error.to_string() if error else "no error recorded"))
+        return workspace
 
 
 def _submit(
@@ -197,21 +248,15 @@ def _submit(
     run_config: Mapping[str, Any],
     tags: dict[str, str],
     parent_run: DagsterRun | None = None,
+    code_server: CodeServer | None = None,
 ) -> str:
-    """Create a run of `job_name` from the code location (loaded in a code server, as `dagster job
-    launch` does) and submit it to the run queue; with `parent_run`, a re-execution of the steps
-    steps_to_retry selects. Dagster's CLI has no command for a queued re-execution, so this uses the
-    internals `dagster job launch` uses (pinned dagster 1.13.27)."""
-    from dagster import __version__ as dagster_version
-    from dagster._cli.workspace.cli_target import (
-        WorkspaceOpts,
-        get_code_location_from_workspace,
-        get_remote_job_from_remote_repo,
-        get_remote_repository_from_code_location,
-        get_workspace_from_cli_opts,
-    )
-    from dagster._core.execution.plan.state import KnownExecutionState
-    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, ROOT_RUN_ID_TAG
+    """Create a run of `job_name` from the code location (`code_server`, or one loaded for this run)
+    and submit it to the run queue; with `parent_run`, a re-execution of the steps steps_to_retry
+    selects. Dagster's CLI has no command for a queued re-execution, so this uses the internals
+    `dagster job launch` uses (pinned dagster 1.13.27). LaunchError, one line, when it cannot."""
+    if code_server is None:
+        with CodeServer(instance) as own:
+            return _submit(instance, job_name, run_config, tags, parent_run, own)
 
     step_keys, known_state, root_run_id = None, None, None
     if parent_run is not None:
@@ -224,35 +269,38 @@ def _submit(
             step_keys = list(failed_steps)
         root_run_id = parent_run.root_run_id or parent_run.run_id
         tags = {**tags, PARENT_RUN_ID_TAG: parent_run.run_id, ROOT_RUN_ID_TAG: root_run_id}
-    opts = WorkspaceOpts(workspace=(workspace_file(instance),))
-    with get_workspace_from_cli_opts(instance, version=dagster_version, workspace_opts=opts) as workspace:
-        location = get_code_location_from_workspace(workspace, LOCATION_NAME)
+    workspace = code_server.workspace()
+    try:
+        location = workspace.get_code_location(LOCATION_NAME)
         repo = get_remote_repository_from_code_location(location, None)
         remote_job = get_remote_job_from_remote_repo(repo, job_name)
         plan = location.get_execution_plan(
             remote_job, run_config, step_keys_to_execute=step_keys, known_state=known_state, instance=instance
         )
-        run = instance.create_run(
-            job_name=job_name,
-            run_id=None,
-            run_config=run_config,
-            resolved_op_selection=None,
-            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
-            op_selection=None,
-            status=None,
-            root_run_id=root_run_id,
-            parent_run_id=parent_run.run_id if parent_run else None,
-            tags={**remote_job.tags, **tags},
-            job_snapshot=remote_job.job_snapshot,
-            execution_plan_snapshot=plan.execution_plan_snapshot,
-            parent_job_snapshot=remote_job.parent_job_snapshot,
-            remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None,
-            asset_check_selection=None,
-            asset_graph=repo.asset_graph,
-        )
-        instance.submit_run(run.run_id, workspace)
+    except DagsterUserCodeUnreachableError as err:  # its code server died or did not answer in time
+        code_server.close()  # the next run loads the code location again
+        raise LaunchError(_launch_failure(str(err))) from None
+    run = instance.create_run(
+        job_name=job_name,
+        run_id=None,
+        run_config=run_config,
+        resolved_op_selection=None,
+        step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
+        op_selection=None,
+        status=None,
+        root_run_id=root_run_id,
+        parent_run_id=parent_run.run_id if parent_run else None,
+        tags={**remote_job.tags, **tags},
+        job_snapshot=remote_job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        parent_job_snapshot=remote_job.parent_job_snapshot,
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=repo.asset_graph,
+    )
+    instance.submit_run(run.run_id, workspace)
     return run.run_id
 
 
@@ -314,13 +362,18 @@ def _execute(
     return summary
 
 
-def start_digest(request: DigestRequest, workers: int | None = None, instance: DagsterInstance | None = None) -> str:
+def start_digest(
+    request: DigestRequest,
+    workers: int | None = None,
+    instance: DagsterInstance | None = None,
+    code_server: CodeServer | None = None,
+) -> str:
     """Submit a digest to the instance's run queue and return its run id without waiting for it.
 
     The queue (max_concurrent_runs in dagster.yaml) starts it when a slot is free; that takes the
-    Dagster daemon (`facepipe ui` runs it): check `daemon_is_running` to warn when it is not.
-    Submission goes through `dagster job launch`, so the run knows its code location and can be
-    re-executed from the UI.
+    Dagster daemon (`facepipe ui` runs it): check `daemon_is_running` to warn when it is not. The
+    run is made from the code location (`code_server`, or one loaded for it), so that the daemon
+    launches it and the UI can re-execute it.
     """
     workers = _workers(workers)
     instance = instance or instance_for_digests()
@@ -328,57 +381,31 @@ def start_digest(request: DigestRequest, workers: int | None = None, instance: D
     _check_workers(instance, run_config)
     free_store_slots(instance)
     _add_group(instance, request.group_id)
-    run_id = str(uuid.uuid4())
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "job",
-        "launch",
-        "-w",
-        workspace_file(instance),
-        "-l",
-        LOCATION_NAME,
-        "-j",
-        DIGEST_JOB,
-        "--run-id",
-        run_id,
-        "--tags",
-        json.dumps(run_tags(request, workers)),
-        "--config-json",
-        json.dumps(run_config),
-    ]
-    # Dagster's 60 s for each call to the code server is short on a busy machine (it loads the
-    # definitions and plans the run), and waiting costs nothing here; an operator's value is kept
-    env = {"DAGSTER_GRPC_TIMEOUT_SECONDS": str(LAUNCH_GRPC_TIMEOUT_SECONDS), **os.environ}
-    env["DAGSTER_HOME"] = instance.root_directory
-    launched = subprocess.run(command, env=env, capture_output=True, text=True)
-    if launched.returncode != 0 or instance.get_run_by_id(run_id) is None:
+    try:
+        return _submit(instance, DIGEST_JOB, run_config, run_tags(request, workers), code_server=code_server)
+    except LaunchError:
         if not instance.get_runs(RunsFilter(tags={PARTITION_TAG: request.group_id}), limit=1):
             instance.delete_dynamic_partition(GROUPS, request.group_id)  # a run never queued leaves no group
-        raise LaunchError(_launch_failure(launched.stderr, env["DAGSTER_GRPC_TIMEOUT_SECONDS"]))
-    return run_id
-
-
-LAUNCH_GRPC_TIMEOUT_SECONDS = 300
+        raise
 
 
 EXCEPTION_LINE = re.compile(r"(?:\w+\.)*(\w+(?:Error|Exception)): (.+)")
 
 
-def _launch_failure(stderr: str, grpc_timeout: str) -> str:
-    """`dagster job launch`'s traceback as one line: Dagster's error (the first it names; else the
-    last error), without its module, and what to do."""
-    errors = [found.groups() for found in EXCEPTION_LINE.finditer(stderr)]
-    dagsters = [error for error in errors if error[0].startswith("Dagster")]
-    name, message = (dagsters or errors[-1:] or [("", stderr.strip()[-300:] or "no output")])[0]
+def _launch_failure(error: str) -> str:
+    """Why the code location could not plan a run, in one line: Dagster's error (the first it names;
+    else the last error), without its module, and what to do."""
+    errors = [found.groups() for found in EXCEPTION_LINE.finditer(error)]
+    dagsters = [found for found in errors if found[0].startswith("Dagster")]
+    name, message = (dagsters or errors[-1:] or [("", error.strip()[-300:] or "no error recorded")])[0]
     last = f"{name}: {message.strip()}" if name else message
-    if "DEADLINE_EXCEEDED" in stderr or "timed out" in stderr:
+    if "DEADLINE_EXCEEDED" in error or "timed out" in error:
+        timeout = os.environ.get("DAGSTER_GRPC_TIMEOUT_SECONDS", "60")
         last += (
-            f" (the code server did not answer within DAGSTER_GRPC_TIMEOUT_SECONDS={grpc_timeout}: the machine "
+            f" (the code server did not answer within DAGSTER_GRPC_TIMEOUT_SECONDS={timeout}: the machine "
             "is busy; try again, or raise DAGSTER_GRPC_TIMEOUT_SECONDS)"
         )
-    return f"the digest could not be queued: `dagster job launch` failed: {last[:1000]}"
+    return f"the run could not be queued: the code location could not plan it: {last[:1000]}"
 
 
 def daemon_is_running(instance: DagsterInstance, within_seconds: float = 120) -> bool:

@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from facepipe import settings
-from facepipe.api.dependencies import KEY, Instance, Store, busy
+from facepipe.api.dependencies import KEY, CodeServerDep, Instance, Store, busy
 from facepipe.api.paths import path_in_source
 from facepipe.api.schemas import BODY_NAMES, DigestBody, FaceIdsPage, Job, JobList, Status, errors
-from facepipe.clients.local import LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
+from facepipe.clients.local import CodeServer, LaunchError, cancel_digest, daemon_is_running, start_digest, start_retry
 from facepipe.domain.request import DigestChoices, DigestRequest, digest_request, list_images_config
 from facepipe.platform.history import (
     DigestNotFound,
@@ -108,7 +108,7 @@ def job_by_id(instance: DagsterInstance, job_id: str) -> dict[str, Any]:
     response_model_exclude_unset=True,
     responses=errors(413, 503),
 )
-def post_digest(body: DigestBody, instance: Instance) -> dict[str, Any]:
+def post_digest(body: DigestBody, instance: Instance, code_server: CodeServerDep) -> dict[str, Any]:
     """Queue a digest (a Dagster run); poll GET /get-digests/{job_id} for its progress."""
     if body.local_dir_path:
         path = body.local_dir_path
@@ -126,13 +126,15 @@ def post_digest(body: DigestBody, instance: Instance) -> dict[str, Any]:
         raise field_errors(err) from None
     except ValueError as err:  # an s3 path the parser refuses
         raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(err)}]) from None
-    return queued_job(request, body.threads, instance)
+    return queued_job(request, body.threads, instance, code_server)
 
 
-def queued_job(request: DigestRequest, workers: int, instance: DagsterInstance) -> dict[str, Any]:
+def queued_job(
+    request: DigestRequest, workers: int, instance: DagsterInstance, code_server: CodeServer
+) -> dict[str, Any]:
     """The digest queued, as a job; with a warning when no daemon would start it."""
     try:
-        run_id = start_digest(request, workers=workers, instance=instance)
+        run_id = start_digest(request, workers, instance, code_server)
     except WorkerConfigError as err:  # no Celery worker would run it, or one would split the store
         raise HTTPException(503, str(err)) from None
     except LaunchError as err:  # the code server did not answer in time: a busy machine
@@ -213,14 +215,16 @@ def post_cancel(job_id: str, instance: Instance) -> dict[str, Any]:
     status_code=202,
     response_model=Job,
     response_model_exclude_unset=True,
-    responses=errors(404, 409),
+    responses=errors(404, 409, 503),
 )
-def post_retry(job_id: str, instance: Instance) -> dict[str, Any]:
+def post_retry(job_id: str, instance: Instance, code_server: CodeServerDep) -> dict[str, Any]:
     """Queue a re-execution of a failed or canceled digest: the chunks that succeeded are not redone."""
     try:
-        new_id = start_retry(run_id_of(job_id), instance)
+        new_id = start_retry(run_id_of(job_id), instance, code_server)
     except DigestNotFound as err:
         raise HTTPException(404, str(err)) from None
     except ValueError as err:
         raise HTTPException(409, str(err)) from None
+    except LaunchError as err:  # the code server did not answer in time: a busy machine
+        raise busy(str(err)) from None
     return job_by_id(instance, new_id)

@@ -10,7 +10,7 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRun
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 
-from facepipe.api.dependencies import KEY, Instance, Store, require_daemon
+from facepipe.api.dependencies import KEY, CodeServerDep, Instance, Store, busy, require_daemon
 from facepipe.api.paths import group_sources, path_in_sources
 from facepipe.api.schemas import (
     ClusterBody,
@@ -24,7 +24,7 @@ from facepipe.api.schemas import (
     SplitBody,
     errors,
 )
-from facepipe.clients.local import adopt_group, start_people
+from facepipe.clients.local import LaunchError, adopt_group, start_people
 from facepipe.domain.people import (
     PersonNotFound,
     list_people,
@@ -98,7 +98,7 @@ def person_errors() -> Iterator[None]:
         **errors(404, 500, 503),
     },
 )
-def post_cluster_faces(body: ClusterBody, instance: Instance, store: Store) -> Any:
+def post_cluster_faces(body: ClusterBody, instance: Instance, store: Store, code_server: CodeServerDep) -> Any:
     """Cluster the group's faces into people: a run of the `people` asset on the run queue, waited
     for; the people, most faces first. Past CLUSTER_WAIT_SECONDS (a digest ahead in the queue), 202
     with the run id."""
@@ -107,7 +107,10 @@ def post_cluster_faces(body: ClusterBody, instance: Instance, store: Store) -> A
     if not known:
         raise HTTPException(404, f"unknown group {body.group_id!r}: digest photos into it first")
     require_daemon(instance)
-    run_id = start_people(body.group_id, body.profile, body.full, instance)
+    try:
+        run_id = start_people(body.group_id, body.profile, body.full, instance, code_server)
+    except LaunchError as err:  # the code server did not answer in time: a busy machine
+        raise busy(str(err)) from None
     run = finished_run(instance, run_id, CLUSTER_WAIT_SECONDS)
     if not run.is_finished:
         return JSONResponse({"run_id": run_id, "status": STATUS_NAMES.get(run.status)}, status_code=202)

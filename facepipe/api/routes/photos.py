@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from facepipe import settings
-from facepipe.api.dependencies import KEY, Instance, Store
+from facepipe.api.dependencies import KEY, CodeServerDep, Instance, Store
 from facepipe.api.paths import photo_names
 from facepipe.api.routes.digests import page_offset, queued_job
 from facepipe.api.schemas import GroupPath, Job, Photo, Photos, errors
@@ -73,6 +73,7 @@ async def post_photos(
         ),
     ],
     instance: Instance,
+    code_server: CodeServerDep,
 ) -> dict[str, Any]:
     """Keep the photos in the group's upload folder and queue a digest of that folder (the photos
     digested before are skipped); poll GET /v1/get-digests/{job_id}. Each photo is refused (413,
@@ -95,7 +96,8 @@ async def post_photos(
     folder = group_uploads(group_id)
     for name, data in photos:
         await run_in_threadpool(keep_photo, folder, name, data)
-    return await run_in_threadpool(queued_job, digest_request(str(folder), group_id), default_workers(), instance)
+    request = digest_request(str(folder), group_id)
+    return await run_in_threadpool(queued_job, request, default_workers(), instance, code_server)
 
 
 def ledger_profile(store: FaceStore, group_id: str, profile: str | None) -> str:
