@@ -66,7 +66,9 @@ def home(tmp_path_factory):
         instance = instance_for_digests()
         instance.add_dynamic_partitions(GROUPS, ["party"])
         store = {"face_store": FaceStoreResource(path=str(settings.qdrant_path()))}
-        request = digest_request(str(photos), "party", chunk_size=4)
+        # at the portraits preset: these four photos have the same five faces as at the default, in a
+        # tenth of the time (the default's small faces are test_detection_recall.py's subject)
+        request = digest_request(str(photos), "party", chunk_size=4, preset="portraits")
         digested = materialize(
             [digest],
             instance=instance,
@@ -447,34 +449,42 @@ def test_a_damaged_store_is_a_500_naming_it_and_what_to_do(app, http, home, tmp_
 # One photo: faces, embeddings, features
 # ------------------------------------------------------------------------------------------------
 
+# What these tests check is the answers (fields, shapes, errors), not how small a face is found:
+# the one-photo endpoints look for faces of 160 px and up here (the `portraits` preset's size),
+# a tenth of the default's detection time on these photos. The default's small faces are the
+# digests' tests' subject (test_detection_recall.py, test_faces.py).
+PORTRAIT = {"min_face_size": "160"}
+
 
 def test_faces_embedding_and_features_of_the_couple(http):
-    faces = http.post("/v1/get-faces", files=photo("couple.jpg"), data={"crops": "true"}).json()
+    faces = http.post("/v1/get-faces", files=photo("couple.jpg"), data={**PORTRAIT, "crops": "true"}).json()
     assert faces["total_faces"] == 2 and faces["profile"] == "dlib"
     for face in faces["faces"]:
         assert len(face["landmarks"]) == 5 and face["confidence"] >= 0.5 and face["facial_area"]["w"] > 100
         crop = cv2.imdecode(np.frombuffer(base64.b64decode(face["crop_jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
         assert crop.shape[0] > face["facial_area"]["h"]  # the face with a margin
     assert faces["faces"][0]["facial_area"]["x"] < faces["faces"][1]["facial_area"]["x"]  # left to right
-    plain = http.post("/get-faces", files=photo("couple.jpg")).json()
+    plain = http.post("/get-faces", files=photo("couple.jpg"), data=PORTRAIT).json()
     assert all("crop_jpeg_base64" not in f for f in plain["faces"])
 
-    embedding = http.post("/v1/get-embedding", files=photo("couple.jpg")).json()
+    embedding = http.post("/v1/get-embedding", files=photo("couple.jpg"), data=PORTRAIT).json()
     assert (embedding["profile"], embedding["model"], embedding["total_faces"]) == ("dlib", "Dlib", 2)
     vectors = np.array([f["embedding"] for f in embedding["faces"]])
     assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     # her face in the couple is as close to img1.jpg's as the search threshold says
-    img1 = np.array(http.post("/v1/get-embedding", files=photo("img1.jpg")).json()["faces"][0]["embedding"])
+    img1 = np.array(
+        http.post("/v1/get-embedding", files=photo("img1.jpg"), data=PORTRAIT).json()["faces"][0]["embedding"]
+    )
     assert max(vectors @ img1) >= PROFILES["dlib"].search_threshold > min(vectors @ img1)
 
     # deepface's attribute weights are a download, which this machine cannot make: a 503 that names them
-    features = http.post("/v1/get-features", files=photo("couple.jpg"))
+    features = http.post("/v1/get-features", files=photo("couple.jpg"), data=PORTRAIT)
     assert features.status_code == 503
     folder = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights"
     for weight in ("age_model_weights.onnx", "gender_model_weights.onnx", "facial_expression_model_weights.onnx"):
         assert weight in features.json()["detail"]
     assert str(folder) in features.json()["detail"]
-    landmarks = http.post("/v1/get-features", files=photo("couple.jpg"), data={"attributes": "none"}).json()
+    landmarks = http.post("/v1/get-features", files=photo("couple.jpg"), data={**PORTRAIT, "attributes": "none"}).json()
     assert landmarks["total_faces"] == 2 and landmarks["landmark_points"] == 5
     assert [f["landmarks"] for f in landmarks["faces"]] == [f["landmarks"] for f in faces["faces"]]
     race = http.post("/v1/get-features", files=photo("couple.jpg"), data={"attributes": "race"})
@@ -540,7 +550,7 @@ def test_uploaded_photos_are_kept_safely_digested_and_listed_by_id_and_relative_
     assert run is not None and run.run_config["ops"]["digest"]["ops"]["list_images"]["config"]["source"] == {
         "local_folder": {"path": str(folder)}
     }
-    request = digest_request(str(folder), "uploaded", chunk_size=4)
+    request = digest_request(str(folder), "uploaded", chunk_size=4, preset="portraits")  # as the party's
     assert materialize(
         [digest],
         instance=instance,
@@ -626,7 +636,7 @@ def test_a_photo_in_base64_is_answered_as_the_same_file(http):
     assert as_text.json() == as_file
     data_url = f"data:image/jpeg;base64,{in_base64('couple.jpg')}"
     for path in ("/v1/get-faces", "/v1/get-embedding", "/get-features"):
-        data = {"attributes": "none"} if path.endswith("features") else {}
+        data = {**PORTRAIT, "attributes": "none"} if path.endswith("features") else PORTRAIT
         file_answer = http.post(path, files=photo("couple.jpg"), data=data).json()
         text_answer = http.post(path, data={**data, "image_base64": data_url})
         assert text_answer.status_code == 200 and text_answer.json() == file_answer, (path, text_answer.text)
@@ -688,7 +698,9 @@ def test_a_crop_of_a_face_the_group_does_not_have_is_404(http):
 def finished(app, home) -> dict:
     """A digest of the party's photos into the group "seed" by `facepipe digest` (a run of the
     digest job, executed here, the store handed over by the app's lease): its job."""
-    run_facepipe(home, "digest", str(home / "photos"), "--group", "seed", "--workers", "1", "--json")
+    run_facepipe(
+        home, "digest", str(home / "photos"), "--group", "seed", "--workers", "1", "--preset", "portraits", "--json"
+    )
     [job] = app.state.client.get("/v1/get-digests", params={"group_id": "seed"}).json()["jobs"]
     return job
 
@@ -747,7 +759,7 @@ def digested_and_clustered(home: Path, group_id: str) -> None:
     instance = instance_for_digests()
     instance.add_dynamic_partitions(GROUPS, [group_id])
     store = {"face_store": FaceStoreResource(path=str(settings.qdrant_path()))}
-    request = digest_request(str(home / "photos"), group_id, chunk_size=4)
+    request = digest_request(str(home / "photos"), group_id, chunk_size=4, preset="portraits")  # as the party's
     config = {"ops": digest_run_config(request, workers=1)["ops"]}
     assert materialize(
         [digest], instance=instance, partition_key=group_id, run_config=config, resources={**store, "s3": S3Resource()}
