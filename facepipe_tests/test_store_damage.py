@@ -31,7 +31,7 @@ from facepipe.domain.request import digest_request
 from facepipe.domain.search import search_faces
 from facepipe.store import RECOVER, FaceStore, StoreDamaged, Where, faces_collection
 from facepipe_tests.conftest import SAMPLE_IMAGES
-from facepipe_tests.test_assets import PHOTOS, materialize_digest, metadata
+from facepipe_tests.test_assets import FACE_SIZE, PHOTOS, materialize_digest, metadata
 
 SELFIE = SAMPLE_IMAGES / "img4.jpg"  # person01, as img1.jpg and img2.jpg
 
@@ -61,7 +61,7 @@ def damaged_copy(digested, tmp_path, collection: str, file: str, size: str) -> P
 
 def digest_again(folder, store):
     """The same digest again, in process, into the (damaged) store; its result, failed or not."""
-    request = digest_request(str(folder), "party", chunk_size=1)
+    request = digest_request(str(folder), "party", chunk_size=1, min_face_size=FACE_SIZE)  # as `digested`
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(GROUPS, ["party"])
         result = materialize(
