@@ -143,18 +143,18 @@ def wait_until_failed_and_freed(instance, run_id, killed_at, ends="FAILURE"):
     return held, failed_after, time.time() - killed_at
 
 
-# (the store steps to kill at, whether the step workers die too)
+# (the store steps to kill at, whether the step workers die too, the group's name for it)
 KILLS = {
-    "the process alone, at any store step": (("",), False),
-    "the process and its workers, while a store step writes": (STORE_WRITES, True),
+    "the process alone, at any store step": (("",), False, "alone"),
+    "the process and its workers, while a store step writes": (STORE_WRITES, True, "with-workers"),
 }
 
 
-@pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
+@pytest.mark.parametrize(("steps", "with_workers", "killed"), KILLS.values(), ids=KILLS.keys())
 def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_digest_completes(
-    samples, monitored_home, steps, with_workers
+    samples, monitored_home, steps, with_workers, killed
 ):
-    home, group = monitored_home, f"detached-{'with-workers' if with_workers else 'alone'}"
+    home, group = monitored_home, f"detached-{killed}"
     run_id = run_facepipe(home, "digest", str(samples), "--group", group, "--detach", *CHUNKS).stdout.strip()
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         pid = run_process_pid(instance, run_id)
@@ -173,11 +173,11 @@ def test_a_killed_detached_digest_ends_failed_frees_its_store_slot_and_the_next_
     assert after["status"] == "completed" and after["images_skipped"] == PHOTOS and after["faces_in_group"] == FACES
 
 
-@pytest.mark.parametrize(("steps", "with_workers"), KILLS.values(), ids=KILLS.keys())
+@pytest.mark.parametrize(("steps", "with_workers", "killed"), KILLS.values(), ids=KILLS.keys())
 def test_a_killed_facepipe_digest_process_ends_failed_and_frees_its_store_slot(
-    samples, monitored_home, steps, with_workers
+    samples, monitored_home, steps, with_workers, killed
 ):
-    home, group = monitored_home, f"process-{'with-workers' if with_workers else 'alone'}"
+    home, group = monitored_home, f"process-{killed}"
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         earlier = {record.dagster_run.run_id for record in instance.get_run_records()}  # the other tests'
         running = start_facepipe(home, "digest", str(samples), "--group", group, *CHUNKS)
