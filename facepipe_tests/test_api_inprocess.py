@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 from dagster import DagsterRunStatus, materialize
 from dagster._core.test_utils import create_run_for_test
@@ -717,6 +718,21 @@ def test_a_finished_job_carries_its_first_face_ids_and_the_page_for_the_rest(htt
     first = http.get(f"/v1/get-digests/{job['job_id']}").json()
     rest = http.get(f"/v1/get-digests/{job['job_id']}/face-ids", params={"offset": first["face_ids_next_offset"]})
     assert len(first["face_ids"]) == 2 and first["face_ids"] + rest.json()["face_ids"] == job["face_ids"]
+
+
+def test_when_its_code_server_dies_the_service_answers_503_then_loads_another(http, home, queued):
+    # `queued` loaded the app's code server (a `dagster api grpc` process of this one); it dies
+    (server,) = [
+        child for child in psutil.Process().children(recursive=True) if {"api", "grpc"} <= set(child.cmdline())
+    ]
+    server.kill()
+    server.wait(10)
+    body = {**DIGEST_EXAMPLE, "local_dir_path": str(home / "photos"), "group_id": "after-the-code-server"}
+    lost = http.post("/v1/digest", json=body)
+    assert lost.status_code == 503 and lost.headers["Retry-After"] and "could not be queued" in lost.text, lost.text
+    assert http.get("/v1/get-digests", params={"group_id": "after-the-code-server"}).json()["total_jobs"] == 0
+    again = http.post("/v1/digest", json=body)  # a new code server
+    assert again.status_code == 202 and again.json()["status"] == "queued", again.text
 
 
 def test_a_dequeued_digest_is_processing(http, home):
